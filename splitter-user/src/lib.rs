@@ -1,0 +1,29 @@
+//! splitter: a scatter-gather HTTP/1.1 server.
+//!
+//! Every request is sent to every backend; the best valid response (by one JSON number) goes back,
+//! or `204 No Content` when none arrives before the route's deadline. `../shared/SPEC.md` (in the
+//! repository, `SPEC` below) is the contract.
+//!
+//! Map of the crate:
+//!
+//! - Sans-IO core, no sockets, no clock (time is an argument):
+//!   - [`http1`]: HTTP/1.1 framing: request heads ([`http1::request`]), backend response heads
+//!     ([`http1::response`]), chunked coding ([`http1::chunked`]), what the splitter writes
+//!     ([`http1::encode`]), limits ([`http1::limits`]).
+//!   - [`scatter`]: the route table ([`scatter::route`]), the JSON-pointer selection
+//!     ([`scatter::select`]), and one request's fan-out state and deadline ([`scatter::exchange`]).
+//!   - [`config`]: TOML to a validated [`config::Config`]; errors name the key and the file.
+//! - Shells:
+//!   - [`worker`]: the data plane, one pinned `tokio-uring` thread per CPU.
+//!   - [`control`]: the control plane on plain `tokio`: admin HTTP, signals, reload, shutdown.
+//!   - [`metrics`]: per-worker counter cells and their Prometheus rendering.
+//! - Tools that ship with the product: [`mock_backend`], [`demo`].
+
+pub mod config;
+pub mod control;
+pub mod demo;
+pub mod http1;
+pub mod metrics;
+pub mod mock_backend;
+pub mod scatter;
+pub mod worker;

@@ -1,0 +1,5 @@
+//! The scatter-gather core, sans-IO.
+
+pub mod exchange;
+pub mod route;
+pub mod select;
