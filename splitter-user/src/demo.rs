@@ -1,1 +1,237 @@
-//! TODO
+//! `splitter demo`: the embedded default configuration with two in-process mock backends on
+//! loopback, the splitter in front, a short built-in load, and a summary of what happened.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::{Config, DEFAULT_CONFIG};
+use crate::control::Server;
+use crate::http1::response::{parse_response, ResponseFraming};
+use crate::mock_backend::{self, MockArgs};
+
+/// Options of `splitter demo`.
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Seconds of load.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Concurrent keep-alive client connections.
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
+}
+
+/// Lets the demo build mock backends from the same flags an operator would type.
+#[derive(Parser)]
+struct MockCommand {
+    #[command(flatten)]
+    args: MockArgs,
+}
+
+/// The two demo backends: both price at random; `b` is sometimes late for the 80 ms route and
+/// `a` sometimes broken, so the summary shows wins on both sides, timeouts and a few 204s.
+const BACKENDS: [(&str, &[&str]); 2] = [
+    (
+        "a",
+        &["--price-range", "1.0..2.0", "--delay-ms", "0..4", "--broken-share", "0.03"],
+    ),
+    (
+        "b",
+        &[
+            "--price-range", "1.0..2.0", "--delay-ms", "0..4", "--late-share", "0.05",
+            "--late-delay-ms", "120",
+        ],
+    ),
+];
+
+/// A 2 KB JSON body, like the bid requests the splitter is made for.
+fn request_body() -> String {
+    let pad = "x".repeat(1900);
+    format!(r#"{{"id":"demo","imp":[{{"id":"1","bidfloor":0.5}}],"pad":"{pad}"}}"#)
+}
+
+/// Runs the demo and prints its summary.
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let backends_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let mut config = Config::parse(DEFAULT_CONFIG, "<embedded default>".as_ref())
+        .context("the embedded default configuration")?;
+    for (backend, (name, flags)) in config.backends.iter_mut().zip(BACKENDS) {
+        let listener = backends_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        backend.address = listener.local_addr()?;
+        let argv = ["mock-backend", "--listen", "127.0.0.1:0", "--name", name]
+            .into_iter()
+            .chain(flags.iter().copied());
+        let mock = Arc::new(MockCommand::try_parse_from(argv)?.args);
+        backends_rt.spawn(mock_backend::serve(listener, mock));
+    }
+    config.listen = "127.0.0.1:0".parse()?;
+    config.admin_listen = "127.0.0.1:0".parse()?;
+    let server = Server::start(config.clone())?;
+    let target = server.listen_addr();
+    println!(
+        "splitter demo: {} workers on {target}, backends {}, route /fast ({} ms deadline), \
+         {} connections for {} s",
+        crate::control::worker_count(config.workers),
+        config
+            .backends
+            .iter()
+            .map(|b| format!("{}={}", b.name, b.address))
+            .collect::<Vec<_>>()
+            .join(" "),
+        config
+            .routes
+            .iter()
+            .find(|r| r.path_prefix == "/fast")
+            .map_or(0, |r| r.timeout.as_millis()),
+        args.connections,
+        args.seconds,
+    );
+
+    let load_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let until = Instant::now() + Duration::from_secs(args.seconds);
+    let body = Arc::new(request_body());
+    let started = Instant::now();
+    let results = load_rt.block_on(async {
+        let clients: Vec<_> = (0..args.connections)
+            .map(|_| tokio::spawn(client(target, Arc::clone(&body), until)))
+            .collect();
+        let mut all = Tally::default();
+        for c in clients {
+            all.merge(c.await??);
+        }
+        anyhow::Ok(all)
+    })?;
+    let elapsed = started.elapsed().as_secs_f64();
+
+    let metrics = server.renderer().total();
+    server.shutdown();
+    server.wait()?;
+    drop(backends_rt);
+    results.print(elapsed, metrics.requests);
+    anyhow::ensure!(results.ok > 0, "no request succeeded");
+    Ok(())
+}
+
+/// What the load saw.
+#[derive(Default)]
+struct Tally {
+    /// Latency of every answered request, in microseconds.
+    latencies_us: Vec<u64>,
+    /// Responses with a body, by `X-Splitter-Backend`.
+    wins: BTreeMap<String, u64>,
+    /// 204 responses.
+    no_content: u64,
+    /// Answered requests, any status.
+    ok: u64,
+    /// Other statuses and broken connections.
+    errors: u64,
+}
+
+impl Tally {
+    fn merge(&mut self, other: Tally) {
+        self.latencies_us.extend(other.latencies_us);
+        for (k, v) in other.wins {
+            *self.wins.entry(k).or_default() += v;
+        }
+        self.no_content += other.no_content;
+        self.ok += other.ok;
+        self.errors += other.errors;
+    }
+
+    fn print(mut self, elapsed: f64, served: u64) {
+        self.latencies_us.sort_unstable();
+        let pct = |p: f64| {
+            let i = ((self.latencies_us.len() as f64 * p) as usize)
+                .min(self.latencies_us.len().saturating_sub(1));
+            self.latencies_us.get(i).copied().unwrap_or(0) as f64 / 1000.0
+        };
+        println!(
+            "requests: {} in {elapsed:.1} s = {:.0} requests/s (splitter counted {served})",
+            self.ok,
+            self.ok as f64 / elapsed
+        );
+        println!("latency: p50 {:.2} ms, p99 {:.2} ms", pct(0.50), pct(0.99));
+        for (name, n) in &self.wins {
+            println!("wins {name}: {n}");
+        }
+        println!("204 No Content: {}", self.no_content);
+        println!("errors: {}", self.errors);
+    }
+}
+
+/// One keep-alive client connection sending requests back to back until `until`.
+async fn client(
+    target: std::net::SocketAddr,
+    body: Arc<String>,
+    until: Instant,
+) -> anyhow::Result<Tally> {
+    let mut tally = Tally::default();
+    let mut stream = TcpStream::connect(target).await?;
+    stream.set_nodelay(true)?;
+    let mut buf = Vec::with_capacity(8192);
+    let mut n = 0u64;
+    while Instant::now() < until {
+        n += 1;
+        let request = format!(
+            "POST /fast/bid HTTP/1.1\r\nHost: demo\r\nContent-Type: application/json\r\n\
+             X-Req-Id: {n}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let sent = Instant::now();
+        stream.write_all(request.as_bytes()).await?;
+        buf.clear();
+        let (status, backend) = loop {
+            if stream.read_buf(&mut buf).await? == 0 {
+                anyhow::bail!("the splitter closed the connection");
+            }
+            let Some(head) = parse_response(&buf)? else {
+                continue;
+            };
+            let len = match head.framing {
+                ResponseFraming::Length(len) => len,
+                _ => 0,
+            };
+            while buf.len() < head.head_len + len {
+                if stream.read_buf(&mut buf).await? == 0 {
+                    anyhow::bail!("the splitter closed the connection mid-response");
+                }
+            }
+            break (head.status, backend_header(&buf[..head.head_len]));
+        };
+        tally.latencies_us.push(sent.elapsed().as_micros() as u64);
+        match (status, backend) {
+            (200, Some(name)) => {
+                tally.ok += 1;
+                *tally.wins.entry(name).or_default() += 1;
+            }
+            (204, None) => {
+                tally.ok += 1;
+                tally.no_content += 1;
+            }
+            _ => tally.errors += 1,
+        }
+    }
+    Ok(tally)
+}
+
+/// The value of `X-Splitter-Backend` in a response head.
+fn backend_header(head: &[u8]) -> Option<String> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    response.parse(head).ok()?;
+    response
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("x-splitter-backend"))
+        .map(|h| String::from_utf8_lossy(h.value).into_owned())
+}

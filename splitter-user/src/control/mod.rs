@@ -1,1 +1,320 @@
-//! TODO
+//! The control plane, on plain `tokio` and off the data path: it starts the workers, serves
+//! `/metrics` and `/healthz` ([`admin`]), turns signals into reloads and a graceful drain
+//! ([`signals`]), and reaches the workers only through two `watch` channels.
+
+pub mod admin;
+pub mod signals;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use splitter_common::MAX_BACKENDS;
+use tokio::sync::{oneshot, watch};
+
+use crate::config::Config;
+use crate::metrics::{MetricsRegion, Renderer};
+use crate::worker::{self, Loaded, WorkerSpec};
+
+/// A running splitter: workers, admin server, and the channels to steer them.
+pub struct Server {
+    listen: SocketAddr,
+    admin: SocketAddr,
+    workers: Vec<JoinHandle<()>>,
+    config_tx: watch::Sender<Arc<Loaded>>,
+    shutdown_tx: watch::Sender<bool>,
+    /// Stops the admin server once the workers are done.
+    admin_stop: Option<oneshot::Sender<()>>,
+    admin_thread: Option<JoinHandle<()>>,
+    renderer: Renderer,
+    /// Backend name of each metrics slot.
+    slots: std::sync::Mutex<Vec<Option<String>>>,
+    /// What the running configuration cannot change without a restart.
+    fixed: Fixed,
+}
+
+/// The settings a reload cannot change (sockets and threads are made at start).
+#[derive(PartialEq, Debug)]
+struct Fixed {
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    workers: usize,
+}
+
+impl Fixed {
+    fn of(config: &Config) -> Fixed {
+        Fixed {
+            listen: config.listen,
+            admin_listen: config.admin_listen,
+            workers: config.workers,
+        }
+    }
+}
+
+/// Number of worker threads for a `workers` setting (0: one per online CPU).
+pub fn worker_count(workers: usize) -> usize {
+    match workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
+impl Server {
+    /// Binds the listeners and the admin socket, starts one worker per CPU and the admin
+    /// thread. Returns once every worker's listener is listening.
+    pub fn start(config: Config) -> anyhow::Result<Server> {
+        worker::probe_io_uring()?;
+        let count = worker_count(config.workers);
+        let listeners = worker::listener::bind_group(config.listen, count)
+            .with_context(|| format!("cannot listen on {} (`listen`)", config.listen))?;
+        let listen = listeners[0].local_addr()?;
+        let admin_listener = std::net::TcpListener::bind(config.admin_listen).with_context(|| {
+            format!("cannot listen on {} (`admin_listen`)", config.admin_listen)
+        })?;
+        admin_listener.set_nonblocking(true)?;
+        let admin = admin_listener.local_addr()?;
+
+        let region = MetricsRegion::heap(count);
+        let renderer = Renderer::new(Arc::clone(&region));
+        let mut slots = vec![None; MAX_BACKENDS];
+        let loaded = Arc::new(Self::assign(&mut slots, &renderer, config));
+        let fixed = Fixed::of(&loaded.config);
+        let drain_timeout = drain_timeout(&loaded.config);
+        let (config_tx, config_rx) = watch::channel(Arc::clone(&loaded));
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+        let cpus = online_cpus();
+        let mut workers = Vec::with_capacity(count);
+        for (index, listener) in listeners.into_iter().enumerate() {
+            workers.push(worker::spawn(WorkerSpec {
+                index,
+                cpu: (!cpus.is_empty()).then(|| cpus[index % cpus.len()]),
+                listener,
+                counters: region.handle(index),
+                config: config_rx.clone(),
+                shutdown: shutdown_rx.clone(),
+                workers: count,
+                drain_timeout,
+            })?);
+        }
+
+        let (admin_stop, stop_rx) = oneshot::channel();
+        let admin_renderer = renderer.clone();
+        let draining = shutdown_rx.clone();
+        let admin_thread = std::thread::Builder::new()
+            .name("splitter-admin".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("admin runtime");
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(admin_listener)
+                        .expect("admin listener");
+                    tokio::select! {
+                        () = admin::serve(listener, admin_renderer, draining) => {}
+                        _ = stop_rx => {}
+                    }
+                });
+            })?;
+
+        Ok(Server {
+            listen,
+            admin,
+            workers,
+            config_tx,
+            shutdown_tx,
+            admin_stop: Some(admin_stop),
+            admin_thread: Some(admin_thread),
+            renderer,
+            slots: std::sync::Mutex::new(slots),
+            fixed,
+        })
+    }
+
+    /// Gives each backend of `config` a metrics slot, keeping the slots of names already known.
+    fn assign(slots: &mut Vec<Option<String>>, renderer: &Renderer, config: Config) -> Loaded {
+        let names: Vec<&str> = config.backends.iter().map(|b| b.name.as_str()).collect();
+        *slots = assign_slots(slots, &names);
+        renderer.set_backend_names(slots.clone());
+        let slots = names
+            .iter()
+            .map(|n| {
+                slots
+                    .iter()
+                    .position(|s| s.as_deref() == Some(n))
+                    .expect("every name has a slot")
+            })
+            .collect();
+        Loaded { config, slots }
+    }
+
+    /// The client-facing address (with the real port when the configuration asked for port 0).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// The admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// The metrics renderer, for in-process readers (the demo).
+    pub fn renderer(&self) -> &Renderer {
+        &self.renderer
+    }
+
+    /// Applies a new configuration: backends, routes, selection and limits change for requests
+    /// that start from now on; connections stay open. Settings fixed at start are reported.
+    pub fn reload(&self, config: Config) {
+        if Fixed::of(&config) != self.fixed {
+            tracing::warn!(
+                "reload: `listen`, `admin_listen` and `workers` apply only at the next start"
+            );
+        }
+        let mut slots = self.slots.lock().expect("slots lock");
+        let loaded = Self::assign(&mut slots, &self.renderer, config);
+        tracing::info!(
+            backends = loaded.config.backends.len(),
+            routes = loaded.config.routes.len(),
+            "configuration reloaded"
+        );
+        self.config_tx.send_replace(Arc::new(loaded));
+    }
+
+    /// Starts the graceful drain: listeners close, idle connections close, requests in progress
+    /// finish. `/healthz` answers 503 from now on.
+    pub fn shutdown(&self) {
+        self.shutdown_tx.send_replace(true);
+    }
+
+    /// Waits for every worker to finish, then stops the admin server.
+    pub fn wait(mut self) -> anyhow::Result<()> {
+        for w in self.workers.drain(..) {
+            w.join().map_err(|_| anyhow::anyhow!("a worker panicked"))?;
+        }
+        if let Some(stop) = self.admin_stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.admin_thread.take() {
+            t.join().map_err(|_| anyhow::anyhow!("the admin thread panicked"))?;
+        }
+        Ok(())
+    }
+}
+
+/// How long a draining worker waits for requests in progress: the longest route deadline plus
+/// the time a late reply may take to drain, plus slack.
+fn drain_timeout(config: &Config) -> Duration {
+    let longest = config
+        .routes
+        .iter()
+        .map(|r| r.timeout)
+        .max()
+        .unwrap_or_default();
+    longest + Duration::from_secs(2)
+}
+
+/// The new slot table: names already there keep their slot, names gone free theirs, new names
+/// take the first free one. `names` has at most `MAX_BACKENDS` entries (validated).
+pub fn assign_slots(old: &[Option<String>], names: &[&str]) -> Vec<Option<String>> {
+    let mut table: Vec<Option<String>> = old
+        .iter()
+        .map(|s| s.clone().filter(|s| names.contains(&s.as_str())))
+        .collect();
+    table.resize(MAX_BACKENDS, None);
+    for name in names {
+        if !table.iter().any(|s| s.as_deref() == Some(name)) {
+            let free = table
+                .iter()
+                .position(Option::is_none)
+                .expect("at most MAX_BACKENDS backends");
+            table[free] = Some(name.to_string());
+        }
+    }
+    table
+}
+
+/// CPUs this process may run on, in order, for pinning workers.
+fn online_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, filled by the kernel.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// `splitter run`: serve with the configuration at `path` until SIGTERM or SIGINT; SIGHUP
+/// reloads it.
+pub fn run(path: &Path, config: Config) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Handlers first: a SIGHUP that arrives during start-up must reload, not kill.
+    let mut signals = rt.block_on(async { signals::Signals::new() })?;
+    let server = Server::start(config.clone())?;
+    tracing::info!(
+        listen = %server.listen_addr(),
+        admin = %server.admin_addr(),
+        workers = worker_count(config.workers),
+        io = "uring",
+        steering = "reuseport",
+        backends = %config
+            .backends
+            .iter()
+            .map(|b| format!("{}={}", b.name, b.address))
+            .collect::<Vec<_>>()
+            .join(","),
+        routes = %config
+            .routes
+            .iter()
+            .map(|r| format!("{}:{}ms", r.path_prefix, r.timeout.as_millis()))
+            .collect::<Vec<_>>()
+            .join(","),
+        "splitter started"
+    );
+    rt.block_on(async {
+        loop {
+            match signals.next().await {
+                signals::Signal::Reload => match Config::load(path) {
+                    Ok(config) => server.reload(config),
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "reload refused, the running configuration stays"
+                    ),
+                },
+                signals::Signal::Shutdown => break,
+            }
+        }
+    });
+    tracing::info!("draining");
+    server.shutdown();
+    server.wait()?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_stay_with_their_names() {
+        let t = assign_slots(&[], &["a", "b"]);
+        assert_eq!(t[0].as_deref(), Some("a"));
+        assert_eq!(t[1].as_deref(), Some("b"));
+        // `a` goes, `c` comes: `b` keeps slot 1, `c` takes the freed slot 0.
+        let t = assign_slots(&t, &["b", "c"]);
+        assert_eq!(t[0].as_deref(), Some("c"));
+        assert_eq!(t[1].as_deref(), Some("b"));
+        assert_eq!(t.len(), MAX_BACKENDS);
+    }
+}

@@ -1,1 +1,246 @@
-//! TODO
+//! The data plane: one worker thread per CPU, pinned, each its own `tokio-uring` runtime with its
+//! own listener, its own backend connection pools and its own metrics cell. Workers share nothing
+//! on the hot path; the control plane reaches them only through two `watch` channels (the
+//! configuration, and shutdown), which they read when those change.
+//!
+//! - [`listener`]: the `SO_REUSEPORT` group of listeners.
+//! - [`client_conn`]: one client connection: read, frame, answer, in order.
+//! - [`fanout`]: one request sent to every backend and the answer chosen, driving
+//!   [`Exchange`](crate::scatter::exchange::Exchange).
+//! - [`backend_pool`]: keep-alive connections to the backends, and one exchange on one of them.
+
+pub mod backend_pool;
+pub mod client_conn;
+pub mod fanout;
+pub mod listener;
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::http1::limits::Limits;
+use crate::metrics::WorkerCounters;
+use crate::scatter::exchange::Prefer;
+use crate::scatter::route::RouteTable;
+use crate::scatter::select::Selector;
+
+use backend_pool::Pools;
+
+/// A configuration as the control plane hands it to the workers.
+pub struct Loaded {
+    /// The validated file.
+    pub config: Config,
+    /// Metrics slot of each backend, by position in `config.backends`: stable across reloads
+    /// for a backend that keeps its name, so its counters keep counting.
+    pub slots: Vec<usize>,
+}
+
+/// What a worker needs from the configuration, built on the worker's own thread so the hot path
+/// only touches thread-local, non-atomic data (`Rc`, not `Arc`).
+pub struct Plan {
+    /// Longest-prefix route table.
+    pub routes: RouteTable,
+    /// The JSON pointer to the compared number.
+    pub selector: Selector,
+    /// Whether the largest or the smallest number wins.
+    pub prefer: Prefer,
+    /// Every backend, in configuration order (a backend's index is its `BackendId`).
+    pub backends: Vec<BackendTarget>,
+    /// Client-side framing limits.
+    pub limits: Limits,
+    /// Longest time a client may take to send one request (head and body).
+    pub header_timeout: Duration,
+    /// Longest time a keep-alive client connection may sit idle between requests.
+    pub idle_timeout: Duration,
+    /// This worker's share of `max_in_flight`.
+    pub max_in_flight: usize,
+}
+
+/// One backend as a worker sees it.
+pub struct BackendTarget {
+    /// Name for `X-Splitter-Backend` and logs.
+    pub name: Rc<str>,
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// Index of its counters in the metrics cell.
+    pub slot: usize,
+}
+
+impl Plan {
+    /// Derives a worker's plan from a loaded configuration shared by `workers` workers.
+    pub fn new(loaded: &Loaded, workers: usize) -> Plan {
+        let c = &loaded.config;
+        Plan {
+            routes: RouteTable::new(&c.routes),
+            selector: Selector::parse(&c.select.field).expect("validated by Config"),
+            prefer: c.select.prefer,
+            backends: c
+                .backends
+                .iter()
+                .zip(&loaded.slots)
+                .map(|(b, &slot)| BackendTarget {
+                    name: Rc::from(b.name.as_str()),
+                    addr: b.address,
+                    slot,
+                })
+                .collect(),
+            limits: Limits {
+                max_header_bytes: c.max_header_bytes,
+                max_body: c.max_request_body,
+            },
+            header_timeout: c.header_timeout,
+            idle_timeout: c.idle_timeout,
+            // The process-wide limit is split evenly (rounded up) so admission needs no shared
+            // counter; the whole process may thus admit up to `workers - 1` more than the limit.
+            max_in_flight: c.max_in_flight.div_ceil(workers.max(1)),
+        }
+    }
+}
+
+/// One worker's state, shared by the tasks of its thread.
+pub struct Worker {
+    /// The current plan; replaced on reload, requests in progress keep the one they started with.
+    pub plan: RefCell<Rc<Plan>>,
+    /// Idle keep-alive connections to the backends.
+    pub pools: RefCell<Pools>,
+    /// This worker's metrics cell.
+    pub counters: WorkerCounters,
+    /// Requests admitted and not yet answered, against `plan.max_in_flight`.
+    pub in_flight: Cell<usize>,
+    /// Becomes true when the process is draining.
+    pub shutdown: watch::Receiver<bool>,
+    /// Reusable buffer for the JSON selection (simd-json parses in place).
+    pub scratch: RefCell<Vec<u8>>,
+}
+
+/// Everything a worker thread is started with.
+pub struct WorkerSpec {
+    /// Worker number, also its metrics cell index.
+    pub index: usize,
+    /// CPU to pin the thread to, if any.
+    pub cpu: Option<usize>,
+    /// Its own listener of the `SO_REUSEPORT` group.
+    pub listener: std::net::TcpListener,
+    /// Its metrics recording handle.
+    pub counters: WorkerCounters,
+    /// Configuration updates from the control plane.
+    pub config: watch::Receiver<Arc<Loaded>>,
+    /// Shutdown signal from the control plane.
+    pub shutdown: watch::Receiver<bool>,
+    /// Number of workers, to split `max_in_flight`.
+    pub workers: usize,
+    /// Longest a draining worker waits for its requests in progress before it gives up on them.
+    pub drain_timeout: Duration,
+}
+
+/// Checks that this process may use io_uring; the error says why not and what to do.
+pub fn probe_io_uring() -> anyhow::Result<()> {
+    io_uring::IoUring::new(8).map(drop).map_err(|e| {
+        anyhow::anyhow!(
+            "io_uring is not available ({e}): the data plane runs on tokio-uring. \
+             Check `sysctl kernel.io_uring_disabled` (must be 0, or 1 with this process in \
+             io_uring_group), and a container's seccomp profile (Docker's default blocks \
+             io_uring_setup: run with a profile that allows it)"
+        )
+    })
+}
+
+/// Starts a worker thread.
+pub fn spawn(spec: WorkerSpec) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("splitter-w{}", spec.index))
+        .spawn(move || {
+            if let Some(cpu) = spec.cpu {
+                pin_to_cpu(cpu);
+            }
+            tokio_uring::builder()
+                .entries(1024)
+                .start(run(spec));
+        })
+}
+
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET stays in bounds for cpu < 1024.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu % libc::CPU_SETSIZE as usize, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+            tracing::warn!(cpu, error = %std::io::Error::last_os_error(), "cannot pin worker");
+        }
+    }
+}
+
+async fn run(spec: WorkerSpec) {
+    let WorkerSpec {
+        index,
+        listener,
+        counters,
+        mut config,
+        mut shutdown,
+        workers,
+        drain_timeout,
+        ..
+    } = spec;
+    let plan = Plan::new(&config.borrow_and_update(), workers);
+    let worker = Rc::new(Worker {
+        pools: RefCell::new(Pools::new(&plan.backends)),
+        plan: RefCell::new(Rc::new(plan)),
+        counters,
+        in_flight: Cell::new(0),
+        shutdown: shutdown.clone(),
+        scratch: RefCell::new(Vec::with_capacity(4096)),
+    });
+
+    let reloader = Rc::clone(&worker);
+    tokio_uring::spawn(async move {
+        while config.changed().await.is_ok() {
+            let plan = Plan::new(&config.borrow_and_update(), workers);
+            reloader.pools.borrow_mut().retain_backends(&plan.backends);
+            *reloader.plan.borrow_mut() = Rc::new(plan);
+        }
+    });
+
+    let listener = tokio_uring::net::TcpListener::from_std(listener);
+    // Every connection task holds a clone of `open`; when the last one is dropped, `drained`
+    // resolves: the worker knows its connections are done without counting them.
+    let (open, mut drained) = mpsc::channel::<()>(1);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    let worker = Rc::clone(&worker);
+                    let open = open.clone();
+                    tokio_uring::spawn(async move {
+                        client_conn::serve(&worker, stream).await;
+                        drop(open);
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: keep serving the connections we have.
+                    tracing::warn!(worker = index, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            _ = shutdown.wait_for(|&stop| stop) => break,
+        }
+    }
+    // Unlisten now: the pending accept fails, and the kernel stops queueing new connections on
+    // this socket (its `SO_REUSEPORT` siblings, or the next instance, get them).
+    // SAFETY: a valid listening socket owned by `listener`.
+    unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+    drop(listener);
+    drop(open);
+    if tokio::time::timeout(drain_timeout, drained.recv())
+        .await
+        .is_err()
+    {
+        tracing::warn!(worker = index, "drain timed out; closing remaining connections");
+    }
+}

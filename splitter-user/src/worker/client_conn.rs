@@ -1,0 +1,336 @@
+//! One client connection: read a request, frame it, fan it out, answer; then the next one,
+//! in order (pipelined requests wait in the buffer and are answered one after the other).
+//!
+//! The stream is closed, after a final status where one is due, whenever it can no longer be
+//! trusted (any framing error), when the client asked for it, when it is too slow, and when the
+//! process drains.
+
+use std::io::Write as _;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::TcpStream;
+
+use super::fanout::{scatter, Answer};
+use super::{Plan, Worker};
+use crate::http1::chunked::ChunkedDecoder;
+use crate::http1::encode::{client_response, continue_100, status_response, ConnectionHeader};
+use crate::http1::request::{parse_request, BodyFraming, RequestHead, Version};
+
+/// Smallest free space offered to a read.
+const READ_CHUNK: usize = 8192;
+
+/// Serves `stream` until it closes.
+pub async fn serve(worker: &Rc<Worker>, stream: TcpStream) {
+    // Responses are written whole; Nagle would only delay them.
+    let _ = stream.set_nodelay(true);
+    worker.counters.connection(1);
+    let mut conn = ClientConn {
+        stream,
+        buf: Vec::with_capacity(READ_CHUNK),
+        out: Vec::with_capacity(4096),
+        forward: Vec::with_capacity(1024),
+    };
+    conn.run(worker).await;
+    worker.counters.connection(-1);
+}
+
+struct ClientConn {
+    stream: TcpStream,
+    /// Bytes read and not yet consumed: the request being read and any pipelined after it.
+    buf: Vec<u8>,
+    /// The response being written.
+    out: Vec<u8>,
+    /// The head to forward, as `parse_request` writes it.
+    forward: Vec<u8>,
+}
+
+/// How reading more bytes ended.
+enum Read {
+    /// Some bytes arrived.
+    More,
+    /// The client closed, or the socket failed.
+    Closed,
+    /// The wait's deadline passed.
+    TimedOut,
+    /// The process is draining and the connection is between requests.
+    Draining,
+}
+
+impl ClientConn {
+    async fn run(&mut self, worker: &Rc<Worker>) {
+        loop {
+            let plan = Rc::clone(&worker.plan.borrow());
+            let Some((head, deadline)) = self.read_head(worker, &plan).await else {
+                return;
+            };
+            worker.counters.request();
+            let closing = !head.keep_alive;
+            let conn_header = |close: bool| match (close, head.version) {
+                (true, _) => ConnectionHeader::Close,
+                (false, Version::Http10) => ConnectionHeader::KeepAlive,
+                (false, Version::Http11) => ConnectionHeader::None,
+            };
+            let route = plan
+                .routes
+                .lookup(&self.buf[head.path.clone()])
+                .map(|r| r.timeout);
+            if route.is_none() && head.expect_continue {
+                // Refuse before the body is sent (RFC 9110 §10.1.1); its bytes, if any come,
+                // cannot be told from a next request, so the connection ends here.
+                self.respond(worker, 404, conn_header(true), None).await;
+                return;
+            }
+            let Some((request, consumed)) = self.read_body(worker, &plan, &head, deadline).await
+            else {
+                return;
+            };
+            let Some(timeout) = route else {
+                self.buf.drain(..consumed);
+                if !self.respond(worker, 404, conn_header(closing), None).await || closing {
+                    return;
+                }
+                continue;
+            };
+            self.buf.drain(..consumed);
+
+            // The deadline starts now: the whole request has been read (SPEC section 3).
+            let started = Instant::now();
+            let closing = closing || *worker.shutdown.borrow();
+            let conn = conn_header(closing);
+            if worker.in_flight.get() >= plan.max_in_flight {
+                if !self.respond(worker, 503, conn, Some(started)).await || closing {
+                    return;
+                }
+                continue;
+            }
+            worker.in_flight.set(worker.in_flight.get() + 1);
+            worker.counters.in_flight(1);
+            let answer = scatter(worker, &plan, timeout, request).await;
+            worker.in_flight.set(worker.in_flight.get() - 1);
+            worker.counters.in_flight(-1);
+
+            let written = match answer {
+                Answer::Backend(id, response) => {
+                    self.out.clear();
+                    client_response(
+                        &mut self.out,
+                        response.head(),
+                        response.body(),
+                        &plan.backends[id].name,
+                        conn,
+                    );
+                    self.write_out(worker, 200, Some(started)).await
+                }
+                Answer::NoContent => self.respond(worker, 204, conn, Some(started)).await,
+            };
+            if !written || closing {
+                return;
+            }
+        }
+    }
+
+    /// Reads until a whole request head is in the buffer. Returns it with the time by which the
+    /// whole request must have arrived, or `None` when the connection is done.
+    async fn read_head(
+        &mut self,
+        worker: &Rc<Worker>,
+        plan: &Plan,
+    ) -> Option<(RequestHead, Instant)> {
+        // A request already (partly) buffered started arriving no later than now.
+        let mut deadline = (!self.buf.is_empty()).then(|| Instant::now() + plan.header_timeout);
+        loop {
+            if !self.buf.is_empty() {
+                match parse_request(&self.buf, &plan.limits, &mut self.forward) {
+                    Ok(Some(head)) => {
+                        let deadline =
+                            deadline.unwrap_or_else(|| Instant::now() + plan.header_timeout);
+                        return Some((head, deadline));
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        worker.counters.request();
+                        tracing::debug!(error = %e, "bad request");
+                        self.respond(worker, e.status(), ConnectionHeader::Close, None)
+                            .await;
+                        return None;
+                    }
+                }
+            }
+            let read = match deadline {
+                Some(at) => self.read_until(at, None).await,
+                None => {
+                    let idle = Instant::now() + plan.idle_timeout;
+                    self.read_until(idle, Some(worker)).await
+                }
+            };
+            match read {
+                Read::More => {
+                    deadline.get_or_insert_with(|| Instant::now() + plan.header_timeout);
+                }
+                Read::Closed | Read::Draining => return None,
+                Read::TimedOut => {
+                    worker.counters.client_timeout();
+                    if !self.buf.is_empty() {
+                        self.respond(worker, 408, ConnectionHeader::Close, None)
+                            .await;
+                    }
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Reads the body of `head` (sending `100 Continue` first if the client waits for it) and
+    /// builds the request every backend gets. Returns it with the number of buffered bytes the
+    /// request took, or `None` when the connection is done.
+    async fn read_body(
+        &mut self,
+        worker: &Rc<Worker>,
+        plan: &Plan,
+        head: &RequestHead,
+        deadline: Instant,
+    ) -> Option<(Bytes, usize)> {
+        let start = head.head_len;
+        let have_body = match head.framing {
+            BodyFraming::Length(n) => self.buf.len() >= start + n,
+            BodyFraming::Chunked => false,
+        };
+        if head.expect_continue && !have_body {
+            self.out.clear();
+            self.out.extend_from_slice(continue_100());
+            if !self.write_raw().await {
+                return None;
+            }
+        }
+        let mut request;
+        let consumed;
+        match head.framing {
+            BodyFraming::Length(n) => {
+                while self.buf.len() < start + n {
+                    if !self.read_or_give_up(worker, deadline).await {
+                        return None;
+                    }
+                }
+                request = Vec::with_capacity(self.forward.len() + 32 + n);
+                request.extend_from_slice(&self.forward);
+                let _ = write!(request, "Content-Length: {n}\r\n\r\n");
+                request.extend_from_slice(&self.buf[start..start + n]);
+                consumed = start + n;
+            }
+            BodyFraming::Chunked => {
+                let mut decoder = ChunkedDecoder::new(plan.limits.max_body);
+                let mut body = Vec::with_capacity(READ_CHUNK);
+                let mut pos = start;
+                loop {
+                    match decoder.decode(&self.buf[pos..], &mut body) {
+                        Ok(step) => {
+                            pos += step.consumed;
+                            if step.done {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "bad chunked body");
+                            self.respond(worker, e.status(), ConnectionHeader::Close, None)
+                                .await;
+                            return None;
+                        }
+                    }
+                    if !self.read_or_give_up(worker, deadline).await {
+                        return None;
+                    }
+                }
+                request = Vec::with_capacity(self.forward.len() + 32 + body.len());
+                request.extend_from_slice(&self.forward);
+                let _ = write!(request, "Content-Length: {}\r\n\r\n", body.len());
+                request.extend_from_slice(&body);
+                consumed = pos;
+            }
+        }
+        Some((Bytes::from(request), consumed))
+    }
+
+    /// One more read of the request body before `deadline`; on a timeout answers 408. False when
+    /// the connection is done.
+    async fn read_or_give_up(&mut self, worker: &Rc<Worker>, deadline: Instant) -> bool {
+        match self.read_until(deadline, None).await {
+            Read::More => true,
+            Read::Closed | Read::Draining => false,
+            Read::TimedOut => {
+                worker.counters.client_timeout();
+                self.respond(worker, 408, ConnectionHeader::Close, None)
+                    .await;
+                false
+            }
+        }
+    }
+
+    /// Reads more bytes into the buffer, until `deadline`; between requests (`idle` given) also
+    /// stops when the process drains.
+    async fn read_until(&mut self, deadline: Instant, idle: Option<&Rc<Worker>>) -> Read {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let len = buf.len();
+        let read = self.stream.read(buf.slice(len..));
+        let timed = tokio::time::timeout_at(deadline.into(), read);
+        let result = match idle {
+            Some(worker) => {
+                let mut shutdown = worker.shutdown.clone();
+                tokio::select! {
+                    r = timed => Some(r),
+                    _ = shutdown.wait_for(|&stop| stop) => None,
+                }
+            }
+            None => Some(timed.await),
+        };
+        match result {
+            // The read was abandoned with the buffer inside it; the connection ends anyway.
+            None => Read::Draining,
+            Some(Err(_elapsed)) => Read::TimedOut,
+            Some(Ok((res, slice))) => {
+                self.buf = slice.into_inner();
+                match res {
+                    Ok(0) | Err(_) => Read::Closed,
+                    Ok(_) => Read::More,
+                }
+            }
+        }
+    }
+
+    /// Writes a response without backend content. False when the write failed.
+    async fn respond(
+        &mut self,
+        worker: &Rc<Worker>,
+        status: u16,
+        conn: ConnectionHeader,
+        started: Option<Instant>,
+    ) -> bool {
+        self.out.clear();
+        status_response(&mut self.out, status, conn);
+        self.write_out(worker, status, started).await
+    }
+
+    /// Writes `out` as the response with `status`, and counts it.
+    async fn write_out(&mut self, worker: &Rc<Worker>, status: u16, started: Option<Instant>) -> bool {
+        let ok = self.write_raw().await;
+        worker.counters.response(status);
+        if let Some(started) = started {
+            worker
+                .counters
+                .latency(started.elapsed().as_micros().min(u64::MAX as u128) as u64);
+        }
+        ok
+    }
+
+    async fn write_raw(&mut self) -> bool {
+        let out = std::mem::take(&mut self.out);
+        let (res, out) = self.stream.write_all(out).await;
+        self.out = out;
+        res.is_ok()
+    }
+}
