@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh Debian 12 machine: the pinned Rust toolchain and the Debian
+# packages the tests and benchmarks use (wrk, haproxy, bpftool). Sourced by ../demo.sh and ../test.sh.
+set -euo pipefail
+
+if ! command -v rustup >/dev/null 2>&1; then
+  echo "rustup is required: https://rustup.rs" >&2
+  exit 1
+fi
+# rustup's self-update here can replace the rustup binary with an older one.
+rustup set auto-self-update disable >/dev/null 2>&1 || true
+toolchain=$(sed -n 's/^channel = "\(.*\)"/\1/p' "$(dirname "${BASH_SOURCE[0]}")/../rust-toolchain.toml")
+if ! rustup run "$toolchain" cargo --version >/dev/null 2>&1 \
+  || ! rustup component list --toolchain "$toolchain" --installed 2>/dev/null | grep -q clippy; then
+  rustup toolchain install "$toolchain" --profile minimal --component clippy,rustfmt --no-self-update
+fi
+
+if [ "${SPLITTER_SKIP_APT:-0}" != 1 ]; then
+  need=()
+  for tool in wrk haproxy; do
+    command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || need+=("$tool")
+  done
+  if [ "${#need[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get update -qq
+      apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    else
+      echo "note: ${need[*]} missing and not root: the tests that need them will say so and skip" >&2
+    fi
+  fi
+fi
