@@ -1589,4 +1589,55 @@ mod tests {
         })
         .await;
     }
+
+    /// Rough throughput check: `cargo test --release -p splitter-user --lib wrk_load --
+    /// --ignored --nocapture` (needs `wrk`). POSTs a 2 KB JSON body over 32 keep-alive
+    /// connections for 5 s to a single-threaded mock answering 2 KB bodies.
+    #[test]
+    #[ignore = "load test: needs wrk; run in --release with --ignored --nocapture"]
+    fn wrk_load() {
+        let cfg = Arc::new(MockConfig::new(&args(&["--body-bytes", "2048"])).unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+                tx.send(listener.local_addr().unwrap()).unwrap();
+                serve(listener, cfg).await
+            })
+        });
+        let addr = rx.recv().unwrap();
+        let dir = std::env::temp_dir().join(format!("mock-wrk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("post.lua");
+        let body = format!(
+            r#"{{"id":"bench","imp":[{{"id":"1"}}],"pad":"{}"}}"#,
+            "y".repeat(2000)
+        );
+        std::fs::write(
+            &script,
+            format!(
+                "wrk.method = \"POST\"\nwrk.body = '{body}'\n\
+                 wrk.headers[\"Content-Type\"] = \"application/json\"\n\
+                 wrk.headers[\"X-Req-Id\"] = \"bench-1\"\n"
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new("wrk")
+            .args(["-t1", "-c32", "-d5s", "-s"])
+            .arg(&script)
+            .arg(format!("http://{addr}/bid"))
+            .output();
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = out.expect("wrk installed");
+        println!("{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
