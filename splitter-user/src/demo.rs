@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use crate::config::{Config, DEFAULT_CONFIG};
 use crate::control::Server;
 use crate::http1::response::{parse_response, ResponseFraming};
-use crate::mock_backend::{self, MockArgs};
+use crate::mock_backend::{self, MockArgs, MockConfig};
 
 /// Options of `splitter demo`.
 #[derive(clap::Args, Debug)]
@@ -69,7 +69,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         let argv = ["mock-backend", "--listen", "127.0.0.1:0", "--name", name]
             .into_iter()
             .chain(flags.iter().copied());
-        let mock = Arc::new(MockCommand::try_parse_from(argv)?.args);
+        let mock = Arc::new(MockConfig::new(&MockCommand::try_parse_from(argv)?.args)?);
         backends_rt.spawn(mock_backend::serve(listener, mock));
     }
     config.listen = "127.0.0.1:0".parse()?;
