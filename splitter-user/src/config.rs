@@ -226,8 +226,9 @@ pub enum LogFormat {
 
 /// A configuration file that cannot be used: which file, which key, what is wrong.
 ///
-/// Displays as `<path>: `<key>`: <message>`, or `<path>: <message>` when no key is at fault
-/// (the file cannot be read).
+/// Displays as ``<path>: `<key>`: <message>``, e.g.
+/// ``/etc/splitter/splitter.toml: `route[1].timeout_ms`: must be between 1 and 60000, got 0``,
+/// or `<path>: <message>` when no key is at fault (the file cannot be read).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
     /// The file, as given to [`Config::load`] or [`Config::parse`].

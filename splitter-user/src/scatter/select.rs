@@ -174,7 +174,9 @@ mod tests {
 
     #[test]
     fn parse_splits_and_unescapes_tokens() {
-        let cases: &[(&str, &[(&str, Option<usize>)])] = &[
+        /// The expected (key, index) of each token.
+        type Tokens = &'static [(&'static str, Option<usize>)];
+        let cases: &[(&str, Tokens)] = &[
             ("", &[]),
             ("/", &[("", None)]),
             ("//", &[("", None), ("", None)]),
