@@ -303,20 +303,35 @@ impl Config {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct FileConfig {
+    /// `listen`, required: `None` when absent.
     listen: Option<String>,
+    /// `admin_listen`, parsed in `validate`.
     admin_listen: String,
+    /// `workers`.
     workers: usize,
+    /// `max_request_body`.
     max_request_body: usize,
+    /// `max_header_bytes`.
     max_header_bytes: usize,
+    /// `max_in_flight`.
     max_in_flight: usize,
+    /// `header_timeout_ms`.
     header_timeout_ms: u64,
+    /// `idle_timeout_ms`.
     idle_timeout_ms: u64,
+    /// `log_level`.
     log_level: String,
+    /// `log_format`.
     log_format: LogFormat,
+    /// `io`.
     io: IoMode,
+    /// `[select]`.
     select: SelectConfig,
+    /// `[[backend]]`, required: empty when absent.
     backend: Vec<FileBackend>,
+    /// `[[route]]`, required: empty when absent.
     route: Vec<FileRoute>,
+    /// `[steering]`.
     steering: SteeringConfig,
 }
 
@@ -346,7 +361,9 @@ impl Default for FileConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct FileBackend {
+    /// `name`, required.
     name: Option<String>,
+    /// `address`, required, resolved in `validate`.
     address: Option<String>,
 }
 
@@ -354,7 +371,9 @@ struct FileBackend {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct FileRoute {
+    /// `path_prefix`, required.
     path_prefix: Option<String>,
+    /// `timeout_ms`, required.
     timeout_ms: Option<u64>,
 }
 

@@ -95,10 +95,12 @@ impl Selector {
         Ok(Self { tokens })
     }
 
-    /// The number this pointer resolves to in `body`, as `f64` (integers included; beyond
-    /// 2^53 they round), or `None`: not JSON (trailing bytes included), nothing at the
-    /// pointer, or something other than a number there (a string, even `"1.5"`, null, bool,
-    /// object, array).
+    /// The number this pointer resolves to in `body`, as `f64`, or `None`: not JSON (trailing
+    /// bytes included), nothing at the pointer, or something other than a number there (a
+    /// string, even `"1.5"`, null, bool, object, array).
+    ///
+    /// Integers are included (beyond 2^53 they round, beyond `u64` they are read as floats);
+    /// the result is always finite, as a number beyond `f64`'s range is refused.
     ///
     /// When an object has a member twice, the last one counts, as in JavaScript's
     /// `JSON.parse` and serde_json, so the splitter ranks the number a client would read.
