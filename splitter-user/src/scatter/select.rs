@@ -1,1 +1,472 @@
-//! TODO
+//! The selection field: an RFC 6901 JSON Pointer and the number it finds in a backend's
+//! response body (SPEC 2).
+//!
+//! Sans-IO and allocation-free per call in steady state: the caller keeps one [`Scratch`] per
+//! worker and lends it to every [`Selector::select`]. Parsing uses `simd-json`'s tape (a flat
+//! vector of nodes whose containers know their size), so a lookup skips whole sub-documents
+//! and no DOM (maps, owned strings) is built.
+
+use simd_json::prelude::ValueAsScalar as _;
+use simd_json::{Buffers, Node, Tape};
+
+/// Why a configured JSON Pointer is not one (RFC 6901 section 3).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PointerError {
+    /// Neither the empty pointer (the whole document) nor a `/`-separated path.
+    #[error("a JSON Pointer is empty or starts with `/`, like `/price`")]
+    NoLeadingSlash,
+    /// A `~` not followed by `0` (for `~`) or `1` (for `/`).
+    #[error("`~` at byte {at} must be followed by `0` or `1` (`~0` is `~`, `~1` is `/`)")]
+    BadEscape {
+        /// Offset of the `~` in the pointer.
+        at: usize,
+    },
+}
+
+/// A parsed JSON Pointer, ready to find its number in many bodies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selector {
+    /// The reference tokens, root first; none for the whole document.
+    tokens: Vec<Token>,
+}
+
+/// One reference token: an object member name, which may also be an array index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Token {
+    /// The member name, unescaped (`~1` is `/`, `~0` is `~`).
+    key: String,
+    /// The array index the token spells, when it is one: `0`, or digits without a leading
+    /// zero, small enough for a `usize`. `-` (past the end) never resolves to a value.
+    index: Option<usize>,
+}
+
+impl Token {
+    fn new(key: String) -> Self {
+        let is_index = key == "0"
+            || (!key.is_empty()
+                && !key.starts_with('0')
+                && key.bytes().all(|c| c.is_ascii_digit()));
+        // An index too large for usize cannot exist in any array: no index, never resolves.
+        let index = if is_index { key.parse().ok() } else { None };
+        Self { key, index }
+    }
+}
+
+/// Reusable parse buffers, one per worker, lent to [`Selector::select`].
+///
+/// `simd-json` parses in place (it unescapes strings where they lie) and reads past the end of
+/// its input in SIMD-wide steps, so a body is first copied here with padding. The tape and
+/// the parser's work buffers grow to the largest body seen, then stay.
+#[derive(Default)]
+pub struct Scratch {
+    /// The body being parsed, followed by `simd_json::INPUT_PADDING` bytes.
+    input: Vec<u8>,
+    /// simd-json's stage 1 and stage 2 work buffers.
+    buffers: Buffers,
+    /// The tape's storage between calls; always empty there, hence `'static`.
+    tape: Vec<Node<'static>>,
+}
+
+impl std::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scratch")
+            .field("input_capacity", &self.input.capacity())
+            .field("tape_capacity", &self.tape.capacity())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Selector {
+    /// Parses an RFC 6901 JSON Pointer: `""` is the whole document, `/price` a member,
+    /// `/seatbid/0/bid/0/price` a path through objects and arrays.
+    pub fn parse(pointer: &str) -> Result<Self, PointerError> {
+        if pointer.is_empty() {
+            return Ok(Self { tokens: Vec::new() });
+        }
+        let Some(rest) = pointer.strip_prefix('/') else {
+            return Err(PointerError::NoLeadingSlash);
+        };
+        let mut tokens = Vec::new();
+        let mut offset = 1;
+        for raw in rest.split('/') {
+            tokens.push(Token::new(unescape(raw, offset)?));
+            offset += raw.len() + 1;
+        }
+        Ok(Self { tokens })
+    }
+
+    /// The number this pointer resolves to in `body`, as `f64`, or `None`: not JSON (trailing
+    /// bytes included), nothing at the pointer, or something other than a number there (a
+    /// string, even `"1.5"`, null, bool, object, array).
+    ///
+    /// Integers are included (beyond 2^53 they round, beyond `u64` they are read as floats);
+    /// the result is always finite, as a number beyond `f64`'s range is refused.
+    ///
+    /// When an object has a member twice, the last one counts, as in JavaScript's
+    /// `JSON.parse` and serde_json, so the splitter ranks the number a client would read.
+    pub fn select(&self, body: &[u8], scratch: &mut Scratch) -> Option<f64> {
+        let Scratch {
+            input,
+            buffers,
+            tape,
+        } = scratch;
+        input.clear();
+        input.extend_from_slice(body);
+        input.resize(body.len() + simd_json::INPUT_PADDING, 0);
+        // The stored tape is empty, so it may take the lifetime of this call's input.
+        let mut parsed = Tape(std::mem::take(tape)).reset();
+        let found = simd_json::fill_tape_padded(input, body.len(), buffers, &mut parsed)
+            .ok()
+            .and_then(|()| self.resolve(parsed.as_value()));
+        *tape = parsed.reset().0;
+        found
+    }
+
+    /// Walks the tokens down from `root`.
+    fn resolve(&self, root: simd_json::value::tape::Value<'_, '_>) -> Option<f64> {
+        let mut value = root;
+        for token in &self.tokens {
+            value = if let Some(object) = value.as_object() {
+                object.iter().filter(|(key, _)| *key == token.key).last()?.1
+            } else {
+                value.as_array()?.get(token.index?)?
+            };
+        }
+        value.cast_f64()
+    }
+}
+
+/// Decodes the `~0` and `~1` escapes of one reference token that starts at `offset` in the
+/// pointer.
+fn unescape(raw: &str, offset: usize) -> Result<String, PointerError> {
+    let mut key = String::with_capacity(raw.len());
+    let mut chars = raw.char_indices();
+    while let Some((i, c)) = chars.next() {
+        key.push(match c {
+            '~' => match chars.next() {
+                Some((_, '0')) => '~',
+                Some((_, '1')) => '/',
+                _ => return Err(PointerError::BadEscape { at: offset + i }),
+            },
+            c => c,
+        });
+    }
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The number `pointer` finds in `body`.
+    fn sel(pointer: &str, body: &str) -> Option<f64> {
+        let selector = Selector::parse(pointer).expect("valid pointer");
+        selector.select(body.as_bytes(), &mut Scratch::default())
+    }
+
+    /// The reference tokens of `pointer`, as (key, index).
+    fn tokens(pointer: &str) -> Vec<(String, Option<usize>)> {
+        let selector = Selector::parse(pointer).expect("valid pointer");
+        selector
+            .tokens
+            .into_iter()
+            .map(|t| (t.key, t.index))
+            .collect()
+    }
+
+    #[test]
+    fn parse_splits_and_unescapes_tokens() {
+        /// The expected (key, index) of each token.
+        type Tokens = &'static [(&'static str, Option<usize>)];
+        let cases: &[(&str, Tokens)] = &[
+            ("", &[]),
+            ("/", &[("", None)]),
+            ("//", &[("", None), ("", None)]),
+            ("/price", &[("price", None)]),
+            (
+                "/seatbid/0/bid/10/price",
+                &[
+                    ("seatbid", None),
+                    ("0", Some(0)),
+                    ("bid", None),
+                    ("10", Some(10)),
+                    ("price", None),
+                ],
+            ),
+            ("/a~1b", &[("a/b", None)]),
+            ("/m~0n", &[("m~n", None)]),
+            // `~01` is `~` then `1`, never `/`: escapes decode left to right, once.
+            ("/~01", &[("~1", None)]),
+            ("/~10", &[("/0", None)]),
+            ("/ ", &[(" ", None)]),
+            (
+                "/\u{e9}t\u{e9}/\u{1f600}",
+                &[("\u{e9}t\u{e9}", None), ("\u{1f600}", None)],
+            ),
+            ("/01", &[("01", None)]),
+            ("/00", &[("00", None)]),
+            ("/-", &[("-", None)]),
+            ("/-1", &[("-1", None)]),
+            ("/+1", &[("+1", None)]),
+            ("/1e3", &[("1e3", None)]),
+            (
+                "/99999999999999999999999",
+                &[("99999999999999999999999", None)],
+            ),
+        ];
+        for (pointer, expected) in cases {
+            let expected: Vec<(String, Option<usize>)> =
+                expected.iter().map(|&(k, i)| (k.to_owned(), i)).collect();
+            assert_eq!(tokens(pointer), expected, "{pointer:?}");
+        }
+    }
+
+    #[test]
+    fn parse_rejects_malformed_pointers() {
+        let cases = [
+            ("price", PointerError::NoLeadingSlash),
+            (" /price", PointerError::NoLeadingSlash),
+            ("#/price", PointerError::NoLeadingSlash),
+            ("/a~", PointerError::BadEscape { at: 2 }),
+            ("/a~2", PointerError::BadEscape { at: 2 }),
+            ("/ok/~x", PointerError::BadEscape { at: 4 }),
+            ("/\u{e9}/~", PointerError::BadEscape { at: 4 }),
+        ];
+        for (pointer, expected) in cases {
+            assert_eq!(Selector::parse(pointer), Err(expected), "{pointer:?}");
+        }
+    }
+
+    #[test]
+    fn pointer_errors_explain_themselves() {
+        assert_eq!(
+            PointerError::BadEscape { at: 3 }.to_string(),
+            "`~` at byte 3 must be followed by `0` or `1` (`~0` is `~`, `~1` is `/`)"
+        );
+        assert_eq!(
+            PointerError::NoLeadingSlash.to_string(),
+            "a JSON Pointer is empty or starts with `/`, like `/price`"
+        );
+    }
+
+    #[test]
+    fn select_finds_numbers() {
+        let rtb = r#"{"id":"r1","seatbid":[{"bid":[{"id":"b0","price":1.5},{"price":2.25}]}],"cur":"USD"}"#;
+        let cases: &[(&str, &str, Option<f64>)] = &[
+            ("/price", r#"{"price": 1.5}"#, Some(1.5)),
+            ("/price", r#"{"price": 3}"#, Some(3.0)),
+            ("/price", r#"{"price": -3}"#, Some(-3.0)),
+            ("/price", r#"{"price": -0.25}"#, Some(-0.25)),
+            ("/price", r#"{"price": 0}"#, Some(0.0)),
+            ("/price", r#"{"price": 1e3}"#, Some(1000.0)),
+            ("/price", r#"{"price": 1E-2}"#, Some(0.01)),
+            ("/price", r#"{"price": 2.5e+2}"#, Some(250.0)),
+            (
+                "/price",
+                r#"{"price": 1.7976931348623157e308}"#,
+                Some(f64::MAX),
+            ),
+            (
+                "/price",
+                r#"{"price": 18446744073709551615}"#,
+                Some(u64::MAX as f64),
+            ),
+            (
+                "/price",
+                r#"{"price": -9223372036854775808}"#,
+                Some(i64::MIN as f64),
+            ),
+            (
+                "/price",
+                r#"{"price": 9007199254740993}"#,
+                Some(9007199254740992.0),
+            ),
+            ("/seatbid/0/bid/0/price", rtb, Some(1.5)),
+            ("/seatbid/0/bid/1/price", rtb, Some(2.25)),
+            ("/a/b/c/d", r#"{"a":{"b":{"c":{"d":42}}}}"#, Some(42.0)),
+            (
+                "/a/b",
+                r#"{"x":{"b":1},"a":{"y":[1,{"b":2}],"b":3}}"#,
+                Some(3.0),
+            ),
+            ("/1", "[10, 11, 12]", Some(11.0)),
+            ("/0/0/0", "[[[7]]]", Some(7.0)),
+            ("/2", r#"[{"a":[1,2,{"b":3}]}, [4,[5]], 6]"#, Some(6.0)),
+            ("", "12.5", Some(12.5)),
+            ("", " \n\t 7 \r\n", Some(7.0)),
+            ("/price", " {\n  \"price\" :\t4 \n} \n", Some(4.0)),
+            // Object members named like indices are plain names.
+            ("/0", r#"{"0": 5}"#, Some(5.0)),
+            ("/01", r#"{"01": 5}"#, Some(5.0)),
+            ("/-", r#"{"-": 5}"#, Some(5.0)),
+            (
+                "/seatbid/0/bid/0/price",
+                r#"{"seatbid": {"0": {"bid": [{"price": 1}]}}}"#,
+                Some(1.0),
+            ),
+            ("/", r#"{"": 5}"#, Some(5.0)),
+            ("/ ", r#"{" ": 5}"#, Some(5.0)),
+            // Escapes: in the pointer (`~0`, `~1`) and in the JSON key (`\u`, `\/`).
+            ("/a~1b", r#"{"a/b": 1, "a": {"b": 2}}"#, Some(1.0)),
+            ("/m~0n", r#"{"m~n": 8}"#, Some(8.0)),
+            ("/a~1b", r#"{"a\/b": 9}"#, Some(9.0)),
+            ("/quo\"te", r#"{"quo\"te": 9}"#, Some(9.0)),
+            ("/back\\slash", r#"{"back\\slash": 9}"#, Some(9.0)),
+            ("/price", r#"{"\u0070rice": 6}"#, Some(6.0)),
+            // Unicode keys, raw or escaped, including a surrogate pair.
+            ("/pr\u{e9}is", "{\"pr\u{e9}is\": 2}", Some(2.0)),
+            ("/pr\u{e9}is", r#"{"pr\u00e9is": 2}"#, Some(2.0)),
+            ("/\u{1f4b0}", r#"{"\ud83d\udcb0": 3}"#, Some(3.0)),
+            // Duplicate members: the last wins, at every level.
+            ("/price", r#"{"price": 1, "price": 2}"#, Some(2.0)),
+            ("/price", r#"{"price": 1, "price": "x"}"#, None),
+            ("/price", r#"{"price": "x", "price": 3}"#, Some(3.0)),
+            ("/a/b", r#"{"a": {"b": 1}, "a": {"c": 2}}"#, None),
+            ("/a/b", r#"{"a": {"c": 2}, "a": {"b": 1}}"#, Some(1.0)),
+        ];
+        for &(pointer, body, expected) in cases {
+            assert_eq!(sel(pointer, body), expected, "{pointer:?} in {body}");
+        }
+    }
+
+    #[test]
+    fn select_refuses_everything_but_a_number() {
+        let cases: &[(&str, &str)] = &[
+            // Not a number at the pointer.
+            ("/price", r#"{"price": "1.5"}"#),
+            ("/price", r#"{"price": "1e3"}"#),
+            ("/price", r#"{"price": null}"#),
+            ("/price", r#"{"price": true}"#),
+            ("/price", r#"{"price": false}"#),
+            ("/price", r#"{"price": {}}"#),
+            ("/price", r#"{"price": {"value": 1}}"#),
+            ("/price", r#"{"price": [1]}"#),
+            ("/price", r#"{"price": []}"#),
+            ("", r#"{"price": 1}"#),
+            // Nothing at the pointer.
+            ("/price", r#"{}"#),
+            ("/price", r#"{"Price": 1}"#),
+            ("/price", r#"{"price ": 1}"#),
+            ("/price", r#"{"nested": {"price": 1}}"#),
+            ("/price", "[1]"),
+            ("/price", "1"),
+            ("/price/x", r#"{"price": 1}"#),
+            ("/0", "[]"),
+            ("/3", "[1, 2, 3]"),
+            ("/-", "[1, 2, 3]"),
+            ("/01", "[1, 2, 3]"),
+            ("/00", "[1, 2, 3]"),
+            ("/+1", "[1, 2, 3]"),
+            ("/1.0", "[1, 2, 3]"),
+            ("/-1", "[1, 2, 3]"),
+            ("/ 1", "[1, 2, 3]"),
+            ("/99999999999999999999999", "[1, 2, 3]"),
+            // Not JSON, or not only JSON.
+            ("/price", ""),
+            ("/price", "   "),
+            ("", ""),
+            ("/price", "price=1"),
+            ("/price", r#"{"price": 1"#),
+            ("/price", r#"{"price": 1}}"#),
+            ("/price", r#"{"price": 1} x"#),
+            ("/price", r#"{"price": 1}{"price": 2}"#),
+            ("/price", r#"{"price": 1,}"#),
+            ("/price", r#"{price: 1}"#),
+            ("/price", r#"{'price': 1}"#),
+            ("/price", r#"{"price": 01}"#),
+            ("/price", r#"{"price": .5}"#),
+            ("/price", r#"{"price": +1}"#),
+            ("/price", r#"{"price": 1.}"#),
+            ("/price", r#"{"price": NaN}"#),
+            ("/price", r#"{"price": Infinity}"#),
+            ("/price", r#"{"price": 0x10}"#),
+            ("", "1 2"),
+            ("/price", "{\"price\": 1}\0"),
+        ];
+        for &(pointer, body) in cases {
+            assert_eq!(sel(pointer, body), None, "{pointer:?} in {body:?}");
+        }
+    }
+
+    #[test]
+    fn select_refuses_invalid_utf8_and_stray_bytes() {
+        let selector = Selector::parse("/price").unwrap();
+        let mut scratch = Scratch::default();
+        for body in [
+            &b"{\"price\": 1, \"x\": \"\xff\"}"[..],
+            b"\xef\xbb\xbf{\"price\": 1}",
+            b"{\"price\": 1}\xff",
+        ] {
+            assert_eq!(selector.select(body, &mut scratch), None, "{body:?}");
+        }
+    }
+
+    #[test]
+    fn select_of_huge_and_tiny_numbers() {
+        // Beyond u64, integers are read as floats (simd-json's `big-int-as-float`), so a
+        // valid JSON number is never refused for its size; beyond f64 it is refused, never
+        // infinite; below f64's precision it underflows to zero.
+        let big = format!(r#"{{"price": 1{}}}"#, "0".repeat(30));
+        let cases: &[(&str, Option<f64>)] = &[
+            (&big, Some(1e30)),
+            (
+                r#"{"price": 18446744073709551616}"#,
+                Some(18446744073709551616.0),
+            ),
+            (r#"{"price": -100000000000000000000}"#, Some(-1e20)),
+            (r#"{"price": 1e400}"#, None),
+            (r#"{"price": -1e400}"#, None),
+            (r#"{"price": 1e-400}"#, Some(0.0)),
+        ];
+        for &(body, expected) in cases {
+            assert_eq!(sel("/price", body), expected, "{body}");
+        }
+    }
+
+    #[test]
+    fn scratch_is_reused_across_bodies_of_any_size() {
+        let selector = Selector::parse("/seatbid/0/bid/0/price").unwrap();
+        let mut scratch = Scratch::default();
+        let big = format!(
+            r#"{{"pad":"{}","seatbid":[{{"bid":[{{"price":9.5}}]}}]}}"#,
+            "x".repeat(4096)
+        );
+        let small = r#"{"seatbid":[{"bid":[{"price":1}]}]}"#;
+        assert_eq!(selector.select(big.as_bytes(), &mut scratch), Some(9.5));
+        assert_eq!(selector.select(b"not json", &mut scratch), None);
+        // A short body after a long one: leftovers of the long one must not be read.
+        assert_eq!(selector.select(small.as_bytes(), &mut scratch), Some(1.0));
+        assert_eq!(
+            selector.select(br#"{"seatbid":[{"bid":[{"pr"#, &mut scratch),
+            None
+        );
+        let (input, tape) = (scratch.input.capacity(), scratch.tape.capacity());
+        assert_eq!(selector.select(small.as_bytes(), &mut scratch), Some(1.0));
+        assert_eq!(
+            (scratch.input.capacity(), scratch.tape.capacity()),
+            (input, tape),
+            "no growth in steady state"
+        );
+        assert!(scratch.tape.is_empty());
+    }
+
+    #[test]
+    fn select_does_not_depend_on_a_particular_scratch() {
+        let selector = Selector::parse("/a").unwrap();
+        let mut one = Scratch::default();
+        let mut other = Scratch::default();
+        assert_eq!(selector.select(br#"{"a": 1}"#, &mut one), Some(1.0));
+        assert_eq!(selector.select(br#"{"a": 2}"#, &mut other), Some(2.0));
+        assert_eq!(selector.select(br#"{"a": 3}"#, &mut one), Some(3.0));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_crash() {
+        let depth = 10_000;
+        let body = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+        assert_eq!(sel("/0", &body), None);
+        let pointer = "/0".repeat(20);
+        let body = format!("{}1{}", "[".repeat(20), "]".repeat(20));
+        assert_eq!(sel(&pointer, &body), Some(1.0));
+    }
+}
