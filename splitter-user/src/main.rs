@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use splitter_user::config::Config;
+use splitter_user::config::{Config, LogFormat};
 use splitter_user::{control, demo, mock_backend};
 
 /// A scatter-gather HTTP/1.1 server: every request goes to every backend, the best response
@@ -51,7 +51,7 @@ fn main() -> ExitCode {
         },
         Command::Run { config: path } => match Config::load(&path) {
             Ok(config) => {
-                init_logging(&config.log_level, &config.log_format);
+                init_logging(&config.log_level, config.log_format == LogFormat::Json);
                 control::run(&path, config)
             }
             Err(e) => {
@@ -60,11 +60,11 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo(args) => {
-            init_logging("warn", "text");
+            init_logging("warn", false);
             demo::run(args)
         }
         Command::MockBackend(args) => {
-            init_logging("warn", "text");
+            init_logging("warn", false);
             mock_backend::run(args)
         }
     };
@@ -79,13 +79,13 @@ fn main() -> ExitCode {
 }
 
 /// Logs to stderr; `RUST_LOG`, when set, overrides the configured level.
-fn init_logging(level: &str, format: &str) {
+fn init_logging(level: &str, json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if format == "json" {
+    if json {
         builder.json().init();
     } else {
         builder.init();

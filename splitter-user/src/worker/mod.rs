@@ -29,7 +29,7 @@ use crate::http1::limits::Limits;
 use crate::metrics::WorkerCounters;
 use crate::scatter::exchange::Prefer;
 use crate::scatter::route::RouteTable;
-use crate::scatter::select::Selector;
+use crate::scatter::select::{Scratch, Selector};
 
 use backend_pool::Pools;
 
@@ -117,7 +117,7 @@ pub struct Worker {
     /// Becomes true when the process is draining.
     pub shutdown: watch::Receiver<bool>,
     /// Reusable buffer for the JSON selection (simd-json parses in place).
-    pub scratch: RefCell<Vec<u8>>,
+    pub scratch: RefCell<Scratch>,
 }
 
 /// Everything a worker thread is started with.
@@ -195,7 +195,7 @@ async fn run(spec: WorkerSpec) {
         counters,
         in_flight: Cell::new(0),
         shutdown: shutdown.clone(),
-        scratch: RefCell::new(Vec::with_capacity(4096)),
+        scratch: RefCell::new(Scratch::default()),
     });
 
     let reloader = Rc::clone(&worker);
