@@ -1,1 +1,190 @@
-//! TODO
+//! What the splitter writes to clients, and which header fields stop at this hop.
+//!
+//! Every response leaves with a `Content-Length` (or none, for `204`), never chunked: the splitter
+//! holds whole bodies anyway. Writers append to the caller's buffer and format numbers by hand; no
+//! I/O, no allocation beyond the caller's `Vec` growing.
+
+use super::fields;
+use super::limits::MAX_HEADERS;
+use super::response::{parse_final_head, ResponseError};
+
+/// Whether a field is hop-by-hop by name (RFC 9110 §7.6.1, plus the `Proxy-*` fields of
+/// RFC 9110 §11.7 and the legacy `Keep-Alive` and `Proxy-Connection`), case-insensitive.
+///
+/// Fields named by the message's own `Connection` options are hop-by-hop too; that needs the whole
+/// head, so the writers here and in [`super::request`] check it separately.
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP_BY_HOP: [&[u8]; 9] = [
+        b"connection",
+        b"keep-alive",
+        b"transfer-encoding",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"proxy-connection",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+    ];
+    HOP_BY_HOP.iter().any(|hop| hop.eq_ignore_ascii_case(name))
+}
+
+/// The `Connection` field the splitter adds to a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionHeader {
+    /// None: the default of HTTP/1.1 (persistent) applies.
+    None,
+    /// `Connection: keep-alive`, for an HTTP/1.0 client that asked for it (`ab -k` waits for it).
+    KeepAlive,
+    /// `Connection: close`, when the splitter closes after this response.
+    Close,
+}
+
+/// `100 Continue`, sent to a client that announced `Expect: 100-continue` before it sends the body.
+pub fn continue_100() -> &'static [u8] {
+    b"HTTP/1.1 100 Continue\r\n\r\n"
+}
+
+/// Writes the winning backend response for the client into `out`.
+///
+/// `HTTP/1.1 <status> <reason>`, the backend's end-to-end fields as received (hop-by-hop ones,
+/// those its `Connection` names, `Content-Length` and any `X-Splitter-Backend` dropped),
+/// `X-Splitter-Backend: <backend_name>`, the `Connection` field from `conn`, `Content-Length:
+/// <body.len()>`, the blank line and `body` (already de-chunked).
+///
+/// `backend_head` is `&buf[..head.head_len]` for a head [`super::response::parse_response`]
+/// accepted; it is parsed again here so callers need not keep borrowed fields. Anything else is a
+/// caller bug, reported as the parse error (or [`ResponseError::Truncated`]) with `out` untouched.
+pub fn client_response(
+    out: &mut Vec<u8>,
+    backend_head: &[u8],
+    body: &[u8],
+    backend_name: &str,
+    conn: ConnectionHeader,
+) -> Result<(), ResponseError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let head = parse_final_head(backend_head, &mut headers)?.ok_or(ResponseError::Truncated)?;
+    let headers = &headers[..head.header_count];
+
+    out.reserve(backend_head.len() + backend_name.len() + body.len() + 64);
+    status_line(out, head.status);
+    for header in headers {
+        let name = header.name;
+        let dropped = is_hop_by_hop(name.as_bytes())
+            || name.eq_ignore_ascii_case("content-length")
+            // The splitter's own field: a backend must not be able to forge it.
+            || name.eq_ignore_ascii_case("x-splitter-backend")
+            || fields::named_by_connection(headers, name);
+        if !dropped {
+            field_line(out, name.as_bytes(), header.value);
+        }
+    }
+    field_line(out, b"X-Splitter-Backend", backend_name.as_bytes());
+    connection_line(out, conn);
+    end_head(out, body.len());
+    out.extend_from_slice(body);
+    Ok(())
+}
+
+/// Writes a response of the splitter's own, without content, into `out`.
+///
+/// `204` carries no `Content-Length` (RFC 9110 §8.6); any other status (400, 404, 408, 413, 431,
+/// 503...) carries `Content-Length: 0` so the client knows the body is empty on a persistent
+/// connection. Then the `Connection` field from `conn` and the blank line.
+pub fn status_response(out: &mut Vec<u8>, status: u16, conn: ConnectionHeader) {
+    status_line(out, status);
+    connection_line(out, conn);
+    if status == 204 {
+        out.extend_from_slice(b"\r\n");
+    } else {
+        end_head(out, 0);
+    }
+}
+
+/// Ends a head: `Content-Length: <content_length>`, then the blank line.
+///
+/// Completes the head [`super::request::parse_request`] prepares for backends, once the body (and
+/// so its length) is known.
+pub fn end_head(out: &mut Vec<u8>, content_length: usize) {
+    out.extend_from_slice(b"Content-Length: ");
+    write_decimal(out, content_length);
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// The reason phrase the splitter writes for `status`; empty for codes it has no name for (the
+/// phrase is optional, RFC 9112 §4).
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        203 => "Non-Authoritative Information",
+        204 => "No Content",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        422 => "Unprocessable Content",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "",
+    }
+}
+
+/// `HTTP/1.1 <status> <reason>\r\n`; the space before an empty reason is required (RFC 9112 §4).
+fn status_line(out: &mut Vec<u8>, status: u16) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    write_decimal(out, usize::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `<name>: <value>\r\n`.
+pub(super) fn field_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The `Connection` field line for `conn`, if any.
+fn connection_line(out: &mut Vec<u8>, conn: ConnectionHeader) {
+    match conn {
+        ConnectionHeader::None => {}
+        ConnectionHeader::KeepAlive => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+        ConnectionHeader::Close => out.extend_from_slice(b"Connection: close\r\n"),
+    }
+}
+
+/// Decimal digits of `n`, without going through `core::fmt`.
+fn write_decimal(out: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
+}
