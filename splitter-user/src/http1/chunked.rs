@@ -419,3 +419,291 @@ fn write_hex(out: &mut Vec<u8>, mut n: usize) {
     }
     out.extend_from_slice(&digits[start..]);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = 64;
+
+    /// Decodes `input` in one call, then split at every offset (the first part, then the rest),
+    /// then byte by byte: each must consume exactly up to the end of the body and give `payload`.
+    /// `input` may carry bytes after the body; they must stay unconsumed.
+    fn decode(input: &[u8], payload: &[u8]) -> usize {
+        let mut out = Vec::new();
+        let whole = ChunkedDecoder::new(MAX)
+            .decode(input, &mut out)
+            .unwrap_or_else(|e| panic!("{e:?} for {:?}", String::from_utf8_lossy(input)));
+        assert!(whole.done, "{:?}", String::from_utf8_lossy(input));
+        assert_eq!(out, payload);
+        let end = whole.consumed;
+
+        for split in 0..=end {
+            let mut decoder = ChunkedDecoder::new(MAX);
+            let mut out = Vec::new();
+            let first = decoder.decode(&input[..split], &mut out).unwrap();
+            assert_eq!(first.consumed, split, "first part of split at {split}");
+            assert_eq!(first.done, split == end, "split at {split}");
+            let rest = decoder.decode(&input[split..], &mut out).unwrap();
+            assert_eq!(split + rest.consumed, end, "split at {split}");
+            assert!(rest.done, "split at {split}");
+            assert_eq!(out, payload, "split at {split}");
+        }
+
+        let mut decoder = ChunkedDecoder::new(MAX);
+        let mut out = Vec::new();
+        let mut consumed = 0;
+        for byte in input.chunks(1) {
+            consumed += decoder.decode(byte, &mut out).unwrap().consumed;
+        }
+        assert_eq!((consumed, out.as_slice()), (end, payload));
+        end
+    }
+
+    /// Decodes `input` whole and byte by byte, expecting `why` both ways.
+    fn decode_err_with(input: &[u8], max_body: usize, why: ChunkedError) {
+        let what = String::from_utf8_lossy(&input[..input.len().min(80)]);
+        let whole = ChunkedDecoder::new(max_body).decode(input, &mut Vec::new());
+        assert_eq!(whole, Err(why), "{what:?}");
+        let mut decoder = ChunkedDecoder::new(max_body);
+        let error = input
+            .chunks(1)
+            .find_map(|byte| decoder.decode(byte, &mut Vec::new()).err());
+        assert_eq!(error, Some(why), "byte by byte: {what:?}");
+    }
+
+    fn decode_err(input: &[u8], why: &'static str) {
+        decode_err_with(input, MAX, ChunkedError::Malformed(why));
+    }
+
+    #[test]
+    fn decodes_valid_bodies() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"0\r\n\r\n", b""),
+            (b"5\r\nhello\r\n0\r\n\r\n", b"hello"),
+            (b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", b"hello world"),
+            (b"A\r\n0123456789\r\n0\r\n\r\n", b"0123456789"),
+            (b"a\r\n0123456789\r\n0\r\n\r\n", b"0123456789"),
+            (b"00000005\r\nhello\r\n000\r\n\r\n", b"hello"),
+            (b"0000000000000005\r\nhello\r\n0\r\n\r\n", b"hello"),
+            (b"3\r\n\r\n\0\r\n0\r\n\r\n", b"\r\n\0"),
+            // Extensions (RFC 9112 §7.1.1).
+            (b"5;ext\r\nhello\r\n0\r\n\r\n", b"hello"),
+            (b"5;a=b;c=\"d e\"\r\nhello\r\n0;last\r\n\r\n", b"hello"),
+            (b"5 ;a\r\nhello\r\n0\r\n\r\n", b"hello"),
+            (b"5\t; a = b ;c\r\nhello\r\n0\r\n\r\n", b"hello"),
+            (b"5;a=\"q\\\"uo\\\\te\"\r\nhello\r\n0\r\n\r\n", b"hello"),
+            (b"5;a=\"\"\r\nhello\r\n0\r\n\r\n", b"hello"),
+            (b"5;a=\"x\" ;b\r\nhello\r\n0\r\n\r\n", b"hello"),
+            (
+                b"5;!#$%&'*+-.^_`|~=!#$%&'*+-.^_`|~\r\nhello\r\n0\r\n\r\n",
+                b"hello",
+            ),
+            // Trailers, parsed and discarded.
+            (b"5\r\nhello\r\n0\r\nX-Sum: 1\r\n\r\n", b"hello"),
+            (b"0\r\nA: 1\r\nB:\r\nC: x \t y\r\n\r\n", b""),
+        ];
+        for &(input, payload) in cases {
+            assert_eq!(decode(input, payload), input.len());
+        }
+    }
+
+    #[test]
+    fn stops_right_after_the_final_crlf() {
+        let body = b"5\r\nhello\r\n0\r\n\r\n";
+        let mut input = body.to_vec();
+        input.extend_from_slice(b"POST / HTTP/1.1\r\n");
+        assert_eq!(decode(&input, b"hello"), body.len());
+
+        let mut decoder = ChunkedDecoder::new(MAX);
+        decoder.decode(body, &mut Vec::new()).unwrap();
+        assert_eq!(
+            decoder.decode(b"more", &mut Vec::new()),
+            Ok(Decoded {
+                consumed: 0,
+                done: true
+            })
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_sizes() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"\r\n", "missing chunk size"),
+            (b";a\r\n", "missing chunk size"),
+            (b" 5\r\nhello\r\n0\r\n\r\n", "missing chunk size"),
+            (b"-5\r\n", "missing chunk size"),
+            (b"+5\r\n", "missing chunk size"),
+            (b"0x5\r\n", "invalid chunk size"),
+            (b"5g\r\n", "invalid chunk size"),
+            (b"5,\r\n", "invalid chunk size"),
+            (b"5\0\r\n", "invalid chunk size"),
+            (b"5 \r\nhello\r\n0\r\n\r\n", "whitespace after chunk size"),
+            (b"5 5\r\n", "whitespace after chunk size"),
+            (b"00000000000000005\r\n", "chunk size too long"),
+            (b"5\rhello", "bare CR after chunk size"),
+        ];
+        for &(input, why) in cases {
+            decode_err(input, why);
+        }
+    }
+
+    #[test]
+    fn rejects_bare_lf_everywhere() {
+        for input in [
+            &b"5\nhello\r\n0\r\n\r\n"[..],
+            b"5;a\nhello\r\n0\r\n\r\n",
+            b"5;a=b\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\n0\r\n\r\n",
+            b"5\r\nhello\r\n0\n\r\n",
+            b"5\r\nhello\r\n0\r\n\n",
+            b"0\r\nA: 1\n\r\n",
+            b"\n",
+        ] {
+            decode_err(input, "bare LF");
+        }
+    }
+
+    #[test]
+    fn rejects_malformed_extensions() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"5;\r\n", "invalid chunk extension name"),
+            (b"5; \r\n", "invalid chunk extension name"),
+            (b"5;;a\r\n", "invalid chunk extension name"),
+            (b"5;=b\r\n", "invalid chunk extension name"),
+            (b"5;a b\r\n", "whitespace after chunk extension name"),
+            (b"5;a \r\n", "whitespace after chunk extension name"),
+            (b"5;a@\r\n", "invalid chunk extension name"),
+            (b"5;a=\r\n", "invalid chunk extension value"),
+            (b"5;a==b\r\n", "invalid chunk extension value"),
+            (b"5;a=b=c\r\n", "invalid chunk extension value"),
+            (b"5;a=b@\r\n", "invalid chunk extension value"),
+            (b"5;a=\"b\"c\r\n", "invalid chunk extension value"),
+            (b"5;a=b \r\n", "whitespace after chunk extension value"),
+            (b"5;a=b c\r\n", "whitespace after chunk extension value"),
+            (b"5;a=\"b\r\n", "invalid byte in quoted chunk extension"),
+            (b"5;a=\"b\0\"\r\n", "invalid byte in quoted chunk extension"),
+            (b"5;a=\"b\\\r\n", "invalid quoted-pair in chunk extension"),
+        ];
+        for &(input, why) in cases {
+            decode_err(input, why);
+        }
+    }
+
+    #[test]
+    fn rejects_missing_crlf_after_data() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"5\r\nhelloX\r\n0\r\n\r\n", "missing CRLF after chunk data"),
+            (b"5\r\nhello\rX0\r\n\r\n", "missing CRLF after chunk data"),
+            (
+                b"5\r\nhello world\r\n0\r\n\r\n",
+                "missing CRLF after chunk data",
+            ),
+            (b"5\r\nhello0\r\n\r\n", "missing CRLF after chunk data"),
+        ];
+        for &(input, why) in cases {
+            decode_err(input, why);
+        }
+    }
+
+    #[test]
+    fn rejects_malformed_trailers() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"0\r\n X: 1\r\n\r\n", "invalid trailer field"),
+            (b"0\r\nA: 1\r\n\tcontinued\r\n\r\n", "invalid trailer field"),
+            (b"0\r\n: 1\r\n\r\n", "invalid trailer field"),
+            (b"0\r\nA : 1\r\n\r\n", "invalid trailer field name"),
+            (b"0\r\nA\r\n\r\n", "invalid trailer field name"),
+            (
+                b"0\r\nA: 1\0\r\n\r\n",
+                "invalid byte in trailer field value",
+            ),
+            (
+                b"0\r\nA: 1\x7f\r\n\r\n",
+                "invalid byte in trailer field value",
+            ),
+            (b"0\r\nA: 1\rX\r\n\r\n", "bare CR in trailer"),
+            (b"0\r\n\rX", "bare CR after the last chunk"),
+            (b"0\r\nGET / HTTP/1.1\r\n\r\n", "invalid trailer field name"),
+        ];
+        for &(input, why) in cases {
+            decode_err(input, why);
+        }
+    }
+
+    #[test]
+    fn body_limit_counts_payload_and_allows_exactly_max() {
+        let exact = [b'x'; MAX];
+        let mut input = Vec::new();
+        encode_chunked(&exact, 10, &mut input);
+        decode(&input, &exact);
+
+        input.clear();
+        encode_chunked(&[b'x'; MAX + 1], 10, &mut input);
+        decode_err_with(&input, MAX, ChunkedError::BodyTooLarge);
+        // Refused when announced, before the data arrives.
+        decode_err_with(b"41\r\n", MAX, ChunkedError::BodyTooLarge);
+        decode_err_with(b"ffffffffffffffff\r\n", MAX, ChunkedError::BodyTooLarge);
+        decode_err_with(
+            b"1\r\nx\r\nffffffffffffffff\r\n",
+            usize::MAX,
+            ChunkedError::BodyTooLarge,
+        );
+        assert_eq!(ChunkedError::BodyTooLarge.status(), 413);
+        assert_eq!(ChunkedError::Malformed("bare LF").status(), 400);
+    }
+
+    #[test]
+    fn extensions_and_trailers_are_capped() {
+        let mut input = b"1".to_vec();
+        for _ in 0..=MAX_CHUNK_METADATA / 2 {
+            input.extend_from_slice(b";a");
+        }
+        decode_err(&input, "chunk extensions and trailers too long");
+
+        let mut input = b"0\r\n".to_vec();
+        while input.len() < MAX_CHUNK_METADATA + 16 {
+            input.extend_from_slice(b"X-Pad: padding\r\n");
+        }
+        decode_err(&input, "chunk extensions and trailers too long");
+    }
+
+    #[test]
+    fn encode_chunked_writes_hex_sizes() {
+        let cases: &[(&[u8], usize, &[u8])] = &[
+            (b"", 4, b"0\r\n\r\n"),
+            (b"hello", 5, b"5\r\nhello\r\n0\r\n\r\n"),
+            (b"hello", 2, b"2\r\nhe\r\n2\r\nll\r\n1\r\no\r\n0\r\n\r\n"),
+            (b"hello", 100, b"5\r\nhello\r\n0\r\n\r\n"),
+        ];
+        for &(body, chunk_size, expected) in cases {
+            let mut out = b"prefix:".to_vec();
+            encode_chunked(body, chunk_size, &mut out);
+            assert_eq!(&out[7..], expected);
+        }
+        let mut out = Vec::new();
+        encode_chunked(&[b'z'; 0x1ab], 0x1ab, &mut out);
+        assert!(out.starts_with(b"1ab\r\nzz"));
+    }
+
+    #[test]
+    fn encode_then_decode_round_trips() {
+        let body: Vec<u8> = (0..=255).collect();
+        for chunk_size in [1, 2, 7, 16, 255, 256, 1000] {
+            let mut encoded = Vec::new();
+            encode_chunked(&body, chunk_size, &mut encoded);
+            let mut out = Vec::new();
+            let decoded = ChunkedDecoder::new(body.len())
+                .decode(&encoded, &mut out)
+                .unwrap();
+            assert_eq!(
+                decoded,
+                Decoded {
+                    consumed: encoded.len(),
+                    done: true
+                }
+            );
+            assert_eq!(out, body, "chunk size {chunk_size}");
+        }
+    }
+}
