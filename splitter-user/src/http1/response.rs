@@ -177,3 +177,254 @@ pub(super) fn parse_final_head<'b>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses `input` whole and split at every offset: every prefix that does not hold the whole
+    /// head must say "need more", every other one must give the same head.
+    fn parse(input: &[u8]) -> ResponseHead {
+        let head = parse_response(input)
+            .unwrap_or_else(|e| panic!("{e:?} for {:?}", String::from_utf8_lossy(input)))
+            .expect("complete head");
+        for split in 0..input.len() {
+            let expected = if split < head.head_len {
+                None
+            } else {
+                Some(head)
+            };
+            assert_eq!(
+                parse_response(&input[..split]),
+                Ok(expected),
+                "split at {split}"
+            );
+        }
+        head
+    }
+
+    /// Parses `input` whole, expecting `why`; every prefix must say "need more" or fail the same.
+    fn parse_err(input: &[u8], why: ResponseError) {
+        let what = String::from_utf8_lossy(&input[..input.len().min(80)]);
+        assert_eq!(parse_response(input), Err(why), "{what:?}");
+        for split in 0..input.len() {
+            let partial = parse_response(&input[..split]);
+            assert!(
+                partial == Ok(None) || partial == Err(why),
+                "split at {split} of {what:?}: {partial:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn framing_and_keep_alive_follow_status_and_fields() {
+        use ResponseFraming::*;
+        let cases: &[(&[u8], u16, ResponseFraming, bool)] = &[
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n",
+                200,
+                Length(12),
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\n\r\n",
+                200,
+                Length(3),
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                200,
+                Length(0),
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n",
+                200,
+                Length(MAX_RESPONSE_BODY),
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                200,
+                Chunked,
+                true,
+            ),
+            (b"HTTP/1.1 200 OK\r\n\r\n", 200, UntilClose, false),
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n",
+                200,
+                Length(2),
+                false,
+            ),
+            (
+                b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 2\r\n\r\n",
+                500,
+                Length(2),
+                true,
+            ),
+            (b"HTTP/1.1 204 No Content\r\n\r\n", 204, Empty, true),
+            (
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n",
+                204,
+                Empty,
+                true,
+            ),
+            (
+                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n",
+                304,
+                Empty,
+                true,
+            ),
+            (
+                b"HTTP/1.1 200\r\nContent-Length: 1\r\n\r\n",
+                200,
+                Length(1),
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 \r\nContent-Length: 1\r\n\r\n",
+                200,
+                Length(1),
+                true,
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n",
+                200,
+                Length(2),
+                false,
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n",
+                200,
+                Length(2),
+                true,
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\n",
+                200,
+                UntilClose,
+                false,
+            ),
+            (
+                b"HTTP/1.0 204 No Content\r\nConnection: keep-alive\r\n\r\n",
+                204,
+                Empty,
+                true,
+            ),
+        ];
+        for &(input, status, framing, keep_alive) in cases {
+            let expected = ResponseHead {
+                status,
+                head_len: input.len(),
+                framing,
+                keep_alive,
+            };
+            assert_eq!(parse(input), expected, "{}", String::from_utf8_lossy(input));
+        }
+    }
+
+    #[test]
+    fn interim_responses_are_skipped_and_counted() {
+        let input = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let head = parse(input);
+        assert_eq!(head.status, 200);
+        assert_eq!(head.head_len, input.len() - 2);
+        assert_eq!(head.framing, ResponseFraming::Length(2));
+        // An interim response alone is not a complete head.
+        assert_eq!(parse_response(b"HTTP/1.1 100 Continue\r\n\r\n"), Ok(None));
+    }
+
+    #[test]
+    fn body_after_the_head_is_left_alone() {
+        let input = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody";
+        assert_eq!(parse(input).head_len, input.len() - 4);
+    }
+
+    #[test]
+    fn malformed_heads_are_errors() {
+        use httparse::Error::{HeaderName, HeaderValue, NewLine, Status, Version};
+        use ResponseError::*;
+        let cases: &[(&[u8], ResponseError)] = &[
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\n",
+                Syntax(HeaderName),
+            ),
+            (b"HTTP/1.1 200 OK\r\nX: 1\r\n 2\r\n\r\n", Syntax(HeaderName)),
+            (b"HTTP/1.1 200 OK\r\nX: a\0b\r\n\r\n", Syntax(HeaderValue)),
+            (b"HTTP/1.1 200 OK\r\nX: a\rb\r\n\r\n", Syntax(HeaderValue)),
+            (b"HTTP/1.1 200 OK\nContent-Length: 2\r\n\r\n", StrayControl),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 2\n\n", StrayControl),
+            (
+                b"HTTP/1.1 100 Continue\n\nHTTP/1.1 200 OK\r\n\r\n",
+                StrayControl,
+            ),
+            (b"HTTP/1.1  200 OK\r\n\r\n", Syntax(Status)),
+            (b"HTTP/1.1 20 OK\r\n\r\n", Syntax(Status)),
+            (b"HTTP/1.1 2000 OK\r\n\r\n", Syntax(Status)),
+            (b"HTTP/1.1 OK\r\n\r\n", Syntax(Status)),
+            (b"HTTP/2.0 200 OK\r\n\r\n", Syntax(Version)),
+            (b"HTTP/1.1 200 OK\r\nX\r\n\r\n", Syntax(HeaderName)),
+            (b"HTTP/1.1 200 OK\r\n\r\r\n", Syntax(NewLine)),
+            (
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n",
+                InvalidStatus(101),
+            ),
+            (b"HTTP/1.1 099 Low\r\n\r\n", InvalidStatus(99)),
+            (b"HTTP/1.1 600 High\r\n\r\n", InvalidStatus(600)),
+        ];
+        for &(input, why) in cases {
+            parse_err(input, why);
+        }
+    }
+
+    #[test]
+    fn ambiguous_or_oversized_framing_is_an_error() {
+        use FramingError::*;
+        let cases: &[(&[u8], ResponseError)] = &[
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n", ContentLengthWithTransferEncoding.into()),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n", InvalidContentLength.into()),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", InvalidContentLength.into()),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", UnsupportedTransferEncoding.into()),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", UnsupportedTransferEncoding.into()),
+            (b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", UnsupportedTransferEncoding.into()),
+            (b"HTTP/1.1 204 No Content\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n", ContentLengthWithTransferEncoding.into()),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 1048577\r\n\r\n", ResponseError::BodyTooLarge),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\n", ResponseError::BodyTooLarge),
+        ];
+        for &(input, why) in cases {
+            parse_err(input, why);
+        }
+    }
+
+    #[test]
+    fn head_size_and_field_count_are_capped() {
+        let mut head = b"HTTP/1.1 200 OK\r\nX-Pad: ".to_vec();
+        head.resize(MAX_RESPONSE_HEAD - 4, b'x');
+        head.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(
+            parse_response(&head).unwrap().unwrap().head_len,
+            MAX_RESPONSE_HEAD
+        );
+
+        let mut head = b"HTTP/1.1 200 OK\r\nX-Pad: ".to_vec();
+        head.resize(MAX_RESPONSE_HEAD - 3, b'x');
+        head.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(parse_response(&head), Err(ResponseError::HeadTooLarge));
+        assert_eq!(
+            parse_response(&head[..MAX_RESPONSE_HEAD + 1]),
+            Err(ResponseError::HeadTooLarge)
+        );
+
+        let mut interims = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(MAX_RESPONSE_HEAD / 25);
+        interims.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\n");
+        assert_eq!(parse_response(&interims), Err(ResponseError::HeadTooLarge));
+
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("X-{i}: {i}\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        parse_err(&many, ResponseError::TooManyHeaders);
+    }
+}
