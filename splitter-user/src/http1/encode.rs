@@ -188,3 +188,177 @@ fn write_decimal(out: &mut Vec<u8>, mut n: usize) {
     }
     out.extend_from_slice(&digits[start..]);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(backend_head: &[u8], body: &[u8], conn: ConnectionHeader) -> String {
+        let mut out = Vec::new();
+        client_response(&mut out, backend_head, body, "b1", conn).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn hop_by_hop_names_are_recognised_in_any_case() {
+        for name in [
+            "Connection",
+            "keep-alive",
+            "TRANSFER-ENCODING",
+            "te",
+            "Trailer",
+            "upgrade",
+            "Proxy-Connection",
+            "proxy-authorization",
+            "Proxy-Authenticate",
+        ] {
+            assert!(is_hop_by_hop(name.as_bytes()), "{name}");
+        }
+        for name in [
+            "Content-Length",
+            "Host",
+            "Trailers",
+            "TEE",
+            "Upgrade-Insecure-Requests",
+            "",
+        ] {
+            assert!(!is_hop_by_hop(name.as_bytes()), "{name}");
+        }
+    }
+
+    #[test]
+    fn client_response_reframes_the_backend_response() {
+        let head = b"HTTP/1.1 200 Whatever\r\nContent-Type: application/json\r\nContent-Length: 11\r\nX-Req: 7\r\n\r\n";
+        assert_eq!(
+            client(head, b"{\"price\":1}", ConnectionHeader::None),
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Req: 7\r\n\
+             X-Splitter-Backend: b1\r\nContent-Length: 11\r\n\r\n{\"price\":1}"
+        );
+    }
+
+    #[test]
+    fn client_response_drops_hop_by_hop_and_forged_fields() {
+        let head = b"HTTP/1.1 200 OK\r\n\
+            Connection: keep-alive, X-Internal\r\n\
+            Keep-Alive: timeout=5\r\n\
+            Transfer-Encoding: chunked\r\n\
+            Trailer: X-Sum\r\n\
+            Upgrade: h2c\r\n\
+            Proxy-Authenticate: Basic\r\n\
+            X-Internal: secret\r\n\
+            x-splitter-backend: forged\r\n\
+            Cache-Control: no-store\r\n\r\n";
+        assert_eq!(
+            client(head, b"{}", ConnectionHeader::Close),
+            "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nX-Splitter-Backend: b1\r\n\
+             Connection: close\r\nContent-Length: 2\r\n\r\n{}"
+        );
+    }
+
+    #[test]
+    fn client_response_skips_interim_responses() {
+        let head =
+            b"HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\nHTTP/1.0 200 OK\r\nX-Final: 1\r\n\r\n";
+        assert_eq!(
+            client(head, b"", ConnectionHeader::KeepAlive),
+            "HTTP/1.1 200 OK\r\nX-Final: 1\r\nX-Splitter-Backend: b1\r\n\
+             Connection: keep-alive\r\nContent-Length: 0\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn client_response_refuses_a_head_parse_response_would_not_accept() {
+        let mut out = b"kept".to_vec();
+        let cases: &[(&[u8], ResponseError)] = &[
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n",
+                ResponseError::Truncated,
+            ),
+            (
+                b"HTTP/1.1 200 OK\nX: 1\r\n\r\n",
+                ResponseError::StrayControl,
+            ),
+            (
+                b"garbage\r\n\r\n",
+                ResponseError::Syntax(httparse::Error::Version),
+            ),
+        ];
+        for &(head, why) in cases {
+            assert_eq!(
+                client_response(&mut out, head, b"", "b1", ConnectionHeader::None),
+                Err(why)
+            );
+        }
+        assert_eq!(out, b"kept");
+    }
+
+    #[test]
+    fn status_responses_have_no_content() {
+        let cases: &[(u16, ConnectionHeader, &str)] = &[
+            (204, ConnectionHeader::None, "HTTP/1.1 204 No Content\r\n\r\n"),
+            (204, ConnectionHeader::KeepAlive, "HTTP/1.1 204 No Content\r\nConnection: keep-alive\r\n\r\n"),
+            (400, ConnectionHeader::Close, "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"),
+            (404, ConnectionHeader::None, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+            (408, ConnectionHeader::Close, "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"),
+            (413, ConnectionHeader::Close, "HTTP/1.1 413 Content Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"),
+            (431, ConnectionHeader::Close, "HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"),
+            (503, ConnectionHeader::KeepAlive, "HTTP/1.1 503 Service Unavailable\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"),
+            (299, ConnectionHeader::None, "HTTP/1.1 299 \r\nContent-Length: 0\r\n\r\n"),
+        ];
+        for &(status, conn, expected) in cases {
+            let mut out = b"prev|".to_vec();
+            status_response(&mut out, status, conn);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("prev|{expected}"));
+        }
+    }
+
+    #[test]
+    fn continue_100_is_a_complete_interim_response() {
+        assert_eq!(continue_100(), b"HTTP/1.1 100 Continue\r\n\r\n");
+    }
+
+    #[test]
+    fn end_head_writes_the_length_in_decimal() {
+        for (length, expected) in [
+            (0, "0"),
+            (7, "7"),
+            (10, "10"),
+            (262144, "262144"),
+            (usize::MAX, "18446744073709551615"),
+        ] {
+            let mut out = Vec::new();
+            end_head(&mut out, length);
+            assert_eq!(
+                out,
+                format!("Content-Length: {expected}\r\n\r\n").as_bytes()
+            );
+        }
+    }
+
+    #[test]
+    fn forwarded_request_is_complete_after_end_head() {
+        let mut forward = Vec::new();
+        let limits = crate::http1::limits::Limits {
+            max_header_bytes: 1024,
+            max_body: 1024,
+        };
+        let request = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+        crate::http1::request::parse_request(request, &limits, &mut forward)
+            .unwrap()
+            .unwrap();
+        end_head(&mut forward, 5);
+        forward.extend_from_slice(b"hello");
+        assert_eq!(
+            forward,
+            b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"
+        );
+    }
+
+    #[test]
+    fn reasons_cover_what_the_splitter_sends() {
+        for status in [100, 200, 204, 400, 404, 408, 413, 431, 503] {
+            assert!(!reason(status).is_empty(), "{status}");
+        }
+        assert_eq!(reason(299), "");
+    }
+}
