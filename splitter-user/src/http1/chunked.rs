@@ -61,6 +61,38 @@ enum State {
     Done,
 }
 
+impl State {
+    /// Whether LF is the byte this state wants: anywhere else an LF is a bare LF.
+    fn expects_lf(self) -> bool {
+        matches!(
+            self,
+            State::SizeLf | State::DataLf | State::TrailerLf | State::EndLf
+        )
+    }
+
+    /// Whether this state reads chunk extensions or trailer fields, which count against
+    /// [`MAX_CHUNK_METADATA`].
+    fn is_metadata(self) -> bool {
+        use State::*;
+        matches!(
+            self,
+            ExtNameStart
+                | ExtName
+                | ExtNameWs
+                | ExtValueStart
+                | ExtToken
+                | ExtQuoted
+                | ExtQuotedPair
+                | ExtValueEnd
+                | ExtValueWs
+                | TrailerStart
+                | TrailerName
+                | TrailerValue
+                | TrailerLf
+        )
+    }
+}
+
 /// A streaming decoder for one chunked body.
 #[derive(Debug, Clone)]
 pub struct ChunkedDecoder {
@@ -153,25 +185,10 @@ impl ChunkedDecoder {
     fn step(&mut self, byte: u8) -> Result<State, ChunkedError> {
         use State::*;
         // One place for the rule every line obeys: LF only right after CR (RFC 9112 §2.2).
-        if byte == b'\n' && !matches!(self.state, SizeLf | DataLf | TrailerLf | EndLf) {
+        if byte == b'\n' && !self.state.expects_lf() {
             return Err(ChunkedError::Malformed("bare LF"));
         }
-        if matches!(
-            self.state,
-            ExtNameStart
-                | ExtName
-                | ExtNameWs
-                | ExtValueStart
-                | ExtToken
-                | ExtQuoted
-                | ExtQuotedPair
-                | ExtValueEnd
-                | ExtValueWs
-                | TrailerStart
-                | TrailerName
-                | TrailerValue
-                | TrailerLf
-        ) {
+        if self.state.is_metadata() {
             self.metadata += 1;
             if self.metadata > MAX_CHUNK_METADATA {
                 return Err(ChunkedError::Malformed(

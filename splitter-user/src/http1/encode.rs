@@ -4,7 +4,7 @@
 //! holds whole bodies anyway. Writers append to the caller's buffer and format numbers by hand; no
 //! I/O, no allocation beyond the caller's `Vec` growing.
 
-use super::fields;
+use super::fields::{self, Fields};
 use super::limits::MAX_HEADERS;
 use super::response::{parse_final_head, ResponseError};
 
@@ -51,6 +51,9 @@ pub fn continue_100() -> &'static [u8] {
 /// `X-Splitter-Backend: <backend_name>`, the `Connection` field from `conn`, `Content-Length:
 /// <body.len()>`, the blank line and `body` (already de-chunked).
 ///
+/// Meant for the `200` responses selection picks: a `204` or `304` head would get a
+/// `Content-Length` it must not carry.
+///
 /// `backend_head` is `&buf[..head.head_len]` for a head [`super::response::parse_response`]
 /// accepted; it is parsed again here so callers need not keep borrowed fields. Anything else is a
 /// caller bug, reported as the parse error (or [`ResponseError::Truncated`]) with `out` untouched.
@@ -64,6 +67,7 @@ pub fn client_response(
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let head = parse_final_head(backend_head, &mut headers)?.ok_or(ResponseError::Truncated)?;
     let headers = &headers[..head.header_count];
+    let fields = Fields::scan(headers, head.minor_version == 0)?;
 
     out.reserve(backend_head.len() + backend_name.len() + body.len() + 64);
     status_line(out, head.status);
@@ -73,7 +77,7 @@ pub fn client_response(
             || name.eq_ignore_ascii_case("content-length")
             // The splitter's own field: a backend must not be able to forge it.
             || name.eq_ignore_ascii_case("x-splitter-backend")
-            || fields::named_by_connection(headers, name);
+            || (fields.names_fields && fields::named_by_connection(headers, name));
         if !dropped {
             field_line(out, name.as_bytes(), header.value);
         }

@@ -35,6 +35,9 @@ pub(super) struct Fields {
     pub close: bool,
     /// `keep-alive` among the `Connection` options (how an HTTP/1.0 peer asks to persist).
     pub keep_alive: bool,
+    /// Some `Connection` option other than `keep-alive`, which may name a field to drop: only
+    /// then is [`named_by_connection`] worth asking, which keeps the common case linear.
+    pub names_fields: bool,
     /// How many `Host` fields there are; a request needs exactly one in HTTP/1.1.
     pub hosts: usize,
     /// `Expect: 100-continue`.
@@ -67,8 +70,10 @@ impl Fields {
                 }
             } else if name.eq_ignore_ascii_case("connection") {
                 for option in list_elements(header.value) {
+                    let keep_alive = option.eq_ignore_ascii_case(b"keep-alive");
+                    fields.keep_alive |= keep_alive;
                     fields.close |= option.eq_ignore_ascii_case(b"close");
-                    fields.keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
+                    fields.names_fields |= !keep_alive && !option.is_empty();
                 }
             } else if name.eq_ignore_ascii_case("host") {
                 fields.hosts += 1;
@@ -285,7 +290,10 @@ mod tests {
         ])
         .unwrap();
         assert!(fields.close && fields.keep_alive && fields.expect_continue);
+        assert!(fields.names_fields);
         assert_eq!(fields.hosts, 2);
+        assert!(!scan(&[("Connection", "keep-alive,")]).unwrap().names_fields);
+        assert!(scan(&[("Connection", "close")]).unwrap().names_fields);
         assert!(
             !scan(&[("Expect", "100-continue, x")])
                 .unwrap()

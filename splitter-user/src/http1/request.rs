@@ -192,7 +192,7 @@ pub fn parse_request(
         let dropped = is_hop_by_hop(name.as_bytes())
             || name.eq_ignore_ascii_case("content-length")
             || name.eq_ignore_ascii_case("expect")
-            || (!is_host && fields::named_by_connection(headers, name));
+            || (fields.names_fields && !is_host && fields::named_by_connection(headers, name));
         if !dropped {
             field_line(forward, name.as_bytes(), header.value);
         }
