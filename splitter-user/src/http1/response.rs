@@ -1,1 +1,430 @@
-//! TODO
+//! Backend response heads: where the splitter is the client.
+//!
+//! [`parse_response`] reads a head and decides how its body is framed (RFC 9112 §6.3). It is as
+//! strict as request parsing: an ambiguous or oversized response makes that backend's answer an
+//! `error` outcome and its connection is closed. No I/O, no allocation.
+
+use httparse::{Header, Status};
+
+use super::fields::{self, Fields};
+use super::limits::{MAX_HEADERS, MAX_RESPONSE_BODY, MAX_RESPONSE_HEAD};
+use super::FramingError;
+
+/// How the body of a backend response is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseFraming {
+    /// Exactly this many bytes follow the head.
+    Length(usize),
+    /// Chunked coding; decode with [`super::chunked::ChunkedDecoder`].
+    Chunked,
+    /// No `Content-Length`, no `Transfer-Encoding`: the body ends when the backend closes.
+    UntilClose,
+    /// No body at all, whatever the fields say: `204` and `304` (RFC 9112 §6.3 rule 1).
+    Empty,
+}
+
+/// A parsed backend response head, with interim `1xx` responses already skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseHead {
+    /// The final status code, 200..=599.
+    pub status: u16,
+    /// Bytes of the head, interim responses before it and the final blank line included: the body
+    /// starts at this offset.
+    pub head_len: usize,
+    /// How the body is delimited.
+    pub framing: ResponseFraming,
+    /// Whether the connection may carry another request after this body: HTTP/1.1 unless
+    /// `Connection: close`, HTTP/1.0 only with `Connection: keep-alive`, never for
+    /// [`ResponseFraming::UntilClose`].
+    pub keep_alive: bool,
+}
+
+/// Why a backend response head is unusable (the backend's outcome is then `error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ResponseError {
+    /// The status line or a header line breaks the syntax, as `httparse` reports it.
+    #[error("malformed response head: {0}")]
+    Syntax(httparse::Error),
+    /// A NUL, a bare CR or a bare LF in the head (RFC 9112 §2.2).
+    #[error("NUL, bare CR or bare LF in the response head")]
+    StrayControl,
+    /// The head does not end within [`MAX_RESPONSE_HEAD`] bytes.
+    #[error("response head over {MAX_RESPONSE_HEAD} bytes")]
+    HeadTooLarge,
+    /// More than [`MAX_HEADERS`] header fields.
+    #[error("more than {MAX_HEADERS} response header fields")]
+    TooManyHeaders,
+    /// A status outside 100..=599, or `101 Switching Protocols`, which the splitter never asks for.
+    #[error("unexpected response status {0}")]
+    InvalidStatus(u16),
+    /// Framing fields that disagree or that the splitter cannot decode.
+    #[error(transparent)]
+    Framing(#[from] FramingError),
+    /// A `Content-Length` over [`MAX_RESPONSE_BODY`].
+    #[error("response body over {MAX_RESPONSE_BODY} bytes")]
+    BodyTooLarge,
+    /// The bytes end before the head does. Only [`super::encode::client_response`] reports this,
+    /// when handed something [`parse_response`] did not accept; `parse_response` says `Ok(None)`.
+    #[error("truncated response head")]
+    Truncated,
+}
+
+/// Parses the backend response head at the start of `buf`.
+///
+/// `Ok(None)`: the head is not complete yet. Interim `1xx` responses (`100 Continue`, `103 Early
+/// Hints`) are skipped: the result describes the final response, and `head_len` covers the interim
+/// ones too, so `&buf[..head_len]` is what [`super::encode::client_response`] takes. The whole of
+/// it must fit in [`MAX_RESPONSE_HEAD`].
+///
+/// The framing follows RFC 9112 §6.3, with the request-side strictness: `Content-Length` together
+/// with `Transfer-Encoding` is an error rather than a choice. The request method is not known here:
+/// responses to `HEAD` are not told apart (the splitter forwards them as any other; see the report).
+pub fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, ResponseError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let Some(head) = parse_final_head(buf, &mut headers)? else {
+        return Ok(None);
+    };
+    let http10 = head.minor_version == 0;
+    let fields = Fields::scan(&headers[..head.header_count], http10)?;
+
+    let framing = if head.status == 204 || head.status == 304 {
+        ResponseFraming::Empty
+    } else if fields.chunked {
+        ResponseFraming::Chunked
+    } else if let Some(length) = fields.content_length {
+        match usize::try_from(length) {
+            Ok(length) if length <= MAX_RESPONSE_BODY => ResponseFraming::Length(length),
+            _ => return Err(ResponseError::BodyTooLarge),
+        }
+    } else {
+        ResponseFraming::UntilClose
+    };
+    let persistent = if http10 {
+        fields.keep_alive && !fields.close
+    } else {
+        !fields.close
+    };
+    Ok(Some(ResponseHead {
+        status: head.status,
+        head_len: head.len,
+        framing,
+        keep_alive: persistent && framing != ResponseFraming::UntilClose,
+    }))
+}
+
+/// The final (non-`1xx`) head of a response, as `httparse` split it.
+pub(super) struct FinalHead {
+    /// Bytes up to the end of the final head, interim responses included.
+    pub len: usize,
+    /// `0` for HTTP/1.0, `1` for HTTP/1.1.
+    pub minor_version: u8,
+    /// The status code, 200..=599.
+    pub status: u16,
+    /// How many entries of the caller's header array belong to the final head.
+    pub header_count: usize,
+}
+
+/// Skips interim responses and splits the final head of `buf` into `headers`, checking the syntax,
+/// the size, the status and the line endings (not the framing fields).
+pub(super) fn parse_final_head<'b>(
+    buf: &'b [u8],
+    headers: &mut [Header<'b>; MAX_HEADERS],
+) -> Result<Option<FinalHead>, ResponseError> {
+    // Every leniency of httparse off (the defaults, spelled out): no spaces before a colon, no
+    // obs-fold, single spaces in the status line, no invalid lines skipped.
+    let mut config = httparse::ParserConfig::default();
+    config
+        .allow_spaces_after_header_name_in_responses(false)
+        .allow_obsolete_multiline_headers_in_responses(false)
+        .allow_multiple_spaces_in_response_status_delimiters(false)
+        .allow_space_before_first_header_name(false)
+        .ignore_invalid_headers_in_responses(false);
+
+    let mut start = 0;
+    loop {
+        let mut response = httparse::Response::new(&mut headers[..]);
+        let len = match config.parse_response(&mut response, &buf[start..]) {
+            Ok(Status::Complete(len)) => len,
+            Ok(Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => {
+                return Err(ResponseError::HeadTooLarge)
+            }
+            Ok(Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(ResponseError::TooManyHeaders),
+            Err(error) => return Err(ResponseError::Syntax(error)),
+        };
+        let end = start + len;
+        if end > MAX_RESPONSE_HEAD {
+            return Err(ResponseError::HeadTooLarge);
+        }
+        if !fields::line_endings_are_strict(&buf[start..end]) {
+            return Err(ResponseError::StrayControl);
+        }
+        let (Some(minor_version), Some(status)) = (response.version, response.code) else {
+            unreachable!("httparse sets the version and the code of a complete response");
+        };
+        match status {
+            // 101 only answers an Upgrade, which the splitter never sends.
+            100 | 102..=199 => start = end,
+            200..=599 => {
+                return Ok(Some(FinalHead {
+                    len: end,
+                    minor_version,
+                    status,
+                    header_count: response.headers.len(),
+                }))
+            }
+            _ => return Err(ResponseError::InvalidStatus(status)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses `input` whole and split at every offset: every prefix that does not hold the whole
+    /// head must say "need more", every other one must give the same head.
+    fn parse(input: &[u8]) -> ResponseHead {
+        let head = parse_response(input)
+            .unwrap_or_else(|e| panic!("{e:?} for {:?}", String::from_utf8_lossy(input)))
+            .expect("complete head");
+        for split in 0..input.len() {
+            let expected = if split < head.head_len {
+                None
+            } else {
+                Some(head)
+            };
+            assert_eq!(
+                parse_response(&input[..split]),
+                Ok(expected),
+                "split at {split}"
+            );
+        }
+        head
+    }
+
+    /// Parses `input` whole, expecting `why`; every prefix must say "need more" or fail the same.
+    fn parse_err(input: &[u8], why: ResponseError) {
+        let what = String::from_utf8_lossy(&input[..input.len().min(80)]);
+        assert_eq!(parse_response(input), Err(why), "{what:?}");
+        for split in 0..input.len() {
+            let partial = parse_response(&input[..split]);
+            assert!(
+                partial == Ok(None) || partial == Err(why),
+                "split at {split} of {what:?}: {partial:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn framing_and_keep_alive_follow_status_and_fields() {
+        use ResponseFraming::*;
+        let cases: &[(&[u8], u16, ResponseFraming, bool)] = &[
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n",
+                200,
+                Length(12),
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\n\r\n",
+                200,
+                Length(3),
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                200,
+                Length(0),
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n",
+                200,
+                Length(MAX_RESPONSE_BODY),
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                200,
+                Chunked,
+                true,
+            ),
+            (b"HTTP/1.1 200 OK\r\n\r\n", 200, UntilClose, false),
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n",
+                200,
+                Length(2),
+                false,
+            ),
+            (
+                b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 2\r\n\r\n",
+                500,
+                Length(2),
+                true,
+            ),
+            (b"HTTP/1.1 204 No Content\r\n\r\n", 204, Empty, true),
+            (
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n",
+                204,
+                Empty,
+                true,
+            ),
+            (
+                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n",
+                304,
+                Empty,
+                true,
+            ),
+            (
+                b"HTTP/1.1 200\r\nContent-Length: 1\r\n\r\n",
+                200,
+                Length(1),
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 \r\nContent-Length: 1\r\n\r\n",
+                200,
+                Length(1),
+                true,
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n",
+                200,
+                Length(2),
+                false,
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n",
+                200,
+                Length(2),
+                true,
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\n",
+                200,
+                UntilClose,
+                false,
+            ),
+            (
+                b"HTTP/1.0 204 No Content\r\nConnection: keep-alive\r\n\r\n",
+                204,
+                Empty,
+                true,
+            ),
+        ];
+        for &(input, status, framing, keep_alive) in cases {
+            let expected = ResponseHead {
+                status,
+                head_len: input.len(),
+                framing,
+                keep_alive,
+            };
+            assert_eq!(parse(input), expected, "{}", String::from_utf8_lossy(input));
+        }
+    }
+
+    #[test]
+    fn interim_responses_are_skipped_and_counted() {
+        let input = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let head = parse(input);
+        assert_eq!(head.status, 200);
+        assert_eq!(head.head_len, input.len() - 2);
+        assert_eq!(head.framing, ResponseFraming::Length(2));
+        // An interim response alone is not a complete head.
+        assert_eq!(parse_response(b"HTTP/1.1 100 Continue\r\n\r\n"), Ok(None));
+    }
+
+    #[test]
+    fn body_after_the_head_is_left_alone() {
+        let input = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody";
+        assert_eq!(parse(input).head_len, input.len() - 4);
+    }
+
+    #[test]
+    fn malformed_heads_are_errors() {
+        use httparse::Error::{HeaderName, HeaderValue, NewLine, Status, Version};
+        use ResponseError::*;
+        let cases: &[(&[u8], ResponseError)] = &[
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\n",
+                Syntax(HeaderName),
+            ),
+            (b"HTTP/1.1 200 OK\r\nX: 1\r\n 2\r\n\r\n", Syntax(HeaderName)),
+            (b"HTTP/1.1 200 OK\r\nX: a\0b\r\n\r\n", Syntax(HeaderValue)),
+            (b"HTTP/1.1 200 OK\r\nX: a\rb\r\n\r\n", Syntax(HeaderValue)),
+            (b"HTTP/1.1 200 OK\nContent-Length: 2\r\n\r\n", StrayControl),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 2\n\n", StrayControl),
+            (
+                b"HTTP/1.1 100 Continue\n\nHTTP/1.1 200 OK\r\n\r\n",
+                StrayControl,
+            ),
+            (b"HTTP/1.1  200 OK\r\n\r\n", Syntax(Status)),
+            (b"HTTP/1.1 20 OK\r\n\r\n", Syntax(Status)),
+            (b"HTTP/1.1 2000 OK\r\n\r\n", Syntax(Status)),
+            (b"HTTP/1.1 OK\r\n\r\n", Syntax(Status)),
+            (b"HTTP/2.0 200 OK\r\n\r\n", Syntax(Version)),
+            (b"HTTP/1.1 200 OK\r\nX\r\n\r\n", Syntax(HeaderName)),
+            (b"HTTP/1.1 200 OK\r\n\r\r\n", Syntax(NewLine)),
+            (
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n",
+                InvalidStatus(101),
+            ),
+            (b"HTTP/1.1 099 Low\r\n\r\n", InvalidStatus(99)),
+            (b"HTTP/1.1 600 High\r\n\r\n", InvalidStatus(600)),
+        ];
+        for &(input, why) in cases {
+            parse_err(input, why);
+        }
+    }
+
+    #[test]
+    fn ambiguous_or_oversized_framing_is_an_error() {
+        use FramingError::*;
+        let cases: &[(&[u8], ResponseError)] = &[
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n", ContentLengthWithTransferEncoding.into()),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n", InvalidContentLength.into()),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", InvalidContentLength.into()),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", UnsupportedTransferEncoding.into()),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", UnsupportedTransferEncoding.into()),
+            (b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", UnsupportedTransferEncoding.into()),
+            (b"HTTP/1.1 204 No Content\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n", ContentLengthWithTransferEncoding.into()),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 1048577\r\n\r\n", ResponseError::BodyTooLarge),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\n", ResponseError::BodyTooLarge),
+        ];
+        for &(input, why) in cases {
+            parse_err(input, why);
+        }
+    }
+
+    #[test]
+    fn head_size_and_field_count_are_capped() {
+        let mut head = b"HTTP/1.1 200 OK\r\nX-Pad: ".to_vec();
+        head.resize(MAX_RESPONSE_HEAD - 4, b'x');
+        head.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(
+            parse_response(&head).unwrap().unwrap().head_len,
+            MAX_RESPONSE_HEAD
+        );
+
+        let mut head = b"HTTP/1.1 200 OK\r\nX-Pad: ".to_vec();
+        head.resize(MAX_RESPONSE_HEAD - 3, b'x');
+        head.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(parse_response(&head), Err(ResponseError::HeadTooLarge));
+        assert_eq!(
+            parse_response(&head[..MAX_RESPONSE_HEAD + 1]),
+            Err(ResponseError::HeadTooLarge)
+        );
+
+        let mut interims = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(MAX_RESPONSE_HEAD / 25);
+        interims.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\n");
+        assert_eq!(parse_response(&interims), Err(ResponseError::HeadTooLarge));
+
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("X-{i}: {i}\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        parse_err(&many, ResponseError::TooManyHeaders);
+    }
+}
