@@ -38,13 +38,26 @@ struct MockCommand {
 const BACKENDS: [(&str, &[&str]); 2] = [
     (
         "a",
-        &["--price-range", "1.0..2.0", "--delay-ms", "0..4", "--broken-share", "0.03"],
+        &[
+            "--price-range",
+            "1.0..2.0",
+            "--delay-ms",
+            "0..4",
+            "--broken-share",
+            "0.03",
+        ],
     ),
     (
         "b",
         &[
-            "--price-range", "1.0..2.0", "--delay-ms", "0..4", "--late-share", "0.05",
-            "--late-delay-ms", "120",
+            "--price-range",
+            "1.0..2.0",
+            "--delay-ms",
+            "0..4",
+            "--late-share",
+            "0.05",
+            "--late-delay-ms",
+            "120",
         ],
     ),
 ];
@@ -117,8 +130,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     server.shutdown();
     server.wait()?;
     drop(backends_rt);
+    let ok = results.ok;
     results.print(elapsed, metrics.requests);
-    anyhow::ensure!(results.ok > 0, "no request succeeded");
+    anyhow::ensure!(ok > 0, "no request succeeded");
     Ok(())
 }
 

@@ -124,7 +124,11 @@ impl WorkerCounters {
     fn backend(&self, slot: usize) -> *mut BackendCounters {
         debug_assert!(slot < MAX_BACKENDS);
         // SAFETY: in bounds of the cell (slot < MAX_BACKENDS is a config invariant).
-        unsafe { (&raw mut (*self.cell()).backends).cast::<BackendCounters>().add(slot) }
+        unsafe {
+            (&raw mut (*self.cell()).backends)
+                .cast::<BackendCounters>()
+                .add(slot)
+        }
     }
 
     /// A request head was parsed (good or bad).
@@ -135,15 +139,28 @@ impl WorkerCounters {
     /// A response with `status` left for the client.
     pub fn response(&self, status: u16) {
         if let Some(i) = status_slot(status) {
-            bump(unsafe { (&raw mut (*self.cell()).responses).cast::<u64>().add(i) }, 1);
+            bump(
+                unsafe { (&raw mut (*self.cell()).responses).cast::<u64>().add(i) },
+                1,
+            );
         }
     }
 
     /// A request was answered `elapsed_us` after its head arrived.
     pub fn latency(&self, elapsed_us: u64) {
         let i = latency_slot(elapsed_us);
-        bump(unsafe { (&raw mut (*self.cell()).latency_buckets).cast::<u64>().add(i) }, 1);
-        bump(unsafe { &raw mut (*self.cell()).latency_sum_us }, elapsed_us);
+        bump(
+            unsafe {
+                (&raw mut (*self.cell()).latency_buckets)
+                    .cast::<u64>()
+                    .add(i)
+            },
+            1,
+        );
+        bump(
+            unsafe { &raw mut (*self.cell()).latency_sum_us },
+            elapsed_us,
+        );
     }
 
     /// Gauge of requests in progress: `+1` when one starts, `-1` when it is answered.
@@ -255,7 +272,12 @@ fn counter(
     c.encode(enc.encode_descriptor(name, help, None, MetricType::Counter)?)
 }
 
-fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), fmt::Error> {
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), fmt::Error> {
     let g = ConstGauge::new(value as i64);
     g.encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)
 }
@@ -263,7 +285,12 @@ fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Res
 impl Collector for Snapshot {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), fmt::Error> {
         let t = &self.total;
-        counter(&mut enc, "splitter_requests", "Requests received.", t.requests)?;
+        counter(
+            &mut enc,
+            "splitter_requests",
+            "Requests received.",
+            t.requests,
+        )?;
         {
             let mut m = enc.encode_descriptor(
                 "splitter_responses",
@@ -337,18 +364,28 @@ impl Collector for Snapshot {
                 None,
                 MetricType::Histogram,
             )?;
-            let mut cumulative = 0;
-            let mut buckets = Vec::with_capacity(t.latency_buckets.len());
-            for (i, &n) in t.latency_buckets.iter().enumerate() {
-                cumulative += n;
-                let upper = LATENCY_BOUNDS_US
-                    .get(i)
-                    .map_or(f64::INFINITY, |&us| us as f64 / 1e6);
-                buckets.push((upper, cumulative));
-            }
-            histogram(m, t.latency_sum_us as f64 / 1e6, cumulative, &buckets)?;
+            // The encoder takes per-bucket counts and accumulates them itself; f64::MAX is
+            // its spelling of +Inf.
+            let buckets: Vec<(f64, u64)> = t
+                .latency_buckets
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| {
+                    let upper = LATENCY_BOUNDS_US
+                        .get(i)
+                        .map_or(f64::MAX, |&us| us as f64 / 1e6);
+                    (upper, n)
+                })
+                .collect();
+            let count = t.latency_buckets.iter().sum();
+            histogram(m, t.latency_sum_us as f64 / 1e6, count, &buckets)?;
         }
-        gauge(&mut enc, "splitter_in_flight", "Requests in progress.", t.in_flight)?;
+        gauge(
+            &mut enc,
+            "splitter_in_flight",
+            "Requests in progress.",
+            t.in_flight,
+        )?;
         gauge(
             &mut enc,
             "splitter_client_connections",
@@ -428,6 +465,7 @@ mod tests {
             "splitter_backend_wins_total{backend=\"a\"} 1",
             "splitter_request_duration_seconds_bucket{le=\"0.08\"} 1",
             "splitter_request_duration_seconds_bucket{le=\"0.05\"} 0",
+            "splitter_request_duration_seconds_bucket{le=\"+Inf\"} 1",
             "splitter_request_duration_seconds_count 1",
         ] {
             assert!(text.contains(line), "missing `{line}` in:\n{text}");

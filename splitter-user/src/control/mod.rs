@@ -71,9 +71,10 @@ impl Server {
         let listeners = worker::listener::bind_group(config.listen, count)
             .with_context(|| format!("cannot listen on {} (`listen`)", config.listen))?;
         let listen = listeners[0].local_addr()?;
-        let admin_listener = std::net::TcpListener::bind(config.admin_listen).with_context(|| {
-            format!("cannot listen on {} (`admin_listen`)", config.admin_listen)
-        })?;
+        let admin_listener =
+            std::net::TcpListener::bind(config.admin_listen).with_context(|| {
+                format!("cannot listen on {} (`admin_listen`)", config.admin_listen)
+            })?;
         admin_listener.set_nonblocking(true)?;
         let admin = admin_listener.local_addr()?;
 
@@ -112,8 +113,8 @@ impl Server {
                     .build()
                     .expect("admin runtime");
                 rt.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(admin_listener)
-                        .expect("admin listener");
+                    let listener =
+                        tokio::net::TcpListener::from_std(admin_listener).expect("admin listener");
                     tokio::select! {
                         () = admin::serve(listener, admin_renderer, draining) => {}
                         _ = stop_rx => {}
@@ -200,7 +201,8 @@ impl Server {
             let _ = stop.send(());
         }
         if let Some(t) = self.admin_thread.take() {
-            t.join().map_err(|_| anyhow::anyhow!("the admin thread panicked"))?;
+            t.join()
+                .map_err(|_| anyhow::anyhow!("the admin thread panicked"))?;
         }
         Ok(())
     }

@@ -176,19 +176,21 @@ impl ExchangeError {
     }
 }
 
-/// Sends `request` (a whole request, framed by `Content-Length`) and reads the whole response.
+/// Sends `request` (a whole request, framed by `Content-Length`) and reads the whole response;
+/// `head_request`: it was a `HEAD`, whose response has no body whatever its fields say.
 /// Returns it with whether the connection may be reused.
 pub async fn exchange(
     conn: &mut BackendConn,
     request: Bytes,
+    head_request: bool,
 ) -> Result<(Response, bool), ExchangeError> {
     let (res, _) = conn.stream.write_all(request).await;
     res?;
 
     let mut raw: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let head = loop {
-        if let Some(head) = parse_response(&raw)
-            .map_err(|e| ExchangeError::Protocol(e.to_string()))?
+        if let Some(head) =
+            parse_response(&raw).map_err(|e| ExchangeError::Protocol(e.to_string()))?
         {
             break head;
         }
@@ -198,7 +200,12 @@ pub async fn exchange(
         raw = read_more(&conn.stream, raw).await?;
     };
     let start = head.head_len;
-    let (body, reusable) = match head.framing {
+    let framing = if head_request {
+        ResponseFraming::Empty
+    } else {
+        head.framing
+    };
+    let (body, reusable) = match framing {
         ResponseFraming::Empty => (Body::Inline(start..start), raw.len() == start),
         ResponseFraming::Length(n) => {
             while raw.len() < start + n {

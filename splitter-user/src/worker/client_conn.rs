@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
-use super::fanout::{scatter, Answer};
+use super::fanout::{scatter, Answer, Request};
 use super::{Plan, Worker};
 use crate::http1::chunked::ChunkedDecoder;
 use crate::http1::encode::{client_response, continue_100, status_response, ConnectionHeader};
@@ -108,21 +108,31 @@ impl ClientConn {
             }
             worker.in_flight.set(worker.in_flight.get() + 1);
             worker.counters.in_flight(1);
-            let answer = scatter(worker, &plan, timeout, request).await;
+            let is_head = self.forward.starts_with(b"HEAD ");
+            let request = Request {
+                bytes: request,
+                head: is_head,
+                timeout,
+            };
+            let answer = scatter(worker, &plan, request).await;
             worker.in_flight.set(worker.in_flight.get() - 1);
             worker.counters.in_flight(-1);
 
             let written = match answer {
                 Answer::Backend(id, response) => {
                     self.out.clear();
-                    client_response(
+                    match client_response(
                         &mut self.out,
                         response.head(),
                         response.body(),
                         &plan.backends[id].name,
                         conn,
-                    );
-                    self.write_out(worker, 200, Some(started)).await
+                    ) {
+                        Ok(()) => self.write_out(worker, 200, Some(started)).await,
+                        // Unreachable for a head the response parser accepted; still, no
+                        // half-made response ever leaves.
+                        Err(_) => self.respond(worker, 204, conn, Some(started)).await,
+                    }
                 }
                 Answer::NoContent => self.respond(worker, 204, conn, Some(started)).await,
             };
@@ -316,7 +326,12 @@ impl ClientConn {
     }
 
     /// Writes `out` as the response with `status`, and counts it.
-    async fn write_out(&mut self, worker: &Rc<Worker>, status: u16, started: Option<Instant>) -> bool {
+    async fn write_out(
+        &mut self,
+        worker: &Rc<Worker>,
+        status: u16,
+        started: Option<Instant>,
+    ) -> bool {
         let ok = self.write_raw().await;
         worker.counters.response(status);
         if let Some(started) = started {

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::backend_pool::{exchange, BackendConn, ExchangeError, Response};
+use super::backend_pool::{exchange, BackendConn, Response};
 use super::{Plan, Worker};
-use crate::scatter::exchange::{BackendId, BackendOutcome, Exchange, Outcome};
+use crate::scatter::exchange::{BackendId, Exchange, Outcome};
 
 /// How long past its request's deadline a late reply may take to arrive and be drained so its
 /// connection can be reused; past that the connection is closed. Late replies are common (that
@@ -36,15 +36,20 @@ enum Reply {
     Failed,
 }
 
-/// Sends `request` to every backend of `plan` and waits for the answer, at most `timeout`
-/// from now. Counts each backend's outcome and the win.
-pub async fn scatter(
-    worker: &Rc<Worker>,
-    plan: &Rc<Plan>,
-    timeout: Duration,
-    request: Bytes,
-) -> Answer {
-    let deadline = Instant::now() + timeout;
+/// One request to scatter.
+pub struct Request {
+    /// The bytes every backend gets.
+    pub bytes: Bytes,
+    /// A `HEAD`: responses have no body (and so none is valid).
+    pub head: bool,
+    /// The route's deadline, from now.
+    pub timeout: Duration,
+}
+
+/// Sends `request` to every backend of `plan` and waits for the answer, at most
+/// `request.timeout` from now. Counts each backend's outcome and the win.
+pub async fn scatter(worker: &Rc<Worker>, plan: &Rc<Plan>, request: Request) -> Answer {
+    let deadline = Instant::now() + request.timeout;
     let mut exchange = Exchange::new(plan.backends.len(), deadline, plan.prefer);
     let (tx, mut rx) = mpsc::unbounded_channel();
     for id in 0..plan.backends.len() {
@@ -52,7 +57,8 @@ pub async fn scatter(
             Rc::clone(worker),
             Rc::clone(plan),
             id,
-            request.clone(),
+            request.bytes.clone(),
+            request.head,
             deadline,
             tx.clone(),
         ));
@@ -101,6 +107,7 @@ async fn call(
     plan: Rc<Plan>,
     id: BackendId,
     request: Bytes,
+    head_request: bool,
     deadline: Instant,
     report: mpsc::UnboundedSender<(BackendId, Reply)>,
 ) {
@@ -111,22 +118,29 @@ async fn call(
     let result = loop {
         let mut conn = match pooled.take() {
             Some(conn) => conn,
-            None => match tokio::time::timeout_at(deadline.into(), BackendConn::connect(target.addr))
-                .await
-            {
-                Ok(Ok(conn)) => {
-                    counters.backend_connect(target.slot);
-                    conn
+            None => {
+                match tokio::time::timeout_at(deadline.into(), BackendConn::connect(target.addr))
+                    .await
+                {
+                    Ok(Ok(conn)) => {
+                        counters.backend_connect(target.slot);
+                        conn
+                    }
+                    Ok(Err(_)) => {
+                        let _ = report.send((id, Reply::Failed));
+                        return;
+                    }
+                    // The deadline passed while connecting: the request counts it as a timeout.
+                    Err(_) => return,
                 }
-                Ok(Err(_)) => {
-                    let _ = report.send((id, Reply::Failed));
-                    return;
-                }
-                // The deadline passed while connecting: the request counts it as a timeout.
-                Err(_) => return,
-            },
+            }
         };
-        match tokio::time::timeout_at(give_up.into(), exchange(&mut conn, request.clone())).await {
+        match tokio::time::timeout_at(
+            give_up.into(),
+            exchange(&mut conn, request.clone(), head_request),
+        )
+        .await
+        {
             // A reused connection that died before replying was closed by the backend while
             // idle: the request never reached it, so it may go once more on a new connection.
             Ok(Err(e)) if conn.reused && e.before_reply() && Instant::now() < deadline => {
@@ -158,7 +172,7 @@ async fn call(
                 counters.backend_closed(target.slot);
             }
         }
-        Err(ExchangeError::Io(_) | ExchangeError::Closed(_) | ExchangeError::Protocol(_)) => {
+        Err(_) => {
             counters.backend_closed(target.slot);
             let _ = report.send((id, Reply::Failed));
         }

@@ -160,9 +160,7 @@ pub fn spawn(spec: WorkerSpec) -> std::io::Result<JoinHandle<()>> {
             if let Some(cpu) = spec.cpu {
                 pin_to_cpu(cpu);
             }
-            tokio_uring::builder()
-                .entries(1024)
-                .start(run(spec));
+            tokio_uring::builder().entries(1024).start(run(spec));
         })
 }
 
@@ -241,6 +239,9 @@ async fn run(spec: WorkerSpec) {
         .await
         .is_err()
     {
-        tracing::warn!(worker = index, "drain timed out; closing remaining connections");
+        tracing::warn!(
+            worker = index,
+            "drain timed out; closing remaining connections"
+        );
     }
 }
