@@ -1,1 +1,36 @@
-fn main() {}
+//! `cargo xtask`: the project's own tasks, one module per subcommand.
+
+mod bench;
+mod install;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "splitter's build, benchmark and install tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Benchmark the splitter against HAProxy and the bare backend (SPEC section 8).
+    Bench(bench::Options),
+    /// Build release and install the binary, the systemd unit and a default configuration.
+    Install(install::Options),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Bench(opts) => bench::run(opts),
+        Command::Install(opts) => install::run(opts),
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}
