@@ -283,6 +283,11 @@ pub fn run(path: &Path, config: Config) -> anyhow::Result<()> {
             .join(","),
         "splitter started"
     );
+    // systemd `Type=notify`: every worker is listening now (their sockets were bound before
+    // the threads started). Outside systemd, NOTIFY_SOCKET is unset and this does nothing.
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "cannot notify systemd of readiness");
+    }
     rt.block_on(async {
         loop {
             match signals.next().await {
@@ -298,6 +303,7 @@ pub fn run(path: &Path, config: Config) -> anyhow::Result<()> {
         }
     });
     tracing::info!("draining");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     server.shutdown();
     server.wait()?;
     tracing::info!("stopped");
