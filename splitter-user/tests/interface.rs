@@ -1,0 +1,291 @@
+//! SPEC 6, Interface: the command line (`run`, `check`, `demo`, `mock-backend`), the
+//! configuration file and its defaults, and the admin listener (`/metrics`, `/healthz`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const CLI_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn valid_config() -> String {
+    config(
+        "",
+        "",
+        &[("a", "127.0.0.1:9".parse().unwrap()), ("b", "127.0.0.1:10".parse().unwrap())],
+        &[("/fast", 80), ("/", 450)],
+    )
+}
+
+#[test]
+fn help_lists_the_subcommands() {
+    let (status, out, _) = run_cli(&["--help"], CLI_TIMEOUT);
+    assert!(status.success());
+    for cmd in ["run", "check", "demo", "mock-backend"] {
+        assert!(out.contains(cmd), "--help must list {cmd}: {out}");
+    }
+}
+
+#[test]
+fn check_accepts_a_valid_file() {
+    let dir = TempDir::new("check-ok");
+    let path = dir.write("ok.toml", &valid_config());
+    let (status, out, err) = run_cli(&["check", "-c", path.to_str().unwrap()], CLI_TIMEOUT);
+    assert_eq!(status.code(), Some(0), "stdout {out} stderr {err}");
+}
+
+#[test]
+fn check_accepts_the_spec_example_with_every_key() {
+    let text = r#"
+listen = "0.0.0.0:8080"
+admin_listen = "127.0.0.1:9090"
+workers = 0
+max_request_body = 262144
+max_header_bytes = 16384
+max_in_flight = 100000
+header_timeout_ms = 10000
+idle_timeout_ms = 60000
+
+[select]
+field = "/seatbid/0/bid/0/price"
+prefer = "min"
+
+[[backend]]
+name = "a"
+address = "10.0.0.1:9000"
+[[backend]]
+name = "b"
+address = "10.0.0.2:9000"
+
+[[route]]
+path_prefix = "/fast"
+timeout_ms = 80
+[[route]]
+path_prefix = "/"
+timeout_ms = 450
+
+[steering]
+mode = "auto"
+pin_dir = "/sys/fs/bpf/splitter"
+"#;
+    let dir = TempDir::new("check-full");
+    let path = dir.write("full.toml", text);
+    let (status, out, err) = run_cli(&["check", "-c", path.to_str().unwrap()], CLI_TIMEOUT);
+    assert_eq!(status.code(), Some(0), "stdout {out} stderr {err}");
+}
+
+#[test]
+fn check_accepts_the_minimal_file_with_defaults() {
+    let text = "listen = \"127.0.0.1:8080\"\n[[backend]]\nname = \"a\"\naddress = \"127.0.0.1:9000\"\n[[route]]\npath_prefix = \"/\"\ntimeout_ms = 100\n";
+    let dir = TempDir::new("check-min");
+    let path = dir.write("min.toml", text);
+    let (status, out, err) = run_cli(&["check", "-c", path.to_str().unwrap()], CLI_TIMEOUT);
+    assert_eq!(status.code(), Some(0), "stdout {out} stderr {err}");
+}
+
+/// `check` must exit 1 and name `key` and the file.
+fn check_rejects(text: &str, key: &str) {
+    let dir = TempDir::new("check-bad");
+    let path = dir.write("bad.toml", text);
+    let path_str = path.to_str().unwrap();
+    let (status, out, err) = run_cli(&["check", "-c", path_str], CLI_TIMEOUT);
+    assert_eq!(status.code(), Some(1), "for {key}: stdout {out} stderr {err}");
+    let all = format!("{out}\n{err}");
+    assert!(
+        all.contains(key),
+        "the error must name `{key}`: {all}\n--- file:\n{text}"
+    );
+    assert!(
+        all.contains("bad.toml"),
+        "the error must name the file: {all}"
+    );
+}
+
+#[test]
+fn check_rejects_bad_values_naming_the_key() {
+    let good = valid_config();
+    check_rejects(
+        &good.replacen("timeout_ms = 80", "timeout_ms = \"soon\"", 1),
+        "timeout_ms",
+    );
+    check_rejects(
+        &good.replacen("timeout_ms = 80", "timeout_ms = -5", 1),
+        "timeout_ms",
+    );
+    check_rejects(
+        &good.replacen("[[backend]]", "[select]\nprefer = \"median\"\n[[backend]]", 1),
+        "prefer",
+    );
+    check_rejects(
+        &good.replacen("[[backend]]", "[select]\nfield = \"price\"\n[[backend]]", 1),
+        "field",
+    );
+    check_rejects(
+        &good.replacen("address = \"127.0.0.1:9\"", "address = \"not an address\"", 1),
+        "address",
+    );
+    check_rejects(
+        &good.replacen(
+            "admin_listen = \"127.0.0.1:0\"",
+            "admin_listen = \"127.0.0.1:0\"\nmax_header_bytes = \"lots\"",
+            1,
+        ),
+        "max_header_bytes",
+    );
+    check_rejects(
+        &good.replacen(
+            "admin_listen = \"127.0.0.1:0\"",
+            "admin_listen = \"127.0.0.1:0\"\n[steering]\nmode = \"magic\"",
+            1,
+        ),
+        "mode",
+    );
+}
+
+#[test]
+fn check_rejects_missing_required_keys() {
+    let good = valid_config();
+    check_rejects(&good.replacen("listen = \"127.0.0.1:0\"\n", "", 1), "listen");
+    // No backend at all.
+    let no_backend = config("", "", &[], &[("/", 100)]);
+    check_rejects(&no_backend, "backend");
+    // No route at all.
+    let no_route = config("", "", &[("a", "127.0.0.1:9".parse().unwrap())], &[]);
+    check_rejects(&no_route, "route");
+}
+
+#[test]
+fn check_rejects_more_than_16_backends() {
+    let addrs: Vec<(String, std::net::SocketAddr)> = (0..17)
+        .map(|i| (format!("b{i}"), format!("127.0.0.1:{}", 9000 + i).parse().unwrap()))
+        .collect();
+    let refs: Vec<(&str, std::net::SocketAddr)> =
+        addrs.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+    check_rejects(&config("", "", &refs, &[("/", 100)]), "backend");
+    // Sixteen is fine.
+    let dir = TempDir::new("check-16");
+    let path = dir.write("ok.toml", &config("", "", &refs[..16], &[("/", 100)]));
+    let (status, _, err) = run_cli(&["check", "-c", path.to_str().unwrap()], CLI_TIMEOUT);
+    assert_eq!(status.code(), Some(0), "{err}");
+}
+
+#[test]
+fn check_rejects_unparsable_toml_and_missing_file() {
+    check_rejects("listen = \n[[[", "bad.toml");
+    let (status, _, err) = run_cli(
+        &["check", "-c", "/nonexistent/splitter-missing.toml"],
+        CLI_TIMEOUT,
+    );
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("splitter-missing.toml"), "{err}");
+}
+
+#[test]
+fn run_refuses_an_invalid_file_with_exit_1() {
+    let dir = TempDir::new("run-bad");
+    let text = valid_config().replacen("timeout_ms = 80", "timeout_ms = \"x\"", 1);
+    let path = dir.write("bad.toml", &text);
+    let (status, _, err) = run_cli(&["run", "-c", path.to_str().unwrap()], CLI_TIMEOUT);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("timeout_ms"), "{err}");
+}
+
+#[test]
+fn healthz_answers_ok() {
+    let a = Mock::start("a", &["--price", "1"]);
+    let s = Splitter::start(&config("", "", &[("a", a.addr)], &[("/", 500)]));
+    let r = s.admin_get("/healthz");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body_str().trim(), "ok");
+    let r = s.admin_get("/nope");
+    assert_eq!(r.status, 404, "{r:?}");
+}
+
+#[test]
+fn metrics_count_requests_responses_outcomes_and_wins() {
+    let valid = Mock::start("valid", &["--price", "2"]);
+    let invalid = Mock::start("invalid", &["--price", "9", "--status", "500"]);
+    let error = Mock::start("error", &["--reset"]);
+    let late = Mock::start("late", &["--price", "9", "--delay-ms", "3000"]);
+    let s = Splitter::start(&config(
+        "",
+        "",
+        &[
+            ("valid", valid.addr),
+            ("invalid", invalid.addr),
+            ("error", error.addr),
+            ("late", late.addr),
+        ],
+        &[("/", 200)],
+    ));
+    let before = s.metrics();
+    for name in [
+        "splitter_requests_total",
+        "splitter_request_duration_seconds_count",
+    ] {
+        assert!(before.has(name), "{name} missing:\n{}", before.text);
+    }
+    assert_eq!(before.get("splitter_requests_total", &[]), 0.0);
+    let mut client = s.client();
+    for i in 0..3 {
+        let id = format!("m-{i}");
+        let r = client.request(&bid("/x", &id));
+        r.assert_won(&id);
+        assert_eq!(r.backend(), Some("valid"));
+    }
+    let bo = "splitter_backend_responses_total";
+    let m = s.wait_metrics(Duration::from_secs(5), |m| {
+        m.get(bo, &[("backend", "late"), ("outcome", "timeout")]) >= 3.0
+            && m.get("splitter_request_duration_seconds_count", &[]) >= 3.0
+    });
+    let ctx = &m.text;
+    assert_eq!(m.get("splitter_requests_total", &[]), 3.0, "{ctx}");
+    assert_eq!(m.get("splitter_responses_total", &[("status", "200")]), 3.0, "{ctx}");
+    assert_eq!(m.get(bo, &[("backend", "valid"), ("outcome", "valid")]), 3.0, "{ctx}");
+    assert_eq!(m.get(bo, &[("backend", "invalid"), ("outcome", "invalid")]), 3.0, "{ctx}");
+    assert_eq!(m.get(bo, &[("backend", "error"), ("outcome", "error")]), 3.0, "{ctx}");
+    assert_eq!(m.get(bo, &[("backend", "late"), ("outcome", "timeout")]), 3.0, "{ctx}");
+    assert_eq!(m.get(bo, &[("backend", "valid"), ("outcome", "invalid")]), 0.0, "{ctx}");
+    assert_eq!(m.get("splitter_backend_wins_total", &[("backend", "valid")]), 3.0, "{ctx}");
+    assert_eq!(m.get("splitter_backend_wins_total", &[("backend", "invalid")]), 0.0, "{ctx}");
+    assert_eq!(m.get("splitter_request_duration_seconds_count", &[]), 3.0, "{ctx}");
+    let sum = m.get("splitter_request_duration_seconds_sum", &[]);
+    assert!(sum >= 0.5, "3 requests of >= 200 ms each: sum {sum}\n{ctx}");
+    let inf = m.get("splitter_request_duration_seconds_bucket", &[("le", "+Inf")]);
+    assert_eq!(inf, 3.0, "{ctx}");
+
+    // A 204 is counted under its status, and a 404 too.
+    let only_bad = Splitter::start(&config("", "", &[("invalid", invalid.addr)], &[("/api", 500)]));
+    only_bad.request(&bid("/api", "n-1")).assert_no_content();
+    assert_eq!(only_bad.request(&bid("/zzz", "n-2")).status, 404);
+    let m = only_bad.wait_metrics(Duration::from_secs(5), |m| {
+        m.get("splitter_responses_total", &[("status", "404")]) >= 1.0
+    });
+    assert_eq!(m.get("splitter_responses_total", &[("status", "204")]), 1.0, "{}", m.text);
+    assert_eq!(m.get("splitter_responses_total", &[("status", "404")]), 1.0, "{}", m.text);
+}
+
+#[test]
+fn mock_backend_echoes_the_request_id() {
+    let a = Mock::start("echo", &["--price", "4.5"]);
+    let mut c = Client::connect(a.addr);
+    let r = c.request(&bid("/any", "mock-1"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("X-Req-Id"), Some("mock-1"));
+    assert_eq!(r.json_str("backend").as_deref(), Some("echo"));
+    assert_eq!(r.json_str("req_id").as_deref(), Some("mock-1"));
+    assert!(r.body_str().contains("4.5"));
+}
+
+#[test]
+fn demo_runs_and_prints_a_summary() {
+    let t = Instant::now();
+    let (status, out, err) = run_cli(
+        &["demo", "--seconds", "1", "--connections", "4"],
+        Duration::from_secs(60),
+    );
+    assert!(status.success(), "demo failed: {out}\n{err}");
+    assert!(out.contains("requests:"), "{out}");
+    assert!(t.elapsed() < Duration::from_secs(60));
+}

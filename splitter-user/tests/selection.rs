@@ -1,0 +1,329 @@
+//! SPEC 2, Selection: which backend response is valid, which is best, what the client gets.
+//! Black-box: real splitter, real mock backends (and raw peers where the reply must be exact).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn prefer_max_is_the_default_and_returns_the_highest_price() {
+    let a = Mock::start("a", &["--price", "1.5"]);
+    let b = Mock::start("b", &["--price", "3.25"]);
+    let c = Mock::start("c", &["--price", "2"]);
+    let s = Splitter::start(&config(
+        "",
+        "",
+        &[("a", a.addr), ("b", b.addr), ("c", c.addr)],
+        &[("/", 1000)],
+    ));
+    let mut client = s.client();
+    for i in 0..5 {
+        let id = format!("max-{i}");
+        let r = client.request(&bid("/bid", &id));
+        r.assert_won(&id);
+        assert_eq!(r.backend(), Some("b"), "{r:?}");
+        assert_eq!(r.json_str("backend").as_deref(), Some("b"));
+        assert!(r.body_str().contains("3.25"), "{}", r.body_str());
+    }
+}
+
+#[test]
+fn prefer_min_returns_the_lowest_price() {
+    let a = Mock::start("a", &["--price", "1.5"]);
+    let b = Mock::start("b", &["--price", "0.75"]);
+    let c = Mock::start("c", &["--price", "2"]);
+    let s = Splitter::start(&config(
+        "",
+        "field = \"/price\"\nprefer = \"min\"",
+        &[("a", a.addr), ("b", b.addr), ("c", c.addr)],
+        &[("/", 1000)],
+    ));
+    let mut client = s.client();
+    for i in 0..5 {
+        let id = format!("min-{i}");
+        let r = client.request(&bid("/bid", &id));
+        r.assert_won(&id);
+        assert_eq!(r.backend(), Some("b"), "{r:?}");
+    }
+}
+
+#[test]
+fn configured_field_name_is_the_one_compared() {
+    // Both mocks publish their number under `bid`; `price` is not there at all.
+    let a = Mock::start("a", &["--price", "7", "--field", "bid"]);
+    let b = Mock::start("b", &["--price", "4", "--field", "bid"]);
+    let s = Splitter::start(&config(
+        "",
+        "field = \"/bid\"",
+        &[("a", a.addr), ("b", b.addr)],
+        &[("/", 1000)],
+    ));
+    let r = s.request(&bid("/x", "field-1"));
+    r.assert_won("field-1");
+    assert_eq!(r.backend(), Some("a"));
+}
+
+#[test]
+fn nested_json_pointer_selects_the_deep_number() {
+    let shape = |name: &'static str, price: &'static str| {
+        RawPeer::replying(move |req| {
+            let body = format!(
+                r#"{{"backend":"{name}","req_id":"{}","price":1000,"seatbid":[{{"bid":[{{"price":{price}}}]}}]}}"#,
+                req.req_id()
+            );
+            http_json(&body, "")
+        })
+    };
+    let a = shape("a", "2.5");
+    let b = shape("b", "9.5");
+    // `c` has the deep path but a string at the end: invalid, even with a huge top-level price.
+    let c = RawPeer::replying(|req| {
+        let body = format!(
+            r#"{{"backend":"c","req_id":"{}","price":99999,"seatbid":[{{"bid":[{{"price":"99999"}}]}}]}}"#,
+            req.req_id()
+        );
+        http_json(&body, "")
+    });
+    let s = Splitter::start(&config(
+        "",
+        "field = \"/seatbid/0/bid/0/price\"",
+        &[("a", a.addr), ("b", b.addr), ("c", c.addr)],
+        &[("/", 1000)],
+    ));
+    let r = s.request(&bid("/x", "deep-1"));
+    r.assert_won("deep-1");
+    assert_eq!(r.backend(), Some("b"), "{r:?}");
+}
+
+#[test]
+fn equal_prices_first_arrival_wins() {
+    // The slow one is listed first, so configuration order cannot explain the result.
+    let slow = Mock::start("slow", &["--price", "5", "--delay-ms", "60"]);
+    let fast = Mock::start("fast", &["--price", "5", "--delay-ms", "0"]);
+    let s = Splitter::start(&config(
+        "",
+        "",
+        &[("slow", slow.addr), ("fast", fast.addr)],
+        &[("/", 2000)],
+    ));
+    let mut client = s.client();
+    for i in 0..4 {
+        let id = format!("tie-{i}");
+        let r = client.request(&bid("/tie", &id));
+        r.assert_won(&id);
+        assert_eq!(
+            r.backend(),
+            Some("fast"),
+            "a tie goes to the first arrival: {r:?}"
+        );
+    }
+}
+
+#[test]
+fn invalid_replies_never_win_and_do_not_spoil_the_request() {
+    let valid = Mock::start("valid", &["--price", "1"]);
+    let s500 = Mock::start("s500", &["--price", "90", "--status", "500"]);
+    let s204 = Mock::start("s204", &["--price", "91", "--status", "204"]);
+    let s201 = Mock::start("s201", &["--price", "91", "--status", "201"]);
+    let garbage = Mock::start("garbage", &["--price", "92", "--broken-share", "1.0"]);
+    let missing = Mock::start("missing", &["--price", "93", "--omit-field"]);
+    let string = Mock::start("string", &["--price-raw", "\"12\""]);
+    let null = Mock::start("null", &["--price-raw", "null"]);
+    let boolean = Mock::start("boolean", &["--price-raw", "true"]);
+    let object = Mock::start("object", &["--price-raw", "{\"v\":50}"]);
+    let backends = [
+        ("s500", s500.addr),
+        ("s204", s204.addr),
+        ("s201", s201.addr),
+        ("garbage", garbage.addr),
+        ("missing", missing.addr),
+        ("string", string.addr),
+        ("null", null.addr),
+        ("boolean", boolean.addr),
+        ("object", object.addr),
+        ("valid", valid.addr),
+    ];
+    let s = Splitter::start(&config("", "", &backends, &[("/", 3000)]));
+    for i in 0..6 {
+        let id = format!("inv-{i}");
+        let t = Instant::now();
+        // A fresh connection each time: a garbage backend must not hurt the client connection.
+        let r = s.request(&bid("/bid", &id));
+        r.assert_won(&id);
+        assert_eq!(r.backend(), Some("valid"), "{r:?}");
+        assert!(r.body_str().contains("\"price\":1"), "{}", r.body_str());
+        // Everyone answered (valid or not): no reason to wait for the 3 s deadline.
+        assert!(
+            t.elapsed() < Duration::from_millis(2000),
+            "took {:?}",
+            t.elapsed()
+        );
+    }
+}
+
+#[test]
+fn non_json_body_with_200_is_invalid() {
+    // A raw peer with an HTTP-valid 200 whose body is not JSON but contains the field text.
+    let bad = RawPeer::replying(|_| {
+        let body = "price: 1000000, \"price\":1000000";
+        http_json(body, "")
+    });
+    let truncated = RawPeer::replying(|req| {
+        // Valid start of JSON, cut before the end.
+        let body = format!(r#"{{"backend":"t","req_id":"{}","price":500"#, req.req_id());
+        http_json(&body, "")
+    });
+    let good = Mock::start("good", &["--price", "0.5"]);
+    let s = Splitter::start(&config(
+        "",
+        "",
+        &[
+            ("bad", bad.addr),
+            ("truncated", truncated.addr),
+            ("good", good.addr),
+        ],
+        &[("/", 2000)],
+    ));
+    let r = s.request(&bid("/x", "nj-1"));
+    r.assert_won("nj-1");
+    assert_eq!(r.backend(), Some("good"));
+}
+
+#[test]
+fn no_valid_reply_gives_204_without_backend_header() {
+    let s500 = Mock::start("s500", &["--price", "90", "--status", "500"]);
+    let missing = Mock::start("missing", &["--omit-field"]);
+    let string = Mock::start("string", &["--price-raw", "\"12\""]);
+    let s = Splitter::start(&config(
+        "",
+        "",
+        &[
+            ("s500", s500.addr),
+            ("missing", missing.addr),
+            ("string", string.addr),
+        ],
+        &[("/", 2000)],
+    ));
+    let mut client = s.client();
+    for i in 0..3 {
+        let t = Instant::now();
+        let r = client.request(&bid("/x", &format!("none-{i}")));
+        r.assert_no_content();
+        assert_eq!(r.version, "HTTP/1.1");
+        assert!(
+            t.elapsed() < Duration::from_millis(1000),
+            "all answered: immediate 204 expected, took {:?}",
+            t.elapsed()
+        );
+    }
+}
+
+#[test]
+fn winner_status_body_and_end_to_end_headers_pass_byte_for_byte() {
+    // Odd but valid JSON: whitespace, escapes, unicode, a number in exponent form.
+    let body = "{ \"price\" : 2.5e0 ,\n \"note\": \"caf\u{e9} \\\"quoted\\\" \\u0041\",\t\"list\": [1, 2 ,3] }\n";
+    let peer = RawPeer::replying(move |_| {
+        http_json(
+            body,
+            "X-Custom-Header: alpha beta\r\nCache-Control: no-store\r\nSet-Cookie: a=1\r\n",
+        )
+    });
+    let other = Mock::start("other", &["--price", "1"]);
+    let s = Splitter::start(&config(
+        "",
+        "",
+        &[("peer", peer.addr), ("other", other.addr)],
+        &[("/", 2000)],
+    ));
+    let r = s.request(&bid("/x", "bytes-1"));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.backend(), Some("peer"));
+    assert_eq!(r.body, body.as_bytes(), "body must be byte for byte");
+    r.assert_length_matches();
+    assert_eq!(r.header("X-Custom-Header"), Some("alpha beta"));
+    assert_eq!(r.header("Cache-Control"), Some("no-store"));
+    assert_eq!(r.header("Set-Cookie"), Some("a=1"));
+    assert_eq!(r.header("Content-Type"), Some("application/json"));
+    assert_eq!(r.header_all("X-Splitter-Backend").len(), 1);
+}
+
+#[test]
+fn mock_headers_are_passed_through() {
+    let a = Mock::start("a", &["--price", "4"]);
+    let s = Splitter::start(&config("", "", &[("a", a.addr)], &[("/", 2000)]));
+    let r = s.request(&bid("/x", "hdr-7"));
+    r.assert_won("hdr-7");
+    assert_eq!(
+        r.header("X-Req-Id"),
+        Some("hdr-7"),
+        "backend's X-Req-Id passed on"
+    );
+    assert!(
+        r.header("Content-Type")
+            .is_some_and(|v| v.starts_with("application/json")),
+        "{r:?}"
+    );
+    assert_eq!(r.backend(), Some("a"));
+}
+
+#[test]
+fn chunked_backend_body_is_dechunked_with_a_correct_length() {
+    let chunked_mock = Mock::start("cm", &["--price", "8", "--chunked", "--body-bytes", "3000"]);
+    let s = Splitter::start(&config(
+        "",
+        "",
+        &[("cm", chunked_mock.addr)],
+        &[("/", 2000)],
+    ));
+    let r = s.request(&bid("/x", "chunk-m"));
+    r.assert_won("chunk-m");
+    assert!(r.body.len() >= 100, "a padded body: {}", r.body.len());
+    assert!(r.body.starts_with(b"{") && r.body_str().trim_end().ends_with('}'));
+}
+
+#[test]
+fn chunked_raw_backend_body_is_reassembled_exactly() {
+    let body = r#"{"backend":"raw","price":6,"pad":"0123456789abcdef0123456789"}"#;
+    let peer = RawPeer::replying(move |_| {
+        let (p1, rest) = body.split_at(10);
+        let (p2, p3) = rest.split_at(17);
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{p1}\r\n{:x};ext=1\r\n{p2}\r\n{:X}\r\n{p3}\r\n0\r\n\r\n",
+            p1.len(),
+            p2.len(),
+            p3.len()
+        )
+        .into_bytes()
+    });
+    let s = Splitter::start(&config("", "", &[("raw", peer.addr)], &[("/", 2000)]));
+    let mut client = s.client();
+    for i in 0..3 {
+        let r = client.request(&bid("/x", &format!("ch-{i}")));
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.backend(), Some("raw"));
+        assert_eq!(r.body, body.as_bytes());
+        r.assert_length_matches();
+        assert!(r.header("Transfer-Encoding").is_none());
+    }
+}
+
+#[test]
+fn reply_byte_by_byte_still_counts() {
+    let peer = RawPeer::start(|mut conn| {
+        while let Some(req) = conn.next_request() {
+            let out = http_json(&priced_body("drip", &req.req_id(), "3"), "");
+            for b in out {
+                if !conn.write(&[b]) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    });
+    let s = Splitter::start(&config("", "", &[("drip", peer.addr)], &[("/", 3000)]));
+    let r = s.request(&bid("/x", "drip-1"));
+    r.assert_won("drip-1");
+    assert_eq!(r.backend(), Some("drip"));
+}

@@ -1,0 +1,215 @@
+//! SPEC 6, signals: SIGHUP reloads (routes, backends, select) without dropping connections and
+//! refuses an invalid file; SIGTERM and SIGINT drain: in-flight requests finish, exit 0.
+
+mod common;
+
+use std::net::TcpStream;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const RELOAD_WAIT: Duration = Duration::from_secs(10);
+
+/// Sends SIGHUP and waits for the reload to be logged (as applied, or refused).
+fn reload(s: &Splitter) -> String {
+    let from = s.log_count();
+    s.signal(libc::SIGHUP);
+    s.wait_log(from, RELOAD_WAIT, |l| {
+        let l = l.to_ascii_lowercase();
+        l.contains("reload")
+    })
+    .unwrap_or_else(|| panic!("no reload log line after SIGHUP: {:?}", s.log_snapshot()))
+}
+
+#[test]
+fn sighup_applies_a_new_route_timeout() {
+    let a = Mock::start("a", &["--price", "1", "--delay-ms", "600"]);
+    let s = Splitter::start(&config("", "", &[("a", a.addr)], &[("/", 150)]));
+    let mut client = s.client();
+    let t = Instant::now();
+    client.request(&bid("/x", "before")).assert_no_content();
+    assert!(t.elapsed() < Duration::from_millis(600), "{:?}", t.elapsed());
+
+    s.rewrite_config(&config("", "", &[("a", a.addr)], &[("/", 3000)]));
+    let line = reload(&s);
+    assert!(!line.to_ascii_lowercase().contains("refused"), "{line}");
+
+    // Same client connection: it was not dropped by the reload.
+    let t = Instant::now();
+    client.request(&bid("/x", "after")).assert_won("after");
+    assert!(t.elapsed() >= Duration::from_millis(550), "{:?}", t.elapsed());
+}
+
+#[test]
+fn sighup_applies_a_new_backend_set_and_select() {
+    let a = Mock::start("a", &["--price", "1"]);
+    let b = Mock::start("b", &["--price", "2"]);
+    let s = Splitter::start(&config("", "", &[("a", a.addr)], &[("/", 2000)]));
+    let mut client = s.client();
+    let r = client.request(&bid("/x", "one"));
+    r.assert_won("one");
+    assert_eq!(r.backend(), Some("a"));
+
+    s.rewrite_config(&config("", "", &[("a", a.addr), ("b", b.addr)], &[("/", 2000)]));
+    reload(&s);
+    let r = client.request(&bid("/x", "two"));
+    r.assert_won("two");
+    assert_eq!(r.backend(), Some("b"), "max of a=1, b=2 after adding b");
+
+    s.rewrite_config(&config(
+        "",
+        "prefer = \"min\"",
+        &[("a", a.addr), ("b", b.addr)],
+        &[("/", 2000)],
+    ));
+    reload(&s);
+    let r = client.request(&bid("/x", "three"));
+    r.assert_won("three");
+    assert_eq!(r.backend(), Some("a"), "min after reload");
+
+    s.rewrite_config(&config("", "", &[("b", b.addr)], &[("/", 2000)]));
+    reload(&s);
+    let r = client.request(&bid("/x", "four"));
+    r.assert_won("four");
+    assert_eq!(r.backend(), Some("b"), "a removed");
+    // The metrics know the new backend.
+    let m = s.wait_metrics(Duration::from_secs(5), |m| {
+        m.get("splitter_backend_wins_total", &[("backend", "b")]) >= 2.0
+    });
+    assert!(
+        m.get("splitter_backend_wins_total", &[("backend", "b")]) >= 2.0,
+        "{}",
+        m.text
+    );
+}
+
+#[test]
+fn sighup_with_an_invalid_file_is_refused_and_logged_with_the_key() {
+    let a = Mock::start("a", &["--price", "1"]);
+    let b = Mock::start("b", &["--price", "5"]);
+    let good = config("", "", &[("a", a.addr)], &[("/", 2000)]);
+    let s = Splitter::start(&good);
+    let mut client = s.client();
+    client.request(&bid("/x", "pre")).assert_won("pre");
+
+    // Invalid: adds b but with a bad timeout. Nothing of it may apply.
+    let bad = config("", "", &[("a", a.addr), ("b", b.addr)], &[("/", 2000)])
+        .replace("timeout_ms = 2000", "timeout_ms = \"never\"");
+    s.rewrite_config(&bad);
+    let from = s.log_count();
+    s.signal(libc::SIGHUP);
+    let line = s
+        .wait_log(from, RELOAD_WAIT, |l| l.contains("timeout_ms"))
+        .unwrap_or_else(|| panic!("the refused reload must be logged naming the key: {:?}", s.log_snapshot()));
+    assert!(
+        line.contains("ERROR") || line.contains("WARN") || line.to_ascii_lowercase().contains("refused"),
+        "{line}"
+    );
+    for i in 0..3 {
+        let id = format!("still-{i}");
+        let r = client.request(&bid("/x", &id));
+        r.assert_won(&id);
+        assert_eq!(r.backend(), Some("a"), "the old configuration must stay");
+    }
+    // New connections too.
+    let r = s.request(&bid("/x", "new-conn"));
+    assert_eq!(r.backend(), Some("a"));
+}
+
+/// A raw backend that reports each arrival and answers after `delay`.
+fn delayed_peer(delay: Duration) -> (RawPeer, mpsc::Receiver<String>) {
+    let (tx, rx) = mpsc::channel::<String>();
+    let tx = std::sync::Mutex::new(tx);
+    let peer = RawPeer::start(move |mut conn| {
+        while let Some(req) = conn.next_request() {
+            let _ = tx.lock().unwrap().send(req.req_id());
+            thread::sleep(delay);
+            if !conn.write(&http_json(&priced_body("p", &req.req_id(), "1"), "")) {
+                return;
+            }
+        }
+    });
+    (peer, rx)
+}
+
+fn drain_on(sig: i32) {
+    let (peer, arrived) = delayed_peer(Duration::from_millis(300));
+    let mut s = Splitter::start(&config("", "", &[("p", peer.addr)], &[("/", 3000)]));
+    // An idle keep-alive connection, and one with a request in flight.
+    let mut idle = s.client();
+    idle.request(&bid("/x", "idle-warmup")).assert_won("idle-warmup");
+    assert_eq!(arrived.recv_timeout(Duration::from_secs(5)).unwrap(), "idle-warmup");
+    let mut busy = s.client();
+    busy.send(&bid("/x", "in-flight"));
+    assert_eq!(
+        arrived.recv_timeout(Duration::from_secs(5)).unwrap(),
+        "in-flight",
+        "the request reaches the backend before the signal"
+    );
+    let t = Instant::now();
+    s.signal(sig);
+    // The request in flight still gets its answer.
+    let r = busy.read_response();
+    r.assert_won("in-flight");
+    // New connections are refused after a short while.
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut refused = false;
+    while Instant::now() < until {
+        match TcpStream::connect_timeout(&s.addr, Duration::from_millis(500)) {
+            Err(_) => {
+                refused = true;
+                break;
+            }
+            Ok(_) => thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    assert!(refused, "the listener must close on drain");
+    // The idle connection is closed.
+    assert!(idle.closed_within(Duration::from_secs(5)), "idle connections close on drain");
+    let status = s
+        .proc
+        .wait_exit(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no exit within 10 s of the signal: {:?}", s.log_snapshot()));
+    assert_eq!(status.code(), Some(0), "exit status; logs {:?}", s.log_snapshot());
+    assert!(t.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn sigterm_finishes_in_flight_requests_and_exits_0() {
+    drain_on(libc::SIGTERM);
+}
+
+#[test]
+fn sigint_finishes_in_flight_requests_and_exits_0() {
+    drain_on(libc::SIGINT);
+}
+
+#[test]
+fn healthz_turns_503_while_draining() {
+    let (peer, arrived) = delayed_peer(Duration::from_millis(1500));
+    let mut s = Splitter::start(&config("", "", &[("p", peer.addr)], &[("/", 3000)]));
+    assert_eq!(s.admin_get("/healthz").status, 200);
+    let mut busy = s.client();
+    busy.send(&bid("/x", "hold"));
+    assert_eq!(arrived.recv_timeout(Duration::from_secs(5)).unwrap(), "hold");
+    s.signal(libc::SIGTERM);
+    let until = Instant::now() + Duration::from_millis(1000);
+    let mut saw = None;
+    while Instant::now() < until {
+        let mut c = Client::connect(s.admin);
+        c.send(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n");
+        if let Ok(r) = c.try_read_response_within(Duration::from_secs(2)) {
+            saw = Some(r.status);
+            if r.status == 503 {
+                break;
+            }
+        }
+        thread::sleep(Duration::from_millis(30));
+    }
+    assert_eq!(saw, Some(503), "/healthz must answer 503 while draining");
+    busy.read_response().assert_won("hold");
+    let status = s.proc.wait_exit(Duration::from_secs(10)).expect("exit");
+    assert_eq!(status.code(), Some(0));
+}
