@@ -13,7 +13,10 @@ fn valid_config() -> String {
     config(
         "",
         "",
-        &[("a", "127.0.0.1:9".parse().unwrap()), ("b", "127.0.0.1:10".parse().unwrap())],
+        &[
+            ("a", "127.0.0.1:9".parse().unwrap()),
+            ("b", "127.0.0.1:10".parse().unwrap()),
+        ],
         &[("/fast", 80), ("/", 450)],
     )
 }
@@ -90,7 +93,11 @@ fn check_rejects(text: &str, key: &str) {
     let path = dir.write("bad.toml", text);
     let path_str = path.to_str().unwrap();
     let (status, out, err) = run_cli(&["check", "-c", path_str], CLI_TIMEOUT);
-    assert_eq!(status.code(), Some(1), "for {key}: stdout {out} stderr {err}");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "for {key}: stdout {out} stderr {err}"
+    );
     let all = format!("{out}\n{err}");
     assert!(
         all.contains(key),
@@ -114,7 +121,11 @@ fn check_rejects_bad_values_naming_the_key() {
         "timeout_ms",
     );
     check_rejects(
-        &good.replacen("[[backend]]", "[select]\nprefer = \"median\"\n[[backend]]", 1),
+        &good.replacen(
+            "[[backend]]",
+            "[select]\nprefer = \"median\"\n[[backend]]",
+            1,
+        ),
         "prefer",
     );
     check_rejects(
@@ -122,7 +133,11 @@ fn check_rejects_bad_values_naming_the_key() {
         "field",
     );
     check_rejects(
-        &good.replacen("address = \"127.0.0.1:9\"", "address = \"not an address\"", 1),
+        &good.replacen(
+            "address = \"127.0.0.1:9\"",
+            "address = \"not an address\"",
+            1,
+        ),
         "address",
     );
     check_rejects(
@@ -146,7 +161,10 @@ fn check_rejects_bad_values_naming_the_key() {
 #[test]
 fn check_rejects_missing_required_keys() {
     let good = valid_config();
-    check_rejects(&good.replacen("listen = \"127.0.0.1:0\"\n", "", 1), "listen");
+    check_rejects(
+        &good.replacen("listen = \"127.0.0.1:0\"\n", "", 1),
+        "listen",
+    );
     // No backend at all.
     let no_backend = config("", "", &[], &[("/", 100)]);
     check_rejects(&no_backend, "backend");
@@ -158,7 +176,12 @@ fn check_rejects_missing_required_keys() {
 #[test]
 fn check_rejects_more_than_16_backends() {
     let addrs: Vec<(String, std::net::SocketAddr)> = (0..17)
-        .map(|i| (format!("b{i}"), format!("127.0.0.1:{}", 9000 + i).parse().unwrap()))
+        .map(|i| {
+            (
+                format!("b{i}"),
+                format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
+            )
+        })
         .collect();
     let refs: Vec<(&str, std::net::SocketAddr)> =
         addrs.iter().map(|(n, a)| (n.as_str(), *a)).collect();
@@ -241,29 +264,83 @@ fn metrics_count_requests_responses_outcomes_and_wins() {
     });
     let ctx = &m.text;
     assert_eq!(m.get("splitter_requests_total", &[]), 3.0, "{ctx}");
-    assert_eq!(m.get("splitter_responses_total", &[("status", "200")]), 3.0, "{ctx}");
-    assert_eq!(m.get(bo, &[("backend", "valid"), ("outcome", "valid")]), 3.0, "{ctx}");
-    assert_eq!(m.get(bo, &[("backend", "invalid"), ("outcome", "invalid")]), 3.0, "{ctx}");
-    assert_eq!(m.get(bo, &[("backend", "error"), ("outcome", "error")]), 3.0, "{ctx}");
-    assert_eq!(m.get(bo, &[("backend", "late"), ("outcome", "timeout")]), 3.0, "{ctx}");
-    assert_eq!(m.get(bo, &[("backend", "valid"), ("outcome", "invalid")]), 0.0, "{ctx}");
-    assert_eq!(m.get("splitter_backend_wins_total", &[("backend", "valid")]), 3.0, "{ctx}");
-    assert_eq!(m.get("splitter_backend_wins_total", &[("backend", "invalid")]), 0.0, "{ctx}");
-    assert_eq!(m.get("splitter_request_duration_seconds_count", &[]), 3.0, "{ctx}");
+    assert_eq!(
+        m.get("splitter_responses_total", &[("status", "200")]),
+        3.0,
+        "{ctx}"
+    );
+    assert_eq!(
+        m.get(bo, &[("backend", "valid"), ("outcome", "valid")]),
+        3.0,
+        "{ctx}"
+    );
+    assert_eq!(
+        m.get(bo, &[("backend", "invalid"), ("outcome", "invalid")]),
+        3.0,
+        "{ctx}"
+    );
+    assert_eq!(
+        m.get(bo, &[("backend", "error"), ("outcome", "error")]),
+        3.0,
+        "{ctx}"
+    );
+    assert_eq!(
+        m.get(bo, &[("backend", "late"), ("outcome", "timeout")]),
+        3.0,
+        "{ctx}"
+    );
+    assert_eq!(
+        m.get(bo, &[("backend", "valid"), ("outcome", "invalid")]),
+        0.0,
+        "{ctx}"
+    );
+    assert_eq!(
+        m.get("splitter_backend_wins_total", &[("backend", "valid")]),
+        3.0,
+        "{ctx}"
+    );
+    assert_eq!(
+        m.get("splitter_backend_wins_total", &[("backend", "invalid")]),
+        0.0,
+        "{ctx}"
+    );
+    assert_eq!(
+        m.get("splitter_request_duration_seconds_count", &[]),
+        3.0,
+        "{ctx}"
+    );
     let sum = m.get("splitter_request_duration_seconds_sum", &[]);
     assert!(sum >= 0.5, "3 requests of >= 200 ms each: sum {sum}\n{ctx}");
-    let inf = m.get("splitter_request_duration_seconds_bucket", &[("le", "+Inf")]);
+    let inf = m.get(
+        "splitter_request_duration_seconds_bucket",
+        &[("le", "+Inf")],
+    );
     assert_eq!(inf, 3.0, "{ctx}");
 
     // A 204 is counted under its status, and a 404 too.
-    let only_bad = Splitter::start(&config("", "", &[("invalid", invalid.addr)], &[("/api", 500)]));
+    let only_bad = Splitter::start(&config(
+        "",
+        "",
+        &[("invalid", invalid.addr)],
+        &[("/api", 500)],
+    ));
     only_bad.request(&bid("/api", "n-1")).assert_no_content();
     assert_eq!(only_bad.request(&bid("/zzz", "n-2")).status, 404);
     let m = only_bad.wait_metrics(Duration::from_secs(5), |m| {
         m.get("splitter_responses_total", &[("status", "404")]) >= 1.0
     });
-    assert_eq!(m.get("splitter_responses_total", &[("status", "204")]), 1.0, "{}", m.text);
-    assert_eq!(m.get("splitter_responses_total", &[("status", "404")]), 1.0, "{}", m.text);
+    assert_eq!(
+        m.get("splitter_responses_total", &[("status", "204")]),
+        1.0,
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.get("splitter_responses_total", &[("status", "404")]),
+        1.0,
+        "{}",
+        m.text
+    );
 }
 
 #[test]

@@ -20,7 +20,16 @@ fn soak_every_response_belongs_to_its_own_request() {
     let b = Mock::start("b", &["--price-range", "1..2", "--delay-ms", "40..120"]);
     let c = Mock::start(
         "c",
-        &["--price-range", "1..2", "--delay-ms", "0..10", "--late-share", "0.2", "--late-delay-ms", "150"],
+        &[
+            "--price-range",
+            "1..2",
+            "--delay-ms",
+            "0..10",
+            "--late-share",
+            "0.2",
+            "--late-delay-ms",
+            "150",
+        ],
     );
     let s = Splitter::start(&config(
         "",
@@ -40,7 +49,11 @@ fn soak_every_response_belongs_to_its_own_request() {
                 let mut i = 0;
                 while i < PER_CONNECTION {
                     // Every fifth round pipelines two requests.
-                    let depth = if i % 5 == 4 && i + 1 < PER_CONNECTION { 2 } else { 1 };
+                    let depth = if i % 5 == 4 && i + 1 < PER_CONNECTION {
+                        2
+                    } else {
+                        1
+                    };
                     let ids: Vec<String> =
                         (0..depth).map(|k| format!("s{conn}-{}", i + k)).collect();
                     let mut raw = Vec::new();
@@ -59,7 +72,10 @@ fn soak_every_response_belongs_to_its_own_request() {
                                     return Err(format!("{id} got the body of {got:?}: {r:?}"));
                                 }
                                 if r.header("X-Req-Id") != Some(id.as_str()) {
-                                    return Err(format!("{id} got X-Req-Id {:?}", r.header("X-Req-Id")));
+                                    return Err(format!(
+                                        "{id} got X-Req-Id {:?}",
+                                        r.header("X-Req-Id")
+                                    ));
                                 }
                                 if r.backend().is_none() {
                                     return Err(format!("{id}: 200 without X-Splitter-Backend"));
@@ -97,7 +113,10 @@ fn soak_every_response_belongs_to_its_own_request() {
     }
     let total = CONNECTIONS * PER_CONNECTION;
     assert_eq!(ok + empty, total);
-    assert!(ok > total / 4, "most requests should find a valid reply: {ok} of {total}");
+    assert!(
+        ok > total / 4,
+        "most requests should find a valid reply: {ok} of {total}"
+    );
     eprintln!(
         "soak: {total} requests, {ok} x 200, {empty} x 204, in {:?}",
         started.elapsed()
@@ -105,9 +124,20 @@ fn soak_every_response_belongs_to_its_own_request() {
     let m = s.wait_metrics(Duration::from_secs(5), |m| {
         m.get("splitter_requests_total", &[]) >= total as f64
     });
-    assert_eq!(m.get("splitter_requests_total", &[]), total as f64, "{}", m.text);
-    assert_eq!(m.get("splitter_responses_total", &[("status", "200")]), ok as f64);
-    assert_eq!(m.get("splitter_responses_total", &[("status", "204")]), empty as f64);
+    assert_eq!(
+        m.get("splitter_requests_total", &[]),
+        total as f64,
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.get("splitter_responses_total", &[("status", "200")]),
+        ok as f64
+    );
+    assert_eq!(
+        m.get("splitter_responses_total", &[("status", "204")]),
+        empty as f64
+    );
 }
 
 fn find_in_path(program: &str) -> Option<PathBuf> {
@@ -157,7 +187,10 @@ fn wrk_post_2k_has_no_errors() {
     let text = reader.join().unwrap();
     assert!(status.success(), "wrk failed: {text}");
     assert!(!text.contains("Socket errors"), "socket errors:\n{text}");
-    assert!(!text.contains("Non-2xx or 3xx responses"), "non-2xx responses:\n{text}");
+    assert!(
+        !text.contains("Non-2xx or 3xx responses"),
+        "non-2xx responses:\n{text}"
+    );
     let requests: u64 = text
         .lines()
         .find(|l| l.contains("requests in"))
@@ -168,5 +201,9 @@ fn wrk_post_2k_has_no_errors() {
     eprintln!("wrk: {requests} requests\n{text}");
     // The splitter counted them all (wrk may leave a few in flight when it stops).
     let m = s.metrics();
-    assert!(m.get("splitter_requests_total", &[]) >= requests as f64, "{}", m.text);
+    assert!(
+        m.get("splitter_requests_total", &[]) >= requests as f64,
+        "{}",
+        m.text
+    );
 }
