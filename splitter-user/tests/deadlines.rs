@@ -340,3 +340,75 @@ fn concurrent_requests_each_meet_their_own_deadline() {
     }
     assert_eq!(n, 30);
 }
+
+#[test]
+fn reply_whose_body_ends_after_the_deadline_is_invalid() {
+    // Head and half the body at once, the rest 600 ms later: the 200 ms deadline passes first.
+    let trickle = RawPeer::start(|mut conn| {
+        while let Some(req) = conn.next_request() {
+            let out = http_json(&priced_body("trickle", &req.req_id(), "1000"), "");
+            let half = out.len() - 10;
+            if !conn.write(&out[..half]) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(600));
+            if !conn.write(&out[half..]) {
+                return;
+            }
+        }
+    });
+    let fast = Mock::start("fast", &["--price", "1"]);
+    let s = Splitter::start(&config(
+        "",
+        "",
+        &[("trickle", trickle.addr), ("fast", fast.addr)],
+        &[("/", 200)],
+    ));
+    let mut client = s.client();
+    for i in 0..2 {
+        let id = format!("half-{i}");
+        let t = Instant::now();
+        let r = client.request(&bid("/x", &id));
+        r.assert_won(&id);
+        assert_eq!(
+            r.backend(),
+            Some("fast"),
+            "an unfinished body must not win: {r:?}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_millis(200) + SLACK,
+            "{:?}",
+            t.elapsed()
+        );
+    }
+}
+
+#[test]
+fn unsolicited_extra_reply_never_answers_the_next_request() {
+    // After each real reply the peer sends a second, unrequested one with a winning price.
+    let peer = RawPeer::start(|mut conn| {
+        while let Some(req) = conn.next_request() {
+            let mut out = http_json(&priced_body("p", &req.req_id(), "1"), "");
+            out.extend_from_slice(&http_json(&priced_body("p", "bogus", "1000"), ""));
+            if !conn.write(&out) {
+                return;
+            }
+        }
+    });
+    let s = Splitter::start(&config(
+        "workers = 1",
+        "",
+        &[("p", peer.addr)],
+        &[("/", 300)],
+    ));
+    let mut client = s.client();
+    for i in 0..8 {
+        let id = format!("extra-{i}");
+        let r = client.request(&bid("/x", &id));
+        assert!(
+            r.status == 204 || r.json_str("req_id").as_deref() == Some(id.as_str()),
+            "a stray reply answered {id}: {r:?}"
+        );
+        assert!(!r.body_str().contains("bogus"), "{r:?}");
+    }
+}

@@ -327,3 +327,33 @@ fn reply_byte_by_byte_still_counts() {
     r.assert_won("drip-1");
     assert_eq!(r.backend(), Some("drip"));
 }
+
+#[test]
+fn truncated_backend_reply_is_invalid() {
+    // Promises 500 body bytes, sends a few, closes: bad HTTP, never a winner.
+    let cut = RawPeer::start(|mut conn| {
+        if let Some(req) = conn.next_request() {
+            let body = priced_body("cut", &req.req_id(), "1000");
+            let head =
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n";
+            conn.write(head.as_bytes());
+            conn.write(body.as_bytes());
+        }
+    });
+    let good = Mock::start("good", &["--price", "1"]);
+    let s = Splitter::start(&config(
+        "",
+        "",
+        &[("cut", cut.addr), ("good", good.addr)],
+        &[("/", 2000)],
+    ));
+    let t = Instant::now();
+    let r = s.request(&bid("/x", "cut-1"));
+    r.assert_won("cut-1");
+    assert_eq!(r.backend(), Some("good"), "{r:?}");
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+}
