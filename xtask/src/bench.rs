@@ -1,10 +1,298 @@
-//! `cargo xtask bench`.
+//! `cargo xtask bench`: the splitter side by side with HAProxy and a bare mock backend, as SPEC
+//! section 8 asks. Every process it starts is held by a guard that stops it by PID, so an error
+//! or a Ctrl-C never leaves a backend, a splitter or an HAProxy running.
+
+mod chart;
+mod deploy;
+mod idle;
+mod plan;
+mod proc;
+mod record;
+mod report;
+mod wrk;
+
+use anyhow::{ensure, Context};
+use deploy::{Deployment, Env};
+use plan::{Pinning, Scenario, Selection, Target};
+use record::{Case, Machine, Record, Run, Sample, Settings};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// Open files the benchmark and its children may hold: the idle check's connections, twice
+/// (our end and the splitter's), with room to spare.
+const FD_LIMIT: u64 = 65_536;
+/// The splitter's count of `204 No Content` answers (nothing valid before the deadline).
+const RESPONSES_204: &str = "splitter_responses_total{status=\"204\"}";
+/// Where the record, the chart and the README's link to them live, relative to the root.
+const RESULTS_DIR: &str = "bench/results";
 
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args)]
-pub struct Options {}
+pub struct Options {
+    /// A smoke run of about a minute: one repetition of 2 s per case.
+    #[arg(long)]
+    quick: bool,
+    /// Repetitions of each case, whose medians are quoted [default: 3; 1 with --quick].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    repeat: Option<u32>,
+    /// Seconds of load measured per run [default: 8; 2 with --quick].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    seconds: Option<u32>,
+    /// Backend behaviour: fast, deadline or all.
+    #[arg(long, value_name = "NAME", default_value = "all")]
+    scenario: Selection<Scenario>,
+    /// Process placement: unpinned, pinned or all.
+    #[arg(long, value_name = "NAME", default_value = "all")]
+    pinning: Selection<Pinning>,
+    /// Idle keep-alive client connections held open to measure the splitter's memory (0 skips).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    idle_connections: usize,
+    /// Do not regenerate the performance table in README.md.
+    #[arg(long)]
+    no_readme: bool,
+}
+
+impl Options {
+    fn settings(&self) -> Settings {
+        let (repeat, seconds, check_seconds) = if self.quick { (1, 2, 2) } else { (3, 8, 4) };
+        Settings {
+            repeat: self.repeat.unwrap_or(repeat),
+            seconds: self.seconds.unwrap_or(seconds),
+            warmup_seconds: 1,
+            wrk_threads: 1,
+            wrk_connections: 64,
+            // One connection per wrk thread: what the id check script needs.
+            check_connections: 16,
+            check_seconds,
+        }
+    }
+}
+
+/// The wrk scripts, in `bench/`.
+struct Scripts {
+    load: PathBuf,
+    check: PathBuf,
+}
 
 /// Runs `cargo xtask bench`.
-pub fn run(_opts: Options) -> anyhow::Result<()> {
-    anyhow::bail!("not written yet")
+pub fn run(opts: Options) -> anyhow::Result<()> {
+    proc::trap_interrupts().context("installing signal handlers")?;
+    let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let root = crate::workspace_root();
+    let settings = opts.settings();
+    let env = prepare(&root, &opts)?;
+    let scripts = Scripts {
+        load: root.join("bench/post-2k.lua"),
+        check: root.join("bench/post-2k-check.lua"),
+    };
+    let runs = measure_all(&env, &opts, &settings, &scripts)?;
+    let idle = match opts.idle_connections {
+        0 => None,
+        n => {
+            eprintln!("memory: {n} idle keep-alive connections to the splitter");
+            Some(idle::measure(&env, n)?)
+        }
+    };
+    let record = Record {
+        date,
+        machine: Machine::probe(&root, env.nproc),
+        settings,
+        medians: record::medians(&runs),
+        idle,
+        runs,
+    };
+    publish(&record, &root, !opts.no_readme)
+}
+
+/// Checks the tools, builds the splitter and readies the working directory.
+fn prepare(root: &Path, opts: &Options) -> anyhow::Result<Env> {
+    let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
+    ensure!(
+        nproc >= 2 || !opts.pinning.0.contains(&Pinning::Pinned),
+        "pinned runs need two CPUs (target on CPU 0, load on CPU 1); this machine has {nproc}"
+    );
+    for (tool, package) in [("wrk", "wrk"), ("haproxy", "haproxy")] {
+        Command::new(tool)
+            .arg("-v")
+            .output()
+            .with_context(|| format!("running {tool}; install Debian's `{package}` package"))?;
+    }
+    build_splitter(root)?;
+    proc::raise_fd_limit(FD_LIMIT)?;
+    let work_dir = target_dir(root).join("xtask-bench");
+    std::fs::create_dir_all(&work_dir)
+        .with_context(|| format!("creating {}", work_dir.display()))?;
+    Ok(Env {
+        splitter_bin: target_dir(root).join("release/splitter"),
+        work_dir,
+        nproc,
+    })
+}
+
+fn build_splitter(root: &Path) -> anyhow::Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "-p", "splitter-user"])
+        .current_dir(root)
+        .status()
+        .context("running cargo build")?;
+    ensure!(
+        status.success(),
+        "cargo build --release -p splitter-user: {status}"
+    );
+    Ok(())
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
+}
+
+/// Every case, `repeat` times. The targets take turns within a repetition so that a slow
+/// spell on this shared machine weighs on all of them, not on one.
+fn measure_all(
+    env: &Env,
+    opts: &Options,
+    settings: &Settings,
+    scripts: &Scripts,
+) -> anyhow::Result<Vec<Run>> {
+    let total = opts.scenario.0.len() * opts.pinning.0.len() * 3 * settings.repeat as usize;
+    let mut runs = Vec::with_capacity(total);
+    for &scenario in &opts.scenario.0 {
+        for &pinning in &opts.pinning.0 {
+            for repetition in 1..=settings.repeat {
+                for &target in [Target::Splitter, Target::Haproxy, Target::Direct].iter() {
+                    let case = Case {
+                        scenario,
+                        pinning,
+                        target,
+                    };
+                    eprint!(
+                        "[{}/{total}] {scenario} {pinning} {target} #{repetition}: ",
+                        runs.len() + 1
+                    );
+                    let sample = measure_once(env, case, settings, scripts)
+                        .with_context(|| format!("{scenario} {pinning} {target}"))?;
+                    eprintln!(
+                        "{:.0} req/s, p99 {:.2} ms, {:.1} CPU µs/req",
+                        sample.requests_per_s, sample.p99_ms, sample.cpu_us_per_request
+                    );
+                    runs.push(Run {
+                        case,
+                        repetition,
+                        sample,
+                    });
+                }
+            }
+        }
+    }
+    Ok(runs)
+}
+
+/// One run: start the case's processes, warm up, measure a window of load, and for the
+/// splitter check that every response answers its own request.
+fn measure_once(
+    env: &Env,
+    case: Case,
+    settings: &Settings,
+    scripts: &Scripts,
+) -> anyhow::Result<Sample> {
+    let mut dep = Deployment::start(env, case.scenario, case.pinning, case.target)?;
+    let cpus = case.pinning.load_cpus();
+    let load = |seconds| wrk::Load {
+        script: scripts.load.clone(),
+        threads: settings.wrk_threads,
+        connections: settings.wrk_connections,
+        seconds,
+    };
+    wrk::run(&load(settings.warmup_seconds), &dep.url(), cpus)?;
+    let before = Counters::read(&dep)?;
+    let (summary, _) = wrk::run(&load(settings.seconds), &dep.url(), cpus)?;
+    let after = Counters::read(&dep)?;
+    dep.ensure_running()?;
+    let peak_rss_kib = dep.measured().peak_rss_kib()?;
+    let check = match case.target {
+        Target::Splitter => Some(check_ids(&dep, settings, scripts, cpus)?),
+        Target::Haproxy | Target::Direct => None,
+    };
+    ensure!(summary.requests > 0, "wrk completed no request");
+    let cpu = after.cpu.saturating_sub(before.cpu);
+    Ok(Sample {
+        requests: summary.requests,
+        requests_per_s: summary.requests_per_s(),
+        p50_ms: ms(summary.p50_us),
+        p99_ms: ms(summary.p99_us),
+        p999_ms: ms(summary.p999_us),
+        cpu_us_per_request: cpu.as_secs_f64() * 1e6 / summary.requests as f64,
+        peak_rss_mib: peak_rss_kib as f64 / 1024.0,
+        socket_errors: summary.socket_errors,
+        non_2xx: summary.non_2xx,
+        responses_204: after
+            .responses_204
+            .zip(before.responses_204)
+            .map(|(a, b)| a - b),
+        checked: check.as_ref().map(|c| c.checked),
+        mismatches: check.as_ref().map(|c| c.mismatches),
+    })
+}
+
+/// What is read from the target around the measured window.
+struct Counters {
+    cpu: Duration,
+    responses_204: Option<u64>,
+}
+
+impl Counters {
+    fn read(dep: &Deployment) -> anyhow::Result<Counters> {
+        let responses_204 = match dep.admin {
+            Some(admin) => {
+                Some(deploy::metric(&deploy::scrape_metrics(admin)?, RESPONSES_204).unwrap_or(0))
+            }
+            None => None,
+        };
+        Ok(Counters {
+            cpu: dep.measured().cpu_time()?,
+            responses_204,
+        })
+    }
+}
+
+/// Loads the splitter with the id-checking script, one connection per wrk thread.
+fn check_ids(
+    dep: &Deployment,
+    settings: &Settings,
+    scripts: &Scripts,
+    cpus: proc::Cpus,
+) -> anyhow::Result<wrk::Check> {
+    let load = wrk::Load {
+        script: scripts.check.clone(),
+        threads: settings.check_connections,
+        connections: settings.check_connections,
+        seconds: settings.check_seconds,
+    };
+    let (_, check) = wrk::run(&load, &dep.url(), cpus)?;
+    let check = check.context("the check script printed no bench-check line")?;
+    ensure!(check.checked > 0, "the id check saw no 200 response");
+    Ok(check)
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+/// Writes the record and the chart, prints the table, and puts it in the README.
+fn publish(record: &Record, root: &Path, update_readme: bool) -> anyhow::Result<()> {
+    let dir = root.join(RESULTS_DIR);
+    let path = record::write(record, &dir)?;
+    let chart = dir.join("latest.svg");
+    chart::render(&record.medians, &chart).context("rendering the chart")?;
+    let markdown = report::markdown(record, &format!("{RESULTS_DIR}/latest.svg"));
+    println!("{markdown}");
+    eprintln!("record: {}\nchart: {}", path.display(), chart.display());
+    if update_readme {
+        let readme = root.join("README.md");
+        report::update_readme(&readme, &markdown)?;
+        eprintln!("updated the performance table in {}", readme.display());
+    }
+    Ok(())
 }

@@ -1,0 +1,331 @@
+//! Starting what one run measures: the mock backends, then the splitter, HAProxy or nothing in
+//! front of them; each waited for with a bounded readiness check.
+
+use crate::bench::plan::{Pinning, Scenario, Target};
+use crate::bench::proc::{self, Cpus, Proc};
+use anyhow::{bail, Context};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long a process may take to print its address or accept a connection.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Lines of a process's log quoted when it fails to start.
+const LOG_TAIL_LINES: usize = 20;
+
+/// What every deployment needs: the binaries and where to put configurations and logs.
+pub struct Env {
+    pub splitter_bin: PathBuf,
+    pub work_dir: PathBuf,
+    pub nproc: usize,
+}
+
+/// The processes of one run. Fields drop in declaration order: the front (splitter or
+/// HAProxy) stops before the backends it forwards to.
+pub struct Deployment {
+    front: Option<Proc>,
+    mocks: Vec<Mock>,
+    /// Where the load goes: the front's listener, or the lone backend's.
+    pub listen: SocketAddr,
+    /// The splitter's admin listener, for `/metrics`.
+    pub admin: Option<SocketAddr>,
+}
+
+struct Mock {
+    proc: Proc,
+    addr: SocketAddr,
+}
+
+impl Deployment {
+    /// Starts `target` for `scenario`: the splitter in front of two backends, HAProxy in
+    /// front of one, or one backend alone.
+    pub fn start(
+        env: &Env,
+        scenario: Scenario,
+        pinning: Pinning,
+        target: Target,
+    ) -> anyhow::Result<Deployment> {
+        let backends = match target {
+            Target::Splitter => 2,
+            Target::Haproxy | Target::Direct => 1,
+        };
+        let mocks = (0..backends)
+            .map(|i| {
+                let name = ["a", "b"][i];
+                start_mock(env, name, scenario, pinning.load_cpus())
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let addrs: Vec<SocketAddr> = mocks.iter().map(|m| m.addr).collect();
+        let (front, listen, admin) = match target {
+            Target::Splitter => {
+                let (p, listen, admin) = start_splitter(env, &addrs, scenario, pinning)?;
+                (Some(p), listen, Some(admin))
+            }
+            Target::Haproxy => {
+                let (p, listen) = start_haproxy(env, addrs[0], pinning)?;
+                (Some(p), listen, None)
+            }
+            Target::Direct => (None, addrs[0], None),
+        };
+        Ok(Deployment {
+            front,
+            mocks,
+            listen,
+            admin,
+        })
+    }
+
+    /// The URL wrk loads.
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.listen)
+    }
+
+    /// The process whose CPU time and memory the run reports: the front, or the lone backend.
+    pub fn measured(&self) -> &Proc {
+        self.front.as_ref().unwrap_or(&self.mocks[0].proc)
+    }
+
+    /// Fails if any process of the deployment has died.
+    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+        let mocks = self.mocks.iter_mut().map(|m| &mut m.proc);
+        self.front
+            .iter_mut()
+            .chain(mocks)
+            .try_for_each(Proc::ensure_running)
+    }
+}
+
+/// Starts `splitter mock-backend` on a free port and reads back the address it bound.
+fn start_mock(env: &Env, name: &str, scenario: Scenario, cpus: Cpus) -> anyhow::Result<Mock> {
+    let mut cmd = Command::new(&env.splitter_bin);
+    cmd.args(["mock-backend", "--listen", "127.0.0.1:0", "--name", name])
+        .args(scenario.mock_flags())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log_file(env, &format!("mock-{name}"))?);
+    let mut proc = Proc::spawn(&format!("mock backend {name}"), cmd, cpus)?;
+    let addr = read_listening_address(&mut proc)?;
+    Ok(Mock { proc, addr })
+}
+
+/// Waits for the mock's `listening on ADDR` line. A thread reads the pipe, so the wait can be
+/// bounded, and keeps draining it afterwards so the mock can never block writing to it.
+fn read_listening_address(proc: &mut Proc) -> anyhow::Result<SocketAddr> {
+    let stdout = proc.take_stdout().context("mock stdout is not piped")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+        if let Some(first) = lines.next() {
+            let _ = tx.send(first);
+        }
+        lines.for_each(drop);
+    });
+    let end = Instant::now() + READY_TIMEOUT;
+    loop {
+        proc::check_interrupted()?;
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(line) => {
+                let addr = line.strip_prefix("listening on ").unwrap_or(&line);
+                return addr
+                    .parse()
+                    .with_context(|| format!("{}: unexpected first line {line:?}", proc.name()));
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                proc.ensure_running()?;
+                bail!("{} closed stdout without an address", proc.name());
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() > end => {
+                bail!("{} printed no address in {READY_TIMEOUT:?}", proc.name())
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    }
+}
+
+/// Starts `splitter run` in front of `backends`; returns it with its listen and admin addresses.
+fn start_splitter(
+    env: &Env,
+    backends: &[SocketAddr],
+    scenario: Scenario,
+    pinning: Pinning,
+) -> anyhow::Result<(Proc, SocketAddr, SocketAddr)> {
+    let (listen, admin) = (free_port()?, free_port()?);
+    let workers = pinning.target_threads(env.nproc);
+    let config = splitter_config(listen, admin, workers, backends, scenario);
+    let path = env.work_dir.join("splitter.toml");
+    std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
+    let mut cmd = Command::new(&env.splitter_bin);
+    cmd.arg("run")
+        .arg("-c")
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file(env, "splitter")?);
+    let mut proc = Proc::spawn("splitter", cmd, pinning.target_cpus())?;
+    for addr in [listen, admin] {
+        wait_for_tcp(&mut proc, addr, &log_path(env, "splitter"))?;
+    }
+    Ok((proc, listen, admin))
+}
+
+/// The splitter's configuration: route `/` with the scenario's deadline, warnings only in the
+/// log so logging stays off the measured path.
+fn splitter_config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    workers: usize,
+    backends: &[SocketAddr],
+    scenario: Scenario,
+) -> String {
+    let mut config = format!(
+        "listen = \"{listen}\"\nadmin_listen = \"{admin}\"\nworkers = {workers}\n\
+         log_level = \"warn\"\n"
+    );
+    for (name, addr) in ["a", "b"].iter().zip(backends) {
+        config += &format!("\n[[backend]]\nname = \"{name}\"\naddress = \"{addr}\"\n");
+    }
+    config += &format!(
+        "\n[[route]]\npath_prefix = \"/\"\ntimeout_ms = {}\n",
+        scenario.route_timeout_ms()
+    );
+    config
+}
+
+/// Starts Debian's HAProxy forwarding to `backend`; returns it with its listen address.
+fn start_haproxy(
+    env: &Env,
+    backend: SocketAddr,
+    pinning: Pinning,
+) -> anyhow::Result<(Proc, SocketAddr)> {
+    let listen = free_port()?;
+    let config = haproxy_config(listen, backend, pinning.target_threads(env.nproc));
+    let path = env.work_dir.join("haproxy.cfg");
+    std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
+    let mut cmd = Command::new("haproxy");
+    cmd.arg("-db") // foreground: the PID we hold is the one serving
+        .arg("-f")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file(env, "haproxy")?);
+    let mut proc = Proc::spawn("haproxy", cmd, pinning.target_cpus())?;
+    wait_for_tcp(&mut proc, listen, &log_path(env, "haproxy"))?;
+    Ok((proc, listen))
+}
+
+/// HAProxy set up as the splitter's users would put it in front of one backend: keep-alive on
+/// both sides, server connections reused across clients, no logging.
+fn haproxy_config(listen: SocketAddr, backend: SocketAddr, threads: usize) -> String {
+    format!(
+        "global
+    nbthread {threads}
+    maxconn 20000
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+
+frontend bench
+    bind {listen}
+    default_backend mock
+
+backend mock
+    server mock {backend}
+"
+    )
+}
+
+/// A free loopback port. Another process could take it before the target binds it; on this
+/// dedicated benchmark machine that race is not worth a protocol to close.
+fn free_port() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?)
+}
+
+/// Waits until `addr` accepts a connection, failing early (with its log) if `proc` dies.
+fn wait_for_tcp(proc: &mut Proc, addr: SocketAddr, log: &Path) -> anyhow::Result<()> {
+    let end = Instant::now() + READY_TIMEOUT;
+    loop {
+        proc.ensure_running()
+            .with_context(|| format!("log {}:\n{}", log.display(), log_tail(log)))?;
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > end {
+            bail!(
+                "{} does not accept on {addr} after {READY_TIMEOUT:?}; log {}:\n{}",
+                proc.name(),
+                log.display(),
+                log_tail(log)
+            );
+        }
+        proc::sleep(Duration::from_millis(20))?;
+    }
+}
+
+fn log_path(env: &Env, name: &str) -> PathBuf {
+    env.work_dir.join(format!("{name}.log"))
+}
+
+fn log_file(env: &Env, name: &str) -> anyhow::Result<std::fs::File> {
+    let path = log_path(env, name);
+    std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+}
+
+/// The splitter's `/metrics` text.
+pub fn scrape_metrics(admin: SocketAddr) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&admin, READY_TIMEOUT)?;
+    stream.set_read_timeout(Some(READY_TIMEOUT))?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    stream
+        .read_to_string(&mut text)
+        .with_context(|| format!("reading http://{admin}/metrics"))?;
+    Ok(text)
+}
+
+/// The value of the sample named exactly `series` (name and labels) in Prometheus text.
+pub fn metric(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_matches_the_whole_series() {
+        let text = "# TYPE x counter\nsplitter_responses_total{status=\"204\"} 7\n\
+                    splitter_responses_total{status=\"2040\"} 9\n";
+        assert_eq!(
+            metric(text, "splitter_responses_total{status=\"204\"}"),
+            Some(7)
+        );
+        assert_eq!(metric(text, "splitter_requests_total"), None);
+    }
+
+    #[test]
+    fn splitter_config_names_both_backends_and_the_deadline() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let c = splitter_config(a, b, 1, &[a, b], Scenario::Deadline);
+        assert!(c.contains("name = \"b\"\naddress = \"127.0.0.1:2\""));
+        assert!(c.contains("timeout_ms = 80"));
+    }
+}

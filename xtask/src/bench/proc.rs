@@ -1,0 +1,255 @@
+//! The benchmark's child processes: started in their own process group on chosen CPUs, stopped
+//! by PID when their guard drops (also on error or Ctrl-C), and measured through `/proc`.
+
+use anyhow::{bail, ensure, Context};
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, ChildStdout, Command, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How often bounded waits look at the clock, the child and the interrupt flag.
+const POLL: Duration = Duration::from_millis(20);
+/// How long a child has to exit after SIGTERM before it gets SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Turns SIGINT, SIGTERM and SIGHUP into a flag that every wait checks, so an interrupted run
+/// unwinds through the guards and stops its children instead of dying with them running.
+pub fn trap_interrupts() -> io::Result<()> {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        if unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) }
+            == libc::SIG_ERR
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Fails once the user asked the benchmark to stop.
+pub fn check_interrupted() -> anyhow::Result<()> {
+    ensure!(!INTERRUPTED.load(Ordering::Relaxed), "interrupted");
+    Ok(())
+}
+
+/// Sleeps up to `d`, in short steps, failing as soon as the run is interrupted.
+pub fn sleep(d: Duration) -> anyhow::Result<()> {
+    let end = Instant::now() + d;
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        check_interrupted()?;
+        std::thread::sleep(left.min(POLL));
+    }
+    check_interrupted()
+}
+
+/// Where a child may run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cpus {
+    Any,
+    Only(usize),
+}
+
+/// A running child process, stopped (SIGTERM, then SIGKILL) and reaped when dropped.
+pub struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Proc {
+    /// Starts `cmd` on `cpus`. The child gets its own process group, so a Ctrl-C at the
+    /// terminal reaches only the benchmark, which then stops the child itself; and it is
+    /// killed by the kernel should the benchmark die without running its guards.
+    pub fn spawn(name: &str, mut cmd: Command, cpus: Cpus) -> anyhow::Result<Proc> {
+        cmd.process_group(0);
+        // SAFETY: the closure runs between fork and exec and makes only async-signal-safe
+        // system calls; it touches no lock and allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if let Cpus::Only(cpu) = cpus {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpu, &mut set);
+                    let size = std::mem::size_of::<libc::cpu_set_t>();
+                    if libc::sched_setaffinity(0, size, &set) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        Ok(Proc {
+            name: name.to_owned(),
+            child,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The child's stdout, once, if it was piped.
+    pub fn take_stdout(&mut self) -> Option<ChildStdout> {
+        self.child.stdout.take()
+    }
+
+    /// Fails if the child has exited (a target that dies mid-run must not be measured).
+    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+        match self.child.try_wait()? {
+            None => Ok(()),
+            Some(status) => bail!("{} exited early: {status}", self.name),
+        }
+    }
+
+    /// Waits for the child to exit, at most `limit`.
+    pub fn wait(&mut self, limit: Duration) -> anyhow::Result<ExitStatus> {
+        let end = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            ensure!(
+                Instant::now() < end,
+                "{} still running after {limit:?}",
+                self.name
+            );
+            sleep(POLL)?;
+        }
+    }
+
+    /// User plus system CPU time of all the child's threads so far.
+    pub fn cpu_time(&self) -> anyhow::Result<Duration> {
+        let path = format!("/proc/{}/stat", self.pid());
+        let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        parse_cpu_ticks(&stat)
+            .map(|ticks| Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second()))
+            .with_context(|| format!("{path}: no utime and stime"))
+    }
+
+    /// Peak resident set size (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> anyhow::Result<u64> {
+        self.status_kib("VmHWM")
+    }
+
+    /// Current resident set size (`VmRSS`), in KiB.
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        self.status_kib("VmRSS")
+    }
+
+    fn status_kib(&self, key: &str) -> anyhow::Result<u64> {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        parse_status_kib(&status, key).with_context(|| format!("{path}: no {key}"))
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: plain syscall. The child is not reaped yet (try_wait said so), so its PID
+        // cannot have been reused by another process.
+        unsafe { libc::kill(self.pid() as libc::pid_t, sig) };
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        self.signal(libc::SIGTERM);
+        let end = Instant::now() + STOP_GRACE;
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(POLL);
+        }
+        eprintln!(
+            "{} ignored SIGTERM for {STOP_GRACE:?}; killing it",
+            self.name
+        );
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// `utime + stime` in clock ticks from a `/proc/PID/stat` line. Fields are counted after the
+/// command name's closing parenthesis, since the name itself may hold spaces.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace().skip(11); // field 14 of proc(5) is utime
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The value of a `Key:   1234 kB` line of `/proc/PID/status`.
+fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: plain libc call without pointers.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+}
+
+/// Raises this process's open-file limit to at least `want` (children inherit it): the idle
+/// connection check holds thousands of sockets, in the benchmark and in the splitter.
+pub fn raise_fd_limit(want: u64) -> anyhow::Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit for the kernel to fill and then read.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
+        }
+        if lim.rlim_cur >= want {
+            return Ok(());
+        }
+        lim.rlim_cur = want;
+        lim.rlim_max = lim.rlim_max.max(want);
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            return Err(io::Error::last_os_error())
+                .with_context(|| format!("raising the open-file limit to {want}"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_skip_a_command_name_with_spaces_and_parentheses() {
+        let stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 70 30 0 0 20 0 3 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(100));
+    }
+
+    #[test]
+    fn status_values_in_kib() {
+        let status = "Name:\tsplitter\nVmHWM:\t   10240 kB\nVmRSS:\t    8000 kB\n";
+        assert_eq!(parse_status_kib(status, "VmHWM"), Some(10240));
+        assert_eq!(parse_status_kib(status, "VmRSS"), Some(8000));
+        assert_eq!(parse_status_kib(status, "VmSwap"), None);
+    }
+}

@@ -1,0 +1,259 @@
+//! The benchmark record: the machine, the settings, every run, and the medians quoted.
+
+use crate::bench::plan::{Pinning, Scenario, Target};
+use anyhow::Context;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The figures of one run (or the medians of several).
+#[derive(Clone, Debug, Serialize)]
+pub struct Sample {
+    pub requests: u64,
+    pub requests_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    /// User+system CPU of the target's process over the measured window, per request served.
+    pub cpu_us_per_request: f64,
+    /// The target's peak resident set size (VmHWM) after the measured window.
+    pub peak_rss_mib: f64,
+    pub socket_errors: u64,
+    /// wrk's count of responses with a status of 400 or above.
+    pub non_2xx: u64,
+    /// Splitter only: 204s in the measured window, from its `/metrics`.
+    pub responses_204: Option<u64>,
+    /// Splitter only: 200s of the id check run, and those carrying another request's id.
+    pub checked: Option<u64>,
+    pub mismatches: Option<u64>,
+}
+
+/// One combination measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Case {
+    pub scenario: Scenario,
+    pub pinning: Pinning,
+    pub target: Target,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Run {
+    #[serde(flatten)]
+    pub case: Case,
+    pub repetition: u32,
+    #[serde(flatten)]
+    pub sample: Sample,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Median {
+    #[serde(flatten)]
+    pub case: Case,
+    pub runs: usize,
+    #[serde(flatten)]
+    pub sample: Sample,
+}
+
+/// Memory of the splitter holding many idle keep-alive client connections.
+#[derive(Clone, Debug, Serialize)]
+pub struct IdleMemory {
+    pub connections: usize,
+    /// What the splitter's `splitter_client_connections` gauge said while they were open.
+    pub connections_seen: Option<u64>,
+    pub rss_before_mib: f64,
+    pub rss_idle_mib: f64,
+    pub peak_rss_mib: f64,
+    pub kib_per_connection: f64,
+}
+
+/// Where and how the runs were made.
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    pub nproc: usize,
+    pub cpu_model: String,
+    pub kernel: String,
+    pub haproxy: String,
+    pub wrk: String,
+    pub splitter_commit: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Settings {
+    pub repeat: u32,
+    pub seconds: u32,
+    pub warmup_seconds: u32,
+    pub wrk_threads: u32,
+    pub wrk_connections: u32,
+    pub check_connections: u32,
+    pub check_seconds: u32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Record {
+    /// UTC, RFC 3339.
+    pub date: String,
+    pub machine: Machine,
+    pub settings: Settings,
+    pub medians: Vec<Median>,
+    pub idle: Option<IdleMemory>,
+    pub runs: Vec<Run>,
+}
+
+/// The median of every figure, per case, in the cases' order.
+pub fn medians(runs: &[Run]) -> Vec<Median> {
+    let mut cases: Vec<Case> = runs.iter().map(|r| r.case).collect();
+    cases.sort();
+    cases.dedup();
+    cases
+        .into_iter()
+        .map(|case| {
+            let samples: Vec<&Sample> = runs
+                .iter()
+                .filter(|r| r.case == case)
+                .map(|r| &r.sample)
+                .collect();
+            Median {
+                case,
+                runs: samples.len(),
+                sample: median_sample(&samples),
+            }
+        })
+        .collect()
+}
+
+/// Figure by figure: medians of different runs may mix in one row, as is usual for medians.
+fn median_sample(s: &[&Sample]) -> Sample {
+    let f = |get: fn(&Sample) -> f64| median(s.iter().map(|x| get(x))).unwrap_or(f64::NAN);
+    let n = |get: fn(&Sample) -> u64| median(s.iter().map(|x| get(x))).unwrap_or(0);
+    let opt = |get: fn(&Sample) -> Option<u64>| median(s.iter().filter_map(|x| get(x)));
+    Sample {
+        requests: n(|x| x.requests),
+        requests_per_s: f(|x| x.requests_per_s),
+        p50_ms: f(|x| x.p50_ms),
+        p99_ms: f(|x| x.p99_ms),
+        p999_ms: f(|x| x.p999_ms),
+        cpu_us_per_request: f(|x| x.cpu_us_per_request),
+        peak_rss_mib: f(|x| x.peak_rss_mib),
+        socket_errors: n(|x| x.socket_errors),
+        non_2xx: n(|x| x.non_2xx),
+        responses_204: opt(|x| x.responses_204),
+        checked: opt(|x| x.checked),
+        // Any mismatch is a bug, not noise: quote the worst run, not the median.
+        mismatches: s.iter().filter_map(|x| x.mismatches).max(),
+    }
+}
+
+/// The middle value (the upper one of an even count), so a median is always a measured value.
+fn median<T: Copy + PartialOrd>(values: impl Iterator<Item = T>) -> Option<T> {
+    let mut v: Vec<T> = values.collect();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v.get(v.len() / 2).copied()
+}
+
+impl Machine {
+    /// Describes this machine and the versions of the programs measured.
+    pub fn probe(root: &Path, nproc: usize) -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+            .map_or("unknown".into(), |(_, m)| m.trim().to_owned());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map_or("unknown".into(), |k| k.trim().to_owned());
+        Machine {
+            nproc,
+            cpu_model,
+            kernel,
+            // "HAProxy version 2.6.12-1+deb12u4 2023/..." and "wrk debian/4.1.0-3 [epoll] ..."
+            haproxy: first_line_word(Command::new("haproxy").arg("-v"), 2),
+            wrk: first_line_word(Command::new("wrk").arg("-v"), 1),
+            splitter_commit: first_line_word(
+                Command::new("git")
+                    .current_dir(root)
+                    .args(["describe", "--always", "--dirty"]),
+                0,
+            ),
+        }
+    }
+}
+
+/// Word `n` of the first line a command prints (on stdout or, like `wrk -v`, stderr).
+fn first_line_word(cmd: &mut Command, n: usize) -> String {
+    let Ok(out) = cmd.output() else {
+        return "unknown".into();
+    };
+    let text = String::from_utf8_lossy(if out.stdout.is_empty() {
+        &out.stderr
+    } else {
+        &out.stdout
+    })
+    .into_owned();
+    text.lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(n))
+        .unwrap_or("unknown")
+        .to_owned()
+}
+
+/// Writes `record` as `<dir>/<date>.json` and `<dir>/latest.json`; returns the first path.
+pub fn write(record: &Record, dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let json = serde_json::to_string_pretty(record)? + "\n";
+    // Colons are legal in Linux file names but awkward in shells and on other systems.
+    let path = dir.join(format!("{}.json", record.date.replace(':', "")));
+    for p in [&path, &dir.join("latest.json")] {
+        std::fs::write(p, &json).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(cpu: f64, mismatches: Option<u64>) -> Sample {
+        Sample {
+            requests: 10,
+            requests_per_s: 5.0,
+            p50_ms: 1.0,
+            p99_ms: 2.0,
+            p999_ms: 3.0,
+            cpu_us_per_request: cpu,
+            peak_rss_mib: 4.0,
+            socket_errors: 0,
+            non_2xx: 0,
+            responses_204: Some(1),
+            checked: Some(9),
+            mismatches,
+        }
+    }
+
+    #[test]
+    fn medians_per_case_with_the_worst_mismatch_count() {
+        let case = Case {
+            scenario: Scenario::Fast,
+            pinning: Pinning::Pinned,
+            target: Target::Splitter,
+        };
+        let runs: Vec<Run> = [(30.0, Some(0)), (10.0, Some(2)), (20.0, Some(0))]
+            .into_iter()
+            .enumerate()
+            .map(|(i, (cpu, m))| Run {
+                case,
+                repetition: i as u32,
+                sample: sample(cpu, m),
+            })
+            .collect();
+        let m = medians(&runs);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].runs, 3);
+        assert_eq!(m[0].sample.cpu_us_per_request, 20.0);
+        assert_eq!(m[0].sample.mismatches, Some(2));
+    }
+
+    #[test]
+    fn median_of_an_even_count_is_the_upper_middle() {
+        assert_eq!(median([4, 1, 3, 2].into_iter()), Some(3));
+        assert_eq!(median(std::iter::empty::<u64>()), None);
+    }
+}

@@ -1,0 +1,197 @@
+//! The record as Markdown: the README's performance section and the summary printed at the end.
+
+use crate::bench::plan::Target;
+use crate::bench::record::{Case, Median, Record};
+use anyhow::{bail, Context};
+use std::fmt::Write;
+use std::path::Path;
+
+pub const BEGIN: &str = "<!-- bench:begin -->";
+pub const END: &str = "<!-- bench:end -->";
+
+/// Requests/s of one 8-vCPU machine for a cost of 1 CPU µs per request.
+const CPU_US_PER_SECOND_ON_8_VCPUS: f64 = 8_000_000.0;
+
+/// The Markdown of the README's performance section. `chart` is relative to the README.
+pub fn markdown(record: &Record, chart: &str) -> String {
+    let mut md = String::new();
+    describe_setup(&mut md, record);
+    medians_table(&mut md, &record.medians);
+    headline_table(&mut md, &record.medians);
+    if let Some(idle) = &record.idle {
+        let _ = writeln!(
+            md,
+            "Memory: with {} idle keep-alive client connections open (each after one request), \
+             the splitter's RSS is {:.1} MiB ({:.1} MiB before them, {:.1} KiB per connection; \
+             peak {:.1} MiB).\n",
+            thousands(idle.connections as f64),
+            idle.rss_idle_mib,
+            idle.rss_before_mib,
+            idle.kib_per_connection,
+            idle.peak_rss_mib,
+        );
+    }
+    let _ = writeln!(
+        md,
+        "![CPU µs per request and p99 latency per target]({chart})"
+    );
+    md
+}
+
+fn describe_setup(md: &mut String, r: &Record) {
+    let (m, s) = (&r.machine, &r.settings);
+    let _ = writeln!(
+        md,
+        "Measured {} on {}, {} vCPUs, Linux {}; HAProxy {}, wrk {}, splitter `{}`, by \
+         `cargo xtask bench` ([record](bench/results/latest.json)).\n\n\
+         Medians of {} runs of {} s (after {} s of warm-up): `wrk -t{} -c{}` POSTing 2 KB of \
+         JSON. **CPU µs/req** is the user+system CPU time of the target's process, all \
+         threads, per request served. `splitter` fans out to two mock backends, `haproxy` \
+         forwards to one (keep-alive, `http-reuse always`), `direct` is one backend alone \
+         (its own cost, and proof that wrk and the backends are not the bottleneck). \
+         `pinned`: the target on CPU 0 with one thread, wrk and backends on CPU 1; \
+         `unpinned`: everything anywhere, the target with one thread per CPU. `deadline`: \
+         backends take 1-76 ms, 5% of replies 95 ms, the splitter's deadline is 80 ms. \
+         Mismatches come from a separate {} s splitter run with `-t{} -c{}` checking every \
+         response body's echoed `X-Req-Id` (`bench/post-2k-check.lua`).\n",
+        r.date,
+        m.cpu_model,
+        m.nproc,
+        m.kernel,
+        m.haproxy,
+        m.wrk,
+        m.splitter_commit,
+        s.repeat,
+        s.seconds,
+        s.warmup_seconds,
+        s.wrk_threads,
+        s.wrk_connections,
+        s.check_seconds,
+        s.check_connections,
+        s.check_connections,
+    );
+}
+
+fn medians_table(md: &mut String, medians: &[Median]) {
+    md.push_str(
+        "| scenario | pinning | target | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req \
+         | peak RSS MiB | socket errors | non-2xx | 204s | mismatches |\n\
+         | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for m in medians {
+        let (c, s) = (&m.case, &m.sample);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {} | {} | {} | {} |",
+            c.scenario,
+            c.pinning,
+            c.target,
+            thousands(s.requests_per_s),
+            s.p50_ms,
+            s.p99_ms,
+            s.p999_ms,
+            s.cpu_us_per_request,
+            s.peak_rss_mib,
+            s.socket_errors,
+            s.non_2xx,
+            or_dash(s.responses_204),
+            or_dash(s.mismatches),
+        );
+    }
+    md.push('\n');
+}
+
+/// The headline: splitter / HAProxy CPU per request, and the capacity it extrapolates to.
+fn headline_table(md: &mut String, medians: &[Median]) {
+    md.push_str(
+        "| scenario | pinning | splitter / HAProxy CPU µs per request | splitter capacity on \
+         8 vCPUs (8,000,000 / CPU µs per request) |\n| --- | --- | ---: | ---: |\n",
+    );
+    for m in medians.iter().filter(|m| m.case.target == Target::Splitter) {
+        let splitter = m.sample.cpu_us_per_request;
+        let haproxy = cpu_of(
+            medians,
+            Case {
+                target: Target::Haproxy,
+                ..m.case
+            },
+        );
+        let ratio = haproxy.map_or("-".into(), |h| format!("**{:.2}x**", splitter / h));
+        let _ = writeln!(
+            md,
+            "| {} | {} | {ratio} | {} req/s |",
+            m.case.scenario,
+            m.case.pinning,
+            thousands(CPU_US_PER_SECOND_ON_8_VCPUS / splitter),
+        );
+    }
+    md.push('\n');
+}
+
+fn cpu_of(medians: &[Median], case: Case) -> Option<f64> {
+    medians
+        .iter()
+        .find(|m| m.case == case)
+        .map(|m| m.sample.cpu_us_per_request)
+}
+
+fn or_dash(v: Option<u64>) -> String {
+    v.map_or("-".into(), |v| v.to_string())
+}
+
+/// `12345.6` as `12,346`.
+fn thousands(v: f64) -> String {
+    if !v.is_finite() {
+        return "-".into();
+    }
+    let digits = format!("{:.0}", v.max(0.0));
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// Replaces what lies between the bench markers of the README with `body`.
+pub fn update_readme(readme: &Path, body: &str) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(readme).with_context(|| format!("reading {}", readme.display()))?;
+    let updated = splice(&text, body).with_context(|| format!("{}", readme.display()))?;
+    std::fs::write(readme, updated).with_context(|| format!("writing {}", readme.display()))
+}
+
+fn splice(text: &str, body: &str) -> anyhow::Result<String> {
+    let (Some(begin), Some(end)) = (text.find(BEGIN), text.find(END)) else {
+        bail!("no {BEGIN} ... {END} markers");
+    };
+    if end < begin {
+        bail!("{END} comes before {BEGIN}");
+    }
+    let head = &text[..begin + BEGIN.len()];
+    Ok(format!("{head}\n{}\n{}", body.trim_end(), &text[end..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0.4), "0");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(1234567.8), "1,234,568");
+        assert_eq!(thousands(f64::INFINITY), "-");
+    }
+
+    #[test]
+    fn splice_replaces_only_between_the_markers() {
+        let text = format!("# x\n{BEGIN}\nold\n{END}\nafter\n");
+        let out = splice(&text, "new\n").unwrap();
+        assert_eq!(out, format!("# x\n{BEGIN}\nnew\n{END}\nafter\n"));
+        assert_eq!(splice(&out, "new\n").unwrap(), out);
+        assert!(splice("# x\n", "new").is_err());
+    }
+}
