@@ -289,16 +289,13 @@ pub fn run(path: &Path, config: Config) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "cannot notify systemd of readiness");
     }
     rt.block_on(async {
-        loop {
-            match signals.next().await {
-                signals::Signal::Reload => match Config::load(path) {
-                    Ok(config) => server.reload(config),
-                    Err(e) => tracing::error!(
-                        error = %e,
-                        "reload refused, the running configuration stays"
-                    ),
-                },
-                signals::Signal::Shutdown => break,
+        while signals.next().await == signals::Signal::Reload {
+            match Config::load(path) {
+                Ok(config) => server.reload(config),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "reload refused, the running configuration stays"
+                ),
             }
         }
     });

@@ -65,6 +65,15 @@ impl BackendConn {
     }
 }
 
+impl Drop for BackendConn {
+    fn drop(&mut self) {
+        // An exchange abandoned past its grace time leaves a read in the ring that keeps the
+        // socket open until the backend sends something; shut it down to close it now.
+        // SAFETY: the fd is owned by `self.stream`, still open.
+        unsafe { libc::shutdown(self.stream.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+}
+
 /// The idle connections of one worker, by backend address.
 #[derive(Default)]
 pub struct Pools {

@@ -5,7 +5,7 @@
 //! trusted (any framing error), when the client asked for it, when it is too slow, and when the
 //! process drains.
 
-use std::io::Write as _;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -16,7 +16,9 @@ use tokio_uring::net::TcpStream;
 use super::fanout::{scatter, Answer, Request};
 use super::{Plan, Worker};
 use crate::http1::chunked::ChunkedDecoder;
-use crate::http1::encode::{client_response, continue_100, status_response, ConnectionHeader};
+use crate::http1::encode::{
+    client_response, continue_100, end_head, status_response, ConnectionHeader,
+};
 use crate::http1::request::{parse_request, BodyFraming, RequestHead, Version};
 
 /// Smallest free space offered to a read.
@@ -47,6 +49,16 @@ struct ClientConn {
     forward: Vec<u8>,
 }
 
+impl Drop for ClientConn {
+    fn drop(&mut self) {
+        // A read abandoned on a timeout or a drain is still in the ring and keeps the socket
+        // open until it completes; shutting the socket down completes it, so the client sees
+        // the close now rather than at its next byte.
+        // SAFETY: the fd is owned by `self.stream`, still open.
+        unsafe { libc::shutdown(self.stream.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+}
+
 /// How reading more bytes ended.
 enum Read {
     /// Some bytes arrived.
@@ -62,10 +74,12 @@ enum Read {
 impl ClientConn {
     async fn run(&mut self, worker: &Rc<Worker>) {
         loop {
-            let plan = Rc::clone(&worker.plan.borrow());
-            let Some((head, deadline)) = self.read_head(worker, &plan).await else {
+            let Some((head, deadline)) = self.read_head(worker).await else {
                 return;
             };
+            // Taken once the head is in, not before waiting for it: a reload that happened
+            // while this connection was idle applies to its next request.
+            let plan = Rc::clone(&worker.plan.borrow());
             worker.counters.request();
             let closing = !head.keep_alive;
             let conn_header = |close: bool| match (close, head.version) {
@@ -144,19 +158,17 @@ impl ClientConn {
 
     /// Reads until a whole request head is in the buffer. Returns it with the time by which the
     /// whole request must have arrived, or `None` when the connection is done.
-    async fn read_head(
-        &mut self,
-        worker: &Rc<Worker>,
-        plan: &Plan,
-    ) -> Option<(RequestHead, Instant)> {
+    async fn read_head(&mut self, worker: &Rc<Worker>) -> Option<(RequestHead, Instant)> {
+        let header_timeout = worker.plan.borrow().header_timeout;
         // A request already (partly) buffered started arriving no later than now.
-        let mut deadline = (!self.buf.is_empty()).then(|| Instant::now() + plan.header_timeout);
+        let mut deadline = (!self.buf.is_empty()).then(|| Instant::now() + header_timeout);
         loop {
-            if !self.buf.is_empty() {
+            let plan = Rc::clone(&worker.plan.borrow());
+            let started = !self.buf.is_empty();
+            if started {
                 match parse_request(&self.buf, &plan.limits, &mut self.forward) {
                     Ok(Some(head)) => {
-                        let deadline =
-                            deadline.unwrap_or_else(|| Instant::now() + plan.header_timeout);
+                        let deadline = deadline.unwrap_or_else(|| Instant::now() + header_timeout);
                         return Some((head, deadline));
                     }
                     Ok(None) => {}
@@ -178,12 +190,12 @@ impl ClientConn {
             };
             match read {
                 Read::More => {
-                    deadline.get_or_insert_with(|| Instant::now() + plan.header_timeout);
+                    deadline.get_or_insert_with(|| Instant::now() + header_timeout);
                 }
                 Read::Closed | Read::Draining => return None,
                 Read::TimedOut => {
                     worker.counters.client_timeout();
-                    if !self.buf.is_empty() {
+                    if started {
                         self.respond(worker, 408, ConnectionHeader::Close, None)
                             .await;
                     }
@@ -215,20 +227,14 @@ impl ClientConn {
                 return None;
             }
         }
-        let mut request;
-        let consumed;
-        match head.framing {
+        let (body, consumed) = match head.framing {
             BodyFraming::Length(n) => {
                 while self.buf.len() < start + n {
                     if !self.read_or_give_up(worker, deadline).await {
                         return None;
                     }
                 }
-                request = Vec::with_capacity(self.forward.len() + 32 + n);
-                request.extend_from_slice(&self.forward);
-                let _ = write!(request, "Content-Length: {n}\r\n\r\n");
-                request.extend_from_slice(&self.buf[start..start + n]);
-                consumed = start + n;
+                (None, start + n)
             }
             BodyFraming::Chunked => {
                 let mut decoder = ChunkedDecoder::new(plan.limits.max_body);
@@ -253,13 +259,15 @@ impl ClientConn {
                         return None;
                     }
                 }
-                request = Vec::with_capacity(self.forward.len() + 32 + body.len());
-                request.extend_from_slice(&self.forward);
-                let _ = write!(request, "Content-Length: {}\r\n\r\n", body.len());
-                request.extend_from_slice(&body);
-                consumed = pos;
+                (Some(body), pos)
             }
-        }
+        };
+        // One buffer, written as is to every backend: the forwarded head, the length, the body.
+        let body = body.as_deref().unwrap_or(&self.buf[start..consumed]);
+        let mut request = Vec::with_capacity(self.forward.len() + 32 + body.len());
+        request.extend_from_slice(&self.forward);
+        end_head(&mut request, body.len());
+        request.extend_from_slice(body);
         Some((Bytes::from(request), consumed))
     }
 
