@@ -131,6 +131,10 @@ impl ClientConn {
             let answer = scatter(worker, &plan, request).await;
             worker.in_flight.set(worker.in_flight.get() - 1);
             worker.counters.in_flight(-1);
+            // A drain that began while the backends were asked still closes this connection,
+            // and says so, so the balancer in front does not send another request on it.
+            let closing = closing || *worker.shutdown.borrow();
+            let conn = conn_header(closing);
 
             let written = match answer {
                 Answer::Backend(id, response) => {
