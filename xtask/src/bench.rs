@@ -13,15 +13,15 @@ mod wrk;
 
 use anyhow::{ensure, Context};
 use deploy::{Deployment, Env};
-use plan::{Pinning, Scenario, Selection, Target};
+use plan::{Named, Pinning, Scenario, Selection, Target};
 use record::{Case, Machine, Record, Run, Sample, Settings};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-/// Open files the benchmark and its children may hold: the idle check's connections, twice
-/// (our end and the splitter's), with room to spare.
-const FD_LIMIT: u64 = 65_536;
+/// Open files a process needs besides the idle check's connections: listeners, backend
+/// connections, logs.
+const FD_HEADROOM: u64 = 1024;
 /// The splitter's count of `204 No Content` answers (nothing valid before the deadline).
 const RESPONSES_204: &str = "splitter_responses_total{status=\"204\"}";
 /// Where the record, the chart and the README's link to them live, relative to the root.
@@ -118,8 +118,14 @@ fn prepare(root: &Path, opts: &Options) -> anyhow::Result<Env> {
             .output()
             .with_context(|| format!("running {tool}; install Debian's `{package}` package"))?;
     }
+    let fd_limit = proc::raise_fd_limit()?;
+    ensure!(
+        opts.idle_connections as u64 + FD_HEADROOM <= fd_limit,
+        "--idle-connections {} needs an open-file limit of {} (see `ulimit -Hn`), not {fd_limit}",
+        opts.idle_connections,
+        opts.idle_connections as u64 + FD_HEADROOM
+    );
     build_splitter(root)?;
-    proc::raise_fd_limit(FD_LIMIT)?;
     let work_dir = target_dir(root).join("xtask-bench");
     std::fs::create_dir_all(&work_dir)
         .with_context(|| format!("creating {}", work_dir.display()))?;
@@ -156,12 +162,13 @@ fn measure_all(
     settings: &Settings,
     scripts: &Scripts,
 ) -> anyhow::Result<Vec<Run>> {
-    let total = opts.scenario.0.len() * opts.pinning.0.len() * 3 * settings.repeat as usize;
+    let cases = opts.scenario.0.len() * opts.pinning.0.len() * Target::ALL.len();
+    let total = cases * settings.repeat as usize;
     let mut runs = Vec::with_capacity(total);
     for &scenario in &opts.scenario.0 {
         for &pinning in &opts.pinning.0 {
             for repetition in 1..=settings.repeat {
-                for &target in [Target::Splitter, Target::Haproxy, Target::Direct].iter() {
+                for &target in Target::ALL {
                     let case = Case {
                         scenario,
                         pinning,

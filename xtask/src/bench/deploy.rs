@@ -223,7 +223,7 @@ fn haproxy_config(listen: SocketAddr, backend: SocketAddr, threads: usize) -> St
     format!(
         "global
     nbthread {threads}
-    maxconn 20000
+    maxconn 4096
 
 defaults
     mode http

@@ -210,9 +210,10 @@ fn clock_ticks_per_second() -> f64 {
     unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
 }
 
-/// Raises this process's open-file limit to at least `want` (children inherit it): the idle
-/// connection check holds thousands of sockets, in the benchmark and in the splitter.
-pub fn raise_fd_limit(want: u64) -> anyhow::Result<()> {
+/// Raises this process's open-file limit to its hard limit, which children inherit, and
+/// returns it: the idle connection check holds thousands of sockets, in the benchmark and in
+/// the splitter. (Raising the hard limit itself needs a privilege containers often drop.)
+pub fn raise_fd_limit() -> anyhow::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -222,17 +223,12 @@ pub fn raise_fd_limit(want: u64) -> anyhow::Result<()> {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return Err(io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
         }
-        if lim.rlim_cur >= want {
-            return Ok(());
-        }
-        lim.rlim_cur = want;
-        lim.rlim_max = lim.rlim_max.max(want);
+        lim.rlim_cur = lim.rlim_max;
         if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-            return Err(io::Error::last_os_error())
-                .with_context(|| format!("raising the open-file limit to {want}"));
+            return Err(io::Error::last_os_error()).context("raising the open-file limit");
         }
     }
-    Ok(())
+    Ok(lim.rlim_cur)
 }
 
 #[cfg(test)]

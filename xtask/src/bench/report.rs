@@ -44,9 +44,9 @@ fn describe_setup(md: &mut String, r: &Record) {
         md,
         "Measured {} on {}, {} vCPUs, Linux {}; HAProxy {}, wrk {}, splitter `{}`, by \
          `cargo xtask bench` ([record](bench/results/latest.json)).\n\n\
-         Medians of {} runs of {} s (after {} s of warm-up): `wrk -t{} -c{}` POSTing 2 KB of \
-         JSON. **CPU µs/req** is the user+system CPU time of the target's process, all \
-         threads, per request served. `splitter` fans out to two mock backends, `haproxy` \
+         {} of {} s (after {} s of warm-up): `wrk -t{} -c{}` POSTing 2 KB of JSON. \
+         **CPU µs/req** is the user+system CPU time of the target's process, all threads, \
+         per request served. `splitter` fans out to two mock backends, `haproxy` \
          forwards to one (keep-alive, `http-reuse always`), `direct` is one backend alone \
          (its own cost, and proof that wrk and the backends are not the bottleneck). \
          `pinned`: the target on CPU 0 with one thread, wrk and backends on CPU 1; \
@@ -61,7 +61,10 @@ fn describe_setup(md: &mut String, r: &Record) {
         m.haproxy,
         m.wrk,
         m.splitter_commit,
-        s.repeat,
+        match s.repeat {
+            1 => "One run".to_owned(),
+            n => format!("Medians of {n} runs"),
+        },
         s.seconds,
         s.warmup_seconds,
         s.wrk_threads,
