@@ -154,46 +154,56 @@ fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
 }
 
-/// Every case, `repeat` times. The targets take turns within a repetition so that a slow
-/// spell on this shared machine weighs on all of them, not on one.
+/// Every case, `repeat` times, in the order of [`schedule`].
 fn measure_all(
     env: &Env,
     opts: &Options,
     settings: &Settings,
     scripts: &Scripts,
 ) -> anyhow::Result<Vec<Run>> {
-    let cases = opts.scenario.0.len() * opts.pinning.0.len() * Target::ALL.len();
-    let total = cases * settings.repeat as usize;
-    let mut runs = Vec::with_capacity(total);
+    let schedule = schedule(opts, settings.repeat);
+    let mut runs = Vec::with_capacity(schedule.len());
+    for (i, &(case, repetition)) in schedule.iter().enumerate() {
+        let Case {
+            scenario,
+            pinning,
+            target,
+        } = case;
+        let name = format!("{scenario} {pinning} {target}");
+        eprint!("[{}/{}] {name} #{repetition}: ", i + 1, schedule.len());
+        let sample = measure_once(env, case, settings, scripts).context(name)?;
+        eprintln!(
+            "{:.0} req/s, p99 {:.2} ms, {:.1} CPU µs/req",
+            sample.requests_per_s, sample.p99_ms, sample.cpu_us_per_request
+        );
+        runs.push(Run {
+            case,
+            repetition,
+            sample,
+        });
+    }
+    Ok(runs)
+}
+
+/// The runs to make, with their repetition number. The targets take turns within a
+/// repetition, so that a slow spell on this shared machine weighs on all of them, not on one.
+fn schedule(opts: &Options, repeat: u32) -> Vec<(Case, u32)> {
+    let mut runs = Vec::new();
     for &scenario in &opts.scenario.0 {
         for &pinning in &opts.pinning.0 {
-            for repetition in 1..=settings.repeat {
+            for repetition in 1..=repeat {
                 for &target in Target::ALL {
                     let case = Case {
                         scenario,
                         pinning,
                         target,
                     };
-                    eprint!(
-                        "[{}/{total}] {scenario} {pinning} {target} #{repetition}: ",
-                        runs.len() + 1
-                    );
-                    let sample = measure_once(env, case, settings, scripts)
-                        .with_context(|| format!("{scenario} {pinning} {target}"))?;
-                    eprintln!(
-                        "{:.0} req/s, p99 {:.2} ms, {:.1} CPU µs/req",
-                        sample.requests_per_s, sample.p99_ms, sample.cpu_us_per_request
-                    );
-                    runs.push(Run {
-                        case,
-                        repetition,
-                        sample,
-                    });
+                    runs.push((case, repetition));
                 }
             }
         }
     }
-    Ok(runs)
+    runs
 }
 
 /// One run: start the case's processes, warm up, measure a window of load, and for the
