@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use splitter_common::MAX_BACKENDS;
 use tokio::sync::{oneshot, watch};
 
-use crate::config::Config;
+use crate::config::{Config, IoMode};
 use crate::metrics::{MetricsRegion, Renderer};
 use crate::worker::{self, Loaded, WorkerSpec};
 
@@ -34,6 +34,50 @@ pub struct Server {
     slots: std::sync::Mutex<Vec<Option<String>>>,
     /// What the running configuration cannot change without a restart.
     fixed: Fixed,
+    /// The I/O shell the workers run.
+    io: Shell,
+}
+
+/// The I/O shell of the data plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shell {
+    /// tokio-uring: io_uring completions.
+    Uring,
+    /// tokio: epoll readiness.
+    Epoll,
+}
+
+impl Shell {
+    /// The name the start-up line and the configuration use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Shell::Uring => "uring",
+            Shell::Epoll => "epoll",
+        }
+    }
+
+    /// The shell for the `io` setting: `uring` fails when io_uring cannot be used here, `auto`
+    /// falls back to epoll then, and says why.
+    pub fn resolve(mode: IoMode) -> anyhow::Result<Shell> {
+        match (mode, worker::probe_io_uring()) {
+            (IoMode::Epoll, _) => Ok(Shell::Epoll),
+            (IoMode::Uring | IoMode::Auto, Ok(())) => Ok(Shell::Uring),
+            (IoMode::Uring, Err(e)) => Err(anyhow::anyhow!(
+                "`io = \"uring\"` but io_uring is not available ({e}). Check \
+                 `sysctl kernel.io_uring_disabled` (0 allows it), the container's seccomp \
+                 profile (Docker's default blocks io_uring_setup), and Linux >= 6.0; or set \
+                 `io = \"auto\"` or `\"epoll\"`"
+            )),
+            (IoMode::Auto, Err(e)) => {
+                tracing::warn!(
+                    error = %e,
+                    "io_uring is not available (kernel.io_uring_disabled, seccomp, or Linux < 6.0): \
+                     running on epoll"
+                );
+                Ok(Shell::Epoll)
+            }
+        }
+    }
 }
 
 /// The settings a reload cannot change (sockets and threads are made at start).
@@ -66,7 +110,7 @@ impl Server {
     /// Binds the listeners and the admin socket, starts one worker per CPU and the admin
     /// thread. Returns once every worker's listener is listening.
     pub fn start(config: Config) -> anyhow::Result<Server> {
-        worker::probe_io_uring()?;
+        let io = Shell::resolve(config.io)?;
         let count = worker_count(config.workers);
         let listeners = worker::listener::bind_group(config.listen, count)
             .with_context(|| format!("cannot listen on {} (`listen`)", config.listen))?;
@@ -99,6 +143,7 @@ impl Server {
                 shutdown: shutdown_rx.clone(),
                 workers: count,
                 drain_timeout,
+                uring: io == Shell::Uring,
             })?);
         }
 
@@ -133,6 +178,7 @@ impl Server {
             renderer,
             slots: std::sync::Mutex::new(slots),
             fixed,
+            io,
         })
     }
 
@@ -161,6 +207,11 @@ impl Server {
     /// The admin address.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
+    }
+
+    /// The I/O shell the workers run.
+    pub fn io(&self) -> Shell {
+        self.io
     }
 
     /// The metrics renderer, for in-process readers (the demo).
@@ -267,7 +318,7 @@ pub fn run(path: &Path, config: Config) -> anyhow::Result<()> {
         listen = %server.listen_addr(),
         admin = %server.admin_addr(),
         workers = worker_count(config.workers),
-        io = "uring",
+        io = server.io().name(),
         steering = "reuseport",
         backends = %config
             .backends

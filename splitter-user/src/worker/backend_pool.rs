@@ -10,12 +10,10 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::os::fd::AsRawFd;
 
 use bytes::Bytes;
-use tokio_uring::buf::BoundedBuf;
-use tokio_uring::net::TcpStream;
 
+use super::conn::Conn;
 use super::BackendTarget;
 use crate::http1::chunked::ChunkedDecoder;
 use crate::http1::limits::{MAX_RESPONSE_BODY, MAX_RESPONSE_HEAD};
@@ -25,25 +23,19 @@ use crate::http1::response::{parse_response, ResponseFraming};
 /// beyond it, connections are closed rather than hoarded.
 const MAX_IDLE_PER_BACKEND: usize = 1024;
 
-/// Smallest free space offered to a read, so reads are never tiny.
-const READ_CHUNK: usize = 4096;
-
 /// One keep-alive connection to a backend.
 pub struct BackendConn {
-    stream: TcpStream,
+    stream: Conn,
     /// True once the connection has carried an exchange: a failure before any byte of the reply
     /// may then just be the backend closing an idle connection, worth one retry on a new one.
     pub reused: bool,
 }
 
 impl BackendConn {
-    /// Opens a new connection.
-    pub async fn connect(addr: SocketAddr) -> io::Result<BackendConn> {
-        let stream = TcpStream::connect(addr).await?;
-        // Requests are written whole; Nagle would only delay them.
-        stream.set_nodelay(true)?;
+    /// Opens a new connection, on io_uring or epoll.
+    pub async fn connect(addr: SocketAddr, uring: bool) -> io::Result<BackendConn> {
         Ok(BackendConn {
-            stream,
+            stream: Conn::connect(addr, uring).await?,
             reused: false,
         })
     }
@@ -55,7 +47,7 @@ impl BackendConn {
         // SAFETY: one valid byte of buffer; the fd belongs to `stream`.
         let n = unsafe {
             libc::recv(
-                self.stream.as_raw_fd(),
+                self.stream.fd(),
                 (&raw mut byte).cast(),
                 1,
                 libc::MSG_PEEK | libc::MSG_DONTWAIT,
@@ -70,7 +62,7 @@ impl Drop for BackendConn {
         // An exchange abandoned past its grace time leaves a read in the ring that keeps the
         // socket open until the backend sends something; shut it down to close it now.
         // SAFETY: the fd is owned by `self.stream`, still open.
-        unsafe { libc::shutdown(self.stream.as_raw_fd(), libc::SHUT_RDWR) };
+        unsafe { libc::shutdown(self.stream.fd(), libc::SHUT_RDWR) };
     }
 }
 
@@ -193,10 +185,9 @@ pub async fn exchange(
     request: Bytes,
     head_request: bool,
 ) -> Result<(Response, bool), ExchangeError> {
-    let (res, _) = conn.stream.write_all(request).await;
-    res?;
+    conn.stream.write_shared(request).await?;
 
-    let mut raw: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut raw: Vec<u8> = Vec::new();
     let head = loop {
         if let Some(head) =
             parse_response(&raw).map_err(|e| ExchangeError::Protocol(e.to_string()))?
@@ -224,7 +215,7 @@ pub async fn exchange(
         }
         ResponseFraming::Chunked => {
             let mut decoder = ChunkedDecoder::new(MAX_RESPONSE_BODY);
-            let mut body = Vec::with_capacity(READ_CHUNK);
+            let mut body = Vec::new();
             let mut pos = start;
             loop {
                 let step = decoder
@@ -244,7 +235,7 @@ pub async fn exchange(
                 if raw.len() - start > MAX_RESPONSE_BODY {
                     return Err(ExchangeError::Protocol("response body too large".into()));
                 }
-                let (n, more) = read_some(&conn.stream, raw).await;
+                let (n, more) = conn.stream.read(raw).await;
                 raw = more;
                 if n? == 0 {
                     break;
@@ -262,22 +253,12 @@ pub async fn exchange(
     Ok((response, reusable && head.keep_alive))
 }
 
-/// Reads once more into `buf`, growing it as needed; end of stream is `Closed`.
-async fn read_more(stream: &TcpStream, buf: Vec<u8>) -> Result<Vec<u8>, ExchangeError> {
+/// Reads once more into `buf`; end of stream is `Closed`.
+async fn read_more(stream: &Conn, buf: Vec<u8>) -> Result<Vec<u8>, ExchangeError> {
     let len = buf.len();
-    match read_some(stream, buf).await {
+    match stream.read(buf).await {
         (Ok(0), _) => Err(ExchangeError::Closed(len)),
         (Ok(_), buf) => Ok(buf),
         (Err(e), _) => Err(e.into()),
     }
-}
-
-/// One read appended to `buf`; gives the buffer back whatever happens.
-async fn read_some(stream: &TcpStream, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-    if buf.capacity() - buf.len() < READ_CHUNK {
-        buf.reserve(READ_CHUNK.max(buf.len()));
-    }
-    let len = buf.len();
-    let (res, slice) = stream.read(buf.slice(len..)).await;
-    (res, slice.into_inner())
 }

@@ -5,14 +5,12 @@
 //! trusted (any framing error), when the client asked for it, when it is too slow, and when the
 //! process drains.
 
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio_uring::buf::BoundedBuf;
-use tokio_uring::net::TcpStream;
 
+use super::conn::{Conn, READ_CHUNK};
 use super::fanout::{scatter, Answer, Request};
 use super::{Plan, Worker};
 use crate::http1::chunked::ChunkedDecoder;
@@ -21,13 +19,8 @@ use crate::http1::encode::{
 };
 use crate::http1::request::{parse_request, BodyFraming, RequestHead, Version};
 
-/// Smallest free space offered to a read.
-const READ_CHUNK: usize = 8192;
-
 /// Serves `stream` until it closes.
-pub async fn serve(worker: &Rc<Worker>, stream: TcpStream) {
-    // Responses are written whole; Nagle would only delay them.
-    let _ = stream.set_nodelay(true);
+pub async fn serve(worker: &Rc<Worker>, stream: Conn) {
     worker.counters.connection(1);
     let mut conn = ClientConn {
         stream,
@@ -40,7 +33,7 @@ pub async fn serve(worker: &Rc<Worker>, stream: TcpStream) {
 }
 
 struct ClientConn {
-    stream: TcpStream,
+    stream: Conn,
     /// Bytes read and not yet consumed: the request being read and any pipelined after it.
     buf: Vec<u8>,
     /// The response being written.
@@ -55,7 +48,7 @@ impl Drop for ClientConn {
         // open until it completes; shutting the socket down completes it, so the client sees
         // the close now rather than at its next byte.
         // SAFETY: the fd is owned by `self.stream`, still open.
-        unsafe { libc::shutdown(self.stream.as_raw_fd(), libc::SHUT_RDWR) };
+        unsafe { libc::shutdown(self.stream.fd(), libc::SHUT_RDWR) };
     }
 }
 
@@ -293,13 +286,8 @@ impl ClientConn {
     /// Reads more bytes into the buffer, until `deadline`; between requests (`idle` given) also
     /// stops when the process drains.
     async fn read_until(&mut self, deadline: Instant, idle: Option<&Rc<Worker>>) -> Read {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
-            self.buf.reserve(READ_CHUNK);
-        }
         let buf = std::mem::take(&mut self.buf);
-        let len = buf.len();
-        let read = self.stream.read(buf.slice(len..));
-        let timed = tokio::time::timeout_at(deadline.into(), read);
+        let timed = tokio::time::timeout_at(deadline.into(), self.stream.read(buf));
         let result = match idle {
             Some(worker) => {
                 let mut shutdown = worker.shutdown.clone();
@@ -314,8 +302,8 @@ impl ClientConn {
             // The read was abandoned with the buffer inside it; the connection ends anyway.
             None => Read::Draining,
             Some(Err(_elapsed)) => Read::TimedOut,
-            Some(Ok((res, slice))) => {
-                self.buf = slice.into_inner();
+            Some(Ok((res, buf))) => {
+                self.buf = buf;
                 match res {
                     Ok(0) | Err(_) => Read::Closed,
                     Ok(_) => Read::More,

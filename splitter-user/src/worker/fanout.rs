@@ -53,7 +53,7 @@ pub async fn scatter(worker: &Rc<Worker>, plan: &Rc<Plan>, request: Request) -> 
     let mut exchange = Exchange::new(plan.backends.len(), deadline, plan.prefer);
     let (tx, mut rx) = mpsc::unbounded_channel();
     for id in 0..plan.backends.len() {
-        tokio_uring::spawn(call(
+        tokio::task::spawn_local(call(
             Rc::clone(worker),
             Rc::clone(plan),
             id,
@@ -119,7 +119,7 @@ async fn call(
         let mut conn = match pooled.take() {
             Some(conn) => conn,
             None => {
-                match tokio::time::timeout_at(deadline.into(), BackendConn::connect(target.addr))
+                match tokio::time::timeout_at(deadline.into(), BackendConn::connect(target.addr, worker.uring))
                     .await
                 {
                     Ok(Ok(conn)) => {

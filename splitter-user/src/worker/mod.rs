@@ -8,15 +8,16 @@
 //! - [`fanout`]: one request sent to every backend and the answer chosen, driving
 //!   [`Exchange`](crate::scatter::exchange::Exchange).
 //! - [`backend_pool`]: keep-alive connections to the backends, and one exchange on one of them.
+//! - [`conn`]: the sockets of the two I/O shells, io_uring and epoll, behind one type.
 
 pub mod backend_pool;
 pub mod client_conn;
+pub mod conn;
 pub mod fanout;
 pub mod listener;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -116,8 +117,10 @@ pub struct Worker {
     pub in_flight: Cell<usize>,
     /// Becomes true when the process is draining.
     pub shutdown: watch::Receiver<bool>,
-    /// Reusable buffer for the JSON selection (simd-json parses in place).
+    /// Reusable buffers for the JSON selection (simd-json parses in place).
     pub scratch: RefCell<Scratch>,
+    /// Which shell this worker runs: io_uring, or epoll.
+    pub uring: bool,
 }
 
 /// Everything a worker thread is started with.
@@ -138,21 +141,25 @@ pub struct WorkerSpec {
     pub workers: usize,
     /// Longest a draining worker waits for its requests in progress before it gives up on them.
     pub drain_timeout: Duration,
+    /// Run on io_uring (tokio-uring) rather than epoll (tokio).
+    pub uring: bool,
 }
 
-/// Checks that this process may use io_uring; the error says why not and what to do.
-pub fn probe_io_uring() -> anyhow::Result<()> {
-    io_uring::IoUring::new(8).map(drop).map_err(|e| {
-        anyhow::anyhow!(
-            "io_uring is not available ({e}): the data plane runs on tokio-uring. \
-             Check `sysctl kernel.io_uring_disabled` (must be 0, or 1 with this process in \
-             io_uring_group), and a container's seccomp profile (Docker's default blocks \
-             io_uring_setup: run with a profile that allows it)"
-        )
-    })
+/// The io_uring set-up every worker uses: completions are handled by the worker's own thread
+/// only, so the kernel need not interrupt it for them (COOP_TASKRUN) nor lock for other
+/// submitters (SINGLE_ISSUER). Both need Linux 6.0.
+fn ring_builder() -> io_uring::Builder {
+    let mut ring = io_uring::IoUring::builder();
+    ring.setup_coop_taskrun().setup_single_issuer();
+    ring
 }
 
-/// Starts a worker thread.
+/// Checks that this process may use io_uring as the workers will; the error says why not.
+pub fn probe_io_uring() -> std::io::Result<()> {
+    ring_builder().build(8).map(drop)
+}
+
+/// Starts a worker thread on the shell `spec.uring` chooses.
 pub fn spawn(spec: WorkerSpec) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("splitter-w{}", spec.index))
@@ -160,7 +167,18 @@ pub fn spawn(spec: WorkerSpec) -> std::io::Result<JoinHandle<()>> {
             if let Some(cpu) = spec.cpu {
                 pin_to_cpu(cpu);
             }
-            tokio_uring::builder().entries(1024).start(run(spec));
+            if spec.uring {
+                tokio_uring::builder()
+                    .entries(1024)
+                    .uring_builder(&ring_builder())
+                    .start(run(spec));
+            } else {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("worker runtime");
+                tokio::task::LocalSet::new().block_on(&rt, run(spec));
+            }
         })
 }
 
@@ -184,6 +202,7 @@ async fn run(spec: WorkerSpec) {
         mut shutdown,
         workers,
         drain_timeout,
+        uring,
         ..
     } = spec;
     let plan = Plan::new(&config.borrow_and_update(), workers);
@@ -194,10 +213,11 @@ async fn run(spec: WorkerSpec) {
         in_flight: Cell::new(0),
         shutdown: shutdown.clone(),
         scratch: RefCell::new(Scratch::default()),
+        uring,
     });
 
     let reloader = Rc::clone(&worker);
-    tokio_uring::spawn(async move {
+    tokio::task::spawn_local(async move {
         while config.changed().await.is_ok() {
             let plan = Plan::new(&config.borrow_and_update(), workers);
             reloader.pools.borrow_mut().retain_backends(&plan.backends);
@@ -205,17 +225,23 @@ async fn run(spec: WorkerSpec) {
         }
     });
 
-    let listener = tokio_uring::net::TcpListener::from_std(listener);
+    let listener = match conn::Listener::new(listener, uring) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(worker = index, error = %e, "cannot use the listener");
+            return;
+        }
+    };
     // Every connection task holds a clone of `open`; when the last one is dropped, `drained`
     // resolves: the worker knows its connections are done without counting them.
     let (open, mut drained) = mpsc::channel::<()>(1);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
+                Ok(stream) => {
                     let worker = Rc::clone(&worker);
                     let open = open.clone();
-                    tokio_uring::spawn(async move {
+                    tokio::task::spawn_local(async move {
                         client_conn::serve(&worker, stream).await;
                         drop(open);
                     });
@@ -232,7 +258,7 @@ async fn run(spec: WorkerSpec) {
     // Unlisten now: the pending accept fails, and the kernel stops queueing new connections on
     // this socket (its `SO_REUSEPORT` siblings, or the next instance, get them).
     // SAFETY: a valid listening socket owned by `listener`.
-    unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+    unsafe { libc::shutdown(listener.fd(), libc::SHUT_RDWR) };
     drop(listener);
     drop(open);
     if tokio::time::timeout(drain_timeout, drained.recv())

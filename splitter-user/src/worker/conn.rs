@@ -1,0 +1,192 @@
+//! The two I/O shells' sockets behind one type: `tokio-uring` (completion-based, io_uring) and
+//! plain `tokio` readiness (epoll). Both take and give back owned buffers, so the code above them
+//! is the same for both; `io` in the configuration picks one per process.
+//!
+//! The epoll side keeps its own readiness: a read that comes back short drained the socket, so
+//! the readiness is cleared and the next read waits for epoll instead of spending a syscall to
+//! learn `EAGAIN`. Writes go straight to the socket and wait only when it is full.
+
+use std::io::{self, Read as _, Write as _};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+
+use bytes::Bytes;
+use tokio::io::unix::AsyncFd;
+use tokio_uring::buf::BoundedBuf;
+
+/// Smallest free space offered to a read, so reads are never tiny.
+pub const READ_CHUNK: usize = 8192;
+
+/// A connected TCP socket of either shell.
+pub enum Conn {
+    /// io_uring, through tokio-uring.
+    Uring(tokio_uring::net::TcpStream),
+    /// epoll, through tokio's reactor.
+    Epoll(AsyncFd<std::net::TcpStream>),
+}
+
+impl Conn {
+    /// Connects to `addr` with the given shell; Nagle off, since every write is a whole message.
+    pub async fn connect(addr: SocketAddr, uring: bool) -> io::Result<Conn> {
+        let conn = if uring {
+            Conn::Uring(tokio_uring::net::TcpStream::connect(addr).await?)
+        } else {
+            let stream = tokio::net::TcpStream::connect(addr).await?.into_std()?;
+            Conn::Epoll(register(stream)?)
+        };
+        conn.set_nodelay()?;
+        Ok(conn)
+    }
+
+    /// Disables Nagle's algorithm.
+    pub fn set_nodelay(&self) -> io::Result<()> {
+        match self {
+            Conn::Uring(s) => s.set_nodelay(true),
+            Conn::Epoll(s) => s.get_ref().set_nodelay(true),
+        }
+    }
+
+    /// The socket's file descriptor, for `shutdown` and non-blocking probes.
+    pub fn fd(&self) -> RawFd {
+        match self {
+            Conn::Uring(s) => s.as_raw_fd(),
+            Conn::Epoll(s) => s.as_raw_fd(),
+        }
+    }
+
+    /// Reads once, appending to `buf` (grown so at least `READ_CHUNK / 2` bytes are free).
+    /// `Ok(0)` is the end of the stream. The buffer comes back whatever happens.
+    pub async fn read(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+            buf.reserve(READ_CHUNK.max(buf.len()));
+        }
+        match self {
+            Conn::Uring(s) => {
+                let len = buf.len();
+                let (res, slice) = s.read(buf.slice(len..)).await;
+                (res, slice.into_inner())
+            }
+            Conn::Epoll(s) => loop {
+                let mut guard = match s.readable().await {
+                    Ok(guard) => guard,
+                    Err(e) => return (Err(e), buf),
+                };
+                let len = buf.len();
+                let spare = buf.spare_capacity_mut();
+                let room = spare.len();
+                // SAFETY: `read` writes at most `room` bytes into the spare capacity and
+                // returns how many; those become initialised below and nothing else is read.
+                let dst = unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast(), room) };
+                match guard.try_io(|s| s.get_ref().read(dst)) {
+                    Ok(Ok(n)) => {
+                        // SAFETY: the kernel initialised `n` bytes after `len`.
+                        unsafe { buf.set_len(len + n) };
+                        if n > 0 && n < room {
+                            // Short read: the socket is drained now.
+                            guard.clear_ready();
+                        }
+                        return (Ok(n), buf);
+                    }
+                    Ok(Err(e)) => return (Err(e), buf),
+                    // Spurious readiness, now cleared: wait for the next edge.
+                    Err(_would_block) => continue,
+                }
+            },
+        }
+    }
+
+    /// Writes all of `buf`; gives it back.
+    pub async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        match self {
+            Conn::Uring(s) => s.write_all(buf).await,
+            Conn::Epoll(s) => {
+                let res = epoll_write_all(s, &buf).await;
+                (res, buf)
+            }
+        }
+    }
+
+    /// Writes all of a shared buffer (the request every backend gets).
+    pub async fn write_shared(&self, buf: Bytes) -> io::Result<()> {
+        match self {
+            Conn::Uring(s) => s.write_all(buf).await.0,
+            Conn::Epoll(s) => epoll_write_all(s, &buf).await,
+        }
+    }
+}
+
+/// Writes optimistically (a socket's send buffer almost always has room) and waits for
+/// writability only when it is full.
+async fn epoll_write_all(s: &AsyncFd<std::net::TcpStream>, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match s.get_ref().write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut guard = s.writable().await?;
+                match guard.try_io(|s| s.get_ref().write(buf)) {
+                    Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(Ok(n)) => buf = &buf[n..],
+                    Ok(Err(e)) => return Err(e),
+                    Err(_would_block) => {}
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A worker's listener of either shell.
+pub enum Listener {
+    /// io_uring accept.
+    Uring(tokio_uring::net::TcpListener),
+    /// epoll readiness, then `accept4`.
+    Epoll(AsyncFd<std::net::TcpListener>),
+}
+
+impl Listener {
+    /// Wraps a bound, listening, non-blocking socket for the chosen shell.
+    pub fn new(listener: std::net::TcpListener, uring: bool) -> io::Result<Listener> {
+        Ok(if uring {
+            Listener::Uring(tokio_uring::net::TcpListener::from_std(listener))
+        } else {
+            Listener::Epoll(register(listener)?)
+        })
+    }
+
+    /// The next connection.
+    pub async fn accept(&self) -> io::Result<Conn> {
+        let conn = match self {
+            Listener::Uring(l) => Conn::Uring(l.accept().await?.0),
+            Listener::Epoll(l) => loop {
+                let mut guard = l.readable().await?;
+                match guard.try_io(|l| l.get_ref().accept()) {
+                    Ok(Ok((stream, _))) => {
+                        stream.set_nonblocking(true)?;
+                        break Conn::Epoll(register(stream)?);
+                    }
+                    Ok(Err(e)) => return Err(e),
+                    Err(_would_block) => continue,
+                }
+            },
+        };
+        conn.set_nodelay()?;
+        Ok(conn)
+    }
+
+    /// The listening socket's file descriptor.
+    pub fn fd(&self) -> RawFd {
+        match self {
+            Listener::Uring(l) => l.as_raw_fd(),
+            Listener::Epoll(l) => l.as_raw_fd(),
+        }
+    }
+}
+
+/// Registers a std socket with the worker's epoll reactor.
+fn register<T: AsRawFd>(socket: T) -> io::Result<AsyncFd<T>> {
+    // SAFETY: std's sockets own their descriptor and return the same one for their lifetime.
+    unsafe { AsyncFd::register(socket) }.map_err(io::Error::from)
+}
