@@ -246,10 +246,23 @@ pub struct Splitter {
     pub proc: ProcGuard,
 }
 
+/// The whole suite runs once per I/O shell: `SPLITTER_TEST_IO=epoll` (or `uring`) puts
+/// `io = "..."` at the top of every configuration that does not choose one itself.
+pub fn with_io_shell(config: &str) -> String {
+    match std::env::var("SPLITTER_TEST_IO") {
+        Ok(io) if !config.lines().any(|l| l.trim_start().starts_with("io =")) => {
+            format!("io = \"{io}\"\n{config}")
+        }
+        _ => config.to_string(),
+    }
+}
+
 impl Splitter {
     /// Writes `config` to a file and starts the splitter on it; waits for `splitter started`.
     pub fn start(config: &str) -> Splitter {
         let dir = TempDir::new("run");
+        let config = with_io_shell(config);
+        let config = config.as_str();
         let config_path = dir.write("splitter.toml", config);
         let mut child = Command::new(BIN)
             .arg("run")
@@ -362,7 +375,7 @@ impl Splitter {
 
     pub fn rewrite_config(&self, config: &str) {
         let tmp = self.dir.path.join("splitter.toml.new");
-        std::fs::write(&tmp, config).unwrap();
+        std::fs::write(&tmp, with_io_shell(config)).unwrap();
         std::fs::rename(&tmp, &self.config_path).unwrap();
     }
 
