@@ -6,7 +6,7 @@
 //! the readiness is cleared and the next read waits for epoll instead of spending a syscall to
 //! learn `EAGAIN`. Writes go straight to the socket and wait only when it is full.
 
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -74,10 +74,19 @@ impl Conn {
                 let len = buf.len();
                 let spare = buf.spare_capacity_mut();
                 let room = spare.len();
-                // SAFETY: `read` writes at most `room` bytes into the spare capacity and
-                // returns how many; those become initialised below and nothing else is read.
-                let dst = unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast(), room) };
-                match guard.try_io(|s| s.get_ref().read(dst)) {
+                let dst = spare.as_mut_ptr();
+                // Into the spare capacity through a raw pointer: no reference to uninitialised
+                // bytes is ever made.
+                let recv = |s: &AsyncFd<std::net::TcpStream>| {
+                    // SAFETY: `dst` has room for `room` bytes; the kernel writes at most that.
+                    let n = unsafe { libc::recv(s.as_raw_fd(), dst.cast(), room, 0) };
+                    if n < 0 {
+                        Err(io::Error::last_os_error())
+                    } else {
+                        Ok(n as usize)
+                    }
+                };
+                match guard.try_io(recv) {
                     Ok(Ok(n)) => {
                         // SAFETY: the kernel initialised `n` bytes after `len`.
                         unsafe { buf.set_len(len + n) };
