@@ -229,7 +229,9 @@ fn measure_once(
     dep.ensure_running()?;
     let peak_rss_kib = dep.measured().peak_rss_kib()?;
     let check = match case.target {
-        Target::Splitter => Some(check_ids(&dep, settings, scripts, cpus)?),
+        Target::SplitterUring | Target::SplitterEpoll => {
+            Some(check_ids(&dep, settings, scripts, cpus)?)
+        }
         Target::Haproxy | Target::Direct => None,
     };
     ensure!(summary.requests > 0, "wrk completed no request");

@@ -10,7 +10,8 @@ const SIZE: (u32, u32) = (1200, 500);
 
 fn color(target: Target) -> RGBColor {
     match target {
-        Target::Splitter => RGBColor(31, 119, 180),
+        Target::SplitterUring => RGBColor(31, 119, 180),
+        Target::SplitterEpoll => RGBColor(44, 160, 44),
         Target::Haproxy => RGBColor(255, 127, 14),
         Target::Direct => RGBColor(150, 150, 150),
     }

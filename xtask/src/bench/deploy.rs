@@ -48,10 +48,7 @@ impl Deployment {
         pinning: Pinning,
         target: Target,
     ) -> anyhow::Result<Deployment> {
-        let backends = match target {
-            Target::Splitter => 2,
-            Target::Haproxy | Target::Direct => 1,
-        };
+        let backends = if target.splitter_io().is_some() { 2 } else { 1 };
         let mocks = (0..backends)
             .map(|i| {
                 let name = ["a", "b"][i];
@@ -60,8 +57,9 @@ impl Deployment {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let addrs: Vec<SocketAddr> = mocks.iter().map(|m| m.addr).collect();
         let (front, listen, admin) = match target {
-            Target::Splitter => {
-                let (p, listen, admin) = start_splitter(env, &addrs, scenario, pinning)?;
+            Target::SplitterUring | Target::SplitterEpoll => {
+                let io = target.splitter_io().unwrap_or("auto");
+                let (p, listen, admin) = start_splitter(env, &addrs, scenario, pinning, io)?;
                 (Some(p), listen, Some(admin))
             }
             Target::Haproxy => {
@@ -151,10 +149,11 @@ fn start_splitter(
     backends: &[SocketAddr],
     scenario: Scenario,
     pinning: Pinning,
+    io: &str,
 ) -> anyhow::Result<(Proc, SocketAddr, SocketAddr)> {
     let (listen, admin) = (free_port()?, free_port()?);
     let workers = pinning.target_threads(env.nproc);
-    let config = splitter_config(listen, admin, workers, backends, scenario);
+    let config = splitter_config(listen, admin, workers, io, backends, scenario);
     let path = env.work_dir.join("splitter.toml");
     std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
     let mut cmd = Command::new(&env.splitter_bin);
@@ -178,12 +177,13 @@ fn splitter_config(
     listen: SocketAddr,
     admin: SocketAddr,
     workers: usize,
+    io: &str,
     backends: &[SocketAddr],
     scenario: Scenario,
 ) -> String {
     let mut config = format!(
         "listen = \"{listen}\"\nadmin_listen = \"{admin}\"\nworkers = {workers}\n\
-         log_level = \"warn\"\n"
+         io = \"{io}\"\nlog_level = \"warn\"\n"
     );
     for (name, addr) in ["a", "b"].iter().zip(backends) {
         config += &format!("\n[[backend]]\nname = \"{name}\"\naddress = \"{addr}\"\n");
@@ -324,7 +324,8 @@ mod tests {
     fn splitter_config_names_both_backends_and_the_deadline() {
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
-        let c = splitter_config(a, b, 1, &[a, b], Scenario::Deadline);
+        let c = splitter_config(a, b, 1, "epoll", &[a, b], Scenario::Deadline);
+        assert!(c.contains("io = \"epoll\""));
         assert!(c.contains("name = \"b\"\naddress = \"127.0.0.1:2\""));
         assert!(c.contains("timeout_ms = 80"));
     }

@@ -22,7 +22,12 @@ const REQUEST: &[u8] = b"POST / HTTP/1.1\r\nHost: bench\r\nContent-Type: applica
 /// Starts the splitter (fast backends, all CPUs), opens `connections` client connections,
 /// makes one request on each, leaves them idle and reads the splitter's memory.
 pub fn measure(env: &Env, connections: usize) -> anyhow::Result<IdleMemory> {
-    let mut dep = Deployment::start(env, Scenario::Fast, Pinning::Unpinned, Target::Splitter)?;
+    let mut dep = Deployment::start(
+        env,
+        Scenario::Fast,
+        Pinning::Unpinned,
+        Target::SplitterUring,
+    )?;
     let rss_before = dep.measured().rss_kib()?;
     let mut streams = Vec::with_capacity(connections);
     for _ in 0..connections {

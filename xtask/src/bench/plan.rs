@@ -131,14 +131,32 @@ impl Pinning {
 /// What wrk loads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Target {
-    /// The splitter with two mock backends.
-    Splitter,
+    /// The splitter with two mock backends, on its io_uring shell.
+    SplitterUring,
+    /// The same, on its epoll shell.
+    SplitterEpoll,
     /// HAProxy forwarding to one mock backend: the efficiency yardstick.
     Haproxy,
     /// One mock backend, directly: shows the backends and wrk are not the bottleneck.
     Direct,
 }
-named!(Target { Splitter => "splitter", Haproxy => "haproxy", Direct => "direct" });
+named!(Target {
+    SplitterUring => "splitter-uring",
+    SplitterEpoll => "splitter-epoll",
+    Haproxy => "haproxy",
+    Direct => "direct",
+});
+
+impl Target {
+    /// The splitter's `io` setting, for the splitter targets.
+    pub fn splitter_io(self) -> Option<&'static str> {
+        match self {
+            Target::SplitterUring => Some("uring"),
+            Target::SplitterEpoll => Some("epoll"),
+            Target::Haproxy | Target::Direct => None,
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

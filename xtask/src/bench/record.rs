@@ -233,7 +233,7 @@ mod tests {
         let case = Case {
             scenario: Scenario::Fast,
             pinning: Pinning::Pinned,
-            target: Target::Splitter,
+            target: Target::SplitterUring,
         };
         let runs: Vec<Run> = [(30.0, Some(0)), (10.0, Some(2)), (20.0, Some(0))]
             .into_iter()

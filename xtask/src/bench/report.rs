@@ -107,10 +107,13 @@ fn medians_table(md: &mut String, medians: &[Median]) {
 /// The headline: splitter / HAProxy CPU per request, and the capacity it extrapolates to.
 fn headline_table(md: &mut String, medians: &[Median]) {
     md.push_str(
-        "| scenario | pinning | splitter / HAProxy CPU µs per request | splitter capacity on \
-         8 vCPUs (8,000,000 / CPU µs per request) |\n| --- | --- | ---: | ---: |\n",
+        "| scenario | pinning | shell | splitter / HAProxy CPU µs per request | splitter \
+         capacity on 8 vCPUs (8,000,000 / CPU µs per request) |\n| --- | --- | --- | ---: | ---: |\n",
     );
-    for m in medians.iter().filter(|m| m.case.target == Target::Splitter) {
+    for m in medians
+        .iter()
+        .filter(|m| m.case.target.splitter_io().is_some())
+    {
         let splitter = m.sample.cpu_us_per_request;
         let haproxy = cpu_of(
             medians,
@@ -122,9 +125,10 @@ fn headline_table(md: &mut String, medians: &[Median]) {
         let ratio = haproxy.map_or("-".into(), |h| format!("**{:.2}x**", splitter / h));
         let _ = writeln!(
             md,
-            "| {} | {} | {ratio} | {} req/s |",
+            "| {} | {} | {} | {ratio} | {} req/s |",
             m.case.scenario,
             m.case.pinning,
+            m.case.target.splitter_io().unwrap_or("-"),
             thousands(CPU_US_PER_SECOND_ON_8_VCPUS / splitter),
         );
     }
