@@ -11,9 +11,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
 
-use bytes::Bytes;
-
-use super::conn::Conn;
+use super::buffers::{self, Shared};
+use super::conn::{Conn, READ_CHUNK};
 use super::BackendTarget;
 use crate::http1::chunked::ChunkedDecoder;
 use crate::http1::limits::{MAX_RESPONSE_BODY, MAX_RESPONSE_HEAD};
@@ -133,6 +132,15 @@ enum Body {
     Decoded(Vec<u8>),
 }
 
+impl Drop for Response {
+    fn drop(&mut self) {
+        buffers::give(std::mem::take(&mut self.raw));
+        if let Body::Decoded(body) = &mut self.body {
+            buffers::give(std::mem::take(body));
+        }
+    }
+}
+
 impl Response {
     /// The head as the backend sent it (status line and headers).
     pub fn head(&self) -> &[u8] {
@@ -182,12 +190,12 @@ impl ExchangeError {
 /// Returns it with whether the connection may be reused.
 pub async fn exchange(
     conn: &mut BackendConn,
-    request: Bytes,
+    request: Shared,
     head_request: bool,
 ) -> Result<(Response, bool), ExchangeError> {
     conn.stream.write_shared(request).await?;
 
-    let mut raw: Vec<u8> = Vec::new();
+    let mut raw = buffers::take(READ_CHUNK);
     let head = loop {
         if let Some(head) =
             parse_response(&raw).map_err(|e| ExchangeError::Protocol(e.to_string()))?
@@ -215,7 +223,7 @@ pub async fn exchange(
         }
         ResponseFraming::Chunked => {
             let mut decoder = ChunkedDecoder::new(MAX_RESPONSE_BODY);
-            let mut body = Vec::new();
+            let mut body = buffers::take(READ_CHUNK);
             let mut pos = start;
             loop {
                 let step = decoder

@@ -8,8 +8,7 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use bytes::Bytes;
-
+use super::buffers::{self, Shared};
 use super::conn::{Conn, READ_CHUNK};
 use super::fanout::{scatter, Answer, Request};
 use super::{Plan, Worker};
@@ -211,7 +210,7 @@ impl ClientConn {
         plan: &Plan,
         head: &RequestHead,
         deadline: Instant,
-    ) -> Option<(Bytes, usize)> {
+    ) -> Option<(Shared, usize)> {
         let start = head.head_len;
         let have_body = match head.framing {
             BodyFraming::Length(n) => self.buf.len() >= start + n,
@@ -235,7 +234,7 @@ impl ClientConn {
             }
             BodyFraming::Chunked => {
                 let mut decoder = ChunkedDecoder::new(plan.limits.max_body);
-                let mut body = Vec::with_capacity(READ_CHUNK);
+                let mut body = buffers::take(READ_CHUNK);
                 let mut pos = start;
                 loop {
                     match decoder.decode(&self.buf[pos..], &mut body) {
@@ -260,12 +259,15 @@ impl ClientConn {
             }
         };
         // One buffer, written as is to every backend: the forwarded head, the length, the body.
-        let body = body.as_deref().unwrap_or(&self.buf[start..consumed]);
-        let mut request = Vec::with_capacity(self.forward.len() + 32 + body.len());
+        let bytes = body.as_deref().unwrap_or(&self.buf[start..consumed]);
+        let mut request = buffers::take(self.forward.len() + 32 + bytes.len());
         request.extend_from_slice(&self.forward);
-        end_head(&mut request, body.len());
-        request.extend_from_slice(body);
-        Some((Bytes::from(request), consumed))
+        end_head(&mut request, bytes.len());
+        request.extend_from_slice(bytes);
+        if let Some(body) = body {
+            buffers::give(body);
+        }
+        Some((Shared::new(request), consumed))
     }
 
     /// One more read of the request body before `deadline`; on a timeout answers 408. False when

@@ -10,9 +10,10 @@ use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 
-use bytes::Bytes;
 use tokio::io::unix::AsyncFd;
 use tokio_uring::buf::BoundedBuf;
+
+use super::buffers::Shared;
 
 /// Smallest free space offered to a read, so reads are never tiny.
 pub const READ_CHUNK: usize = 8192;
@@ -116,7 +117,7 @@ impl Conn {
     }
 
     /// Writes all of a shared buffer (the request every backend gets).
-    pub async fn write_shared(&self, buf: Bytes) -> io::Result<()> {
+    pub async fn write_shared(&self, buf: Shared) -> io::Result<()> {
         match self {
             Conn::Uring(s) => s.write_all(buf).await.0,
             Conn::Epoll(s) => epoll_write_all(s, &buf).await,

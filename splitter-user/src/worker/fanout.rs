@@ -5,13 +5,15 @@
 //! going on its own: it reads the reply to the end and returns the connection to the pool, or
 //! closes it after [`LATE_GRACE`]. The request side only ever waits on its deadline.
 
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use tokio::sync::mpsc;
-
 use super::backend_pool::{exchange, BackendConn, Response};
+use super::buffers::Shared;
 use super::{Plan, Worker};
 use crate::scatter::exchange::{BackendId, Exchange, Outcome};
 
@@ -36,10 +38,64 @@ enum Reply {
     Failed,
 }
 
+/// Where a request's backend calls leave their replies: a queue and the waker of the request's
+/// task. Everything runs on one thread, so a `RefCell` and a `Cell` are all it takes.
+struct Inbox {
+    replies: RefCell<VecDeque<(BackendId, Reply)>>,
+    waker: RefCell<Option<Waker>>,
+    /// Set once the request has its answer: later replies are late, and forgotten.
+    closed: Cell<bool>,
+}
+
+impl Inbox {
+    fn new(backends: usize) -> Rc<Inbox> {
+        Rc::new(Inbox {
+            replies: RefCell::new(VecDeque::with_capacity(backends)),
+            waker: RefCell::new(None),
+            closed: Cell::new(false),
+        })
+    }
+
+    /// Leaves a reply; false when the request is already answered.
+    fn send(&self, id: BackendId, reply: Reply) -> bool {
+        if self.closed.get() {
+            return false;
+        }
+        self.replies.borrow_mut().push_back((id, reply));
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+        true
+    }
+
+    /// The next reply, waiting for it.
+    async fn recv(&self) -> (BackendId, Reply) {
+        poll_fn(|cx| match self.replies.borrow_mut().pop_front() {
+            Some(reply) => Poll::Ready(reply),
+            None => {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// Closes the inbox when the request side is done, however it ends (even dropped): replies
+/// still on their way are then late.
+struct CloseOnDrop(Rc<Inbox>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.closed.set(true);
+        self.0.replies.borrow_mut().clear();
+    }
+}
+
 /// One request to scatter.
 pub struct Request {
     /// The bytes every backend gets.
-    pub bytes: Bytes,
+    pub bytes: Shared,
     /// A `HEAD`: responses have no body (and so none is valid).
     pub head: bool,
     /// The route's deadline, from now.
@@ -51,7 +107,8 @@ pub struct Request {
 pub async fn scatter(worker: &Rc<Worker>, plan: &Rc<Plan>, request: Request) -> Answer {
     let deadline = Instant::now() + request.timeout;
     let mut exchange = Exchange::new(plan.backends.len(), deadline, plan.prefer);
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let inbox = Inbox::new(plan.backends.len());
+    let _close = CloseOnDrop(Rc::clone(&inbox));
     for id in 0..plan.backends.len() {
         tokio::task::spawn_local(call(
             Rc::clone(worker),
@@ -60,10 +117,9 @@ pub async fn scatter(worker: &Rc<Worker>, plan: &Rc<Plan>, request: Request) -> 
             request.bytes.clone(),
             request.head,
             deadline,
-            tx.clone(),
+            Rc::clone(&inbox),
         ));
     }
-    drop(tx);
 
     let mut best: Option<(BackendId, Response)> = None;
     let timer = tokio::time::sleep_until(deadline.into());
@@ -74,15 +130,13 @@ pub async fn scatter(worker: &Rc<Worker>, plan: &Rc<Plan>, request: Request) -> 
         }
         tokio::select! {
             biased;
-            reply = rx.recv() => match reply {
-                Some((id, Reply::Response(response, value))) => {
+            (id, reply) = inbox.recv() => match reply {
+                Reply::Response(response, value) => {
                     if exchange.handle_reply(id, value, Instant::now()) {
                         best = Some((id, response));
                     }
                 }
-                Some((id, Reply::Failed)) => exchange.handle_failure(id, Instant::now()),
-                // Every call has reported or given up: only the deadline is left.
-                None => (&mut timer).await,
+                Reply::Failed => exchange.handle_failure(id, Instant::now()),
             },
             () = &mut timer => {}
         }
@@ -106,10 +160,10 @@ async fn call(
     worker: Rc<Worker>,
     plan: Rc<Plan>,
     id: BackendId,
-    request: Bytes,
+    request: Shared,
     head_request: bool,
     deadline: Instant,
-    report: mpsc::UnboundedSender<(BackendId, Reply)>,
+    report: Rc<Inbox>,
 ) {
     let target = &plan.backends[id];
     let counters = &worker.counters;
@@ -130,7 +184,7 @@ async fn call(
                         conn
                     }
                     Ok(Err(_)) => {
-                        let _ = report.send((id, Reply::Failed));
+                        report.send(id, Reply::Failed);
                         return;
                     }
                     // The deadline passed while connecting: the request counts it as a timeout.
@@ -166,7 +220,7 @@ async fn call(
                 None
             };
             // A send fails once the request has its answer: this reply is late, and forgotten.
-            let late = report.send((id, Reply::Response(response, value))).is_err();
+            let late = !report.send(id, Reply::Response(response, value));
             if reusable && worker.pools.borrow_mut().put(target.addr, conn) {
                 if late {
                     counters.late_drained(target.slot);
@@ -177,7 +231,7 @@ async fn call(
         }
         Err(_) => {
             counters.backend_closed(target.slot);
-            let _ = report.send((id, Reply::Failed));
+            report.send(id, Reply::Failed);
         }
     }
 }

@@ -8,9 +8,11 @@
 //! - [`fanout`]: one request sent to every backend and the answer chosen, driving
 //!   [`Exchange`](crate::scatter::exchange::Exchange).
 //! - [`backend_pool`]: keep-alive connections to the backends, and one exchange on one of them.
+//! - [`buffers`]: the worker's free list of byte buffers.
 //! - [`conn`]: the sockets of the two I/O shells, io_uring and epoll, behind one type.
 
 pub mod backend_pool;
+pub mod buffers;
 pub mod client_conn;
 pub mod conn;
 pub mod fanout;
