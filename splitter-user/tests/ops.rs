@@ -442,10 +442,15 @@ fn xtask_install_into_a_root_keeps_an_existing_config() {
     assert_eq!(std::fs::read(&bin).unwrap(), std::fs::read(BIN).unwrap());
     assert_eq!(read(&unit), read(&infra("splitter.service")));
     assert_eq!(read(&config), read(&infra("splitter.toml")));
-    for doc in ["OPERATE.md", "tuning.md", "haproxy.cfg"] {
+    for doc in ["tuning.md", "haproxy.cfg"] {
         let installed = root.join("usr/local/share/doc/splitter").join(doc);
         assert_eq!(read(&installed), read(&infra(doc)), "{doc}");
     }
+    let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    assert_eq!(
+        read(&root.join("usr/local/share/doc/splitter/README.md")),
+        read(&readme)
+    );
     assert!(stdout.contains("not the real root"), "{stdout}");
     // No temporary file left behind by the atomic writes.
     for d in ["usr/local/bin", "etc/systemd/system", "etc/splitter"] {

@@ -7,7 +7,7 @@
 //! | `etc/systemd/system/splitter.service`         | `infra/splitter.service`    | 0644 |
 //! | `usr/local/lib/sysusers.d/splitter.conf`      | `infra/splitter.sysusers`   | 0644 |
 //! | `etc/splitter/splitter.toml` (only if absent) | `infra/splitter.toml`       | 0644 |
-//! | `usr/local/share/doc/splitter/*`              | `infra/*.md`, `haproxy.cfg` | 0644 |
+//! | `usr/local/share/doc/splitter/*`              | `README.md`, `infra/tuning.md`, `haproxy.cfg` | 0644 |
 //!
 //! The configuration is the operator's from the first install on: an existing one is never
 //! touched, whatever its content. Every other file is replaced atomically (written next to its
@@ -43,8 +43,9 @@ const UNIT: &str = "etc/systemd/system/splitter.service";
 const SYSUSERS: &str = "usr/local/lib/sysusers.d/splitter.conf";
 const CONFIG: &str = "etc/splitter/splitter.toml";
 const DOC_DIR: &str = "usr/local/share/doc/splitter";
-/// Documents installed under [`DOC_DIR`], from `infra/`.
-const DOCS: [&str; 3] = ["OPERATE.md", "tuning.md", "haproxy.cfg"];
+/// Documents installed under [`DOC_DIR`], from `infra/` (and the README, whose "Operate it"
+/// section is the operator's guide).
+const DOCS: [&str; 2] = ["tuning.md", "haproxy.cfg"];
 
 /// Runs `cargo xtask install`.
 pub fn run(opts: Options) -> anyhow::Result<()> {
@@ -76,6 +77,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     for doc in DOCS {
         files.push((format!("{DOC_DIR}/{doc}"), read(&infra.join(doc))?, 0o644));
     }
+    let readme = crate::workspace_root().join("README.md");
+    files.push((format!("{DOC_DIR}/README.md"), read(&readme)?, 0o644));
     let default_config = read(&infra.join("splitter.toml"))?;
     for (rel, contents, mode) in &files {
         install(root, rel, contents, *mode)?;
