@@ -9,6 +9,7 @@ mod plan;
 mod proc;
 mod record;
 mod report;
+mod soak;
 mod wrk;
 
 use anyhow::{ensure, Context};
@@ -48,6 +49,10 @@ pub struct Options {
     /// Idle keep-alive client connections held open to measure the splitter's memory (0 skips).
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     idle_connections: usize,
+    /// Seconds of one long run sampling the splitter's RSS, to show it does not grow (0 skips;
+    /// default 30, or 0 with --quick).
+    #[arg(long, value_name = "N")]
+    soak_seconds: Option<u32>,
     /// Do not regenerate the performance table in README.md.
     #[arg(long)]
     no_readme: bool,
@@ -94,12 +99,21 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             Some(idle::measure(&env, n)?)
         }
     };
+    let soak_seconds = opts.soak_seconds.unwrap_or(if opts.quick { 0 } else { 30 });
+    let soak = match soak_seconds {
+        0 => None,
+        n => {
+            eprintln!("memory: {n} s of load, RSS sampled every second");
+            Some(soak::measure(&env, n, scripts.load.clone())?)
+        }
+    };
     let record = Record {
         date,
         machine: Machine::probe(&root, env.nproc),
         settings,
         medians: record::medians(&runs),
         idle,
+        soak,
         runs,
     };
     publish(&record, &root, !opts.no_readme)

@@ -66,6 +66,21 @@ pub struct IdleMemory {
     pub kib_per_connection: f64,
 }
 
+/// The splitter's RSS through one long run.
+#[derive(Clone, Debug, Serialize)]
+pub struct SoakMemory {
+    pub seconds: u32,
+    pub requests: u64,
+    /// Seconds of load before `rss_settled_mib` was read.
+    pub settled_after_seconds: usize,
+    /// After a few seconds of load, once pools and buffers have filled.
+    pub rss_settled_mib: f64,
+    /// At the end of the run.
+    pub rss_end_mib: f64,
+    /// One sample a second.
+    pub samples_mib: Vec<f64>,
+}
+
 /// Where and how the runs were made.
 #[derive(Clone, Debug, Serialize)]
 pub struct Machine {
@@ -96,6 +111,7 @@ pub struct Record {
     pub settings: Settings,
     pub medians: Vec<Median>,
     pub idle: Option<IdleMemory>,
+    pub soak: Option<SoakMemory>,
     pub runs: Vec<Run>,
 }
 

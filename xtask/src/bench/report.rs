@@ -31,6 +31,18 @@ pub fn markdown(record: &Record, chart: &str) -> String {
             idle.peak_rss_mib,
         );
     }
+    if let Some(soak) = &record.soak {
+        let _ = writeln!(
+            md,
+            "Growth: through {} s of load ({} requests), the splitter's RSS went from {:.1} MiB \
+             (after {} s) to {:.1} MiB at the end.\n",
+            soak.seconds,
+            thousands(soak.requests as f64),
+            soak.rss_settled_mib,
+            soak.settled_after_seconds,
+            soak.rss_end_mib,
+        );
+    }
     let _ = writeln!(
         md,
         "![CPU µs per request and p99 latency per target]({chart})"
