@@ -76,7 +76,8 @@ impl Conn {
                 let room = spare.len();
                 // SAFETY: `read` writes at most `room` bytes into the spare capacity and
                 // returns how many; those become initialised below and nothing else is read.
-                let dst = unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast(), room) };
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast(), room) };
                 match guard.try_io(|s| s.get_ref().read(dst)) {
                     Ok(Ok(n)) => {
                         // SAFETY: the kernel initialised `n` bytes after `len`.

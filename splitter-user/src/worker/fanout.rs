@@ -119,8 +119,11 @@ async fn call(
         let mut conn = match pooled.take() {
             Some(conn) => conn,
             None => {
-                match tokio::time::timeout_at(deadline.into(), BackendConn::connect(target.addr, worker.uring))
-                    .await
+                match tokio::time::timeout_at(
+                    deadline.into(),
+                    BackendConn::connect(target.addr, worker.uring),
+                )
+                .await
                 {
                     Ok(Ok(conn)) => {
                         counters.backend_connect(target.slot);
