@@ -294,7 +294,7 @@ fn run_unprivileged(config: &str, tag: &str) -> Unprivileged {
     } else {
         Command::new(BIN)
     };
-    let mut child = cmd
+    let child = cmd
         .args(["run", "-c"])
         .arg(&path)
         .env("RUST_LOG", "info")
@@ -304,7 +304,9 @@ fn run_unprivileged(config: &str, tag: &str) -> Unprivileged {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn setpriv (util-linux) and splitter");
-    let stderr = child.stderr.take().unwrap();
+    // Killed and reaped on drop, whatever happens below.
+    let mut proc = common::ProcGuard::new(child);
+    let stderr = proc.child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -324,15 +326,12 @@ fn run_unprivileged(config: &str, tag: &str) -> Unprivileged {
                 }
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            // stderr closed: the process is exiting.
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                status = Some(child.wait().unwrap());
+                status = proc.wait_exit(Duration::from_secs(10));
                 break;
             }
         }
-    }
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
     }
     Unprivileged {
         status,
