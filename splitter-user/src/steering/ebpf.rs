@@ -109,10 +109,8 @@ impl Drop for Attached {
                 tracing::warn!(pin = %self.pin.display(), error = %e, "cannot remove the pin");
             }
         }
-        // The directory too, when nothing else is pinned in it (remove_dir refuses otherwise).
-        if let Some(dir) = self.pin.parent() {
-            let _ = std::fs::remove_dir(dir);
-        }
+        // The directory stays: removing it could race with another instance that has just
+        // created it to pin there.
     }
 }
 
