@@ -95,6 +95,10 @@ pub struct WorkerMetrics {
     pub connections: u64,
     /// Client connections accepted since start.
     pub accepted: u64,
+    /// Connections the eBPF steering program sent to this worker since start (the program is
+    /// its writer, with atomic adds: several CPUs steer at once). Ahead of `accepted` by the
+    /// connections waiting in the worker's accept queue; 0 without eBPF.
+    pub steered: u64,
     /// Responses sent, by status, indexed like [`STATUSES`].
     pub responses: [u64; STATUSES.len()],
     /// Per-backend outcomes, indexed by the backend's metrics slot.
@@ -120,17 +124,21 @@ impl Default for WorkerMetrics {
 pub struct Load {
     /// Requests read and not yet answered.
     pub in_flight: u64,
-    /// Client connections open.
+    /// Client connections open, and those steered to the worker but not yet accepted.
     pub connections: u64,
 }
 
 impl Load {
-    /// The load a worker publishes in its metrics cell.
+    /// The load a worker publishes in its metrics cell. Connections still in the accept queue
+    /// count: a worker's own gauges move only when it accepts, and without them a burst of SYNs
+    /// would all go to whichever worker looked least loaded before the burst.
     #[inline(always)]
     pub fn of(m: &WorkerMetrics) -> Load {
         Load {
             in_flight: m.in_flight,
-            connections: m.connections,
+            connections: m
+                .connections
+                .wrapping_add(m.steered.saturating_sub(m.accepted)),
         }
     }
 }
@@ -242,6 +250,33 @@ mod tests {
             Some(Load::default())
         });
         assert_eq!(seen.get() as usize, MAX_WORKERS);
+    }
+
+    #[test]
+    fn load_counts_connections_waiting_to_be_accepted() {
+        let mut m = WorkerMetrics {
+            in_flight: 2,
+            connections: 3,
+            accepted: 10,
+            steered: 12,
+            ..Default::default()
+        };
+        assert_eq!(
+            Load::of(&m),
+            Load {
+                in_flight: 2,
+                connections: 5
+            }
+        );
+        // Accepts that were not steered (before the program was attached) never go negative.
+        m.steered = 4;
+        assert_eq!(
+            Load::of(&m),
+            Load {
+                in_flight: 2,
+                connections: 3
+            }
+        );
     }
 
     #[test]

@@ -12,6 +12,10 @@
 //! On the host (clippy, `cargo test --workspace`) this is an empty binary: the program only
 //! exists for the BPF target, built by `splitter-user/build.rs`.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
+// `atomic_xadd`: the BPF target has atomic add but no compare-and-swap, so `AtomicU64::fetch_add`
+// does not compile there.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 mod maps;
 
@@ -43,7 +47,32 @@ fn try_steer(ctx: &SkReuseportContext) -> Result<(), c_long> {
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let worker = least_loaded(WORKERS.load(), cpu, |i| WORKER_METRICS.get(i).map(Load::of))
         .ok_or(NO_WORKER)?;
-    WORKER_SOCKETS.select_reuseport(ctx, worker)
+    WORKER_SOCKETS.select_reuseport(ctx, worker)?;
+    // Counted at once: the worker's own gauges move only when it accepts, and the next SYN,
+    // maybe a microsecond later, must see this one (see `Load::of`).
+    if let Some(cell) = WORKER_METRICS.get_ptr_mut(worker) {
+        // SAFETY: a live value of the array map; `steered` is written only here, atomically.
+        unsafe { add_one(&raw mut (*cell).steered) };
+    }
+    Ok(())
+}
+
+/// Atomically adds 1 to a counter other CPUs may bump at the same time.
+#[inline(always)]
+unsafe fn add_one(word: *mut u64) {
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: the caller's pointer is valid and aligned.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            word, 1,
+        );
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: as above (the host build is only type-checked, never loaded).
+    unsafe {
+        core::sync::atomic::AtomicU64::from_ptr(word)
+            .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 #[cfg(target_arch = "bpf")]

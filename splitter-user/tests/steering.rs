@@ -268,6 +268,25 @@ fn idle_workers_take_new_connections_in_turn() {
     }
 }
 
+#[test]
+fn a_burst_of_connections_does_not_herd_onto_one_worker() {
+    require_privileged!();
+    let pins = PinDir::new("burst");
+    let backend = Mock::start("a", &[]);
+    let s = Splitter::start(&steering_config(2, "ebpf", &pins.0, &backend, 450));
+    let map = pins.map();
+    // Back to back, without waiting for the workers to accept: their own gauges lag, so only
+    // the program's count of what it steered keeps the choice from repeating.
+    const BURST: u64 = 16;
+    let held: Vec<_> = (0..BURST).map(|_| s.client()).collect();
+    let cells = wait_dump(&map, "the burst accepted", |c| {
+        sum(c, |c| c.accepted) == BURST
+    });
+    let most = cells.iter().map(|c| c.accepted).max().unwrap();
+    assert!(most <= BURST / 2 + 2, "{cells:?}");
+    drop(held);
+}
+
 /// What an unprivileged `splitter run` did: its exit (None if it kept running) and its stderr.
 struct Unprivileged {
     status: Option<std::process::ExitStatus>,
