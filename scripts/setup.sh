@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh Debian 12 machine: the pinned Rust toolchain and the Debian
-# packages the tests and benchmarks use (wrk, haproxy, bpftool). Sourced by ../demo.sh and ../test.sh.
+# packages the tests and benchmarks use (wrk, haproxy, bpftool), and the eBPF toolchain (nightly,
+# bpf-linker). Sourced by ../demo.sh and ../test.sh.
 set -euo pipefail
 
 if ! command -v rustup >/dev/null 2>&1; then
@@ -28,5 +29,15 @@ if [ "${SPLITTER_SKIP_APT:-0}" != 1 ]; then
     else
       echo "note: ${need[*]} missing and not root: the tests that need them will say so and skip" >&2
     fi
+  fi
+fi
+
+# The eBPF steering program: the pinned nightly with rust-src, and bpf-linker built against that
+# nightly's LLVM (cargo xtask setup-ebpf installs only what is missing). Without them splitter
+# still builds and falls back to SO_REUSEPORT, so a failure here warns and goes on.
+if [ "${SPLITTER_NO_EBPF:-0}" != 1 ]; then
+  if ! (cd "$(dirname "${BASH_SOURCE[0]}")/.." && cargo xtask setup-ebpf); then
+    echo "warning: eBPF toolchain set-up failed: splitter will build without eBPF steering" \
+      "(SO_REUSEPORT fallback); see the output above" >&2
   fi
 fi

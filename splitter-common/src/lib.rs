@@ -3,6 +3,10 @@
 //! Everything here is `#[repr(C)]` and `bytemuck::Pod`: the same bytes are a BPF map value on one
 //! side and a Rust struct on the other. Fields are `u64` only, so there is no hidden padding and
 //! `bpftool map dump` prints every field by name.
+//!
+//! It also holds what both sides must agree on by name: the eBPF toolchain, the map and program
+//! names, and the steering policy ([`least_loaded`]), which the program runs in the kernel and the
+//! unit tests below run on the host.
 #![no_std]
 
 use bytemuck::{Pod, Zeroable};
@@ -12,6 +16,25 @@ pub const MAX_BACKENDS: usize = 16;
 
 /// Most workers (one per CPU) whose counters the metrics map holds.
 pub const MAX_WORKERS: usize = 256;
+
+/// The nightly toolchain that builds `splitter-ebpf` (with `rust-src` and bpf-linker), used by
+/// `splitter-user/build.rs` and `cargo xtask setup-ebpf`. bpf-linker is linked against this
+/// nightly's libLLVM, so moving it means rebuilding bpf-linker (xtask does).
+pub const EBPF_TOOLCHAIN: &str = "nightly-2026-10-30";
+
+/// The `sk_reuseport` program that picks a worker for each new connection.
+pub const STEER_PROGRAM: &str = "steer";
+
+/// The `BPF_F_MMAPABLE` array of [`WorkerMetrics`], key = worker index. Workers write it through
+/// a shared mapping; the steering program reads each worker's load from it; `bpftool` dumps it.
+/// Kernel object names are at most 15 bytes: these names are kept short enough to stay whole.
+pub const METRICS_MAP: &str = "WORKER_METRICS";
+
+/// The `REUSEPORT_SOCKARRAY` of the workers' listeners, key = worker index.
+pub const SOCKETS_MAP: &str = "WORKER_SOCKETS";
+
+/// The program's read-only global holding the number of workers, set at load time.
+pub const WORKERS_GLOBAL: &str = "WORKERS";
 
 /// Client-facing statuses the splitter can send, in the order of [`WorkerMetrics::responses`].
 /// The chosen backend response is always a 200 (only a 200 is valid, SPEC section 2).
@@ -72,6 +95,10 @@ pub struct WorkerMetrics {
     pub connections: u64,
     /// Client connections accepted since start.
     pub accepted: u64,
+    /// Connections the eBPF steering program sent to this worker since start (the program is
+    /// its writer, with atomic adds: several CPUs steer at once). Ahead of `accepted` by the
+    /// connections waiting in the worker's accept queue; 0 without eBPF.
+    pub steered: u64,
     /// Responses sent, by status, indexed like [`STATUSES`].
     pub responses: [u64; STATUSES.len()],
     /// Per-backend outcomes, indexed by the backend's metrics slot.
@@ -88,6 +115,67 @@ impl Default for WorkerMetrics {
     fn default() -> Self {
         Zeroable::zeroed()
     }
+}
+
+/// How busy a worker is, as the steering policy compares it: requests in flight first (what a new
+/// connection's first request would queue behind), then open connections (what may send more).
+/// Field order is comparison order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Load {
+    /// Requests read and not yet answered.
+    pub in_flight: u64,
+    /// Client connections open, and those steered to the worker but not yet accepted.
+    pub connections: u64,
+}
+
+impl Load {
+    /// The load a worker publishes in its metrics cell. Connections still in the accept queue
+    /// count: a worker's own gauges move only when it accepts, and without them a burst of SYNs
+    /// would all go to whichever worker looked least loaded before the burst.
+    #[inline(always)]
+    pub fn of(m: &WorkerMetrics) -> Load {
+        Load {
+            in_flight: m.in_flight,
+            connections: m
+                .connections
+                .wrapping_add(m.steered.saturating_sub(m.accepted)),
+        }
+    }
+}
+
+/// The worker a new connection should go to: the least loaded of `workers` (by [`Load`]); on a
+/// tie, the first in the order that starts at `first` (the worker of the CPU that took the SYN,
+/// whose caches are warm) and wraps around. Workers whose load cannot be read are skipped;
+/// `None` when none can be.
+///
+/// The loop has a constant bound ([`MAX_WORKERS`]) so the BPF verifier accepts it.
+#[inline(always)]
+pub fn least_loaded(workers: u32, first: u32, load: impl Fn(u32) -> Option<Load>) -> Option<u32> {
+    if workers == 0 {
+        return None;
+    }
+    let workers = if workers > MAX_WORKERS as u32 {
+        MAX_WORKERS as u32
+    } else {
+        workers
+    };
+    let first = first % workers;
+    let mut best: Option<(Load, u32)> = None;
+    for step in 0..MAX_WORKERS as u32 {
+        if step >= workers {
+            break;
+        }
+        let mut worker = first + step;
+        if worker >= workers {
+            worker -= workers;
+        }
+        let Some(l) = load(worker) else { continue };
+        // Strictly less: an equal load never displaces a worker met earlier in the rotation.
+        if best.is_none_or(|(b, _)| l < b) {
+            best = Some((l, worker));
+        }
+    }
+    best.map(|(_, worker)| worker)
 }
 
 #[cfg(test)]
@@ -109,6 +197,86 @@ mod tests {
         assert_eq!(status_slot(200), Some(0));
         assert_eq!(status_slot(503), Some(STATUSES.len() - 1));
         assert_eq!(status_slot(418), None);
+    }
+
+    fn loads(table: &[(u64, u64)]) -> impl Fn(u32) -> Option<Load> + '_ {
+        |i| {
+            table.get(i as usize).map(|&(in_flight, connections)| Load {
+                in_flight,
+                connections,
+            })
+        }
+    }
+
+    #[test]
+    fn steering_prefers_fewest_in_flight_then_fewest_connections() {
+        // (in_flight, connections) per worker; the SYN arrived on CPU 0.
+        for (table, want) in [
+            (&[(1, 1), (0, 5)][..], 1),
+            (&[(0, 3), (0, 2), (0, 4)][..], 1),
+            (&[(2, 0), (1, 9), (1, 8)][..], 2),
+        ] {
+            assert_eq!(
+                least_loaded(table.len() as u32, 0, loads(table)),
+                Some(want)
+            );
+        }
+    }
+
+    #[test]
+    fn steering_ties_go_to_the_syn_cpu_then_round_from_it() {
+        let idle = [(0, 0); 4];
+        for cpu in 0..8 {
+            assert_eq!(least_loaded(4, cpu, loads(&idle)), Some(cpu % 4));
+        }
+        // Workers 0 and 3 tie for least; the rotation from CPU 2 meets 3 first.
+        let table = [(0, 1), (0, 2), (0, 2), (0, 1)];
+        assert_eq!(least_loaded(4, 2, loads(&table)), Some(3));
+    }
+
+    #[test]
+    fn steering_skips_unreadable_workers_and_bounds_the_count() {
+        assert_eq!(least_loaded(0, 0, loads(&[])), None);
+        assert_eq!(
+            least_loaded(3, 0, |i| (i == 2).then_some(Load::default())),
+            Some(2)
+        );
+        assert_eq!(least_loaded(3, 0, |_| None), None);
+        // More workers than MAX_WORKERS: only the first MAX_WORKERS are looked at.
+        let seen = core::cell::Cell::new(0u32);
+        least_loaded(u32::MAX, 0, |i| {
+            assert!((i as usize) < MAX_WORKERS);
+            seen.set(seen.get() + 1);
+            Some(Load::default())
+        });
+        assert_eq!(seen.get() as usize, MAX_WORKERS);
+    }
+
+    #[test]
+    fn load_counts_connections_waiting_to_be_accepted() {
+        let mut m = WorkerMetrics {
+            in_flight: 2,
+            connections: 3,
+            accepted: 10,
+            steered: 12,
+            ..Default::default()
+        };
+        assert_eq!(
+            Load::of(&m),
+            Load {
+                in_flight: 2,
+                connections: 5
+            }
+        );
+        // Accepts that were not steered (before the program was attached) never go negative.
+        m.steered = 4;
+        assert_eq!(
+            Load::of(&m),
+            Load {
+                in_flight: 2,
+                connections: 3
+            }
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //!   - [`worker`]: the data plane, one pinned `tokio-uring` thread per CPU.
 //!   - [`control`]: the control plane on plain `tokio`: admin HTTP, signals, reload, shutdown.
 //!   - [`metrics`]: per-worker counter cells and their Prometheus rendering.
+//!   - [`steering`]: how new connections reach the workers: the eBPF program, or `SO_REUSEPORT`.
 //! - Tools that ship with the product: [`mock_backend`], [`demo`].
 
 pub mod config;
@@ -26,4 +27,5 @@ pub mod http1;
 pub mod metrics;
 pub mod mock_backend;
 pub mod scatter;
+pub mod steering;
 pub mod worker;

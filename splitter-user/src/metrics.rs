@@ -7,6 +7,7 @@
 //! when scraped. Recording handles live on the hot path, the renderer in the control plane.
 
 use std::fmt;
+use std::os::fd::{AsRawFd as _, BorrowedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,6 +36,23 @@ pub struct MetricsRegion {
 
 enum Backing {
     Heap(#[allow(dead_code)] Box<[WorkerMetrics]>),
+    Bpf(#[allow(dead_code)] SharedMapping),
+}
+
+/// The value array of a `BPF_F_MMAPABLE` BPF array map, mapped `MAP_SHARED`: the kernel's own
+/// pages, so the steering program and `bpftool` read exactly what the workers write. The mapping
+/// holds its own reference on the map: it stays valid after the map's fd closes or its pin is
+/// removed, until it is unmapped on drop.
+struct SharedMapping {
+    addr: NonNull<libc::c_void>,
+    len: usize,
+}
+
+impl Drop for SharedMapping {
+    fn drop(&mut self) {
+        // SAFETY: exactly the range `mmap` returned, unmapped once; no handle outlives us.
+        unsafe { libc::munmap(self.addr.as_ptr(), self.len) };
+    }
 }
 
 // SAFETY: the region is only accessed through atomic loads and stores (`cell`), so sharing it
@@ -52,6 +70,42 @@ impl MetricsRegion {
             workers,
             _backing: Backing::Heap(cells),
         })
+    }
+
+    /// Cells in the value array of a `BPF_F_MMAPABLE` array map (`map`), one per worker: the
+    /// map must hold at least `workers` values of exactly `size_of::<WorkerMetrics>()` bytes (the
+    /// kernel lays an mmapable array's values out back to back from offset 0).
+    pub fn bpf_array(map: BorrowedFd<'_>, workers: usize) -> std::io::Result<Arc<Self>> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let len = (workers * size_of::<WorkerMetrics>()).next_multiple_of(page);
+        // SAFETY: a fresh shared mapping of the map's fd; the kernel checks `len` against the
+        // map's size and refuses (EINVAL) an array created without BPF_F_MMAPABLE.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.as_raw_fd(),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let addr = NonNull::new(addr).expect("mmap never maps page 0");
+        Ok(Arc::new(MetricsRegion {
+            // Page-aligned, so aligned for WorkerMetrics (u64 fields); zeroed by the kernel.
+            base: addr.cast(),
+            workers,
+            _backing: Backing::Bpf(SharedMapping { addr, len }),
+        }))
+    }
+
+    /// Whether the cells live in a BPF map (and so are visible to `bpftool`).
+    pub fn is_bpf(&self) -> bool {
+        matches!(self._backing, Backing::Bpf(_))
     }
 
     /// Number of worker cells.

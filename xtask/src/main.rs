@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own tasks, one module per subcommand.
 
 mod bench;
+mod ebpf;
 mod install;
 
 use clap::{Parser, Subcommand};
@@ -18,12 +19,15 @@ enum Command {
     Bench(bench::Options),
     /// Build release and install the binary, the systemd unit and a default configuration.
     Install(install::Options),
+    /// Install the eBPF toolchain when missing: the pinned nightly with rust-src, and bpf-linker.
+    SetupEbpf(ebpf::Options),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Bench(opts) => bench::run(opts),
         Command::Install(opts) => install::run(opts),
+        Command::SetupEbpf(opts) => ebpf::run(opts),
     }
 }
 

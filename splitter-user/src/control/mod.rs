@@ -16,7 +16,8 @@ use splitter_common::MAX_BACKENDS;
 use tokio::sync::{oneshot, watch};
 
 use crate::config::{Config, IoMode};
-use crate::metrics::{MetricsRegion, Renderer};
+use crate::metrics::Renderer;
+use crate::steering::{self, Steering};
 use crate::worker::{self, Loaded, WorkerSpec};
 
 /// A running splitter: workers, admin server, and the channels to steer them.
@@ -36,6 +37,10 @@ pub struct Server {
     fixed: Fixed,
     /// The I/O shell the workers run.
     io: Shell,
+    /// How new connections reach the workers.
+    steering: Steering,
+    /// With eBPF steering: the program and maps, unpinned on drop, after the workers stop.
+    _attached: Option<steering::Attached>,
 }
 
 /// The I/O shell of the data plane.
@@ -122,7 +127,11 @@ impl Server {
         admin_listener.set_nonblocking(true)?;
         let admin = admin_listener.local_addr()?;
 
-        let region = MetricsRegion::heap(count);
+        // Steering decides where the metrics cells live (a BPF map with eBPF), so it comes
+        // before the workers get their handles.
+        let steered = steering::start(&config.steering, &listeners)
+            .context("`steering.mode = \"ebpf\"` cannot run here")?;
+        let region = steered.region;
         let renderer = Renderer::new(Arc::clone(&region));
         let mut slots = vec![None; MAX_BACKENDS];
         let loaded = Arc::new(Self::assign(&mut slots, &renderer, config));
@@ -179,6 +188,8 @@ impl Server {
             slots: std::sync::Mutex::new(slots),
             fixed,
             io,
+            steering: steered.mode,
+            _attached: steered.attached,
         })
     }
 
@@ -212,6 +223,11 @@ impl Server {
     /// The I/O shell the workers run.
     pub fn io(&self) -> Shell {
         self.io
+    }
+
+    /// How new connections reach the workers.
+    pub fn steering(&self) -> Steering {
+        self.steering
     }
 
     /// The metrics renderer, for in-process readers (the demo).
@@ -319,7 +335,7 @@ pub fn run(path: &Path, config: Config) -> anyhow::Result<()> {
         admin = %server.admin_addr(),
         workers = worker_count(config.workers),
         io = server.io().name(),
-        steering = "reuseport",
+        steering = server.steering().name(),
         backends = %config
             .backends
             .iter()

@@ -1,0 +1,397 @@
+//! eBPF steering, black-box: real `splitter run` processes, real loopback connections, and the
+//! pinned metrics map read back through `bpftool map dump -j`, the operator's view.
+//!
+//! Needs root (CAP_BPF, CAP_NET_ADMIN, a bpffs) and a build with the eBPF object; CI has both.
+//! Elsewhere each test prints why it skips and passes. Every test pins under its own
+//! `/sys/fs/bpf/splitter-test-<pid>-<name>`, removed by a guard even when the test fails.
+
+mod common;
+
+use std::io::{BufRead as _, BufReader};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{bid, config, Mock, Splitter, BIN, READY_TIMEOUT};
+
+/// The map's name, as `splitter-common` spells it (the pin is `<pin_dir>/<name>`).
+const METRICS_MAP: &str = "WORKER_METRICS";
+
+/// Why this machine cannot run the privileged tests, if it cannot.
+fn skip_privileged() -> Option<&'static str> {
+    if cfg!(splitter_no_ebpf) {
+        return Some("this build has no eBPF object (run `cargo xtask setup-ebpf`, rebuild)");
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root: loading eBPF needs CAP_BPF and CAP_NET_ADMIN");
+    }
+    if Command::new("bpftool").arg("version").output().is_err() {
+        return Some("bpftool is not installed");
+    }
+    None
+}
+
+macro_rules! require_privileged {
+    () => {
+        if let Some(why) = skip_privileged() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+
+/// A per-test pin directory, emptied and removed on drop (also when the test panics).
+struct PinDir(PathBuf);
+
+impl PinDir {
+    fn new(test: &str) -> PinDir {
+        PinDir(PathBuf::from(format!(
+            "/sys/fs/bpf/splitter-test-{}-{test}",
+            std::process::id()
+        )))
+    }
+
+    fn map(&self) -> PathBuf {
+        self.0.join(METRICS_MAP)
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.map());
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A configuration with `workers` workers, one backend, one route and `[steering]`.
+fn steering_config(
+    workers: usize,
+    mode: &str,
+    pin_dir: &Path,
+    backend: &Mock,
+    timeout_ms: u64,
+) -> String {
+    let mut c = config(
+        &format!("workers = {workers}"),
+        "",
+        &[(backend.name.as_str(), backend.addr)],
+        &[("/", timeout_ms)],
+    );
+    c.push_str(&format!(
+        "[steering]\nmode = \"{mode}\"\npin_dir = \"{}\"\n",
+        pin_dir.display()
+    ));
+    c
+}
+
+/// One worker's figures as `bpftool` prints them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Cell {
+    requests: u64,
+    in_flight: u64,
+    connections: u64,
+    accepted: u64,
+}
+
+/// `bpftool -j map dump pinned <map>`, one [`Cell`] per worker, by key.
+fn dump(map: &Path) -> Vec<Cell> {
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(map)
+        .output()
+        .expect("run bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool map dump pinned {}: {}",
+        map.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let entries: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    let mut cells: Vec<(u64, Cell)> = entries
+        .as_array()
+        .expect("a JSON array of entries")
+        .iter()
+        .map(|e| {
+            // With BTF, bpftool adds `formatted`: the key and the value by field name.
+            let f = &e["formatted"];
+            let field = |name: &str| {
+                f["value"][name]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("no field {name} in {f}"))
+            };
+            let cell = Cell {
+                requests: field("requests"),
+                in_flight: field("in_flight"),
+                connections: field("connections"),
+                accepted: field("accepted"),
+            };
+            (f["key"].as_u64().expect("a numeric key"), cell)
+        })
+        .collect();
+    cells.sort_by_key(|&(k, _)| k);
+    cells.into_iter().map(|(_, c)| c).collect()
+}
+
+/// Polls the map until `pred` holds (bounded); returns the last dump.
+fn wait_dump(map: &Path, what: &str, pred: impl Fn(&[Cell]) -> bool) -> Vec<Cell> {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let cells = dump(map);
+        if pred(&cells) {
+            return cells;
+        }
+        assert!(
+            Instant::now() < until,
+            "timed out waiting for {what}: {cells:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sum(cells: &[Cell], f: impl Fn(&Cell) -> u64) -> u64 {
+    cells.iter().map(f).sum()
+}
+
+#[test]
+fn ebpf_mode_loads_attaches_logs_it_and_unpins_on_exit() {
+    require_privileged!();
+    let pins = PinDir::new("load");
+    let backend = Mock::start("a", &[]);
+    let mut s = Splitter::start(&steering_config(2, "ebpf", &pins.0, &backend, 450));
+    let logs = s.log_snapshot().join("\n");
+    assert!(
+        logs.contains("steering=\"ebpf\"") && logs.contains("eBPF sk_reuseport"),
+        "start-up did not report eBPF steering:\n{logs}"
+    );
+    assert!(pins.map().exists(), "no pin at {}", pins.map().display());
+    // The attached program must not break serving.
+    s.request(&bid("/", "r1")).assert_won("r1");
+
+    s.signal(libc::SIGTERM);
+    let status = s.proc.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(!pins.map().exists(), "the pin outlived the process");
+}
+
+#[test]
+fn bpftool_shows_exactly_the_requests_sent() {
+    require_privileged!();
+    let pins = PinDir::new("count");
+    let backend = Mock::start("a", &[]);
+    let s = Splitter::start(&steering_config(2, "ebpf", &pins.0, &backend, 450));
+    const SENT: u64 = 17;
+    // Some on fresh connections (spread over the workers), some on one kept-alive connection.
+    for i in 0..SENT / 2 {
+        s.request(&bid("/", &format!("fresh-{i}")))
+            .assert_won(&format!("fresh-{i}"));
+    }
+    let mut kept = s.client();
+    for i in SENT / 2..SENT {
+        kept.request(&bid("/", &format!("kept-{i}")))
+            .assert_won(&format!("kept-{i}"));
+    }
+    let cells = dump(&pins.map());
+    assert_eq!(cells.len(), 2, "one entry per worker: {cells:?}");
+    assert_eq!(sum(&cells, |c| c.requests), SENT, "{cells:?}");
+    // `/metrics` reads the same memory: the two views agree.
+    let metrics = s.admin_get("/metrics").body_str();
+    assert!(
+        metrics.contains(&format!("splitter_requests_total {SENT}\n")),
+        "/metrics disagrees with bpftool ({cells:?}):\n{metrics}"
+    );
+}
+
+#[test]
+fn busy_worker_gets_no_new_connections_while_another_is_idle() {
+    require_privileged!();
+    let pins = PinDir::new("busy");
+    // Slow enough that the first request stays in flight while the others connect.
+    let backend = Mock::start("slow", &["--delay-ms", "3000"]);
+    let s = Splitter::start(&steering_config(2, "ebpf", &pins.0, &backend, 5000));
+    let map = pins.map();
+
+    let mut slow = s.client();
+    slow.send(&bid("/", "slow"));
+    let cells = wait_dump(&map, "a request in flight", |c| {
+        sum(c, |c| c.in_flight) == 1
+    });
+    let busy = cells.iter().position(|c| c.in_flight == 1).unwrap();
+    let idle = 1 - busy;
+
+    const NEW: u64 = 6;
+    let mut held = Vec::new();
+    for k in 1..=NEW {
+        held.push(TcpStream::connect(s.addr).expect("connect"));
+        wait_dump(&map, "the connection accepted", |c| {
+            sum(c, |c| c.accepted) == 1 + k
+        });
+    }
+    let cells = dump(&map);
+    assert_eq!(
+        (cells[busy].accepted, cells[idle].accepted),
+        (1, NEW),
+        "worker {busy} has a request in flight: every new connection belongs to worker \
+         {idle}: {cells:?}"
+    );
+    // The slow request still completes on the busy worker.
+    slow.read_response().assert_won("slow");
+}
+
+#[test]
+fn idle_workers_take_new_connections_in_turn() {
+    require_privileged!();
+    let pins = PinDir::new("spread");
+    let backend = Mock::start("a", &[]);
+    let s = Splitter::start(&steering_config(2, "ebpf", &pins.0, &backend, 450));
+    let map = pins.map();
+    // With nothing in flight the fewest open connections wins, so one at a time (each accepted
+    // before the next) the two workers alternate: 4 and 4, where a 4-tuple hash gives any split.
+    let mut held = Vec::new();
+    for k in 1..=8 {
+        held.push(s.client());
+        wait_dump(&map, "the connection counted", |c| {
+            sum(c, |c| c.connections) == k
+        });
+    }
+    let cells = dump(&map);
+    assert_eq!(
+        (cells[0].connections, cells[1].connections),
+        (4, 4),
+        "{cells:?}"
+    );
+    // And a request on each still works.
+    for (i, c) in held.iter_mut().enumerate() {
+        c.request(&bid("/", &format!("c{i}")))
+            .assert_won(&format!("c{i}"));
+    }
+}
+
+#[test]
+fn a_burst_of_connections_does_not_herd_onto_one_worker() {
+    require_privileged!();
+    let pins = PinDir::new("burst");
+    let backend = Mock::start("a", &[]);
+    let s = Splitter::start(&steering_config(2, "ebpf", &pins.0, &backend, 450));
+    let map = pins.map();
+    // Back to back, without waiting for the workers to accept: their own gauges lag, so only
+    // the program's count of what it steered keeps the choice from repeating.
+    const BURST: u64 = 16;
+    let held: Vec<_> = (0..BURST).map(|_| s.client()).collect();
+    let cells = wait_dump(&map, "the burst accepted", |c| {
+        sum(c, |c| c.accepted) == BURST
+    });
+    let most = cells.iter().map(|c| c.accepted).max().unwrap();
+    assert!(most <= BURST / 2 + 2, "{cells:?}");
+    drop(held);
+}
+
+/// What an unprivileged `splitter run` did: its exit (None if it kept running) and its stderr.
+struct Unprivileged {
+    status: Option<std::process::ExitStatus>,
+    stderr: String,
+}
+
+/// Runs the splitter without CAP_BPF, CAP_NET_ADMIN or CAP_SYS_ADMIN (dropped from the bounding
+/// set by `setpriv`, so even root's exec does not get them back) until it exits or logs
+/// `splitter started`, then stops it.
+fn run_unprivileged(config: &str, tag: &str) -> Unprivileged {
+    let dir = common::TempDir::new(tag);
+    let path = dir.write("splitter.toml", config);
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = if root {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--inh-caps=-all",
+            "--bounding-set=-bpf,-net_admin,-sys_admin",
+            "--",
+            BIN,
+        ]);
+        c
+    } else {
+        Command::new(BIN)
+    };
+    let child = cmd
+        .args(["run", "-c"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn setpriv (util-linux) and splitter");
+    // Killed and reaped on drop, whatever happens below.
+    let mut proc = common::ProcGuard::new(child);
+    let stderr = proc.child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let until = Instant::now() + READY_TIMEOUT;
+    let mut lines = Vec::new();
+    let mut status = None;
+    while Instant::now() < until {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(line) => {
+                let started = line.contains("splitter started");
+                lines.push(line);
+                if started {
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            // stderr closed: the process is exiting.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                status = proc.wait_exit(Duration::from_secs(10));
+                break;
+            }
+        }
+    }
+    Unprivileged {
+        status,
+        stderr: common::strip_ansi(&lines.join("\n")),
+    }
+}
+
+#[test]
+fn ebpf_mode_without_privileges_fails_naming_the_capabilities() {
+    if cfg!(splitter_no_ebpf) {
+        eprintln!("skipped: this build has no eBPF object, so that is the error it reports");
+        return;
+    }
+    let pins = PinDir::new("noprivs");
+    let backend = Mock::start("a", &[]);
+    let run = run_unprivileged(
+        &steering_config(1, "ebpf", &pins.0, &backend, 450),
+        "noprivs",
+    );
+    let status = run
+        .status
+        .expect("`mode = \"ebpf\"` without privileges must not start");
+    assert!(!status.success(), "exit status {status:?}");
+    assert!(
+        run.stderr.contains("CAP_BPF") && run.stderr.contains("CAP_NET_ADMIN"),
+        "the error must name the missing capabilities:\n{}",
+        run.stderr
+    );
+    assert!(!pins.map().exists());
+}
+
+#[test]
+fn auto_mode_without_privileges_falls_back_to_reuseport_and_says_why() {
+    let pins = PinDir::new("auto");
+    let backend = Mock::start("a", &[]);
+    let run = run_unprivileged(&steering_config(1, "auto", &pins.0, &backend, 450), "auto");
+    assert!(run.status.is_none(), "did not start:\n{}", run.stderr);
+    assert!(
+        run.stderr.contains("falling back to the SO_REUSEPORT hash")
+            && run.stderr.contains("steering=\"reuseport\""),
+        "no fallback line, or the start line does not say reuseport:\n{}",
+        run.stderr
+    );
+}
