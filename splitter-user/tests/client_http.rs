@@ -399,6 +399,51 @@ fn over_max_in_flight_gets_503() {
 }
 
 #[test]
+fn max_in_flight_is_for_the_whole_process_whatever_the_workers() {
+    // Four workers, a limit of two: once two requests are in progress, a request refused on any
+    // worker proves the limit is not split per worker.
+    let (arrived_tx, arrived_rx) = mpsc::channel::<String>();
+    let arrived_tx = std::sync::Mutex::new(arrived_tx);
+    let peer = RawPeer::start(move |mut conn| {
+        while let Some(req) = conn.next_request() {
+            let _ = arrived_tx.lock().unwrap().send(req.req_id());
+            thread::sleep(Duration::from_millis(800));
+            if !conn.write(&http_json(&priced_body("p", &req.req_id(), "1"), "")) {
+                return;
+            }
+        }
+    });
+    let s = Splitter::start(&config(
+        "workers = 4\nmax_in_flight = 2",
+        "",
+        &[("p", peer.addr)],
+        &[("/", 3000)],
+    ));
+    let mut busy: Vec<_> = (1..=2)
+        .map(|i| {
+            let mut c = s.client();
+            c.send(&bid("/x", &format!("busy-{i}")));
+            c
+        })
+        .collect();
+    for _ in 0..2 {
+        arrived_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("both requests reach the backend");
+    }
+    for i in 0..6 {
+        let r = s.request(&bid("/x", &format!("over-{i}")));
+        assert_eq!(r.status, 503, "request {i} over a limit of 2: {r:?}");
+    }
+    for (i, c) in busy.iter_mut().enumerate() {
+        c.read_response().assert_won(&format!("busy-{}", i + 1));
+    }
+    let mut after = s.client();
+    after.send(&bid("/x", "after"));
+    after.read_response().assert_won("after");
+}
+
+#[test]
 fn bad_request_does_not_affect_a_concurrent_good_request() {
     let a = Mock::start("a", &["--price", "1", "--delay-ms", "300"]);
     let s = Splitter::start(&config("", "", &[("a", a.addr)], &[("/", 2000)]));

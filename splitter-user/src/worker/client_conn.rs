@@ -106,13 +106,12 @@ impl ClientConn {
             let started = Instant::now();
             let closing = closing || *worker.shutdown.borrow();
             let conn = conn_header(closing);
-            if worker.in_flight.get() >= plan.max_in_flight {
+            if !worker.admission.admit() {
                 if !self.respond(worker, 503, conn, Some(started)).await || closing {
                     return;
                 }
                 continue;
             }
-            worker.in_flight.set(worker.in_flight.get() + 1);
             worker.counters.in_flight(1);
             let is_head = self.forward.starts_with(b"HEAD ");
             let request = Request {
@@ -121,7 +120,7 @@ impl ClientConn {
                 timeout,
             };
             let answer = scatter(worker, &plan, request).await;
-            worker.in_flight.set(worker.in_flight.get() - 1);
+            worker.admission.release();
             worker.counters.in_flight(-1);
             // A drain that began while the backends were asked still closes this connection,
             // and says so, so the balancer in front does not send another request on it.

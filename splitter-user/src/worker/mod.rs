@@ -7,10 +7,12 @@
 //! - [`client_conn`]: one client connection: read, frame, answer, in order.
 //! - [`fanout`]: one request sent to every backend and the answer chosen, driving
 //!   [`Exchange`](crate::scatter::exchange::Exchange).
+//! - [`admission`]: `max_in_flight` for the whole process, without a shared counter per request.
 //! - [`backend_pool`]: keep-alive connections to the backends, and one exchange on one of them.
 //! - [`buffers`]: the worker's free list of byte buffers.
 //! - [`conn`]: the sockets of the two I/O shells, io_uring and epoll, behind one type.
 
+pub mod admission;
 pub mod backend_pool;
 pub mod buffers;
 pub mod client_conn;
@@ -18,7 +20,7 @@ pub mod conn;
 pub mod fanout;
 pub mod listener;
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -34,6 +36,7 @@ use crate::scatter::exchange::Prefer;
 use crate::scatter::route::RouteTable;
 use crate::scatter::select::{Scratch, Selector};
 
+use admission::{Admission, TokenPool};
 use backend_pool::Pools;
 
 /// A configuration as the control plane hands it to the workers.
@@ -62,8 +65,6 @@ pub struct Plan {
     pub header_timeout: Duration,
     /// Longest time a keep-alive client connection may sit idle between requests.
     pub idle_timeout: Duration,
-    /// This worker's share of `max_in_flight`.
-    pub max_in_flight: usize,
 }
 
 /// One backend as a worker sees it.
@@ -77,8 +78,8 @@ pub struct BackendTarget {
 }
 
 impl Plan {
-    /// Derives a worker's plan from a loaded configuration shared by `workers` workers.
-    pub fn new(loaded: &Loaded, workers: usize) -> Plan {
+    /// Derives a worker's plan from a loaded configuration.
+    pub fn new(loaded: &Loaded) -> Plan {
         let c = &loaded.config;
         Plan {
             routes: RouteTable::new(&c.routes),
@@ -100,9 +101,6 @@ impl Plan {
             },
             header_timeout: c.header_timeout,
             idle_timeout: c.idle_timeout,
-            // The process-wide limit is split evenly (rounded up) so admission needs no shared
-            // counter; the whole process may thus admit up to `workers - 1` more than the limit.
-            max_in_flight: c.max_in_flight.div_ceil(workers.max(1)),
         }
     }
 }
@@ -115,8 +113,8 @@ pub struct Worker {
     pub pools: RefCell<Pools>,
     /// This worker's metrics cell.
     pub counters: WorkerCounters,
-    /// Requests admitted and not yet answered, against `plan.max_in_flight`.
-    pub in_flight: Cell<usize>,
+    /// Admission against `max_in_flight`.
+    pub admission: Admission,
     /// Becomes true when the process is draining.
     pub shutdown: watch::Receiver<bool>,
     /// Reusable buffers for the JSON selection (simd-json parses in place).
@@ -139,7 +137,9 @@ pub struct WorkerSpec {
     pub config: watch::Receiver<Arc<Loaded>>,
     /// Shutdown signal from the control plane.
     pub shutdown: watch::Receiver<bool>,
-    /// Number of workers, to split `max_in_flight`.
+    /// The process's `max_in_flight` tokens.
+    pub tokens: TokenPool,
+    /// Number of workers, to size the admission batches.
     pub workers: usize,
     /// Longest a draining worker waits for its requests in progress before it gives up on them.
     pub drain_timeout: Duration,
@@ -205,14 +205,16 @@ async fn run(spec: WorkerSpec) {
         workers,
         drain_timeout,
         uring,
+        tokens,
         ..
     } = spec;
-    let plan = Plan::new(&config.borrow_and_update(), workers);
+    let plan = Plan::new(&config.borrow_and_update());
+    let max_in_flight = config.borrow().config.max_in_flight;
     let worker = Rc::new(Worker {
         pools: RefCell::new(Pools::new(&plan.backends)),
         plan: RefCell::new(Rc::new(plan)),
         counters,
-        in_flight: Cell::new(0),
+        admission: Admission::new(tokens, max_in_flight, workers),
         shutdown: shutdown.clone(),
         scratch: RefCell::new(Scratch::default()),
         uring,
@@ -221,7 +223,7 @@ async fn run(spec: WorkerSpec) {
     let reloader = Rc::clone(&worker);
     tokio::task::spawn_local(async move {
         while config.changed().await.is_ok() {
-            let plan = Plan::new(&config.borrow_and_update(), workers);
+            let plan = Plan::new(&config.borrow_and_update());
             reloader.pools.borrow_mut().retain_backends(&plan.backends);
             *reloader.plan.borrow_mut() = Rc::new(plan);
         }
