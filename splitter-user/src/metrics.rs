@@ -35,8 +35,10 @@ pub struct MetricsRegion {
 }
 
 enum Backing {
-    Heap(#[allow(dead_code)] Box<[WorkerMetrics]>),
-    Bpf(#[allow(dead_code)] SharedMapping),
+    /// Ordinary memory; held only to be freed last.
+    Heap { _cells: Box<[WorkerMetrics]> },
+    /// A BPF map's pages; held only to be unmapped last.
+    Bpf { _mapping: SharedMapping },
 }
 
 /// The value array of a `BPF_F_MMAPABLE` BPF array map, mapped `MAP_SHARED`: the kernel's own
@@ -68,7 +70,7 @@ impl MetricsRegion {
         Arc::new(MetricsRegion {
             base,
             workers,
-            _backing: Backing::Heap(cells),
+            _backing: Backing::Heap { _cells: cells },
         })
     }
 
@@ -99,13 +101,15 @@ impl MetricsRegion {
             // Page-aligned, so aligned for WorkerMetrics (u64 fields); zeroed by the kernel.
             base: addr.cast(),
             workers,
-            _backing: Backing::Bpf(SharedMapping { addr, len }),
+            _backing: Backing::Bpf {
+                _mapping: SharedMapping { addr, len },
+            },
         }))
     }
 
     /// Whether the cells live in a BPF map (and so are visible to `bpftool`).
     pub fn is_bpf(&self) -> bool {
-        matches!(self._backing, Backing::Bpf(_))
+        matches!(self._backing, Backing::Bpf { .. })
     }
 
     /// Number of worker cells.
