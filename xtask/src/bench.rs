@@ -9,13 +9,14 @@ mod plan;
 mod proc;
 mod record;
 mod report;
+mod skew;
 mod soak;
 mod wrk;
 
 use anyhow::{ensure, Context};
 use deploy::{Deployment, Env};
 use plan::{Named, Pinning, Scenario, Selection, Target};
-use record::{Case, Machine, Record, Run, Sample, Settings};
+use record::{Case, Machine, Record, Run, Sample, Settings, Skew};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -53,6 +54,14 @@ pub struct Options {
     /// default 30, or 0 with --quick).
     #[arg(long, value_name = "N")]
     soak_seconds: Option<u32>,
+    /// Seconds of each run of the skewed measurement (a few busy and many light long-lived
+    /// connections), `--repeat` times per steering mode (0 skips; default 10, or 3 with --quick).
+    #[arg(long, value_name = "N")]
+    skew_seconds: Option<u32>,
+    /// Make only the skewed measurement and print its table; the record, the chart and the
+    /// README stay as they are.
+    #[arg(long)]
+    only_skew: bool,
     /// Do not regenerate the performance table in README.md.
     #[arg(long)]
     no_readme: bool,
@@ -72,6 +81,10 @@ impl Options {
             check_seconds,
         }
     }
+
+    fn skew_seconds(&self) -> u32 {
+        self.skew_seconds.unwrap_or(if self.quick { 3 } else { 10 })
+    }
 }
 
 /// The wrk scripts, in `bench/`.
@@ -86,7 +99,17 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let root = crate::workspace_root();
     let settings = opts.settings();
+    ensure!(
+        !opts.only_skew || opts.skew_seconds() > 0,
+        "--only-skew with --skew-seconds 0 measures nothing"
+    );
     let env = prepare(&root, &opts)?;
+    if opts.only_skew {
+        if let Some(skew) = measure_skew(&env, &root, opts.skew_seconds(), settings.repeat)? {
+            print!("{}", report::skew_markdown(&skew));
+        }
+        return Ok(());
+    }
     let scripts = Scripts {
         load: root.join("bench/post-2k.lua"),
         check: root.join("bench/post-2k-check.lua"),
@@ -107,6 +130,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             Some(soak::measure(&env, n, scripts.load.clone())?)
         }
     };
+    let skew = measure_skew(&env, &root, opts.skew_seconds(), settings.repeat)?;
     let record = Record {
         date,
         machine: Machine::probe(&root, env.nproc),
@@ -114,9 +138,23 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         medians: record::medians(&runs),
         idle,
         soak,
+        skew,
         runs,
     };
     publish(&record, &root, !opts.no_readme)
+}
+
+/// The skewed measurement, both steering modes `repeat` times; `None` when `seconds` is 0.
+fn measure_skew(env: &Env, root: &Path, seconds: u32, repeat: u32) -> anyhow::Result<Option<Skew>> {
+    if seconds == 0 {
+        return Ok(None);
+    }
+    eprintln!("skewed: busy and light long-lived connections, reuseport and eBPF steering");
+    let scripts = skew::Scripts {
+        heavy: root.join("bench/post-2k.lua"),
+        light: root.join("bench/post-2k-light.lua"),
+    };
+    skew::measure(env, seconds, repeat, &scripts).map(Some)
 }
 
 /// Checks the tools, builds the splitter and readies the working directory.

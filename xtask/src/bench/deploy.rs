@@ -49,17 +49,12 @@ impl Deployment {
         target: Target,
     ) -> anyhow::Result<Deployment> {
         let backends = if target.splitter_io().is_some() { 2 } else { 1 };
-        let mocks = (0..backends)
-            .map(|i| {
-                let name = ["a", "b"][i];
-                start_mock(env, name, scenario, pinning.load_cpus())
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mocks = start_mocks(env, backends, scenario.mock_flags(), pinning.load_cpus())?;
         let addrs: Vec<SocketAddr> = mocks.iter().map(|m| m.addr).collect();
         let (front, listen, admin) = match target {
             Target::SplitterUring | Target::SplitterEpoll => {
                 let io = target.splitter_io().unwrap_or("auto");
-                let (p, listen, admin) = start_splitter(env, &addrs, scenario, pinning, io)?;
+                let (p, listen, admin) = start_splitter(env, &addrs, scenario, pinning, io, None)?;
                 (Some(p), listen, Some(admin))
             }
             Target::Haproxy => {
@@ -73,6 +68,31 @@ impl Deployment {
             mocks,
             listen,
             admin,
+        })
+    }
+
+    /// The splitter (one worker per CPU, steered as `steering` says, the fast scenario's
+    /// deadline) in front of two backends run with `mock_flags`.
+    pub fn start_steered(
+        env: &Env,
+        mock_flags: &[&str],
+        steering: &Steering,
+    ) -> anyhow::Result<Deployment> {
+        let mocks = start_mocks(env, 2, mock_flags, Cpus::Any)?;
+        let addrs: Vec<SocketAddr> = mocks.iter().map(|m| m.addr).collect();
+        let (front, listen, admin) = start_splitter(
+            env,
+            &addrs,
+            Scenario::Fast,
+            Pinning::Unpinned,
+            "auto",
+            Some(steering),
+        )?;
+        Ok(Deployment {
+            front: Some(front),
+            mocks,
+            listen,
+            admin: Some(admin),
         })
     }
 
@@ -96,11 +116,19 @@ impl Deployment {
     }
 }
 
+/// Starts `count` mock backends, named `a`, `b`, ...
+fn start_mocks(env: &Env, count: usize, flags: &[&str], cpus: Cpus) -> anyhow::Result<Vec<Mock>> {
+    ["a", "b"][..count]
+        .iter()
+        .map(|name| start_mock(env, name, flags, cpus))
+        .collect()
+}
+
 /// Starts `splitter mock-backend` on a free port and reads back the address it bound.
-fn start_mock(env: &Env, name: &str, scenario: Scenario, cpus: Cpus) -> anyhow::Result<Mock> {
+fn start_mock(env: &Env, name: &str, flags: &[&str], cpus: Cpus) -> anyhow::Result<Mock> {
     let mut cmd = Command::new(&env.splitter_bin);
     cmd.args(["mock-backend", "--listen", "127.0.0.1:0", "--name", name])
-        .args(scenario.mock_flags())
+        .args(flags)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log_file(env, &format!("mock-{name}"))?);
@@ -150,10 +178,11 @@ fn start_splitter(
     scenario: Scenario,
     pinning: Pinning,
     io: &str,
+    steering: Option<&Steering>,
 ) -> anyhow::Result<(Proc, SocketAddr, SocketAddr)> {
     let (listen, admin) = (free_port()?, free_port()?);
     let workers = pinning.target_threads(env.nproc);
-    let config = splitter_config(listen, admin, workers, io, backends, scenario);
+    let config = splitter_config(listen, admin, workers, io, backends, scenario, steering);
     let path = env.work_dir.join("splitter.toml");
     std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
     let mut cmd = Command::new(&env.splitter_bin);
@@ -171,8 +200,15 @@ fn start_splitter(
     Ok((proc, listen, admin))
 }
 
+/// The splitter's `[steering]` section.
+pub struct Steering<'a> {
+    /// `auto`, `ebpf` or `reuseport`.
+    pub mode: &'a str,
+    pub pin_dir: &'a Path,
+}
+
 /// The splitter's configuration: route `/` with the scenario's deadline, warnings only in the
-/// log so logging stays off the measured path.
+/// log so logging stays off the measured path; the default steering unless `steering` says.
 fn splitter_config(
     listen: SocketAddr,
     admin: SocketAddr,
@@ -180,6 +216,7 @@ fn splitter_config(
     io: &str,
     backends: &[SocketAddr],
     scenario: Scenario,
+    steering: Option<&Steering>,
 ) -> String {
     let mut config = format!(
         "listen = \"{listen}\"\nadmin_listen = \"{admin}\"\nworkers = {workers}\n\
@@ -192,6 +229,13 @@ fn splitter_config(
         "\n[[route]]\npath_prefix = \"/\"\ntimeout_ms = {}\n",
         scenario.route_timeout_ms()
     );
+    if let Some(s) = steering {
+        config += &format!(
+            "\n[steering]\nmode = \"{}\"\npin_dir = \"{}\"\n",
+            s.mode,
+            s.pin_dir.display()
+        );
+    }
     config
 }
 
@@ -324,9 +368,21 @@ mod tests {
     fn splitter_config_names_both_backends_and_the_deadline() {
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
-        let c = splitter_config(a, b, 1, "epoll", &[a, b], Scenario::Deadline);
+        let c = splitter_config(a, b, 1, "epoll", &[a, b], Scenario::Deadline, None);
         assert!(c.contains("io = \"epoll\""));
         assert!(c.contains("name = \"b\"\naddress = \"127.0.0.1:2\""));
         assert!(c.contains("timeout_ms = 80"));
+        assert!(!c.contains("[steering]"));
+    }
+
+    #[test]
+    fn splitter_config_has_the_steering_asked_for() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let steering = Steering {
+            mode: "ebpf",
+            pin_dir: Path::new("/sys/fs/bpf/x"),
+        };
+        let c = splitter_config(a, a, 2, "auto", &[a], Scenario::Fast, Some(&steering));
+        assert!(c.ends_with("[steering]\nmode = \"ebpf\"\npin_dir = \"/sys/fs/bpf/x\"\n"));
     }
 }

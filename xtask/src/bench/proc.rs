@@ -137,8 +137,28 @@ impl Proc {
         let path = format!("/proc/{}/stat", self.pid());
         let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
         parse_cpu_ticks(&stat)
-            .map(|ticks| Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second()))
+            .map(ticks_to_duration)
             .with_context(|| format!("{path}: no utime and stime"))
+    }
+
+    /// User plus system CPU time of each of the child's threads so far, with its name.
+    pub fn thread_cpu_times(&self) -> anyhow::Result<Vec<(String, Duration)>> {
+        let dir = format!("/proc/{}/task", self.pid());
+        let mut threads = Vec::new();
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+            let task = entry?.path();
+            // A thread may exit between the listing and the read: it is not measured.
+            let (Ok(comm), Ok(stat)) = (
+                std::fs::read_to_string(task.join("comm")),
+                std::fs::read_to_string(task.join("stat")),
+            ) else {
+                continue;
+            };
+            let ticks = parse_cpu_ticks(&stat)
+                .with_context(|| format!("{}: no utime and stime", task.display()))?;
+            threads.push((comm.trim_end().to_owned(), ticks_to_duration(ticks)));
+        }
+        Ok(threads)
     }
 
     /// Peak resident set size (`VmHWM`), in KiB.
@@ -203,6 +223,10 @@ fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
         .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.trim().strip_suffix("kB"))
         .and_then(|v| v.trim().parse().ok())
+}
+
+fn ticks_to_duration(ticks: u64) -> Duration {
+    Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second())
 }
 
 fn clock_ticks_per_second() -> f64 {

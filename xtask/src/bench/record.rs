@@ -1,6 +1,7 @@
 //! The benchmark record: the machine, the settings, every run, and the medians quoted.
 
 use crate::bench::plan::{Pinning, Scenario, Target};
+use crate::bench::skew::SteeringMode;
 use anyhow::Context;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -81,6 +82,56 @@ pub struct SoakMemory {
     pub samples_mib: Vec<f64>,
 }
 
+/// One run of the skewed measurement: heavy and light long-lived connections at once.
+#[derive(Clone, Debug, Serialize)]
+pub struct SkewRun {
+    pub mode: SteeringMode,
+    pub repetition: u32,
+    /// Each worker's share of the workers' CPU time over the run, by worker index.
+    pub worker_cpu_shares: Vec<f64>,
+    /// The busiest worker's CPU time over the mean: 1 is an even spread, the worker count is
+    /// all the work on one worker.
+    pub spread: f64,
+    /// eBPF only: each worker's `requests` and `accepted` in the pinned map at the end.
+    pub worker_requests: Option<Vec<u64>>,
+    pub worker_accepted: Option<Vec<u64>>,
+    pub heavy_p99_ms: f64,
+    pub light_p99_ms: f64,
+    pub requests_per_s: f64,
+    /// Socket errors and statuses of 400 and above, both loads together.
+    pub errors: u64,
+}
+
+/// The medians of one steering mode's skewed runs.
+#[derive(Clone, Debug, Serialize)]
+pub struct SkewMedian {
+    pub mode: SteeringMode,
+    pub runs: usize,
+    pub spread: f64,
+    /// The 4-tuple hash changes from run to run: the worst spread seen tells more than the median.
+    pub worst_spread: f64,
+    pub heavy_p99_ms: f64,
+    pub light_p99_ms: f64,
+    pub requests_per_s: f64,
+    /// The worst run's.
+    pub errors: u64,
+}
+
+/// The skewed measurement: both steering modes side by side.
+#[derive(Clone, Debug, Serialize)]
+pub struct Skew {
+    pub seconds: u32,
+    pub workers: usize,
+    pub heavy_connections: u32,
+    pub light_connections: u32,
+    /// `splitter mock-backend --delay-ms`.
+    pub backend_delay_ms: &'static str,
+    /// Why only `reuseport` was measured, if it was.
+    pub ebpf_unavailable: Option<String>,
+    pub medians: Vec<SkewMedian>,
+    pub runs: Vec<SkewRun>,
+}
+
 /// Where and how the runs were made.
 #[derive(Clone, Debug, Serialize)]
 pub struct Machine {
@@ -112,6 +163,7 @@ pub struct Record {
     pub medians: Vec<Median>,
     pub idle: Option<IdleMemory>,
     pub soak: Option<SoakMemory>,
+    pub skew: Option<Skew>,
     pub runs: Vec<Run>,
 }
 
@@ -160,7 +212,7 @@ fn median_sample(s: &[&Sample]) -> Sample {
 }
 
 /// The middle value (the upper one of an even count), so a median is always a measured value.
-fn median<T: Copy + PartialOrd>(values: impl Iterator<Item = T>) -> Option<T> {
+pub fn median<T: Copy + PartialOrd>(values: impl Iterator<Item = T>) -> Option<T> {
     let mut v: Vec<T> = values.collect();
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     v.get(v.len() / 2).copied()

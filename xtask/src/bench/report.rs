@@ -1,7 +1,7 @@
 //! The record as Markdown: the README's performance section and the summary printed at the end.
 
 use crate::bench::plan::Target;
-use crate::bench::record::{Case, Median, Record};
+use crate::bench::record::{Case, Median, Record, Skew};
 use anyhow::{bail, Context};
 use std::fmt::Write;
 use std::path::Path;
@@ -43,11 +43,85 @@ pub fn markdown(record: &Record, chart: &str) -> String {
             soak.rss_end_mib,
         );
     }
+    if let Some(skew) = &record.skew {
+        md += &skew_markdown(skew);
+    }
     let _ = writeln!(
         md,
         "![CPU µs per request and p99 latency per target]({chart})"
     );
     md
+}
+
+/// The skewed measurement: how evenly each steering mode spread the work over the workers.
+pub fn skew_markdown(skew: &Skew) -> String {
+    let mut md = format!(
+        "Skewed load: `wrk -t1 -c{}` sending back to back and `wrk -t1 -c{}` pausing 20 ms \
+         between requests (`bench/post-2k-light.lua`), together for {} s, on long-lived \
+         connections, against the splitter with {} workers; backends take {} ms per request. \
+         Each steering mode in turn, the same load, per run. **Spread** is the busiest worker \
+         thread's CPU time over the workers' mean (1.00 is even, {}.00 all on one worker); the \
+         `SO_REUSEPORT` hash differs per run, so the worst run is shown too.\n\n\
+         | steering | runs | spread | worst spread | heavy p99 ms | light p99 ms | req/s | errors |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        skew.heavy_connections,
+        skew.light_connections,
+        skew.seconds,
+        skew.workers,
+        skew.backend_delay_ms,
+        skew.workers,
+    );
+    for m in &skew.medians {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} |",
+            m.mode.name(),
+            m.runs,
+            m.spread,
+            m.worst_spread,
+            m.heavy_p99_ms,
+            m.light_p99_ms,
+            thousands(m.requests_per_s),
+            m.errors,
+        );
+    }
+    md.push('\n');
+    let ebpf_counts: Vec<String> = skew
+        .runs
+        .iter()
+        .filter_map(|r| {
+            let requests = r.worker_requests.as_ref()?;
+            let accepted = r.worker_accepted.as_ref()?;
+            Some(format!(
+                "run {}: {} requests, {} connections",
+                r.repetition,
+                slashed(requests),
+                slashed(accepted)
+            ))
+        })
+        .collect();
+    if !ebpf_counts.is_empty() {
+        let _ = writeln!(
+            md,
+            "Per worker with eBPF, from `bpftool map dump` of the pinned map at the end of \
+             each run: {}.\n",
+            ebpf_counts.join("; ")
+        );
+    }
+    if let Some(why) = &skew.ebpf_unavailable {
+        let last = why.lines().last().unwrap_or_default();
+        let _ = writeln!(
+            md,
+            "eBPF steering could not run, so only `reuseport` was measured: {last}\n"
+        );
+    }
+    md
+}
+
+/// `[1200, 34]` as `1,200 / 34`.
+fn slashed(values: &[u64]) -> String {
+    let v: Vec<String> = values.iter().map(|&v| thousands(v as f64)).collect();
+    v.join(" / ")
 }
 
 fn describe_setup(md: &mut String, r: &Record) {
