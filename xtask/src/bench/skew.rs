@@ -17,7 +17,7 @@ use anyhow::{anyhow, ensure, Context};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Connections sending back to back: few, so the hash often puts them on one worker.
 const HEAVY_CONNECTIONS: u32 = 4;
@@ -27,6 +27,8 @@ const LIGHT_CONNECTIONS: u32 = 60;
 const BACKEND_DELAY_MS: &str = "1..3";
 /// The worker threads' names are this and their index.
 const WORKER_THREAD: &str = "splitter-w";
+/// How long the splitter may take to start all its worker threads once it accepts.
+const WORKERS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the splitter spreads new connections over its workers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -81,8 +83,10 @@ pub fn measure(env: &Env, seconds: u32, repeat: u32, scripts: &Scripts) -> anyho
                 started => started?,
             };
             eprint!("skewed {} #{repetition}: ", mode.name());
-            let run = measure_once(&mut dep, mode, repetition, seconds, scripts, &pins)
-                .with_context(|| format!("skewed {} #{repetition}", mode.name()))?;
+            let run = measure_once(
+                &mut dep, env.nproc, mode, repetition, seconds, scripts, &pins,
+            )
+            .with_context(|| format!("skewed {} #{repetition}", mode.name()))?;
             eprintln!(
                 "CPU shares {}, heavy p99 {:.2} ms, light p99 {:.2} ms, {:.0} req/s",
                 percentages(&run.worker_cpu_shares),
@@ -117,16 +121,22 @@ fn mock_flags() -> Vec<&'static str> {
 /// Loads the started splitter with both loads at once and reads how its workers shared them.
 fn measure_once(
     dep: &mut Deployment,
+    workers: usize,
     mode: SteeringMode,
     repetition: u32,
     seconds: u32,
     scripts: &Scripts,
     pins: &PinDir,
 ) -> anyhow::Result<SkewRun> {
-    let before = worker_cpu(dep.measured())?;
+    let before = all_workers_cpu(dep.measured(), workers)?;
     let (heavy, light) = run_loads(&dep.url(), seconds, scripts)?;
     let after = worker_cpu(dep.measured())?;
     dep.ensure_running()?;
+    ensure!(
+        after.len() == workers,
+        "{} worker threads, not {workers}",
+        after.len()
+    );
     let cells = match mode {
         SteeringMode::Ebpf => Some(dump_map(pins)?),
         SteeringMode::Reuseport => None,
@@ -186,6 +196,24 @@ fn run_loads(url: &str, seconds: u32, scripts: &Scripts) -> anyhow::Result<(Summ
     Ok((heavy?.0, light?.0))
 }
 
+/// [`worker_cpu`] once all `workers` threads run: the splitter accepts (its listeners are all
+/// bound) before it has started every worker thread.
+fn all_workers_cpu(splitter: &Proc, workers: usize) -> anyhow::Result<Vec<Duration>> {
+    let end = Instant::now() + WORKERS_TIMEOUT;
+    loop {
+        let cpu = worker_cpu(splitter)?;
+        if cpu.len() == workers {
+            return Ok(cpu);
+        }
+        ensure!(
+            Instant::now() < end,
+            "the splitter started {} of {workers} worker threads in {WORKERS_TIMEOUT:?}",
+            cpu.len()
+        );
+        proc::sleep(Duration::from_millis(20))?;
+    }
+}
+
 /// Each worker thread's CPU time so far, by worker index.
 fn worker_cpu(splitter: &Proc) -> anyhow::Result<Vec<Duration>> {
     let mut workers: Vec<(usize, Duration)> = splitter
@@ -193,10 +221,6 @@ fn worker_cpu(splitter: &Proc) -> anyhow::Result<Vec<Duration>> {
         .into_iter()
         .filter_map(|(name, cpu)| Some((name.strip_prefix(WORKER_THREAD)?.parse().ok()?, cpu)))
         .collect();
-    ensure!(
-        !workers.is_empty(),
-        "the splitter has no {WORKER_THREAD}N thread"
-    );
     workers.sort_unstable_by_key(|&(i, _)| i);
     Ok(workers.into_iter().map(|(_, cpu)| cpu).collect())
 }
