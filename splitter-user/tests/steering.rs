@@ -220,7 +220,9 @@ fn busy_worker_gets_no_new_connections_while_another_is_idle() {
     let busy = cells.iter().position(|c| c.in_flight == 1).unwrap();
     let idle = 1 - busy;
 
-    const NEW: u64 = 6;
+    // The busy worker weighs its one connection plus IN_FLIGHT_WEIGHT for its request; the idle
+    // worker wins every new connection while it has fewer than that.
+    const NEW: u64 = 1 + splitter_common::IN_FLIGHT_WEIGHT;
     let mut held = Vec::new();
     for k in 1..=NEW {
         held.push(TcpStream::connect(s.addr).expect("connect"));

@@ -2,7 +2,7 @@
 //!
 //! - `ebpf`: [`ebpf::attach`] loads the `sk_reuseport` program of `splitter-ebpf` onto the
 //!   listeners' `SO_REUSEPORT` group. It sends each new connection to the least-loaded worker
-//!   (fewest requests in flight, then fewest connections; the SYN's CPU breaks ties), reading the
+//!   (open connections plus `IN_FLIGHT_WEIGHT` per request in flight; the SYN's CPU breaks ties), reading the
 //!   load from the workers' metrics cells, which then live in a pinned, mmap-ed BPF map.
 //! - `reuseport`: nothing is attached; the kernel hashes connections over the listeners, and the
 //!   metrics cells live in ordinary memory.

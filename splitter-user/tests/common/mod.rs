@@ -292,13 +292,15 @@ impl Splitter {
                         Ok(_) => {}
                     }
                     let line = strip_ansi(String::from_utf8_lossy(&raw).trim_end());
+                    // Kept before readiness is signalled, so a test sees the start-up line in
+                    // its first snapshot.
+                    logs.lock().unwrap().push(line.clone());
                     if !sent && line.contains("splitter started") {
                         let listen = log_field(&line, "listen");
                         let admin = log_field(&line, "admin");
                         let _ = tx.send((listen, admin));
                         sent = true;
                     }
-                    logs.lock().unwrap().push(line);
                 }
             });
         }
