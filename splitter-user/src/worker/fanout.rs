@@ -1,15 +1,17 @@
 //! One request, sent to every backend at once; the answer chosen by
 //! [`Exchange`](crate::scatter::exchange::Exchange) as replies arrive or the deadline passes.
 //!
-//! Each backend call is its own task, so a call that outlives its request (a late reply) keeps
-//! going on its own: it reads the reply to the end and returns the connection to the pool, or
-//! closes it after [`LATE_GRACE`]. The request side only ever waits on its deadline.
+//! The backend calls are futures polled by the request's own task, so the common case (every
+//! backend answers in time) spawns nothing and passes no message. When the request has its
+//! answer before every call is done, the unfinished calls move to a task of their own: a late
+//! reply is read to its end there and its connection returned to the pool, or closed after
+//! [`LATE_GRACE`]. The request side only ever waits on its deadline.
 
-use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::cell::Cell;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use super::backend_pool::{exchange, BackendConn, Response};
@@ -36,61 +38,13 @@ enum Reply {
     Response(Response, Option<f64>),
     /// Connect failure, reset, or not HTTP: answered, invalid, at once.
     Failed,
+    /// Nothing in time: the connect or the exchange outlived the deadline (counted as a timeout
+    /// by the request).
+    GaveUp,
 }
 
-/// Where a request's backend calls leave their replies: a queue and the waker of the request's
-/// task. Everything runs on one thread, so a `RefCell` and a `Cell` are all it takes.
-struct Inbox {
-    replies: RefCell<VecDeque<(BackendId, Reply)>>,
-    waker: RefCell<Option<Waker>>,
-    /// Set once the request has its answer: later replies are late, and forgotten.
-    closed: Cell<bool>,
-}
-
-impl Inbox {
-    fn new(backends: usize) -> Rc<Inbox> {
-        Rc::new(Inbox {
-            replies: RefCell::new(VecDeque::with_capacity(backends)),
-            waker: RefCell::new(None),
-            closed: Cell::new(false),
-        })
-    }
-
-    /// Leaves a reply; false when the request is already answered.
-    fn send(&self, id: BackendId, reply: Reply) -> bool {
-        if self.closed.get() {
-            return false;
-        }
-        self.replies.borrow_mut().push_back((id, reply));
-        if let Some(waker) = self.waker.borrow_mut().take() {
-            waker.wake();
-        }
-        true
-    }
-
-    /// The next reply, waiting for it.
-    async fn recv(&self) -> (BackendId, Reply) {
-        poll_fn(|cx| match self.replies.borrow_mut().pop_front() {
-            Some(reply) => Poll::Ready(reply),
-            None => {
-                *self.waker.borrow_mut() = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        })
-        .await
-    }
-}
-
-/// Closes the inbox when the request side is done, however it ends (even dropped): replies
-/// still on their way are then late.
-struct CloseOnDrop(Rc<Inbox>);
-
-impl Drop for CloseOnDrop {
-    fn drop(&mut self) {
-        self.0.closed.set(true);
-        self.0.replies.borrow_mut().clear();
-    }
-}
+/// One backend call, boxed so the pending ones can be handed to another task.
+type Call = Pin<Box<dyn Future<Output = (BackendId, Reply)>>>;
 
 /// One request to scatter.
 pub struct Request {
@@ -107,40 +61,68 @@ pub struct Request {
 pub async fn scatter(worker: &Rc<Worker>, plan: &Rc<Plan>, request: Request) -> Answer {
     let deadline = Instant::now() + request.timeout;
     let mut exchange = Exchange::new(plan.backends.len(), deadline, plan.prefer);
-    let inbox = Inbox::new(plan.backends.len());
-    let _close = CloseOnDrop(Rc::clone(&inbox));
-    for id in 0..plan.backends.len() {
-        tokio::task::spawn_local(call(
-            Rc::clone(worker),
-            Rc::clone(plan),
-            id,
-            request.bytes.clone(),
-            request.head,
-            deadline,
-            Rc::clone(&inbox),
-        ));
-    }
+    // Set once the request has its answer: replies after that are late.
+    let answered = Rc::new(Cell::new(false));
+    let mut calls: Vec<Call> = (0..plan.backends.len())
+        .map(|id| -> Call {
+            Box::pin(call(
+                Rc::clone(worker),
+                Rc::clone(plan),
+                id,
+                request.bytes.clone(),
+                request.head,
+                deadline,
+                Rc::clone(&answered),
+            ))
+        })
+        .collect();
 
     let mut best: Option<(BackendId, Response)> = None;
     let timer = tokio::time::sleep_until(deadline.into());
     tokio::pin!(timer);
-    let outcome = loop {
-        if let Some(outcome) = exchange.poll_outcome(Instant::now()) {
-            break outcome;
-        }
-        tokio::select! {
-            biased;
-            (id, reply) = inbox.recv() => match reply {
-                Reply::Response(response, value) => {
-                    if exchange.handle_reply(id, value, Instant::now()) {
-                        best = Some((id, response));
+    let outcome = poll_fn(|cx| {
+        // Each wake-up polls every pending call: there are at most 16, usually 2.
+        calls.retain_mut(|call| match call.as_mut().poll(cx) {
+            Poll::Pending => true,
+            Poll::Ready((id, reply)) => {
+                let now = Instant::now();
+                match reply {
+                    Reply::Response(response, value) => {
+                        if exchange.handle_reply(id, value, now) {
+                            best = Some((id, response));
+                        }
                     }
+                    Reply::Failed => exchange.handle_failure(id, now),
+                    Reply::GaveUp => {}
                 }
-                Reply::Failed => exchange.handle_failure(id, Instant::now()),
-            },
-            () = &mut timer => {}
+                false
+            }
+        });
+        if let Some(outcome) = exchange.poll_outcome(Instant::now()) {
+            return Poll::Ready(outcome);
         }
-    };
+        if timer.as_mut().poll(cx).is_ready() {
+            // The timer fires at the deadline or later: the exchange decides now.
+            return Poll::Ready(
+                exchange
+                    .poll_outcome(deadline)
+                    .unwrap_or(Outcome::NoContent),
+            );
+        }
+        Poll::Pending
+    })
+    .await;
+    answered.set(true);
+    if !calls.is_empty() {
+        tokio::task::spawn_local(poll_fn(move |cx| {
+            calls.retain_mut(|call| call.as_mut().poll(cx).is_pending());
+            if calls.is_empty() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }));
+    }
 
     let counters = &worker.counters;
     for (id, b) in plan.backends.iter().enumerate() {
@@ -155,7 +137,8 @@ pub async fn scatter(worker: &Rc<Worker>, plan: &Rc<Plan>, request: Request) -> 
     }
 }
 
-/// One backend's part of one request: a pooled or new connection, one exchange, a report.
+/// One backend's part of one request: a pooled or new connection, one exchange, a reply. The
+/// connection goes back to the pool (or is closed) before the reply is given.
 async fn call(
     worker: Rc<Worker>,
     plan: Rc<Plan>,
@@ -163,8 +146,8 @@ async fn call(
     request: Shared,
     head_request: bool,
     deadline: Instant,
-    report: Rc<Inbox>,
-) {
+    answered: Rc<Cell<bool>>,
+) -> (BackendId, Reply) {
     let target = &plan.backends[id];
     let counters = &worker.counters;
     let give_up = deadline + LATE_GRACE;
@@ -183,12 +166,9 @@ async fn call(
                         counters.backend_connect(target.slot);
                         conn
                     }
-                    Ok(Err(_)) => {
-                        report.send(id, Reply::Failed);
-                        return;
-                    }
+                    Ok(Err(_)) => return (id, Reply::Failed),
                     // The deadline passed while connecting: the request counts it as a timeout.
-                    Err(_) => return,
+                    Err(_) => return (id, Reply::GaveUp),
                 }
             }
         };
@@ -207,20 +187,13 @@ async fn call(
             Ok(result) => break result.map(|ok| (conn, ok)),
             Err(_elapsed) => {
                 counters.backend_closed(target.slot);
-                return;
+                return (id, Reply::GaveUp);
             }
         }
     };
     match result {
         Ok((conn, (response, reusable))) => {
-            let value = if response.status == 200 {
-                plan.selector
-                    .select(response.body(), &mut worker.scratch.borrow_mut())
-            } else {
-                None
-            };
-            // A send fails once the request has its answer: this reply is late, and forgotten.
-            let late = !report.send(id, Reply::Response(response, value));
+            let late = answered.get();
             if reusable && worker.pools.borrow_mut().put(target.addr, conn) {
                 if late {
                     counters.late_drained(target.slot);
@@ -228,10 +201,18 @@ async fn call(
             } else {
                 counters.backend_closed(target.slot);
             }
+            // A late reply is forgotten: no need to read its number.
+            let value = if response.status == 200 && !late {
+                plan.selector
+                    .select(response.body(), &mut worker.scratch.borrow_mut())
+            } else {
+                None
+            };
+            (id, Reply::Response(response, value))
         }
         Err(_) => {
             counters.backend_closed(target.slot);
-            report.send(id, Reply::Failed);
+            (id, Reply::Failed)
         }
     }
 }
