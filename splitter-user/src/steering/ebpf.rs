@@ -183,8 +183,9 @@ pub fn attach(
     tracing::info!(
         workers,
         pin = %attached.pin.display(),
-        "steering: eBPF sk_reuseport, least-loaded worker (in-flight requests, then \
-         connections; ties to the SYN's CPU)"
+        "steering: eBPF sk_reuseport, least-loaded worker (open connections plus {} per \
+         request in flight; ties to the SYN's CPU)",
+        splitter_common::IN_FLIGHT_WEIGHT
     );
     Ok((attached, region))
 }
