@@ -355,9 +355,9 @@ fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
     );
 }
 
-#[test]
-fn over_max_in_flight_gets_503() {
-    // A backend that tells the test when a request has arrived, then answers after 800 ms.
+/// A backend that tells the test when each request has arrived (its id on the channel), then
+/// answers it after 800 ms: requests stay in flight long enough to hit `max_in_flight`.
+fn slow_signalling_peer() -> (RawPeer, mpsc::Receiver<String>) {
     let (arrived_tx, arrived_rx) = mpsc::channel::<String>();
     let arrived_tx = std::sync::Mutex::new(arrived_tx);
     let peer = RawPeer::start(move |mut conn| {
@@ -369,6 +369,12 @@ fn over_max_in_flight_gets_503() {
             }
         }
     });
+    (peer, arrived_rx)
+}
+
+#[test]
+fn over_max_in_flight_gets_503() {
+    let (peer, arrived_rx) = slow_signalling_peer();
     let s = Splitter::start(&config(
         "workers = 1\nmax_in_flight = 1",
         "",
@@ -402,17 +408,7 @@ fn over_max_in_flight_gets_503() {
 fn max_in_flight_is_for_the_whole_process_whatever_the_workers() {
     // Four workers, a limit of two: once two requests are in progress, a request refused on any
     // worker proves the limit is not split per worker.
-    let (arrived_tx, arrived_rx) = mpsc::channel::<String>();
-    let arrived_tx = std::sync::Mutex::new(arrived_tx);
-    let peer = RawPeer::start(move |mut conn| {
-        while let Some(req) = conn.next_request() {
-            let _ = arrived_tx.lock().unwrap().send(req.req_id());
-            thread::sleep(Duration::from_millis(800));
-            if !conn.write(&http_json(&priced_body("p", &req.req_id(), "1"), "")) {
-                return;
-            }
-        }
-    });
+    let (peer, arrived_rx) = slow_signalling_peer();
     let s = Splitter::start(&config(
         "workers = 4\nmax_in_flight = 2",
         "",
