@@ -15,8 +15,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::scatter::exchange::{Prefer, MAX_BACKENDS};
-use crate::scatter::select::Selector;
+use splitter_common::MAX_BACKENDS;
+
+use crate::scatter::route::Route;
+use crate::scatter::select::{Prefer, Selection, Selector};
 
 /// A complete, commented configuration: what `splitter demo` runs and `cargo xtask install`
 /// ships. Every key is present with its default, except `listen`, `[[backend]]` and `[[route]]`,
@@ -121,11 +123,11 @@ pub struct Config {
     /// `io`: the data plane's I/O interface.
     pub io: IoMode,
     /// `[select]`: which number ranks the responses, and which way.
-    pub select: SelectConfig,
+    pub select: Selection,
     /// `[[backend]]`: 1 to 16, in file order; a backend's index is its `BackendId`.
     pub backends: Vec<BackendConfig>,
     /// `[[route]]`: at least one, in file order, prefixes unique.
-    pub routes: Vec<RouteConfig>,
+    pub routes: Vec<Route>,
     /// `[steering]`: how new connections reach a worker.
     pub steering: SteeringConfig,
 }
@@ -140,26 +142,17 @@ pub struct BackendConfig {
     pub address: SocketAddr,
 }
 
-/// `[[route]]`: the deadline of the requests whose path starts with a prefix.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RouteConfig {
-    /// `path_prefix`: starts with `/`, visible ASCII without `?` or `#`.
-    pub path_prefix: String,
-    /// `timeout_ms`: 1 ms to 60 s.
-    pub timeout: Duration,
-}
-
 /// `[select]`: how responses are ranked (SPEC 2).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct SelectConfig {
+struct FileSelect {
     /// `field`: a JSON Pointer, checked by [`Selector::parse`].
-    pub field: String,
+    field: String,
     /// `prefer`: the largest or the smallest number wins.
-    pub prefer: Prefer,
+    prefer: Prefer,
 }
 
-impl Default for SelectConfig {
+impl Default for FileSelect {
     fn default() -> Self {
         Self {
             field: DEFAULT_SELECT_FIELD.to_owned(),
@@ -326,7 +319,7 @@ struct FileConfig {
     /// `io`.
     io: IoMode,
     /// `[select]`.
-    select: SelectConfig,
+    select: FileSelect,
     /// `[[backend]]`, required: empty when absent.
     backend: Vec<FileBackend>,
     /// `[[route]]`, required: empty when absent.
@@ -349,7 +342,7 @@ impl Default for FileConfig {
             log_level: DEFAULT_LOG_LEVEL.to_owned(),
             log_format: LogFormat::default(),
             io: IoMode::default(),
-            select: SelectConfig::default(),
+            select: FileSelect::default(),
             backend: Vec::new(),
             route: Vec::new(),
             steering: SteeringConfig::default(),
@@ -413,12 +406,9 @@ impl FileConfig {
                 format!("not a tracing filter ({e}), got {:?}", self.log_level),
             ));
         }
-        if let Err(e) = Selector::parse(&self.select.field) {
-            return Err(Invalid::new(
-                "select.field",
-                format!("{e}, got {:?}", self.select.field),
-            ));
-        }
+        let selector = Selector::parse(&self.select.field).map_err(|e| {
+            Invalid::new("select.field", format!("{e}, got {:?}", self.select.field))
+        })?;
         let backends = backends(self.backend)?;
         let routes = routes(self.route)?;
         if !self.steering.pin_dir.is_absolute() {
@@ -439,7 +429,11 @@ impl FileConfig {
             log_level: self.log_level,
             log_format: self.log_format,
             io: self.io,
-            select: self.select,
+            select: Selection {
+                selector,
+                prefer: self.select.prefer,
+                floor: None,
+            },
             backends,
             routes,
             steering: self.steering,
@@ -522,14 +516,14 @@ fn resolve(address: &str) -> Result<SocketAddr, String> {
 }
 
 /// Checks the `[[route]]` tables: at least one, prefixes valid and unique, timeouts in range.
-fn routes(tables: Vec<FileRoute>) -> Result<Vec<RouteConfig>, Invalid> {
+fn routes(tables: Vec<FileRoute>) -> Result<Vec<Route>, Invalid> {
     if tables.is_empty() {
         return Err(Invalid::new(
             "route",
             "at least one [[route]] table is required, e.g. `path_prefix = \"/\"`",
         ));
     }
-    let mut routes: Vec<RouteConfig> = Vec::with_capacity(tables.len());
+    let mut routes: Vec<Route> = Vec::with_capacity(tables.len());
     for (i, table) in tables.into_iter().enumerate() {
         let key = |field: &str| format!("route[{i}].{field}");
         let path_prefix = table
@@ -552,7 +546,7 @@ fn routes(tables: Vec<FileRoute>) -> Result<Vec<RouteConfig>, Invalid> {
                 format!("must be between 1 and {MAX_ROUTE_TIMEOUT_MS}, got {timeout_ms}"),
             ));
         }
-        routes.push(RouteConfig {
+        routes.push(Route {
             path_prefix,
             timeout: Duration::from_millis(timeout_ms),
         });
@@ -718,11 +712,11 @@ timeout_ms = 450
         assert_eq!(
             config.routes,
             [
-                RouteConfig {
+                Route {
                     path_prefix: "/fast".into(),
                     timeout: Duration::from_millis(80)
                 },
-                RouteConfig {
+                Route {
                     path_prefix: "/".into(),
                     timeout: Duration::from_millis(450)
                 },
@@ -758,15 +752,16 @@ timeout_ms = 450
                 log_level: "info".into(),
                 log_format: LogFormat::Text,
                 io: IoMode::Auto,
-                select: SelectConfig {
-                    field: "/price".into(),
-                    prefer: Prefer::Max
+                select: Selection {
+                    selector: Selector::parse("/price").unwrap(),
+                    prefer: Prefer::Max,
+                    floor: None,
                 },
                 backends: vec![BackendConfig {
                     name: "a".into(),
                     address: v4(10, 0, 0, 1, 9000)
                 }],
-                routes: vec![RouteConfig {
+                routes: vec![Route {
                     path_prefix: "/".into(),
                     timeout: Duration::from_millis(450)
                 }],
@@ -824,7 +819,7 @@ pin_dir = "/run/splitter"
         assert_eq!(c.idle_timeout, Duration::from_millis(5));
         assert_eq!(c.log_level, "warn,splitter_user=trace");
         assert_eq!((c.log_format, c.io), (LogFormat::Json, IoMode::Epoll));
-        assert_eq!(c.select.field, "/seatbid/0/bid/0/price");
+        assert_eq!(c.select.selector.as_str(), "/seatbid/0/bid/0/price");
         assert_eq!(c.select.prefer, Prefer::Min);
         assert_eq!(c.backends[0].name, "A-1.x_y");
         assert_eq!(c.backends[0].address, "[::1]:7000".parse().unwrap());
@@ -1222,8 +1217,11 @@ pin_dir = "/run/splitter"
     #[test]
     fn select_field_must_be_a_json_pointer() {
         let field = |f: &str| format!("{MINIMAL}[select]\nfield = {f:?}\n");
-        assert_eq!(parse(&field("")).unwrap().select.field, "");
-        assert_eq!(parse(&field("/a~1b/0")).unwrap().select.field, "/a~1b/0");
+        assert_eq!(parse(&field("")).unwrap().select.selector.as_str(), "");
+        assert_eq!(
+            parse(&field("/a~1b/0")).unwrap().select.selector.as_str(),
+            "/a~1b/0"
+        );
         assert_error(
             &field("price"),
             "select.field",

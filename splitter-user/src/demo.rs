@@ -12,7 +12,8 @@ use tokio::net::TcpStream;
 
 use crate::config::{Config, DEFAULT_CONFIG};
 use crate::control::Server;
-use crate::http1::response::{parse_response, ResponseFraming};
+use crate::http1::body::Framing;
+use crate::http1::response::parse_response;
 use crate::mock_backend::{self, MockArgs, MockConfig};
 
 /// Options of `splitter demo`.
@@ -212,7 +213,7 @@ async fn client(
                 continue;
             };
             let len = match head.framing {
-                ResponseFraming::Length(len) => len,
+                Framing::Length(len) => len,
                 _ => 0,
             };
             while buf.len() < head.head_len + len {

@@ -8,7 +8,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::http1::limits::Limits;
-use crate::http1::request::parse_request;
+use crate::http1::request::{parse_request, Method};
 use crate::metrics::Renderer;
 
 /// An admin request must arrive whole within this time.
@@ -38,6 +38,7 @@ pub async fn serve(listener: TcpListener, renderer: Renderer, draining: watch::R
 async fn handle(mut stream: TcpStream, renderer: &Renderer, draining: bool) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut forward = Vec::new();
+    let mut head_only = false;
     let (status, content_type, body) = loop {
         if stream.read_buf(&mut buf).await? == 0 {
             return Ok(());
@@ -46,8 +47,9 @@ async fn handle(mut stream: TcpStream, renderer: &Renderer, draining: bool) -> s
             Ok(None) => continue,
             Err(e) => break (e.status(), "text/plain", String::new()),
             Ok(Some(head)) => {
-                let get = buf.starts_with(b"GET ") || buf.starts_with(b"HEAD ");
-                break match (&buf[head.path], get) {
+                head_only = head.method == Method::Head;
+                let get = matches!(head.method, Method::Get | Method::Head);
+                break match (head.path(&buf), get) {
                     (b"/metrics", true) => (
                         200,
                         "text/plain; version=0.0.4; charset=utf-8",
@@ -67,7 +69,7 @@ async fn handle(mut stream: TcpStream, renderer: &Renderer, draining: bool) -> s
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
-    if !buf.starts_with(b"HEAD ") {
+    if !head_only {
         stream.write_all(body.as_bytes()).await?;
     }
     stream.shutdown().await

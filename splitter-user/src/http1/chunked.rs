@@ -4,7 +4,7 @@
 //! The decoder is a state machine fed whatever bytes arrived, one small function per state, with
 //! checked size arithmetic. It is strict: bare LF, padding, whitespace or extension syntax that
 //! another parser could read differently are errors. Extensions and trailer fields are checked,
-//! then discarded. No I/O; payload bytes go to the caller's buffer.
+//! then discarded. No I/O, no copy but where the caller asks for one.
 
 use super::limits::{MAX_CHUNK_METADATA, MAX_CHUNK_SIZE_DIGITS};
 
@@ -120,6 +120,17 @@ pub struct Decoded {
     pub done: bool,
 }
 
+/// Progress of one [`ChunkedDecoder::decode_run`] call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    /// Input bytes consumed, the run of payload included. Never any after the final CRLF.
+    pub consumed: usize,
+    /// Where the run of payload lies in the input; empty when the call saw none.
+    pub data: std::ops::Range<usize>,
+    /// Whether the last chunk, the trailers and the final CRLF have been read.
+    pub done: bool,
+}
+
 /// Why a chunked body is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ChunkedError {
@@ -154,29 +165,57 @@ impl ChunkedDecoder {
         }
     }
 
+    /// Whether the last chunk, the trailers and the final CRLF have been read.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
     /// Consumes from `input`, appending payload bytes to `out`.
     ///
     /// Call again with more input until `done`; after that it consumes nothing. After an error the
     /// decoder's state is unspecified: the stream cannot be trusted, close it.
     pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<Decoded, ChunkedError> {
+        let mut consumed = 0;
+        loop {
+            let run = self.decode_run(&input[consumed..])?;
+            out.extend_from_slice(&input[consumed..][run.data]);
+            consumed += run.consumed;
+            if run.done || consumed == input.len() {
+                return Ok(Decoded {
+                    consumed,
+                    done: run.done,
+                });
+            }
+        }
+    }
+
+    /// Consumes framing from `input` up to and including one run of payload, which it does not
+    /// copy: `data` says where it lies in `input`. The caller may then move it anywhere, even
+    /// down within the buffer `input` came from (in-place de-chunking, see
+    /// [`super::body::BodyDecoder`]). Stops after the run, at the end of the body, or at the end
+    /// of `input`: the work is linear in the bytes consumed.
+    pub fn decode_run(&mut self, input: &[u8]) -> Result<Run, ChunkedError> {
         let mut pos = 0;
         while pos < input.len() && self.state != State::Done {
             if self.state == State::Data {
                 let n = self.size.min(input.len() - pos);
-                out.extend_from_slice(&input[pos..pos + n]);
-                pos += n;
                 self.size -= n;
                 if self.size == 0 {
                     self.state = State::DataCr;
                 }
-                continue;
+                return Ok(Run {
+                    consumed: pos + n,
+                    data: pos..pos + n,
+                    done: false,
+                });
             }
             let byte = input[pos];
             pos += 1;
             self.state = self.step(byte)?;
         }
-        Ok(Decoded {
+        Ok(Run {
             consumed: pos,
+            data: pos..pos,
             done: self.state == State::Done,
         })
     }

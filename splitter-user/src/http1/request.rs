@@ -9,6 +9,7 @@ use std::ops::Range;
 
 use httparse::Status;
 
+use super::body::Framing;
 use super::encode::{field_line, is_hop_by_hop};
 use super::fields::{self, Fields};
 use super::limits::{Limits, MAX_HEADERS};
@@ -23,27 +24,45 @@ pub enum Version {
     Http11,
 }
 
-/// How the request body is delimited (RFC 9112 §6.3).
+/// The request method, as far as the splitter treats methods differently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyFraming {
-    /// Exactly this many bytes, at most `Limits::max_body`; `Length(0)` when there is no body.
-    Length(usize),
-    /// Chunked coding; decode with [`super::chunked::ChunkedDecoder`].
-    Chunked,
+pub enum Method {
+    /// `GET`.
+    Get,
+    /// `HEAD`: responses to it have no body, whatever their fields say.
+    Head,
+    /// `POST`, the method of bid requests.
+    Post,
+    /// Any other token; forwarded as received.
+    Other,
+}
+
+impl Method {
+    fn of(token: &str) -> Method {
+        match token {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "POST" => Method::Post,
+            _ => Method::Other,
+        }
+    }
 }
 
 /// A parsed client request head: what the caller needs to route, read the body and answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead {
+    /// The method (methods are case-sensitive: `get` is `Other`).
+    pub method: Method,
     /// The client's HTTP version, which decides persistence and the `Connection` field sent back.
     pub version: Version,
     /// Bytes of the head in the input, leading empty lines and the final CRLFCRLF included: the
     /// body starts at this offset.
     pub head_len: usize,
-    /// Offsets in the input of the path (the target up to any `?`), for routing.
+    /// Offsets in the input of the path (the target up to any `?`, after the authority of an
+    /// absolute-form target), for routing; see [`RequestHead::path`].
     pub path: Range<usize>,
-    /// How the body is delimited.
-    pub framing: BodyFraming,
+    /// How the body is delimited: `Length` or `Chunked`, never `UntilClose`.
+    pub framing: Framing,
     /// Whether the client wants the connection kept: HTTP/1.1 unless `Connection: close`,
     /// HTTP/1.0 only with `Connection: keep-alive`.
     pub keep_alive: bool,
@@ -67,10 +86,10 @@ pub enum RequestError {
     /// `HTTP/2.0` from garbage in that place.
     #[error("unsupported HTTP version")]
     UnsupportedVersion,
-    /// A target not in origin-form (`/path?query`, visible ASCII, no `#`): the splitter is an
-    /// origin server to its clients, so absolute-form, authority-form (`CONNECT`) and `*` are
-    /// refused.
-    #[error("request target not in origin-form")]
+    /// A target neither in origin-form (`/path?query`) nor in absolute-form
+    /// (`http://host/path?query`), visible ASCII without `#`: authority-form (`CONNECT`) and `*`
+    /// ask for things the splitter does not do.
+    #[error("request target not in origin-form or absolute-form")]
     InvalidTarget,
     /// An HTTP/1.1 request without `Host` (RFC 9112 §3.2).
     #[error("missing Host")]
@@ -153,9 +172,9 @@ pub fn parse_request(
     else {
         unreachable!("httparse sets the method, target and version of a complete request");
     };
-    if !is_origin_form(target) {
+    let Some(target) = Target::parse(target) else {
         return Err(RequestError::InvalidTarget);
-    }
+    };
     let version = if minor_version == 0 {
         Version::Http10
     } else {
@@ -169,11 +188,11 @@ pub fn parse_request(
         _ => {}
     }
     let framing = if fields.chunked {
-        BodyFraming::Chunked
+        Framing::Chunked
     } else {
         let length = fields.content_length.unwrap_or(0);
         match usize::try_from(length) {
-            Ok(length) if length <= limits.max_body => BodyFraming::Length(length),
+            Ok(length) if length <= limits.max_body => Framing::Length(length),
             _ => return Err(RequestError::BodyTooLarge),
         }
     };
@@ -182,7 +201,8 @@ pub fn parse_request(
     forward.reserve(head_len);
     forward.extend_from_slice(method.as_bytes());
     forward.push(b' ');
-    forward.extend_from_slice(target.as_bytes());
+    // Backends always get the origin-form (RFC 9112 §3.2.1).
+    forward.extend_from_slice(target.origin_form().as_bytes());
     forward.extend_from_slice(b" HTTP/1.1\r\n");
     for header in headers {
         let name = header.name;
@@ -193,21 +213,27 @@ pub fn parse_request(
             || name.eq_ignore_ascii_case("content-length")
             || name.eq_ignore_ascii_case("expect")
             || (fields.names_fields && !is_host && fields::named_by_connection(headers, name));
-        if !dropped {
-            field_line(forward, name.as_bytes(), header.value);
+        match target.authority {
+            // An absolute-form target's authority replaces Host (RFC 9112 §3.2.2).
+            Some(authority) if is_host => {
+                field_line(forward, b"Host", authority.as_bytes());
+            }
+            _ if !dropped => field_line(forward, name.as_bytes(), header.value),
+            _ => {}
         }
     }
     if fields.hosts == 0 {
-        forward.extend_from_slice(b"Host: \r\n");
+        let host = target.authority.unwrap_or("");
+        field_line(forward, b"Host", host.as_bytes());
     }
 
-    // The target is a subslice of `buf`, so its offset is the distance between their addresses.
-    let target_start = target.as_ptr() as usize - buf.as_ptr() as usize;
-    let path_len = target.find('?').unwrap_or(target.len());
+    // The path is a subslice of `buf`, so its offset is the distance between their addresses.
+    let path_start = target.path.as_ptr() as usize - buf.as_ptr() as usize;
     Ok(Some(RequestHead {
+        method: Method::of(method),
         version,
         head_len,
-        path: target_start..target_start + path_len,
+        path: path_start..path_start + target.path.len(),
         framing,
         keep_alive: match version {
             Version::Http11 => !fields.close,
@@ -217,10 +243,66 @@ pub fn parse_request(
     }))
 }
 
-/// Whether `target` is in origin-form (RFC 9112 §3.2.1): `/`, then visible ASCII without `#`
-/// (a fragment never travels in a request). httparse also lets obs-text through here.
-fn is_origin_form(target: &str) -> bool {
-    target.starts_with('/') && target.bytes().all(|b| b.is_ascii_graphic() && b != b'#')
+impl RequestHead {
+    /// The path to route by, from the buffer the head was parsed from: `/` for an absolute-form
+    /// target with an empty path (RFC 9112 §3.2.1 makes that `/` in origin-form).
+    pub fn path<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
+        match &buf[self.path.clone()] {
+            b"" => b"/",
+            path => path,
+        }
+    }
+}
+
+/// A request target the splitter serves, split for routing and forwarding.
+struct Target<'t> {
+    /// `host[:port]` of an absolute-form target.
+    authority: Option<&'t str>,
+    /// The path, up to any `?`: empty only after an authority.
+    path: &'t str,
+    /// The path with its query, as the origin-form sends it (may be empty after an authority).
+    path_and_query: &'t str,
+}
+
+impl<'t> Target<'t> {
+    /// Origin-form (RFC 9112 §3.2.1): `/`, then visible ASCII without `#` (a fragment never
+    /// travels in a request; httparse also lets obs-text through here). Absolute-form (§3.2.2):
+    /// `http://` or `https://` (any case), an authority without userinfo, then the same.
+    fn parse(target: &'t str) -> Option<Target<'t>> {
+        if !target.bytes().all(|b| b.is_ascii_graphic() && b != b'#') {
+            return None;
+        }
+        let (authority, path_and_query) = if target.starts_with('/') {
+            (None, target)
+        } else {
+            let (scheme, rest) = target.split_once("://")?;
+            if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+                return None;
+            }
+            let end = rest.find(['/', '?']).unwrap_or(rest.len());
+            let authority = &rest[..end];
+            // RFC 9110 §4.2.4: userinfo is deprecated; a sender must not send it.
+            if authority.is_empty() || authority.contains('@') {
+                return None;
+            }
+            (Some(authority), &rest[end..])
+        };
+        let path = &path_and_query[..path_and_query.find('?').unwrap_or(path_and_query.len())];
+        Some(Target {
+            authority,
+            path,
+            path_and_query,
+        })
+    }
+
+    /// The target as origin-form: `/` when the absolute-form path is empty, before any query.
+    fn origin_form(&self) -> std::borrow::Cow<'t, str> {
+        if self.path.is_empty() {
+            format!("/{}", self.path_and_query).into()
+        } else {
+            self.path_and_query.into()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -291,10 +373,11 @@ mod tests {
         assert_eq!(
             head,
             RequestHead {
+                method: Method::Post,
                 version: Version::Http11,
                 head_len: input.len() - 5,
                 path: 5..9,
-                framing: BodyFraming::Length(5),
+                framing: Framing::Length(5),
                 keep_alive: true,
                 expect_continue: false,
             }
@@ -307,27 +390,76 @@ mod tests {
     }
 
     #[test]
+    fn absolute_form_targets_are_routed_by_path_and_forwarded_in_origin_form() {
+        let cases: &[(&[u8], &[u8], &str)] = &[
+            (
+                b"POST http://bidder.example:8080/bid?x=1 HTTP/1.1\r\nHost: other\r\nContent-Length: 0\r\n\r\n",
+                b"/bid",
+                "POST /bid?x=1 HTTP/1.1\r\nHost: bidder.example:8080\r\n",
+            ),
+            (
+                b"GET HTTPS://a HTTP/1.1\r\nHost: a\r\n\r\n",
+                b"/",
+                "GET / HTTP/1.1\r\nHost: a\r\n",
+            ),
+            (
+                b"GET http://a?q HTTP/1.1\r\nHost: a\r\n\r\n",
+                b"/",
+                "GET /?q HTTP/1.1\r\nHost: a\r\n",
+            ),
+            (
+                b"GET http://a/p HTTP/1.0\r\n\r\n",
+                b"/p",
+                "GET /p HTTP/1.1\r\nHost: a\r\n",
+            ),
+        ];
+        for &(input, routed, forwarded) in cases {
+            let (head, forward) = parse(input);
+            assert_eq!(
+                head.path(input),
+                routed,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+            assert_eq!(forward, forwarded);
+        }
+    }
+
+    #[test]
+    fn the_method_is_in_the_head() {
+        for (input, method) in [
+            (&b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..], Method::Get),
+            (b"\r\nHEAD / HTTP/1.1\r\nHost: a\r\n\r\n", Method::Head),
+            (b"POST / HTTP/1.1\r\nHost: a\r\n\r\n", Method::Post),
+            (b"head / HTTP/1.1\r\nHost: a\r\n\r\n", Method::Other),
+            (b"PUT / HTTP/1.1\r\nHost: a\r\n\r\n", Method::Other),
+        ] {
+            assert_eq!(parse(input).0.method, method);
+        }
+    }
+
+    #[test]
     fn framing_keep_alive_and_expect_follow_the_fields() {
-        type Case = (&'static [u8], Version, BodyFraming, bool, bool);
+        type Case = (&'static [u8], Version, Framing, bool, bool);
         let cases: &[Case] = &[
-            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", Version::Http11, BodyFraming::Length(0), true, false),
-            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", Version::Http11, BodyFraming::Chunked, true, false),
-            (b"POST / HTTP/1.1\r\nHost: a\r\ntransfer-encoding: Chunked\r\n\r\n", Version::Http11, BodyFraming::Chunked, true, false),
-            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n", Version::Http11, BodyFraming::Length(5), true, false),
-            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", Version::Http11, BodyFraming::Length(5), true, false),
-            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n", Version::Http11, BodyFraming::Length(100), true, false),
-            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", Version::Http11, BodyFraming::Length(0), true, false),
-            (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", Version::Http11, BodyFraming::Length(0), false, false),
-            (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Keep-Alive, CLOSE\r\n\r\n", Version::Http11, BodyFraming::Length(0), false, false),
-            (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n", Version::Http11, BodyFraming::Length(0), true, false),
-            (b"GET / HTTP/1.0\r\n\r\n", Version::Http10, BodyFraming::Length(0), false, false),
-            (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", Version::Http10, BodyFraming::Length(0), true, false),
-            (b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n", Version::Http10, BodyFraming::Length(0), false, false),
-            (b"POST / HTTP/1.0\r\nHost: a\r\nContent-Length: 3\r\n\r\n", Version::Http10, BodyFraming::Length(3), false, false),
-            (b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n", Version::Http11, BodyFraming::Length(3), true, true),
-            (b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nTransfer-Encoding: chunked\r\n\r\n", Version::Http11, BodyFraming::Chunked, true, true),
-            (b"POST / HTTP/1.1\r\nHost: a\r\nExpect: something-else\r\n\r\n", Version::Http11, BodyFraming::Length(0), true, false),
-            (b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n", Version::Http10, BodyFraming::Length(3), false, false),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", Version::Http11, Framing::Length(0), true, false),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", Version::Http11, Framing::Chunked, true, false),
+            (b"POST / HTTP/1.1\r\nHost: a\r\ntransfer-encoding: Chunked\r\n\r\n", Version::Http11, Framing::Chunked, true, false),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n", Version::Http11, Framing::Length(5), true, false),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", Version::Http11, Framing::Length(5), true, false),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n", Version::Http11, Framing::Length(100), true, false),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", Version::Http11, Framing::Length(0), true, false),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", Version::Http11, Framing::Length(0), false, false),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Keep-Alive, CLOSE\r\n\r\n", Version::Http11, Framing::Length(0), false, false),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n", Version::Http11, Framing::Length(0), true, false),
+            (b"GET / HTTP/1.0\r\n\r\n", Version::Http10, Framing::Length(0), false, false),
+            (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", Version::Http10, Framing::Length(0), true, false),
+            (b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n", Version::Http10, Framing::Length(0), false, false),
+            (b"POST / HTTP/1.0\r\nHost: a\r\nContent-Length: 3\r\n\r\n", Version::Http10, Framing::Length(3), false, false),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n", Version::Http11, Framing::Length(3), true, true),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nTransfer-Encoding: chunked\r\n\r\n", Version::Http11, Framing::Chunked, true, true),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nExpect: something-else\r\n\r\n", Version::Http11, Framing::Length(0), true, false),
+            (b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n", Version::Http10, Framing::Length(3), false, false),
         ];
         for &(input, version, framing, keep_alive, expect_continue) in cases {
             let (head, _) = parse(input);
@@ -490,7 +622,13 @@ mod tests {
             // Targets.
             (b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", InvalidTarget),
             (b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", InvalidTarget),
-            (b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n", InvalidTarget),
+            (b"GET ftp://a/ HTTP/1.1\r\nHost: a\r\n\r\n", InvalidTarget),
+            (b"GET http:///x HTTP/1.1\r\nHost: a\r\n\r\n", InvalidTarget),
+            (
+                b"GET http://u@a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+                InvalidTarget,
+            ),
+            (b"GET http:/a/ HTTP/1.1\r\nHost: a\r\n\r\n", InvalidTarget),
             (b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n", InvalidTarget),
             (b"GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n", InvalidTarget),
             (
@@ -547,7 +685,7 @@ mod tests {
     #[test]
     fn body_over_the_limit_is_413_at_the_head() {
         let at_limit = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n";
-        assert_eq!(parse(at_limit).0.framing, BodyFraming::Length(100));
+        assert_eq!(parse(at_limit).0.framing, Framing::Length(100));
         let over = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 101\r\n\r\n";
         parse_err(over, RequestError::BodyTooLarge);
         let huge = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551615\r\n\r\n";

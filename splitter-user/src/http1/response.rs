@@ -6,37 +6,83 @@
 
 use httparse::{Header, Status};
 
+use super::body::Framing;
+use super::encode::is_hop_by_hop;
 use super::fields::{self, Fields};
 use super::limits::{MAX_HEADERS, MAX_RESPONSE_BODY, MAX_RESPONSE_HEAD};
 use super::FramingError;
-
-/// How the body of a backend response is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResponseFraming {
-    /// Exactly this many bytes follow the head.
-    Length(usize),
-    /// Chunked coding; decode with [`super::chunked::ChunkedDecoder`].
-    Chunked,
-    /// No `Content-Length`, no `Transfer-Encoding`: the body ends when the backend closes.
-    UntilClose,
-    /// No body at all, whatever the fields say: `204` and `304` (RFC 9112 §6.3 rule 1).
-    Empty,
-}
 
 /// A parsed backend response head, with interim `1xx` responses already skipped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResponseHead {
     /// The final status code, 200..=599.
     pub status: u16,
+    /// The end-to-end fields of the final head, as offsets into the parsed bytes: what a client
+    /// gets of them if this response wins, without parsing the head again.
+    pub passed: PassedFields,
     /// Bytes of the head, interim responses before it and the final blank line included: the body
     /// starts at this offset.
     pub head_len: usize,
     /// How the body is delimited.
-    pub framing: ResponseFraming,
+    pub framing: Framing,
     /// Whether the connection may carry another request after this body: HTTP/1.1 unless
     /// `Connection: close`, HTTP/1.0 only with `Connection: keep-alive`, never for
-    /// [`ResponseFraming::UntilClose`].
+    /// [`Framing::UntilClose`].
     pub keep_alive: bool,
+}
+
+/// The header fields a winning response passes on to the client, in the order received: all but
+/// the hop-by-hop ones, those its `Connection` names, `Content-Length` (the splitter frames the
+/// body itself) and `X-Splitter-*` (the splitter's own, which a backend must not forge).
+///
+/// Offsets are `u16`: a head is at most [`MAX_RESPONSE_HEAD`] bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PassedFields {
+    /// Name start, name end, value start, value end of each field.
+    spans: [[u16; 4]; MAX_HEADERS],
+    len: usize,
+}
+
+impl PassedFields {
+    /// Each field as `(name, value)`, borrowed from `head`, the bytes the head was parsed from.
+    pub fn iter<'a>(&'a self, head: &'a [u8]) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+        self.spans[..self.len].iter().map(move |&[ns, ne, vs, ve]| {
+            (
+                &head[usize::from(ns)..usize::from(ne)],
+                &head[usize::from(vs)..usize::from(ve)],
+            )
+        })
+    }
+
+    fn of(buf: &[u8], headers: &[Header<'_>], fields: &Fields) -> Self {
+        let offset = |part: &[u8]| (part.as_ptr() as usize - buf.as_ptr() as usize) as u16;
+        let mut passed = PassedFields {
+            spans: [[0; 4]; MAX_HEADERS],
+            len: 0,
+        };
+        for header in headers {
+            let name = header.name;
+            let dropped = is_hop_by_hop(name.as_bytes())
+                || name.eq_ignore_ascii_case("content-length")
+                || name
+                    .get(..11)
+                    .is_some_and(|p| p.eq_ignore_ascii_case("x-splitter-"))
+                || (fields.names_fields && fields::named_by_connection(headers, name));
+            if !dropped {
+                let (n, v) = (offset(name.as_bytes()), offset(header.value));
+                passed.spans[passed.len] =
+                    [n, n + name.len() as u16, v, v + header.value.len() as u16];
+                passed.len += 1;
+            }
+        }
+        passed
+    }
+}
+
+impl std::fmt::Debug for PassedFields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(&self.spans[..self.len]).finish()
+    }
 }
 
 /// Why a backend response head is unusable (the backend's outcome is then `error`).
@@ -63,17 +109,13 @@ pub enum ResponseError {
     /// A `Content-Length` over [`MAX_RESPONSE_BODY`].
     #[error("response body over {MAX_RESPONSE_BODY} bytes")]
     BodyTooLarge,
-    /// The bytes end before the head does. Only [`super::encode::client_response`] reports this,
-    /// when handed something [`parse_response`] did not accept; `parse_response` says `Ok(None)`.
-    #[error("truncated response head")]
-    Truncated,
 }
 
 /// Parses the backend response head at the start of `buf`.
 ///
 /// `Ok(None)`: the head is not complete yet. Interim `1xx` responses (`100 Continue`, `103 Early
 /// Hints`) are skipped: the result describes the final response, and `head_len` covers the interim
-/// ones too, so `&buf[..head_len]` is what [`super::encode::client_response`] takes. The whole of
+/// ones too. The whole of
 /// it must fit in [`MAX_RESPONSE_HEAD`].
 ///
 /// The framing follows RFC 9112 §6.3, with the request-side strictness: `Content-Length` together
@@ -85,19 +127,20 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, ResponseError>
         return Ok(None);
     };
     let http10 = head.minor_version == 0;
-    let fields = Fields::scan(&headers[..head.header_count], http10)?;
+    let headers = &headers[..head.header_count];
+    let fields = Fields::scan(headers, http10)?;
 
     let framing = if head.status == 204 || head.status == 304 {
-        ResponseFraming::Empty
+        Framing::Length(0)
     } else if fields.chunked {
-        ResponseFraming::Chunked
+        Framing::Chunked
     } else if let Some(length) = fields.content_length {
         match usize::try_from(length) {
-            Ok(length) if length <= MAX_RESPONSE_BODY => ResponseFraming::Length(length),
+            Ok(length) if length <= MAX_RESPONSE_BODY => Framing::Length(length),
             _ => return Err(ResponseError::BodyTooLarge),
         }
     } else {
-        ResponseFraming::UntilClose
+        Framing::UntilClose
     };
     let persistent = if http10 {
         fields.keep_alive && !fields.close
@@ -106,14 +149,26 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, ResponseError>
     };
     Ok(Some(ResponseHead {
         status: head.status,
+        passed: PassedFields::of(buf, headers, &fields),
         head_len: head.len,
         framing,
-        keep_alive: persistent && framing != ResponseFraming::UntilClose,
+        keep_alive: persistent && framing != Framing::UntilClose,
     }))
 }
 
+/// Whether a head may have ended in `buf` now that it grew past `scanned` bytes: an LF followed
+/// by an LF or a CRLF lies in the new bytes (or straddles them). Lets a reader parse a head once
+/// it can be complete rather than after every read, which keeps the work linear in the head's
+/// size however it is cut.
+pub fn head_may_end(buf: &[u8], scanned: usize) -> bool {
+    let from = scanned.saturating_sub(2);
+    buf[from..].iter().enumerate().any(|(i, &b)| {
+        b == b'\n' && matches!(&buf[from + i + 1..], [b'\n', ..] | [b'\r', b'\n', ..])
+    })
+}
+
 /// The final (non-`1xx`) head of a response, as `httparse` split it.
-pub(super) struct FinalHead {
+struct FinalHead {
     /// Bytes up to the end of the final head, interim responses included.
     pub len: usize,
     /// `0` for HTTP/1.0, `1` for HTTP/1.1.
@@ -126,7 +181,7 @@ pub(super) struct FinalHead {
 
 /// Skips interim responses and splits the final head of `buf` into `headers`, checking the syntax,
 /// the size, the status and the line endings (not the framing fields).
-pub(super) fn parse_final_head<'b>(
+fn parse_final_head<'b>(
     buf: &'b [u8],
     headers: &mut [Header<'b>; MAX_HEADERS],
 ) -> Result<Option<FinalHead>, ResponseError> {
@@ -217,9 +272,22 @@ mod tests {
     }
 
     #[test]
+    fn a_head_may_end_only_once_a_blank_line_arrived() {
+        let head = b"HTTP/1.1 200 OK\r\nA: b\r\n\r\n";
+        let end = head.len();
+        for split in 0..end {
+            // Fed in two reads: the first cannot end the head, the second must say it may.
+            assert!(!head_may_end(&head[..split], 0), "split at {split}");
+            assert!(head_may_end(head, split), "split at {split}");
+        }
+        assert!(head_may_end(b"HTTP/1.0 200 OK\n\n", 0));
+        assert!(!head_may_end(b"HTTP/1.1 200 OK\r\nA: b\r\n", 0));
+    }
+
+    #[test]
     fn framing_and_keep_alive_follow_status_and_fields() {
-        use ResponseFraming::*;
-        let cases: &[(&[u8], u16, ResponseFraming, bool)] = &[
+        use Framing::*;
+        let cases: &[(&[u8], u16, Framing, bool)] = &[
             (
                 b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n",
                 200,
@@ -263,17 +331,17 @@ mod tests {
                 Length(2),
                 true,
             ),
-            (b"HTTP/1.1 204 No Content\r\n\r\n", 204, Empty, true),
+            (b"HTTP/1.1 204 No Content\r\n\r\n", 204, Length(0), true),
             (
                 b"HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n",
                 204,
-                Empty,
+                Length(0),
                 true,
             ),
             (
                 b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n",
                 304,
-                Empty,
+                Length(0),
                 true,
             ),
             (
@@ -309,19 +377,35 @@ mod tests {
             (
                 b"HTTP/1.0 204 No Content\r\nConnection: keep-alive\r\n\r\n",
                 204,
-                Empty,
+                Length(0),
                 true,
             ),
         ];
         for &(input, status, framing, keep_alive) in cases {
-            let expected = ResponseHead {
-                status,
-                head_len: input.len(),
-                framing,
-                keep_alive,
-            };
-            assert_eq!(parse(input), expected, "{}", String::from_utf8_lossy(input));
+            let head = parse(input);
+            let what = String::from_utf8_lossy(input);
+            assert_eq!(
+                (head.status, head.head_len, head.framing, head.keep_alive),
+                (status, input.len(), framing, keep_alive),
+                "{what}"
+            );
         }
+    }
+
+    #[test]
+    fn passed_fields_leave_out_hop_by_hop_framing_and_splitter_fields() {
+        let input = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: X-Hop\r\n\
+            X-Hop: 1\r\nContent-Length: 2\r\nX-Splitter-Value: 99\r\nx-splitter-backend: f\r\n\
+            Keep-Alive: timeout=5\r\nX-Req-Id: 7\r\n\r\nok";
+        let head = parse(input);
+        let passed: Vec<(&[u8], &[u8])> = head.passed.iter(input).collect();
+        assert_eq!(
+            passed,
+            [
+                (&b"Content-Type"[..], &b"application/json"[..]),
+                (b"X-Req-Id", b"7")
+            ]
+        );
     }
 
     #[test]
@@ -330,7 +414,7 @@ mod tests {
         let head = parse(input);
         assert_eq!(head.status, 200);
         assert_eq!(head.head_len, input.len() - 2);
-        assert_eq!(head.framing, ResponseFraming::Length(2));
+        assert_eq!(head.framing, Framing::Length(2));
         // An interim response alone is not a complete head.
         assert_eq!(parse_response(b"HTTP/1.1 100 Continue\r\n\r\n"), Ok(None));
     }

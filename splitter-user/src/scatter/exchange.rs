@@ -2,45 +2,56 @@
 //! (SPEC 2, 3).
 //!
 //! Sans-IO: no sockets, no timers, never reads the clock. Time comes in as `now: Instant`, the
-//! next wake-up goes out through [`Exchange::poll_timeout`]. The shell owns the connections,
-//! the response bytes and the one timer, and tells the exchange what happened.
+//! next wake-up goes out through [`Exchange::poll_timeout`]. The shell owns the connections and
+//! the one timer; it hands the exchange each backend's whole reply (or failure) and sleeps until
+//! `poll_timeout()`. The exchange judges each reply ([`Selection::judge`]), keeps the best one
+//! and drops the others, and says when and what to answer.
 
 use std::time::Instant;
 
-use serde::Deserialize;
+pub use splitter_common::MAX_BACKENDS;
+
+use super::select::{Scratch, Selection};
 
 /// Index of a backend in the configured list (`[[backend]]` order), below [`MAX_BACKENDS`].
 pub type BackendId = usize;
 
-/// Most backends one exchange tracks: their states are bits of a `u16`. SPEC 6 caps the
-/// configuration at 16 too.
-pub const MAX_BACKENDS: usize = u16::BITS as usize;
-
-/// Which number is best (`[select] prefer`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Prefer {
-    /// The largest number wins, e.g. the highest bid (SPEC 6 default).
-    #[default]
-    Max,
-    /// The smallest number wins, e.g. the cheapest quote.
-    Min,
+/// A whole backend reply, as the exchange judges it.
+pub trait Reply {
+    /// The final status code.
+    fn status(&self) -> u16;
+    /// The body, de-chunked.
+    fn body(&self) -> &[u8];
 }
 
 /// What the client gets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// This backend's response, byte for byte.
-    Chosen(BackendId),
-    /// `204 No Content`: no valid response in time.
+#[derive(Debug)]
+pub enum Outcome<R> {
+    /// The best valid reply.
+    Chosen(Winner<R>),
+    /// `204 No Content`: no valid reply in time.
     NoContent,
+}
+
+/// The best valid reply of an exchange.
+#[derive(Debug)]
+pub struct Winner<R> {
+    /// Who sent it.
+    pub backend: BackendId,
+    /// The reply, for the client byte for byte.
+    pub reply: R,
+    /// Its number.
+    pub value: f64,
+    /// The best number among the other valid replies, if any: the price a second-price auction
+    /// charges.
+    pub second: Option<f64>,
 }
 
 /// How one backend did in one exchange: the `outcome` label of
 /// `splitter_backend_responses_total` (SPEC 6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendOutcome {
-    /// A usable response: status 200 and the selected field is a finite number.
+    /// A usable response: see [`Selection::judge`].
     Valid,
     /// A whole HTTP response in time, but not usable: status, JSON, field.
     Invalid,
@@ -64,16 +75,16 @@ impl BackendOutcome {
 
 /// The state of one client request fanned out to every backend.
 ///
-/// Methods come in three kinds:
+/// Methods come in two kinds:
 /// - inputs: [`handle_reply`](Self::handle_reply) (a whole response arrived) and
 ///   [`handle_failure`](Self::handle_failure) (the backend's exchange broke);
-/// - outputs: [`poll_outcome`](Self::poll_outcome) and [`poll_timeout`](Self::poll_timeout);
-/// - getters: [`best`](Self::best), [`backend_outcome`](Self::backend_outcome).
+/// - outputs: [`poll_outcome`](Self::poll_outcome), [`poll_timeout`](Self::poll_timeout) and,
+///   once the outcome is given, [`backend_outcome`](Self::backend_outcome).
 ///
 /// After every input, and when the timer fires, drain in this order: `poll_outcome(now)`; if it
-/// gave `None`, re-arm the timer at `poll_timeout()` (it only changes from the deadline to
-/// `None`). Once `poll_outcome` has given `Some`, the exchange is over: later inputs are
-/// ignored and every backend's [`BackendOutcome`] is final, ready for the metrics.
+/// gave `None`, sleep until `poll_timeout()`. Once `poll_outcome` has given `Some`, the exchange
+/// is over: later inputs are dropped unjudged and every backend's [`BackendOutcome`] is final,
+/// ready for the metrics.
 ///
 /// Ordering rules, all relative to the `now` given with each input:
 /// - an input at or after the deadline changes nothing: that backend stays a `Timeout`;
@@ -81,9 +92,11 @@ impl BackendOutcome {
 ///   (the shell should not send them, but a duplicate must never replace an answer);
 /// - ties go to the earlier arrival, i.e. to whichever `handle_reply` came first.
 ///
-/// Fixed size and allocation-free: a few bitmasks and the best so far.
-#[derive(Clone, Debug)]
-pub struct Exchange {
+/// Fixed size: a few bitmasks and the best reply so far; no allocation.
+#[derive(Debug)]
+pub struct Exchange<'s, R> {
+    /// How replies are judged and ranked.
+    selection: &'s Selection,
     /// One bit per configured backend: the ones this exchange waits for.
     all: u16,
     /// Backends that answered (reply or failure) before the deadline.
@@ -92,28 +105,27 @@ pub struct Exchange {
     valid: u16,
     /// Of `answered`, those that failed (transport or HTTP error).
     failed: u16,
-    /// The best valid reply so far and its number.
-    best: Option<(BackendId, f64)>,
+    /// The best valid reply so far.
+    best: Option<Winner<R>>,
     /// When the client gets its answer at the latest.
     deadline: Instant,
-    /// Largest or smallest number wins.
-    prefer: Prefer,
     /// `poll_outcome` gave its answer: the exchange is over.
     decided: bool,
 }
 
-impl Exchange {
+impl<'s, R: Reply> Exchange<'s, R> {
     /// A new exchange over backends `0..backends`, due at `deadline`.
     ///
     /// # Panics
     ///
     /// If `backends` exceeds [`MAX_BACKENDS`]; config validation prevents it.
-    pub fn new(backends: usize, deadline: Instant, prefer: Prefer) -> Self {
+    pub fn new(backends: usize, deadline: Instant, selection: &'s Selection) -> Self {
         assert!(
             backends <= MAX_BACKENDS,
             "{backends} backends, at most {MAX_BACKENDS}"
         );
         Self {
+            selection,
             // Shifting a u16 by 16 overflows, hence the detour through u32.
             all: ((1u32 << backends) - 1) as u16,
             answered: 0,
@@ -121,40 +133,51 @@ impl Exchange {
             failed: 0,
             best: None,
             deadline,
-            prefer,
             decided: false,
         }
     }
 
-    /// A whole response arrived from `b`: `value` is `Some(number)` when it is valid (status
-    /// 200 and the field resolved), `None` when it is not.
-    ///
-    /// Returns `true` when this reply became the best so far: the shell then keeps its bytes
-    /// and may drop those of the previous best. A NaN or infinite `value` counts as invalid:
-    /// it cannot be ordered, and no real price is infinite.
+    /// A whole reply arrived from `b`. It is judged (with `scratch`, the worker's parse buffers)
+    /// unless it no longer counts (late, or a duplicate), and kept if it is the best so far; any
+    /// other reply is dropped here. Returns `true` when it became the best.
     ///
     /// # Panics
     ///
     /// If `b` is not one of the backends given to [`new`](Self::new).
-    pub fn handle_reply(&mut self, b: BackendId, value: Option<f64>, now: Instant) -> bool {
+    pub fn handle_reply(
+        &mut self,
+        b: BackendId,
+        reply: R,
+        scratch: &mut Scratch,
+        now: Instant,
+    ) -> bool {
         let Some(bit) = self.accept(b, now) else {
             return false;
         };
         self.answered |= bit;
-        let Some(value) = value.filter(|v| v.is_finite()) else {
+        let Some(value) = self.selection.judge(reply.status(), reply.body(), scratch) else {
             return false;
         };
         self.valid |= bit;
-        let better = match (self.best, self.prefer) {
-            (None, _) => true,
-            // Strict comparisons: on a tie the earlier arrival stays best (SPEC 2).
-            (Some((_, best)), Prefer::Max) => value > best,
-            (Some((_, best)), Prefer::Min) => value < best,
-        };
-        if better {
-            self.best = Some((b, value));
+        match &mut self.best {
+            Some(best) if !self.selection.prefer.is_better(value, best.value) => {
+                best.second = Some(match best.second {
+                    Some(second) if !self.selection.prefer.is_better(value, second) => second,
+                    _ => value,
+                });
+                false
+            }
+            best => {
+                let second = best.as_ref().map(|previous| previous.value);
+                *best = Some(Winner {
+                    backend: b,
+                    reply,
+                    value,
+                    second,
+                });
+                true
+            }
         }
-        better
     }
 
     /// `b`'s exchange failed (connect refused, reset, bad HTTP): it counts as answered at
@@ -178,13 +201,13 @@ impl Exchange {
 
     /// The outcome, once: when every backend has answered, or at `now >= deadline`.
     /// `None` before that, and on every call after the one that gave it.
-    pub fn poll_outcome(&mut self, now: Instant) -> Option<Outcome> {
+    pub fn poll_outcome(&mut self, now: Instant) -> Option<Outcome<R>> {
         if self.decided || (self.answered != self.all && now < self.deadline) {
             return None;
         }
         self.decided = true;
-        Some(match self.best {
-            Some((b, _)) => Outcome::Chosen(b),
+        Some(match self.best.take() {
+            Some(winner) => Outcome::Chosen(winner),
             None => Outcome::NoContent,
         })
     }
@@ -209,11 +232,6 @@ impl Exchange {
         }
     }
 
-    /// The backend whose valid reply is best so far, if any.
-    pub fn best(&self) -> Option<BackendId> {
-        self.best.map(|(b, _)| b)
-    }
-
     /// `b`'s bit when an input from it at `now` counts: the exchange is open, the deadline
     /// has not passed, and `b` has not answered yet.
     fn accept(&self, b: BackendId, now: Instant) -> Option<u16> {
@@ -233,9 +251,100 @@ impl Exchange {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
-    use super::*;
+    use super::{BackendId, BackendOutcome, Reply, MAX_BACKENDS};
+    use crate::scatter::select::{Prefer, Scratch, Selection, Selector};
+
+    /// A reply whose `/price` is the number given, or a string when `None` (invalid).
+    #[derive(Debug)]
+    struct Priced(Vec<u8>);
+
+    impl Reply for Priced {
+        fn status(&self) -> u16 {
+            200
+        }
+        fn body(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    fn priced(value: Option<f64>) -> Priced {
+        Priced(match value {
+            // NaN and the infinities are not JSON: the selector refuses them as numbers do
+            // not reach that far, so they are written as 1e999 (infinite to f64).
+            Some(v) if v.is_nan() => b"{\"price\":NaN}".to_vec(),
+            Some(v) if v.is_infinite() => {
+                format!("{{\"price\":{}1e999}}", if v < 0.0 { "-" } else { "" }).into_bytes()
+            }
+            Some(v) => format!("{{\"price\":{v:e}}}").into_bytes(),
+            None => b"{\"price\":\"none\"}".to_vec(),
+        })
+    }
+
+    /// The outcome as the tests compare it: who won.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Outcome {
+        Chosen(BackendId),
+        NoContent,
+    }
+
+    /// The core exchange behind the calls these tests were written with: numbers in, winners
+    /// out, the judging done by the real selection on a `/price` body.
+    #[derive(Debug)]
+    struct Exchange {
+        inner: super::Exchange<'static, Priced>,
+        scratch: Scratch,
+        best: Option<BackendId>,
+    }
+
+    impl Exchange {
+        fn new(backends: usize, deadline: Instant, prefer: Prefer) -> Self {
+            let selection = Box::leak(Box::new(Selection {
+                selector: Selector::parse("/price").unwrap(),
+                prefer,
+                floor: None,
+            }));
+            Exchange {
+                inner: super::Exchange::new(backends, deadline, selection),
+                scratch: Scratch::default(),
+                best: None,
+            }
+        }
+
+        fn handle_reply(&mut self, b: BackendId, value: Option<f64>, now: Instant) -> bool {
+            let better = self
+                .inner
+                .handle_reply(b, priced(value), &mut self.scratch, now);
+            if better {
+                self.best = Some(b);
+            }
+            better
+        }
+
+        fn handle_failure(&mut self, b: BackendId, now: Instant) {
+            self.inner.handle_failure(b, now)
+        }
+
+        fn poll_timeout(&self) -> Option<Instant> {
+            self.inner.poll_timeout()
+        }
+
+        fn poll_outcome(&mut self, now: Instant) -> Option<Outcome> {
+            self.inner.poll_outcome(now).map(|o| match o {
+                super::Outcome::Chosen(w) => Outcome::Chosen(w.backend),
+                super::Outcome::NoContent => Outcome::NoContent,
+            })
+        }
+
+        fn backend_outcome(&self, b: BackendId) -> BackendOutcome {
+            self.inner.backend_outcome(b)
+        }
+
+        fn best(&self) -> Option<BackendId> {
+            self.best
+        }
+    }
 
     use BackendOutcome::{Error, Invalid, Timeout, Valid};
 
@@ -615,15 +724,34 @@ mod tests {
     }
 
     #[test]
-    fn prefer_deserializes_from_lowercase_names() {
-        #[derive(Deserialize)]
-        struct T {
-            prefer: Prefer,
-        }
-        let parse = |s: &str| toml::from_str::<T>(s).map(|t| t.prefer);
-        assert_eq!(parse("prefer = \"max\"").unwrap(), Prefer::Max);
-        assert_eq!(parse("prefer = \"min\"").unwrap(), Prefer::Min);
-        assert!(parse("prefer = \"Max\"").is_err());
-        assert_eq!(Prefer::default(), Prefer::Max);
+    fn the_winner_carries_the_runner_up() {
+        let c = Clock::new();
+        let selection = Selection {
+            selector: Selector::parse("/price").unwrap(),
+            prefer: Prefer::Max,
+            floor: None,
+        };
+        let mut scratch = Scratch::default();
+        let mut second = |values: &[Option<f64>]| {
+            let mut x = super::Exchange::new(values.len(), c.at(100), &selection);
+            for (b, &v) in values.iter().enumerate() {
+                x.handle_reply(b, priced(v), &mut scratch, c.at(1));
+            }
+            match x.poll_outcome(c.at(1)) {
+                Some(super::Outcome::Chosen(w)) => (w.backend, w.value, w.second),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(second(&[Some(1.0)]), (0, 1.0, None));
+        assert_eq!(
+            second(&[Some(1.0), Some(3.0), Some(2.0)]),
+            (1, 3.0, Some(2.0))
+        );
+        assert_eq!(
+            second(&[Some(3.0), Some(1.0), Some(2.0)]),
+            (0, 3.0, Some(2.0))
+        );
+        assert_eq!(second(&[Some(2.0), None, Some(2.0)]), (0, 2.0, Some(2.0)));
+        assert_eq!(second(&[None, Some(5.0), None]), (1, 5.0, None));
     }
 }

@@ -5,8 +5,6 @@
 
 use std::time::Duration;
 
-use crate::config::RouteConfig;
-
 /// One configured route: the requests whose path starts with `path_prefix` get `timeout`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
@@ -28,18 +26,11 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Builds the table from validated route configurations.
+    /// Builds the table from the validated routes, in configuration order.
     ///
     /// Config validation rejects duplicate prefixes; should two equal prefixes reach this
     /// function anyway, the one configured first wins.
-    pub fn new(routes: &[RouteConfig]) -> Self {
-        let mut routes: Vec<Route> = routes
-            .iter()
-            .map(|r| Route {
-                path_prefix: r.path_prefix.clone(),
-                timeout: r.timeout,
-            })
-            .collect();
+    pub fn new(mut routes: Vec<Route>) -> Self {
         routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
         Self { routes }
     }
@@ -61,14 +52,14 @@ mod tests {
     use super::*;
 
     fn table(routes: &[(&str, u64)]) -> RouteTable {
-        let configs: Vec<RouteConfig> = routes
+        let routes: Vec<Route> = routes
             .iter()
-            .map(|&(prefix, ms)| RouteConfig {
+            .map(|&(prefix, ms)| Route {
                 path_prefix: prefix.to_owned(),
                 timeout: Duration::from_millis(ms),
             })
             .collect();
-        RouteTable::new(&configs)
+        RouteTable::new(routes)
     }
 
     /// The prefix of the route `path` resolves to, for compact tables.

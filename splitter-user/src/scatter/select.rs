@@ -1,13 +1,63 @@
-//! The selection field: an RFC 6901 JSON Pointer and the number it finds in a backend's
-//! response body (SPEC 2).
+//! Selection (SPEC 2): which replies are valid and which is best. The field is an RFC 6901 JSON
+//! Pointer to the number in a backend's response body; [`Selection::judge`] is the one place
+//! that decides whether a reply counts.
 //!
 //! Sans-IO and allocation-free per call in steady state: the caller keeps one [`Scratch`] per
 //! worker and lends it to every [`Selector::select`]. Parsing uses `simd-json`'s tape (a flat
 //! vector of nodes whose containers know their size), so a lookup skips whole sub-documents
 //! and no DOM (maps, owned strings) is built.
 
+use serde::Deserialize;
 use simd_json::prelude::ValueAsScalar as _;
 use simd_json::{Buffers, Node, Tape};
+
+/// Which number is best (`[select] prefer`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Prefer {
+    /// The largest number wins, e.g. the highest bid (SPEC 6 default).
+    #[default]
+    Max,
+    /// The smallest number wins, e.g. the cheapest quote.
+    Min,
+}
+
+impl Prefer {
+    /// Whether `value` beats `than`. Strict: on a tie the earlier arrival stays best (SPEC 2).
+    pub fn is_better(self, value: f64, than: f64) -> bool {
+        match self {
+            Prefer::Max => value > than,
+            Prefer::Min => value < than,
+        }
+    }
+}
+
+/// How replies are judged and ranked: the configured `[select]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Selection {
+    /// Where the number is.
+    pub selector: Selector,
+    /// Which way numbers rank.
+    pub prefer: Prefer,
+    /// A number worse than this makes the reply invalid.
+    pub floor: Option<f64>,
+}
+
+impl Selection {
+    /// The number of a reply that counts, or `None`: a reply is valid when its status is 200,
+    /// its body is JSON with a number at the field, the number is finite (NaN and infinities
+    /// cannot be ordered, and no real price is infinite), and it is not worse than the floor.
+    pub fn judge(&self, status: u16, body: &[u8], scratch: &mut Scratch) -> Option<f64> {
+        if status != 200 {
+            return None;
+        }
+        let value = self.selector.select(body, scratch)?;
+        let below_floor = self
+            .floor
+            .is_some_and(|floor| self.prefer.is_better(floor, value));
+        (value.is_finite() && !below_floor).then_some(value)
+    }
+}
 
 /// Why a configured JSON Pointer is not one (RFC 6901 section 3).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -26,6 +76,8 @@ pub enum PointerError {
 /// A parsed JSON Pointer, ready to find its number in many bodies.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Selector {
+    /// The pointer as configured, for messages.
+    pointer: String,
     /// The reference tokens, root first; none for the whole document.
     tokens: Vec<Token>,
 }
@@ -81,7 +133,10 @@ impl Selector {
     /// `/seatbid/0/bid/0/price` a path through objects and arrays.
     pub fn parse(pointer: &str) -> Result<Self, PointerError> {
         if pointer.is_empty() {
-            return Ok(Self { tokens: Vec::new() });
+            return Ok(Self {
+                pointer: String::new(),
+                tokens: Vec::new(),
+            });
         }
         let Some(rest) = pointer.strip_prefix('/') else {
             return Err(PointerError::NoLeadingSlash);
@@ -92,7 +147,15 @@ impl Selector {
             tokens.push(Token::new(unescape(raw, offset)?));
             offset += raw.len() + 1;
         }
-        Ok(Self { tokens })
+        Ok(Self {
+            pointer: pointer.to_owned(),
+            tokens,
+        })
+    }
+
+    /// The pointer as configured.
+    pub fn as_str(&self) -> &str {
+        &self.pointer
     }
 
     /// The number this pointer resolves to in `body`, as `f64`, or `None`: not JSON (trailing
@@ -157,6 +220,57 @@ fn unescape(raw: &str, offset: usize) -> Result<String, PointerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn judge_wants_status_200_a_finite_number_and_the_floor() {
+        let mut scratch = Scratch::default();
+        let judge = |prefer, floor, status, body: &str, scratch: &mut Scratch| {
+            let selection = Selection {
+                selector: Selector::parse("/price").unwrap(),
+                prefer,
+                floor,
+            };
+            selection.judge(status, body.as_bytes(), scratch)
+        };
+        let s = &mut scratch;
+        assert_eq!(
+            judge(Prefer::Max, None, 200, r#"{"price":1.5}"#, s),
+            Some(1.5)
+        );
+        assert_eq!(judge(Prefer::Max, None, 201, r#"{"price":1.5}"#, s), None);
+        assert_eq!(judge(Prefer::Max, None, 500, r#"{"price":1.5}"#, s), None);
+        assert_eq!(judge(Prefer::Max, None, 200, r#"{"price":"1.5"}"#, s), None);
+        assert_eq!(judge(Prefer::Max, None, 200, r#"{"price":1e999}"#, s), None);
+        assert_eq!(
+            judge(Prefer::Max, Some(1.5), 200, r#"{"price":1.5}"#, s),
+            Some(1.5)
+        );
+        assert_eq!(
+            judge(Prefer::Max, Some(1.5), 200, r#"{"price":1.4}"#, s),
+            None
+        );
+        assert_eq!(
+            judge(Prefer::Min, Some(1.5), 200, r#"{"price":1.4}"#, s),
+            Some(1.4)
+        );
+        assert_eq!(
+            judge(Prefer::Min, Some(1.5), 200, r#"{"price":1.6}"#, s),
+            None
+        );
+    }
+
+    #[test]
+    fn prefer_deserializes_from_lowercase_names() {
+        #[derive(Deserialize)]
+        struct T {
+            prefer: Prefer,
+        }
+        let parse = |s: &str| toml::from_str::<T>(s).map(|t| t.prefer);
+        assert_eq!(parse("prefer = \"max\"").unwrap(), Prefer::Max);
+        assert_eq!(parse("prefer = \"min\"").unwrap(), Prefer::Min);
+        assert!(parse("prefer = \"Max\"").is_err());
+        assert_eq!(Prefer::default(), Prefer::Max);
+    }
 
     /// The number `pointer` finds in `body`.
     fn sel(pointer: &str, body: &str) -> Option<f64> {

@@ -80,23 +80,24 @@ impl Admission {
         }
     }
 
-    /// Admits a request, or refuses it when the process is at its limit.
-    pub fn admit(&self) -> bool {
+    /// Admits a request, or refuses it when the process is at its limit. The token goes back
+    /// when the permit is dropped.
+    pub fn admit(&self) -> Option<Permit<'_>> {
         if self.spare.get() == 0 {
             self.spare.set(self.pool.take(self.batch));
         }
         match self.spare.get() {
-            0 => false,
+            0 => None,
             n => {
                 self.spare.set(n - 1);
                 self.in_use.set(self.in_use.get() + 1);
-                true
+                Some(Permit(self))
             }
         }
     }
 
     /// A request admitted by `admit` is done.
-    pub fn release(&self) {
+    fn release(&self) {
         let in_use = self.in_use.get() - 1;
         self.in_use.set(in_use);
         let spare = self.spare.get() + 1;
@@ -111,8 +112,19 @@ impl Admission {
     }
 
     /// Requests in progress on this worker.
-    pub fn in_use(&self) -> usize {
+    #[cfg(test)]
+    fn in_use(&self) -> usize {
         self.in_use.get()
+    }
+}
+
+/// One admitted request: its token goes back when this is dropped.
+#[derive(Debug)]
+pub struct Permit<'a>(&'a Admission);
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.0.release();
     }
 }
 
@@ -127,13 +139,13 @@ mod tests {
             Admission::new(pool.clone(), 1, 2),
             Admission::new(pool.clone(), 1, 2),
         );
-        assert!(a.admit());
-        assert!(!b.admit(), "the only token is in use on a");
-        assert!(!a.admit());
-        a.release();
-        assert!(b.admit(), "a gave its token back when it went idle");
-        b.release();
-        assert!(a.admit());
+        let held = a.admit().expect("the one token");
+        assert!(b.admit().is_none(), "the only token is in use on a");
+        assert!(a.admit().is_none());
+        drop(held);
+        let held = b.admit().expect("a gave its token back when it went idle");
+        drop(held);
+        assert!(a.admit().is_some());
     }
 
     #[test]
@@ -142,14 +154,11 @@ mod tests {
         let workers: Vec<_> = (0..3)
             .map(|_| Admission::new(pool.clone(), 100, 3))
             .collect();
-        let mut admitted = 0;
+        let mut admitted = Vec::new();
         for round in 0..500 {
-            let w = &workers[round % 3];
-            if w.admit() {
-                admitted += 1;
-            }
+            admitted.extend(workers[round % 3].admit());
         }
-        assert_eq!(admitted, 100);
+        assert_eq!(admitted.len(), 100);
         assert_eq!(workers.iter().map(Admission::in_use).sum::<usize>(), 100);
     }
 
@@ -158,14 +167,13 @@ mod tests {
         let pool = TokenPool::new(1000);
         let w = Admission::new(pool.clone(), 1000, 2);
         assert_eq!(w.batch, 62);
-        let admitted = (0..200).filter(|_| w.admit()).count();
-        assert_eq!(admitted, 200);
-        for _ in 0..199 {
-            w.release();
-        }
+        let mut admitted: Vec<Permit> = (0..200).filter_map(|_| w.admit()).collect();
+        assert_eq!(admitted.len(), 200);
+        let last = admitted.pop();
+        drop(admitted);
         // One request still in progress: at most two batches of spares stay here.
         assert!(w.spare.get() <= 2 * w.batch);
-        w.release();
+        drop(last);
         assert_eq!(w.spare.get(), 0);
         assert_eq!(pool.0.load(Ordering::Relaxed), 1000);
     }
@@ -174,12 +182,12 @@ mod tests {
     fn resizing_moves_the_limit() {
         let pool = TokenPool::new(1);
         let w = Admission::new(pool.clone(), 1, 1);
-        assert!(w.admit());
+        let held = w.admit().expect("the one token");
         pool.resize(1, 0);
-        w.release();
-        assert!(!w.admit(), "the limit is now 0");
+        drop(held);
+        assert!(w.admit().is_none(), "the limit is now 0");
         pool.resize(0, 2);
-        assert!(w.admit());
-        assert!(w.admit());
+        let first = w.admit();
+        assert!(first.is_some() && w.admit().is_some());
     }
 }

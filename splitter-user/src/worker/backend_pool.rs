@@ -9,14 +9,17 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::ops::Range;
+use std::rc::Rc;
 
 use super::buffers::{self, Shared};
 use super::conn::{Conn, READ_CHUNK};
+use super::guards::BackendOpen;
 use super::BackendTarget;
-use crate::http1::chunked::ChunkedDecoder;
+use crate::http1::body::{BodyDecoder, BodyError, BodyLimit, Framing};
 use crate::http1::limits::{MAX_RESPONSE_BODY, MAX_RESPONSE_HEAD};
-use crate::http1::response::{parse_response, ResponseFraming};
+use crate::http1::response::{head_may_end, parse_response, ResponseError, ResponseHead};
+use crate::metrics::WorkerCounters;
+use crate::scatter::exchange::Reply;
 
 /// Idle connections kept per backend and worker. Enough for the concurrency of a busy worker;
 /// beyond it, connections are closed rather than hoarded.
@@ -25,17 +28,22 @@ const MAX_IDLE_PER_BACKEND: usize = 1024;
 /// One keep-alive connection to a backend.
 pub struct BackendConn {
     stream: Conn,
-    /// True once the connection has carried an exchange: a failure before any byte of the reply
-    /// may then just be the backend closing an idle connection, worth one retry on a new one.
-    pub reused: bool,
+    /// Counts the connection open, and closed when it is dropped.
+    _open: BackendOpen,
 }
 
 impl BackendConn {
-    /// Opens a new connection, on io_uring or epoll.
-    pub async fn connect(addr: SocketAddr, uring: bool) -> io::Result<BackendConn> {
+    /// Opens a new connection, on io_uring or epoll, to the backend of metrics slot `slot`.
+    pub async fn connect(
+        addr: SocketAddr,
+        uring: bool,
+        counters: &Rc<WorkerCounters>,
+        slot: usize,
+    ) -> io::Result<BackendConn> {
+        let stream = Conn::connect(addr, uring).await?;
         Ok(BackendConn {
-            stream: Conn::connect(addr, uring).await?,
-            reused: false,
+            stream,
+            _open: BackendOpen::new(Rc::clone(counters), slot),
         })
     }
 
@@ -101,10 +109,9 @@ impl Pools {
 
     /// Returns a connection whose exchange ended cleanly. False when it was closed instead
     /// (pool full, or backend removed by a reload).
-    pub fn put(&mut self, addr: SocketAddr, mut conn: BackendConn) -> bool {
+    pub fn put(&mut self, addr: SocketAddr, conn: BackendConn) -> bool {
         match self.idle.get_mut(&addr) {
             Some(pool) if pool.len() < MAX_IDLE_PER_BACKEND => {
-                conn.reused = true;
                 pool.push(conn);
                 true
             }
@@ -113,46 +120,36 @@ impl Pools {
     }
 }
 
-/// A whole backend response.
+/// A whole backend response: its head as received, then its body, de-chunked, in one buffer.
 pub struct Response {
-    /// The bytes as received (head, then body unless it was chunked).
+    /// The head, then the body.
     raw: Vec<u8>,
-    /// Length of the head in `raw`.
-    head_len: usize,
-    /// The response status.
-    pub status: u16,
-    /// Where the body is.
-    body: Body,
-}
-
-enum Body {
-    /// In `raw`, at this range.
-    Inline(Range<usize>),
-    /// De-chunked into its own buffer.
-    Decoded(Vec<u8>),
+    /// The parsed head; the body starts at `head.head_len`.
+    pub head: ResponseHead,
+    /// Where the body ends in `raw`.
+    body_end: usize,
 }
 
 impl Drop for Response {
     fn drop(&mut self) {
         buffers::give(std::mem::take(&mut self.raw));
-        if let Body::Decoded(body) = &mut self.body {
-            buffers::give(std::mem::take(body));
-        }
     }
 }
 
 impl Response {
-    /// The head as the backend sent it (status line and headers).
-    pub fn head(&self) -> &[u8] {
-        &self.raw[..self.head_len]
+    /// The head as the backend sent it (status line and headers), which `head` indexes.
+    pub fn raw_head(&self) -> &[u8] {
+        &self.raw[..self.head.head_len]
+    }
+}
+
+impl Reply for Response {
+    fn status(&self) -> u16 {
+        self.head.status
     }
 
-    /// The body, de-chunked.
-    pub fn body(&self) -> &[u8] {
-        match &self.body {
-            Body::Inline(r) => &self.raw[r.clone()],
-            Body::Decoded(b) => b,
-        }
+    fn body(&self) -> &[u8] {
+        &self.raw[self.head.head_len..self.body_end]
     }
 }
 
@@ -162,27 +159,15 @@ pub enum ExchangeError {
     /// Socket error while writing or reading.
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
-    /// The backend closed the connection before a whole response.
-    #[error("connection closed after {0} bytes of the response")]
+    /// The backend closed the connection before the response head was whole.
+    #[error("connection closed after {0} bytes of the response head")]
     Closed(usize),
-    /// The backend sent bytes that are not a valid HTTP/1.1 response, or too many of them.
-    #[error("bad response: {0}")]
-    Protocol(String),
-}
-
-impl ExchangeError {
-    /// True when the connection died before any byte of a reply: on a reused connection this is
-    /// the backend having closed it while idle, and the request may go again on a new one.
-    pub fn before_reply(&self) -> bool {
-        match self {
-            ExchangeError::Closed(0) => true,
-            ExchangeError::Io(e) => matches!(
-                e.kind(),
-                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-            ),
-            _ => false,
-        }
-    }
+    /// The head is not a valid HTTP/1.1 response, or too large.
+    #[error("bad response head: {0}")]
+    Head(#[from] ResponseError),
+    /// The body is malformed, too large, or cut short.
+    #[error("bad response body: {0}")]
+    Body(#[from] BodyError),
 }
 
 /// Sends `request` (a whole request, framed by `Content-Length`) and reads the whole response;
@@ -196,77 +181,46 @@ pub async fn exchange(
     conn.stream.write_shared(request).await?;
 
     let mut raw = buffers::take(READ_CHUNK);
+    let mut scanned = 0;
     let head = loop {
-        if let Some(head) =
-            parse_response(&raw).map_err(|e| ExchangeError::Protocol(e.to_string()))?
-        {
-            break head;
+        // Parse only once a blank line may have arrived: each byte is scanned once, however
+        // the head is cut into reads.
+        if head_may_end(&raw, scanned) {
+            if let Some(head) = parse_response(&raw)? {
+                break head;
+            }
         }
         if raw.len() > MAX_RESPONSE_HEAD {
-            return Err(ExchangeError::Protocol("response head too large".into()));
+            return Err(ResponseError::HeadTooLarge.into());
         }
-        raw = read_more(&conn.stream, raw).await?;
+        scanned = raw.len();
+        let (n, more) = conn.stream.read(raw).await;
+        raw = more;
+        if n? == 0 {
+            return Err(ExchangeError::Closed(raw.len()));
+        }
     };
-    let start = head.head_len;
     let framing = if head_request {
-        ResponseFraming::Empty
+        Framing::Length(0)
     } else {
         head.framing
     };
-    let (body, reusable) = match framing {
-        ResponseFraming::Empty => (Body::Inline(start..start), raw.len() == start),
-        ResponseFraming::Length(n) => {
-            while raw.len() < start + n {
-                raw = read_more(&conn.stream, raw).await?;
-            }
-            (Body::Inline(start..start + n), raw.len() == start + n)
+    let mut body = BodyDecoder::new(framing, BodyLimit::decoded(MAX_RESPONSE_BODY))?;
+    let mut body_end = head.head_len;
+    while !body.decode_in_place(&mut raw, &mut body_end)? {
+        let (n, more) = conn.stream.read(raw).await;
+        raw = more;
+        if n? == 0 {
+            body.close()?;
+            break;
         }
-        ResponseFraming::Chunked => {
-            let mut decoder = ChunkedDecoder::new(MAX_RESPONSE_BODY);
-            let mut body = buffers::take(READ_CHUNK);
-            let mut pos = start;
-            loop {
-                let step = decoder
-                    .decode(&raw[pos..], &mut body)
-                    .map_err(|e| ExchangeError::Protocol(e.to_string()))?;
-                pos += step.consumed;
-                if step.done {
-                    break;
-                }
-                raw = read_more(&conn.stream, raw).await?;
-            }
-            (Body::Decoded(body), raw.len() == pos)
-        }
-        ResponseFraming::UntilClose => {
-            // An HTTP/1.0-style body ends with the connection, which then cannot be reused.
-            loop {
-                if raw.len() - start > MAX_RESPONSE_BODY {
-                    return Err(ExchangeError::Protocol("response body too large".into()));
-                }
-                let (n, more) = conn.stream.read(raw).await;
-                raw = more;
-                if n? == 0 {
-                    break;
-                }
-            }
-            (Body::Inline(start..raw.len()), false)
-        }
-    };
-    let response = Response {
-        status: head.status,
-        head_len: start,
-        body,
-        raw,
-    };
-    Ok((response, reusable && head.keep_alive))
-}
-
-/// Reads once more into `buf`; end of stream is `Closed`.
-async fn read_more(stream: &Conn, buf: Vec<u8>) -> Result<Vec<u8>, ExchangeError> {
-    let len = buf.len();
-    match stream.read(buf).await {
-        (Ok(0), _) => Err(ExchangeError::Closed(len)),
-        (Ok(_), buf) => Ok(buf),
-        (Err(e), _) => Err(e.into()),
     }
+    // A byte beyond the body is a protocol error on the backend's part: never reuse then.
+    let reusable = head.keep_alive && framing != Framing::UntilClose && raw.len() == body_end;
+    let response = Response {
+        raw,
+        head,
+        body_end,
+    };
+    Ok((response, reusable))
 }

@@ -10,17 +10,19 @@ use std::time::Instant;
 
 use super::buffers::{self, Shared};
 use super::conn::{Conn, READ_CHUNK};
-use super::fanout::{scatter, Answer, Request};
-use super::{Plan, Worker};
-use crate::http1::chunked::ChunkedDecoder;
+use super::fanout::{scatter, Request};
+use super::guards::{ClientOpen, InFlight};
+use super::Worker;
+use crate::http1::body::{BodyDecoder, BodyLimit};
 use crate::http1::encode::{
     client_response, continue_100, end_head, status_response, ConnectionHeader,
 };
-use crate::http1::request::{parse_request, BodyFraming, RequestHead, Version};
+use crate::http1::request::{parse_request, Method, RequestHead, Version};
+use crate::scatter::exchange::{Outcome, Reply as _, Winner};
 
 /// Serves `stream` until it closes.
 pub async fn serve(worker: &Rc<Worker>, stream: Conn) {
-    worker.counters.connection(1);
+    let _open = ClientOpen::new(&worker.counters);
     let mut conn = ClientConn {
         stream,
         buf: Vec::with_capacity(READ_CHUNK),
@@ -28,7 +30,6 @@ pub async fn serve(worker: &Rc<Worker>, stream: Conn) {
         forward: Vec::with_capacity(1024),
     };
     conn.run(worker).await;
-    worker.counters.connection(-1);
 }
 
 struct ClientConn {
@@ -79,71 +80,62 @@ impl ClientConn {
                 (false, Version::Http10) => ConnectionHeader::KeepAlive,
                 (false, Version::Http11) => ConnectionHeader::None,
             };
-            let route = plan
-                .routes
-                .lookup(&self.buf[head.path.clone()])
-                .map(|r| r.timeout);
+            let route = plan.routes.lookup(head.path(&self.buf)).map(|r| r.timeout);
             if route.is_none() && head.expect_continue {
                 // Refuse before the body is sent (RFC 9110 §10.1.1); its bytes, if any come,
                 // cannot be told from a next request, so the connection ends here.
                 self.respond(worker, 404, conn_header(true), None).await;
                 return;
             }
-            let Some((request, consumed)) = self.read_body(worker, &plan, &head, deadline).await
-            else {
+            let max_body = plan.limits.max_body;
+            let Some(request) = self.read_body(worker, &head, max_body, deadline).await else {
                 return;
             };
             let Some(timeout) = route else {
-                self.buf.drain(..consumed);
                 if !self.respond(worker, 404, conn_header(closing), None).await || closing {
                     return;
                 }
                 continue;
             };
-            self.buf.drain(..consumed);
 
             // The deadline starts now: the whole request has been read (SPEC section 3).
             let started = Instant::now();
             let closing = closing || *worker.shutdown.borrow();
             let conn = conn_header(closing);
-            if !worker.admission.admit() {
+            let Some(permit) = worker.admission.admit() else {
                 if !self.respond(worker, 503, conn, Some(started)).await || closing {
                     return;
                 }
                 continue;
-            }
-            worker.counters.in_flight(1);
-            let is_head = self.forward.starts_with(b"HEAD ");
+            };
+            let in_flight = InFlight::new(&worker.counters, permit);
             let request = Request {
                 bytes: request,
-                head: is_head,
-                timeout,
+                head: head.method == Method::Head,
+                deadline: started + timeout,
             };
-            let answer = scatter(worker, &plan, request).await;
-            worker.admission.release();
-            worker.counters.in_flight(-1);
+            let outcome = scatter(worker, &plan, request).await;
+            drop(in_flight);
             // A drain that began while the backends were asked still closes this connection,
             // and says so, so the balancer in front does not send another request on it.
             let closing = closing || *worker.shutdown.borrow();
             let conn = conn_header(closing);
 
-            let written = match answer {
-                Answer::Backend(id, response) => {
+            let written = match outcome {
+                Outcome::Chosen(Winner { backend, reply, .. }) => {
                     self.out.clear();
-                    match client_response(
+                    client_response(
                         &mut self.out,
-                        response.head(),
-                        response.body(),
-                        &plan.backends[id].name,
+                        reply.raw_head(),
+                        &reply.head,
+                        reply.body(),
+                        &plan.backends[backend].name,
                         conn,
-                    ) {
-                        Ok(()) => self.write_out(worker, 200, Some(started)).await,
-                        // Unreachable for a head the response parser accepted; still, no
-                        // half-made response ever leaves.
-                        Err(_) => self.respond(worker, 204, conn, Some(started)).await,
-                    }
+                    );
+                    drop(reply);
+                    self.write_out(worker, 200, Some(started)).await
                 }
-                Answer::NoContent => self.respond(worker, 204, conn, Some(started)).await,
+                Outcome::NoContent => self.respond(worker, 204, conn, Some(started)).await,
             };
             if !written || closing {
                 return;
@@ -201,72 +193,62 @@ impl ClientConn {
     }
 
     /// Reads the body of `head` (sending `100 Continue` first if the client waits for it) and
-    /// builds the request every backend gets. Returns it with the number of buffered bytes the
-    /// request took, or `None` when the connection is done.
+    /// builds the request every backend gets; the request leaves the buffer, anything pipelined
+    /// after it stays. `None` when the connection is done.
     async fn read_body(
         &mut self,
         worker: &Rc<Worker>,
-        plan: &Plan,
         head: &RequestHead,
+        max_body: usize,
         deadline: Instant,
-    ) -> Option<(Shared, usize)> {
-        let start = head.head_len;
-        let have_body = match head.framing {
-            BodyFraming::Length(n) => self.buf.len() >= start + n,
-            BodyFraming::Chunked => false,
+    ) -> Option<Shared> {
+        let bad_body = |e: crate::http1::body::BodyError| {
+            tracing::debug!(error = %e, "bad request body");
+            e.status()
         };
-        if head.expect_continue && !have_body {
-            self.out.clear();
-            self.out.extend_from_slice(continue_100());
-            if !self.write_raw().await {
+        let mut body = match BodyDecoder::new(head.framing, BodyLimit::decoded(max_body)) {
+            Ok(body) => body,
+            Err(e) => {
+                let status = bad_body(e);
+                self.respond(worker, status, ConnectionHeader::Close, None)
+                    .await;
+                return None;
+            }
+        };
+        // The body is de-chunked in place: `buf[head_len..body_end]` is the payload so far.
+        let mut body_end = head.head_len;
+        let mut asked_to_continue = !head.expect_continue;
+        loop {
+            match body.decode_in_place(&mut self.buf, &mut body_end) {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => {
+                    let status = bad_body(e);
+                    self.respond(worker, status, ConnectionHeader::Close, None)
+                        .await;
+                    return None;
+                }
+            }
+            if !asked_to_continue {
+                asked_to_continue = true;
+                self.out.clear();
+                self.out.extend_from_slice(continue_100());
+                if !self.write_raw().await {
+                    return None;
+                }
+            }
+            if !self.read_or_give_up(worker, deadline).await {
                 return None;
             }
         }
-        let (body, consumed) = match head.framing {
-            BodyFraming::Length(n) => {
-                while self.buf.len() < start + n {
-                    if !self.read_or_give_up(worker, deadline).await {
-                        return None;
-                    }
-                }
-                (None, start + n)
-            }
-            BodyFraming::Chunked => {
-                let mut decoder = ChunkedDecoder::new(plan.limits.max_body);
-                let mut body = buffers::take(READ_CHUNK);
-                let mut pos = start;
-                loop {
-                    match decoder.decode(&self.buf[pos..], &mut body) {
-                        Ok(step) => {
-                            pos += step.consumed;
-                            if step.done {
-                                break;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::debug!(error = %e, "bad chunked body");
-                            self.respond(worker, e.status(), ConnectionHeader::Close, None)
-                                .await;
-                            return None;
-                        }
-                    }
-                    if !self.read_or_give_up(worker, deadline).await {
-                        return None;
-                    }
-                }
-                (Some(body), pos)
-            }
-        };
         // One buffer, written as is to every backend: the forwarded head, the length, the body.
-        let bytes = body.as_deref().unwrap_or(&self.buf[start..consumed]);
-        let mut request = buffers::take(self.forward.len() + 32 + bytes.len());
+        let payload = &self.buf[head.head_len..body_end];
+        let mut request = buffers::take(self.forward.len() + 32 + payload.len());
         request.extend_from_slice(&self.forward);
-        end_head(&mut request, bytes.len());
-        request.extend_from_slice(bytes);
-        if let Some(body) = body {
-            buffers::give(body);
-        }
-        Some((Shared::new(request), consumed))
+        end_head(&mut request, payload.len());
+        request.extend_from_slice(payload);
+        self.buf.drain(..body_end);
+        Some(Shared::new(request))
     }
 
     /// One more read of the request body before `deadline`; on a timeout answers 408. False when

@@ -8,6 +8,7 @@
 //! - [`fanout`]: one request sent to every backend and the answer chosen, driving
 //!   [`Exchange`](crate::scatter::exchange::Exchange).
 //! - [`admission`]: `max_in_flight` for the whole process, without a shared counter per request.
+//! - [`guards`]: the counted pairs (in flight, connections open) as values that undo on drop.
 //! - [`backend_pool`]: keep-alive connections to the backends, and one exchange on one of them.
 //! - [`buffers`]: the worker's free list of byte buffers.
 //! - [`conn`]: the sockets of the two I/O shells, io_uring and epoll, behind one type.
@@ -18,6 +19,7 @@ pub mod buffers;
 pub mod client_conn;
 pub mod conn;
 pub mod fanout;
+pub mod guards;
 pub mod listener;
 
 use std::cell::RefCell;
@@ -32,9 +34,8 @@ use tokio::sync::{mpsc, watch};
 use crate::config::Config;
 use crate::http1::limits::Limits;
 use crate::metrics::WorkerCounters;
-use crate::scatter::exchange::Prefer;
 use crate::scatter::route::RouteTable;
-use crate::scatter::select::{Scratch, Selector};
+use crate::scatter::select::{Scratch, Selection};
 
 use admission::{Admission, TokenPool};
 use backend_pool::Pools;
@@ -53,10 +54,8 @@ pub struct Loaded {
 pub struct Plan {
     /// Longest-prefix route table.
     pub routes: RouteTable,
-    /// The JSON pointer to the compared number.
-    pub selector: Selector,
-    /// Whether the largest or the smallest number wins.
-    pub prefer: Prefer,
+    /// Which replies are valid, and which is best.
+    pub selection: Selection,
     /// Every backend, in configuration order (a backend's index is its `BackendId`).
     pub backends: Vec<BackendTarget>,
     /// Client-side framing limits.
@@ -82,9 +81,8 @@ impl Plan {
     pub fn new(loaded: &Loaded) -> Plan {
         let c = &loaded.config;
         Plan {
-            routes: RouteTable::new(&c.routes),
-            selector: Selector::parse(&c.select.field).expect("validated by Config"),
-            prefer: c.select.prefer,
+            routes: RouteTable::new(c.routes.clone()),
+            selection: c.select.clone(),
             backends: c
                 .backends
                 .iter()
@@ -111,8 +109,8 @@ pub struct Worker {
     pub plan: RefCell<Rc<Plan>>,
     /// Idle keep-alive connections to the backends.
     pub pools: RefCell<Pools>,
-    /// This worker's metrics cell.
-    pub counters: WorkerCounters,
+    /// This worker's metrics cell (shared with the backend connections, which count their close).
+    pub counters: Rc<WorkerCounters>,
     /// Admission against `max_in_flight`.
     pub admission: Admission,
     /// Becomes true when the process is draining.
@@ -213,7 +211,7 @@ async fn run(spec: WorkerSpec) {
     let worker = Rc::new(Worker {
         pools: RefCell::new(Pools::new(&plan.backends)),
         plan: RefCell::new(Rc::new(plan)),
-        counters,
+        counters: Rc::new(counters),
         admission: Admission::new(tokens, max_in_flight, workers),
         shutdown: shutdown.clone(),
         scratch: RefCell::new(Scratch::default()),

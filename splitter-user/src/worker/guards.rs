@@ -1,0 +1,71 @@
+//! The counted pairs of the data plane as values: what is counted up when one is made is counted
+//! down when it is dropped, on every path out, early returns and cancelled futures included. So
+//! the gauges (requests in flight, open client connections) and the backend connection counts
+//! (`connects` minus `closed` is what is open) cannot drift.
+
+use std::rc::Rc;
+
+use super::admission::Permit;
+use crate::metrics::WorkerCounters;
+
+/// A request in progress: admitted against `max_in_flight` and counted in the in-flight gauge.
+pub struct InFlight<'w> {
+    counters: &'w WorkerCounters,
+    _permit: Permit<'w>,
+}
+
+impl<'w> InFlight<'w> {
+    /// Counts the request admitted by `permit`.
+    pub fn new(counters: &'w WorkerCounters, permit: Permit<'w>) -> Self {
+        counters.in_flight(1);
+        InFlight {
+            counters,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.counters.in_flight(-1);
+    }
+}
+
+/// An open client connection, in the connections gauge (and once in `accepted`).
+pub struct ClientOpen<'w>(&'w WorkerCounters);
+
+impl<'w> ClientOpen<'w> {
+    /// Counts a connection just accepted.
+    pub fn new(counters: &'w WorkerCounters) -> Self {
+        counters.connection(1);
+        ClientOpen(counters)
+    }
+}
+
+impl Drop for ClientOpen<'_> {
+    fn drop(&mut self) {
+        self.0.connection(-1);
+    }
+}
+
+/// An open connection to the backend of metrics slot `slot`: counted in `connects` when made,
+/// in `closed` when dropped, wherever that happens (a failed exchange, a full pool, a reload
+/// that removed its backend, the worker's exit).
+pub struct BackendOpen {
+    counters: Rc<WorkerCounters>,
+    slot: usize,
+}
+
+impl BackendOpen {
+    /// Counts a connection just opened.
+    pub fn new(counters: Rc<WorkerCounters>, slot: usize) -> Self {
+        counters.backend_connect(slot);
+        BackendOpen { counters, slot }
+    }
+}
+
+impl Drop for BackendOpen {
+    fn drop(&mut self) {
+        self.counters.backend_closed(self.slot);
+    }
+}
