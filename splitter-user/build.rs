@@ -17,6 +17,7 @@ const OBJECT: &str = "splitter-ebpf";
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(splitter_no_ebpf)");
+    println!("cargo::rustc-check-cfg=cfg(fuzzing)");
     println!("cargo::rerun-if-env-changed=SPLITTER_NO_EBPF");
     println!("cargo::rerun-if-env-changed=AYA_BUILD_SKIP");
     println!("cargo::rerun-if-env-changed=PATH");

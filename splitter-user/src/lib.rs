@@ -18,14 +18,27 @@
 //!   - [`control`]: the control plane on plain `tokio`: admin HTTP, signals, reload, shutdown.
 //!   - [`metrics`]: per-worker counter cells and their Prometheus rendering.
 //!   - [`steering`]: how new connections reach the workers: the eBPF program, or `SO_REUSEPORT`.
-//! - Tools that ship with the product: [`mock_backend`], [`demo`].
+//! - Tools that ship with the product: [`mock_backend`], [`demo`]; the command line, [`cli`].
+//!
+//! Only [`cli`] (and the shipped default configuration) is public: the rest is crate-private, so
+//! the compiler reports anything nothing uses. Fuzz builds (`--cfg fuzzing`, which `cargo fuzz`
+//! sets) open the sans-IO core to the fuzz targets.
 
-pub mod config;
-pub mod control;
-pub mod demo;
+pub mod cli;
+mod config;
+mod control;
+mod demo;
+#[cfg(fuzzing)]
 pub mod http1;
-pub mod metrics;
-pub mod mock_backend;
+#[cfg(not(fuzzing))]
+mod http1;
+mod metrics;
+mod mock_backend;
+#[cfg(fuzzing)]
 pub mod scatter;
-pub mod steering;
-pub mod worker;
+#[cfg(not(fuzzing))]
+mod scatter;
+mod steering;
+mod worker;
+
+pub use config::DEFAULT_CONFIG;

@@ -293,7 +293,7 @@ fn key_paths(doc: &str) -> Vec<String> {
 fn shipped_config_has_every_key_of_the_builtin_default() {
     assert_eq!(
         key_paths(&read(&infra("splitter.toml"))),
-        key_paths(splitter_user::config::DEFAULT_CONFIG)
+        key_paths(splitter_user::DEFAULT_CONFIG)
     );
 }
 

@@ -132,7 +132,8 @@ impl BodyDecoder {
     }
 
     /// Payload bytes read so far.
-    pub fn decoded(&self) -> usize {
+    #[cfg(test)]
+    fn decoded(&self) -> usize {
         self.decoded
     }
 

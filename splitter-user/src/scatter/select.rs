@@ -154,6 +154,7 @@ impl Selector {
     }
 
     /// The pointer as configured.
+    #[cfg(test)]
     pub fn as_str(&self) -> &str {
         &self.pointer
     }

@@ -23,6 +23,7 @@ use crate::metrics::MetricsRegion;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// `splitter-user/build.rs` embedded an empty object.
+    #[cfg(splitter_no_ebpf)]
     #[error("this splitter was built without its eBPF object ({0})")]
     NotBuilt(&'static str),
     /// The maps are declared with room for `MAX_WORKERS`.

@@ -1,0 +1,97 @@
+//! The command line (`splitter --help`): parses the arguments, runs the subcommand, maps its
+//! result to an exit code.
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::config::{Config, LogFormat};
+use crate::{control, demo, mock_backend};
+use clap::{Parser, Subcommand};
+
+/// A scatter-gather HTTP/1.1 server: every request goes to every backend, the best response
+/// (by one JSON number) comes back, or 204 when none arrives before the route's deadline.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve, with the configuration in FILE.
+    Run {
+        /// The TOML configuration file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate FILE: exit 0, or exit 1 with an error naming the bad key.
+    Check {
+        /// The TOML configuration file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Two in-process mock backends, the splitter in front, a short load, a summary.
+    Demo(demo::DemoArgs),
+    /// The mock backend used by the demo, the tests and the benchmarks.
+    MockBackend(mock_backend::MockArgs),
+}
+
+/// Runs `splitter` with the process's arguments.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        Command::Run { config: path } => match Config::load(&path) {
+            Ok(config) => {
+                init_logging(&config.log_level, config.log_format == LogFormat::Json);
+                control::run(&path, config)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        Command::Demo(args) => {
+            init_logging("warn", false);
+            demo::run(args)
+        }
+        Command::MockBackend(args) => {
+            init_logging("warn", false);
+            mock_backend::run(args)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Logs to stderr; `RUST_LOG`, when set, overrides the configured level.
+fn init_logging(level: &str, json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
