@@ -38,6 +38,13 @@ idle_timeout_ms = 60000            # an idle client connection is closed after t
 log_level = "info"                 # tracing EnvFilter syntax, e.g. "info,splitter_user=debug"
 log_format = "text"                # "text" | "json"
 io = "auto"                        # "auto" | "uring" | "epoll"; auto = io_uring where the kernel allows
+send_timeout_ms = 10000            # a client that does not take a response within this is dropped
+max_response_bytes = 1048576       # most bytes of one backend reply, on the wire and decoded
+backend_idle_timeout_ms = 4000     # idle pooled backend connections are closed after this
+dns_refresh_s = 30                 # backend host names are resolved again this often
+# Defaults of the per-backend keys of the same names (a [[backend]] may set its own):
+eject_after = 0                    # consecutive errors/timeouts that eject a backend; 0 = never
+max_connections = 1024             # connections per backend per worker; none free = `overloaded`
 
 [select]
 field = "/price"                   # JSON Pointer (RFC 6901) to the number in each backend response
@@ -46,7 +53,8 @@ prefer = "max"                     # "max" | "min": which number wins; ties go t
 # One table per backend, 1 to 16 of them. Every request goes to all of them.
 [[backend]]
 name = "a"                         # letters, digits, `.`, `_`, `-`: shows in X-Splitter-Backend and metrics
-address = "127.0.0.1:9001"         # host:port; a host name is resolved when the file is loaded
+address = "127.0.0.1:9001"         # host:port; a host name is resolved again every dns_refresh_s
+# health_path = "/healthz"         # when set, an ejected backend is probed with GET health_path
 [[backend]]
 name = "b"
 address = "127.0.0.1:9002"
@@ -84,6 +92,24 @@ pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
 /// `idle_timeout_ms`: 60 s, above HAProxy's usual keep-alive, so the balancer, not the
 /// splitter, is the side that closes idle pooled connections.
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// `send_timeout_ms`: 10 s to take a response of a few KB is far beyond any live client; one
+/// that reads nothing for that long only pins kernel buffers.
+pub const DEFAULT_SEND_TIMEOUT_MS: u64 = 10_000;
+/// `max_response_bytes`: 1 MiB, a thousand times a bid reply, and the most one backend can make
+/// the splitter hold per request.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1 << 20;
+/// `backend_idle_timeout_ms`: 4 s, below the keep-alive timeouts of common servers (Node.js and
+/// Apache 5 s, nginx 75 s), so the splitter closes an idle connection before the backend can
+/// close it under a request.
+pub const DEFAULT_BACKEND_IDLE_TIMEOUT_MS: u64 = 4_000;
+/// `dns_refresh_s`: 30 s follows a moved backend within a typical record TTL.
+pub const DEFAULT_DNS_REFRESH_S: u64 = 30;
+/// `eject_after`: 0, off, as Envoy's outlier detection is until configured; 5 is a sound value.
+pub const DEFAULT_EJECT_AFTER: u32 = 0;
+/// `max_connections`: 1024 per backend and worker, far above what a healthy backend needs at
+/// full load (a few per request in flight), low enough that a stalled one cannot take every
+/// descriptor.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// `log_level`: `info` logs start, reload and errors, never per request.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// `select.field`: `/price`, the flat quote shape the mock backend and most users answer with.
@@ -122,6 +148,14 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `io`: the data plane's I/O interface.
     pub io: IoMode,
+    /// `send_timeout_ms`: how long a client may take to take a response.
+    pub send_timeout: Duration,
+    /// `max_response_bytes`: most bytes of one backend reply, on the wire and decoded.
+    pub max_response_bytes: usize,
+    /// `backend_idle_timeout_ms`: idle pooled backend connections are closed after this.
+    pub backend_idle_timeout: Duration,
+    /// `dns_refresh_s`: how often backend host names are resolved again.
+    pub dns_refresh: Duration,
     /// `[select]`: which number ranks the responses, and which way.
     pub select: Selection,
     /// `[[backend]]`: 1 to 16, in file order; a backend's index is its `BackendId`.
@@ -140,6 +174,14 @@ pub struct BackendConfig {
     pub name: String,
     /// `address`: resolved when the file was loaded (the first address a host name gave).
     pub address: SocketAddr,
+    /// `address` as written, when it is a host name to resolve again every `dns_refresh_s`.
+    pub host_name: Option<String>,
+    /// `eject_after`: consecutive errors or timeouts that eject it; 0 never ejects.
+    pub eject_after: u32,
+    /// `health_path`: what an ejected backend is probed with (`GET`), instead of a real request.
+    pub health_path: Option<String>,
+    /// `max_connections`: most connections to it per worker.
+    pub max_connections: usize,
 }
 
 /// `[select]`: how responses are ranked (SPEC 2).
@@ -318,6 +360,20 @@ struct FileConfig {
     log_format: LogFormat,
     /// `io`.
     io: IoMode,
+    /// `send_timeout_ms`.
+    send_timeout_ms: u64,
+    /// `max_response_bytes`.
+    max_response_bytes: usize,
+    /// `backend_idle_timeout_ms`.
+    backend_idle_timeout_ms: u64,
+    /// `dns_refresh_s`.
+    dns_refresh_s: u64,
+    /// `eject_after`: the backends' default.
+    eject_after: u32,
+    /// `health_path`: the backends' default.
+    health_path: Option<String>,
+    /// `max_connections`: the backends' default.
+    max_connections: usize,
     /// `[select]`.
     select: FileSelect,
     /// `[[backend]]`, required: empty when absent.
@@ -342,6 +398,13 @@ impl Default for FileConfig {
             log_level: DEFAULT_LOG_LEVEL.to_owned(),
             log_format: LogFormat::default(),
             io: IoMode::default(),
+            send_timeout_ms: DEFAULT_SEND_TIMEOUT_MS,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            backend_idle_timeout_ms: DEFAULT_BACKEND_IDLE_TIMEOUT_MS,
+            dns_refresh_s: DEFAULT_DNS_REFRESH_S,
+            eject_after: DEFAULT_EJECT_AFTER,
+            health_path: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             select: FileSelect::default(),
             backend: Vec::new(),
             route: Vec::new(),
@@ -358,6 +421,12 @@ struct FileBackend {
     name: Option<String>,
     /// `address`, required, resolved in `validate`.
     address: Option<String>,
+    /// `eject_after`, else the top-level one.
+    eject_after: Option<u32>,
+    /// `health_path`, else the top-level one.
+    health_path: Option<String>,
+    /// `max_connections`, else the top-level one.
+    max_connections: Option<usize>,
 }
 
 /// `[[route]]` as written.
@@ -400,6 +469,14 @@ impl FileConfig {
         at_least_one("max_in_flight", self.max_in_flight as u64)?;
         at_least_one("header_timeout_ms", self.header_timeout_ms)?;
         at_least_one("idle_timeout_ms", self.idle_timeout_ms)?;
+        at_least_one("send_timeout_ms", self.send_timeout_ms)?;
+        at_least_one("max_response_bytes", self.max_response_bytes as u64)?;
+        at_least_one("backend_idle_timeout_ms", self.backend_idle_timeout_ms)?;
+        at_least_one("dns_refresh_s", self.dns_refresh_s)?;
+        at_least_one("max_connections", self.max_connections as u64)?;
+        if let Some(path) = &self.health_path {
+            health_path(path).map_err(|message| Invalid::new("health_path", message))?;
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return Err(Invalid::new(
                 "log_level",
@@ -409,7 +486,12 @@ impl FileConfig {
         let selector = Selector::parse(&self.select.field).map_err(|e| {
             Invalid::new("select.field", format!("{e}, got {:?}", self.select.field))
         })?;
-        let backends = backends(self.backend)?;
+        let defaults = BackendDefaults {
+            eject_after: self.eject_after,
+            health_path: self.health_path,
+            max_connections: self.max_connections,
+        };
+        let backends = backends(self.backend, &defaults)?;
         let routes = routes(self.route)?;
         if !self.steering.pin_dir.is_absolute() {
             return Err(Invalid::new(
@@ -429,6 +511,10 @@ impl FileConfig {
             log_level: self.log_level,
             log_format: self.log_format,
             io: self.io,
+            send_timeout: Duration::from_millis(self.send_timeout_ms),
+            max_response_bytes: self.max_response_bytes,
+            backend_idle_timeout: Duration::from_millis(self.backend_idle_timeout_ms),
+            dns_refresh: Duration::from_secs(self.dns_refresh_s),
             select: Selection {
                 selector,
                 prefer: self.select.prefer,
@@ -443,7 +529,17 @@ impl FileConfig {
 
 /// Checks the `[[backend]]` tables: 1 to [`MAX_BACKENDS`], names valid and unique, addresses
 /// resolved.
-fn backends(tables: Vec<FileBackend>) -> Result<Vec<BackendConfig>, Invalid> {
+/// What a `[[backend]]` that does not set these keys gets: the top-level values.
+struct BackendDefaults {
+    eject_after: u32,
+    health_path: Option<String>,
+    max_connections: usize,
+}
+
+fn backends(
+    tables: Vec<FileBackend>,
+    defaults: &BackendDefaults,
+) -> Result<Vec<BackendConfig>, Invalid> {
     if tables.is_empty() {
         return Err(Invalid::new(
             "backend",
@@ -472,8 +568,26 @@ fn backends(tables: Vec<FileBackend>) -> Result<Vec<BackendConfig>, Invalid> {
         let address = table
             .address
             .ok_or_else(|| Invalid::new(key("address"), "required"))?;
-        let address = resolve(&address).map_err(|message| Invalid::new(key("address"), message))?;
-        backends.push(BackendConfig { name, address });
+        let resolved =
+            resolve(&address).map_err(|message| Invalid::new(key("address"), message))?;
+        let host_name = address.parse::<SocketAddr>().is_err().then_some(address);
+        let max_connections = table.max_connections.unwrap_or(defaults.max_connections);
+        at_least_one(&key("max_connections"), max_connections as u64)?;
+        let health_path = match table.health_path {
+            Some(path) => {
+                health_path(&path).map_err(|message| Invalid::new(key("health_path"), message))?;
+                Some(path)
+            }
+            None => defaults.health_path.clone(),
+        };
+        backends.push(BackendConfig {
+            name,
+            address: resolved,
+            host_name,
+            eject_after: table.eject_after.unwrap_or(defaults.eject_after),
+            health_path,
+            max_connections,
+        });
     }
     Ok(backends)
 }
@@ -490,9 +604,19 @@ fn backend_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a `health_path`: an origin-form target for `GET`, visible ASCII.
+fn health_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic() && b != b'#') {
+        return Err(format!(
+            "must be a path like \"/healthz\": `/`, then visible ASCII without `#`, got {path:?}"
+        ));
+    }
+    Ok(())
+}
+
 /// Resolves a backend `host:port`: an IP literal as is, a host name through the system
 /// resolver, once, now (its first address).
-fn resolve(address: &str) -> Result<SocketAddr, String> {
+pub fn resolve(address: &str) -> Result<SocketAddr, String> {
     if let Ok(address) = address.parse() {
         return Ok(address);
     }
@@ -701,11 +825,19 @@ timeout_ms = 450
             [
                 BackendConfig {
                     name: "a".into(),
-                    address: v4(127, 0, 0, 1, 9001)
+                    address: v4(127, 0, 0, 1, 9001),
+                    host_name: None,
+                    eject_after: 0,
+                    health_path: None,
+                    max_connections: DEFAULT_MAX_CONNECTIONS,
                 },
                 BackendConfig {
                     name: "b".into(),
-                    address: v4(127, 0, 0, 1, 9002)
+                    address: v4(127, 0, 0, 1, 9002),
+                    host_name: None,
+                    eject_after: 0,
+                    health_path: None,
+                    max_connections: DEFAULT_MAX_CONNECTIONS,
                 },
             ]
         );
@@ -752,6 +884,10 @@ timeout_ms = 450
                 log_level: "info".into(),
                 log_format: LogFormat::Text,
                 io: IoMode::Auto,
+                send_timeout: Duration::from_millis(DEFAULT_SEND_TIMEOUT_MS),
+                max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+                backend_idle_timeout: Duration::from_millis(DEFAULT_BACKEND_IDLE_TIMEOUT_MS),
+                dns_refresh: Duration::from_secs(DEFAULT_DNS_REFRESH_S),
                 select: Selection {
                     selector: Selector::parse("/price").unwrap(),
                     prefer: Prefer::Max,
@@ -759,7 +895,11 @@ timeout_ms = 450
                 },
                 backends: vec![BackendConfig {
                     name: "a".into(),
-                    address: v4(10, 0, 0, 1, 9000)
+                    address: v4(10, 0, 0, 1, 9000),
+                    host_name: None,
+                    eject_after: 0,
+                    health_path: None,
+                    max_connections: DEFAULT_MAX_CONNECTIONS,
                 }],
                 routes: vec![Route {
                     path_prefix: "/".into(),
@@ -1288,5 +1428,48 @@ pin_dir = "/run/splitter"
         assert_eq!(at("[[s]]"), "s[0]");
         assert_eq!(key_near(text, text.len() - 1), "r[2]");
         assert_eq!(key_near("", 0), "");
+    }
+
+    #[test]
+    fn backend_keys_default_to_the_top_level_ones() {
+        let text = format!(
+            "eject_after = 5\nmax_connections = 8\nhealth_path = \"/up\"\n{MINIMAL}\
+             [[backend]]\nname = \"b\"\naddress = \"10.0.0.2:9000\"\neject_after = 0\n\
+             max_connections = 2\nhealth_path = \"/ping?x\"\n"
+        );
+        let c = parse(&text).unwrap();
+        let a = &c.backends[0];
+        assert_eq!((a.eject_after, a.max_connections, a.health_path.as_deref()), (5, 8, Some("/up")));
+        let b = &c.backends[1];
+        assert_eq!((b.eject_after, b.max_connections, b.health_path.as_deref()), (0, 2, Some("/ping?x")));
+    }
+
+    #[test]
+    fn resilience_keys_are_checked_by_name() {
+        for (top, key) in [
+            ("send_timeout_ms = 0", "send_timeout_ms"),
+            ("max_response_bytes = 0", "max_response_bytes"),
+            ("backend_idle_timeout_ms = 0", "backend_idle_timeout_ms"),
+            ("dns_refresh_s = 0", "dns_refresh_s"),
+            ("max_connections = 0", "max_connections"),
+            ("health_path = \"healthz\"", "health_path"),
+            ("eject_after = -1", "eject_after"),
+        ] {
+            let e = parse(&with_top(top)).unwrap_err();
+            assert_eq!(e.key, key, "{top}: {e}");
+        }
+        let e = parse(&format!("{MINIMAL}[[backend]]\nname = \"b\"\naddress = \"10.0.0.2:1\"\nmax_connections = 0\n")).unwrap_err();
+        assert_eq!(e.key, "backend[1].max_connections");
+        let e = parse(&format!("{MINIMAL}[[backend]]\nname = \"b\"\naddress = \"10.0.0.2:1\"\nhealth_path = \"x y\"\n")).unwrap_err();
+        assert_eq!(e.key, "backend[1].health_path");
+    }
+
+    #[test]
+    fn a_host_name_address_is_kept_for_resolving_again() {
+        let text = MINIMAL.replace("10.0.0.1:9000", "localhost:9000");
+        let c = parse(&text).unwrap();
+        assert_eq!(c.backends[0].host_name.as_deref(), Some("localhost:9000"));
+        assert_eq!(c.backends[0].address.port(), 9000);
+        assert_eq!(parse(MINIMAL).unwrap().backends[0].host_name, None);
     }
 }
