@@ -1,5 +1,5 @@
-//! One connection of the mock: requests framed (leniently), a reply drawn for each, replies
-//! written in request order once due, and the close or reset a reply calls for.
+//! One connection of the mock: requests framed by the product's own HTTP/1.1 code, a reply drawn
+//! for each, replies written in request order once due, and the close or reset a reply calls for.
 
 use std::collections::VecDeque;
 use std::io;
@@ -11,22 +11,23 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::reply::{sanitize_id_into, Kind, Meta, MockConfig};
+use crate::http1::chunked::ChunkedDecoder;
+use crate::http1::encode::{self, ConnectionHeader};
+use crate::http1::limits::Limits;
+use crate::http1::request::{parse_request, BodyFraming, RequestHead, Version};
 
 /// Longest request head (request line and headers) accepted; longer gets 431 and a close.
 pub(super) const MAX_HEAD: usize = 64 * 1024;
-/// Most request headers accepted; more gets 431 and a close.
-const MAX_HEADERS: usize = 64;
+/// Bodies are skipped as they arrive, never held, so any size is accepted.
+const LIMITS: Limits = Limits {
+    max_header_bytes: MAX_HEAD,
+    max_body: usize::MAX,
+};
 /// Size of each read; a few typical requests fit, so pipelined batches are parsed in one go.
 const READ_CHUNK: usize = 16 * 1024;
 /// How long a closing connection keeps draining input so that unread bytes don't turn our FIN
 /// into a RST, which could destroy the reply still in flight.
 const CLOSE_LINGER: Duration = Duration::from_millis(500);
-/// Sent before the body is read when the client asked for it (curl does for larger bodies).
-const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-const BAD_REQUEST: &[u8] =
-    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-const HEAD_TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\n\
-      Content-Length: 0\r\nConnection: close\r\n\r\n";
 
 /// What the connection does once a reply has been written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,21 +45,13 @@ struct Pending {
 }
 
 /// Progress through the request being read.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 enum Phase {
     Head,
     /// Body bytes still to skip.
-    Length(u64),
-    Chunked(Chunk),
-}
-
-/// Where a chunked body skip stands.
-#[derive(Debug, Clone, Copy)]
-enum Chunk {
-    Size,
-    Data(u64),
-    DataEnd,
-    Trailer,
+    Length(usize),
+    /// A chunked body, decoded only to find its end.
+    Chunked(ChunkedDecoder),
 }
 
 /// One client connection, with the buffers it reuses from request to request.
@@ -72,6 +65,10 @@ pub(super) struct Conn {
     wbuf: Vec<u8>,
     /// Body scratch, reused.
     body: Vec<u8>,
+    /// Where the product's framing code writes what the mock has no use for: the head the
+    /// splitter would forward, the de-chunked body. Reused; never more than one head (at most
+    /// `MAX_HEAD`) or one read's worth of body.
+    discard: Vec<u8>,
     /// Sanitized X-Req-Id of the current request.
     id: Vec<u8>,
     meta: Meta,
@@ -96,6 +93,7 @@ impl Conn {
             rpos: 0,
             wbuf: Vec::with_capacity(4096),
             body: Vec::new(),
+            discard: Vec::new(),
             id: Vec::new(),
             meta: Meta::default(),
             phase: Phase::Head,
@@ -179,161 +177,75 @@ impl Conn {
     /// Parses every complete request in `rbuf` and emits (or queues) its reply.
     fn process_input(&mut self) {
         while !self.stop {
-            match self.phase {
+            let input = &self.rbuf[self.rpos..];
+            match &mut self.phase {
                 Phase::Head => {
-                    if self.rpos == self.rbuf.len() {
+                    if input.is_empty() {
                         return;
                     }
-                    match self.parse_head() {
-                        Ok(true) => {}
-                        Ok(false) => return,
-                        Err(reply) => {
-                            self.emit_static(reply, After::Close);
-                            return;
-                        }
+                    match parse_request(input, &LIMITS, &mut self.discard) {
+                        Ok(Some(head)) => self.start_request(&head),
+                        Ok(None) => return,
+                        Err(e) => return self.refuse(e.status()),
                     }
                 }
                 Phase::Length(rem) => {
-                    let take = ((self.rbuf.len() - self.rpos) as u64).min(rem);
-                    self.rpos += take as usize;
-                    if take < rem {
-                        self.phase = Phase::Length(rem - take);
+                    let take = input.len().min(*rem);
+                    self.rpos += take;
+                    *rem -= take;
+                    if *rem > 0 {
                         return;
                     }
                     self.phase = Phase::Head;
                     self.complete_request();
                 }
-                Phase::Chunked(state) => match self.skip_chunked(state) {
-                    Ok(true) => {
-                        self.phase = Phase::Head;
-                        self.complete_request();
+                Phase::Chunked(decoder) => {
+                    let decoded = decoder.decode(input, &mut self.discard);
+                    self.discard.clear();
+                    match decoded {
+                        Ok(d) => {
+                            self.rpos += d.consumed;
+                            if !d.done {
+                                return;
+                            }
+                            self.phase = Phase::Head;
+                            self.complete_request();
+                        }
+                        Err(e) => return self.refuse(e.status()),
                     }
-                    Ok(false) => return,
-                    Err(()) => {
-                        self.emit_static(BAD_REQUEST, After::Close);
-                        return;
-                    }
-                },
+                }
             }
         }
     }
 
-    /// Parses a request head at `rpos`: `Ok(false)` when incomplete, `Err(reply)` when the
-    /// stream can't be framed.
-    fn parse_head(&mut self) -> Result<bool, &'static [u8]> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        let buf = &self.rbuf[self.rpos..];
-        let n = match self.cfg.parser.parse_request(&mut req, buf) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(HEAD_TOO_LARGE),
-            Ok(httparse::Status::Partial) => return Ok(false),
-            Err(httparse::Error::TooManyHeaders) => return Err(HEAD_TOO_LARGE),
-            Err(_) => return Err(BAD_REQUEST),
-        };
-        let (mut close, mut keep_alive, mut expect) = (false, false, false);
-        let mut length: Option<u64> = None;
-        // Some(whether the last coding is chunked)
-        let mut chunked: Option<bool> = None;
-        let mut has_id = false;
-        for h in req.headers.iter() {
-            let name = h.name.as_bytes();
-            if name.eq_ignore_ascii_case(b"content-length") {
-                let v = parse_content_length(h.value).ok_or(BAD_REQUEST)?;
-                if length.is_some_and(|l| l != v) {
-                    return Err(BAD_REQUEST);
-                }
-                length = Some(v);
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
-                chunked = Some(trim_ascii(last).eq_ignore_ascii_case(b"chunked"));
-            } else if name.eq_ignore_ascii_case(b"connection") {
-                for token in h.value.split(|&b| b == b',') {
-                    let token = trim_ascii(token);
-                    close |= token.eq_ignore_ascii_case(b"close");
-                    keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-                }
-            } else if name.eq_ignore_ascii_case(b"x-req-id") && !has_id {
-                has_id = true;
-                sanitize_id_into(&mut self.id, h.value);
-            } else if name.eq_ignore_ascii_case(b"expect") {
-                expect = trim_ascii(h.value).eq_ignore_ascii_case(b"100-continue");
-            }
+    /// Takes in a request head the parser accepted at `rpos`: what the reply needs, and how the
+    /// body that follows is framed.
+    fn start_request(&mut self, head: &RequestHead) {
+        let raw = &self.rbuf[self.rpos..self.rpos + head.head_len];
+        let id = req_id(raw);
+        match id {
+            Some(v) => sanitize_id_into(&mut self.id, v),
+            None => self.id.clear(),
         }
-        if !has_id {
-            self.id.clear();
-        }
-        let http10 = req.version == Some(0);
         self.meta = Meta {
-            keep_alive: !close && (!http10 || keep_alive),
-            echo_keep_alive: http10 && keep_alive && !close,
-            has_id,
-            head_only: req.method == Some("HEAD"),
+            keep_alive: head.keep_alive,
+            echo_keep_alive: head.version == Version::Http10 && head.keep_alive,
+            has_id: id.is_some(),
+            // RequestHead has no method yet; the request line follows any leading empty lines.
+            head_only: raw.trim_ascii_start().starts_with(b"HEAD "),
         };
-        self.rpos += n;
-        // Transfer-Encoding wins over Content-Length (RFC 9112 6.3); a final coding other than
-        // chunked can't be framed.
-        self.phase = match chunked {
-            Some(true) => Phase::Chunked(Chunk::Size),
-            Some(false) => return Err(BAD_REQUEST),
-            None => Phase::Length(length.unwrap_or(0)),
+        self.rpos += head.head_len;
+        self.phase = match head.framing {
+            BodyFraming::Length(n) => Phase::Length(n),
+            BodyFraming::Chunked => Phase::Chunked(ChunkedDecoder::new(LIMITS.max_body)),
         };
-        let has_body = !matches!(self.phase, Phase::Length(0));
-        if expect && !http10 && has_body && self.rpos == self.rbuf.len() {
-            self.emit_static(CONTINUE, After::KeepAlive);
+        // Only while none of the body is here: a client that sent it anyway is not waiting.
+        let has_body = head.framing != BodyFraming::Length(0);
+        if head.expect_continue && has_body && self.rpos == self.rbuf.len() {
+            self.emit_now(After::KeepAlive, |out| {
+                out.extend_from_slice(encode::continue_100())
+            });
         }
-        Ok(true)
-    }
-
-    /// Skips a chunked body: `Ok(true)` once it (trailers included) is consumed.
-    fn skip_chunked(&mut self, mut state: Chunk) -> Result<bool, ()> {
-        loop {
-            let avail = &self.rbuf[self.rpos..];
-            match state {
-                Chunk::Size => match httparse::parse_chunk_size(avail) {
-                    Ok(httparse::Status::Complete((n, size))) => {
-                        self.rpos += n;
-                        state = if size == 0 {
-                            Chunk::Trailer
-                        } else {
-                            Chunk::Data(size)
-                        };
-                    }
-                    Ok(httparse::Status::Partial) if avail.len() <= MAX_HEAD => break,
-                    _ => return Err(()),
-                },
-                Chunk::Data(rem) => {
-                    let take = (avail.len() as u64).min(rem);
-                    self.rpos += take as usize;
-                    if take < rem {
-                        state = Chunk::Data(rem - take);
-                        break;
-                    }
-                    state = Chunk::DataEnd;
-                }
-                Chunk::DataEnd => {
-                    if avail.len() < 2 {
-                        break;
-                    }
-                    if &avail[..2] != b"\r\n" {
-                        return Err(());
-                    }
-                    self.rpos += 2;
-                    state = Chunk::Size;
-                }
-                Chunk::Trailer => match avail.windows(2).position(|w| w == b"\r\n") {
-                    Some(0) => {
-                        self.rpos += 2;
-                        return Ok(true);
-                    }
-                    Some(i) => self.rpos += i + 2,
-                    None if avail.len() <= MAX_HEAD => break,
-                    None => return Err(()),
-                },
-            }
-        }
-        self.phase = Phase::Chunked(state);
-        Ok(false)
     }
 
     /// The whole request has been read: draw and emit its reply.
@@ -352,10 +264,18 @@ impl Conn {
         self.commit_reply(out, immediate, delay, after);
     }
 
-    /// Emits a fixed reply that goes out as soon as the replies before it have.
-    fn emit_static(&mut self, bytes: &[u8], after: After) {
+    /// Refuses a request that cannot be framed: `status`, then a close, since the rest of the
+    /// stream cannot be trusted.
+    fn refuse(&mut self, status: u16) {
+        self.emit_now(After::Close, |out| {
+            encode::status_response(out, status, ConnectionHeader::Close)
+        });
+    }
+
+    /// Emits a reply of the mock's own that goes out as soon as the replies before it have.
+    fn emit_now(&mut self, after: After, write: impl FnOnce(&mut Vec<u8>)) {
         let (mut out, immediate) = self.reply_buffer(Duration::ZERO);
-        out.extend_from_slice(bytes);
+        write(&mut out);
         self.commit_reply(out, immediate, Duration::ZERO, after);
     }
 
@@ -414,28 +334,13 @@ impl Conn {
     }
 }
 
-fn trim_ascii(v: &[u8]) -> &[u8] {
-    v.trim_ascii()
-}
-
-fn parse_content_length(v: &[u8]) -> Option<u64> {
-    let v = trim_ascii(v);
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    v.iter().try_fold(0u64, |n, &d| {
-        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+/// The value of the first `X-Req-Id` field in `head`, a head `parse_request` accepted: its lines
+/// end in CRLF, field names are tokens and nothing is folded, so a line split is exact.
+fn req_id(head: &[u8]) -> Option<&[u8]> {
+    head.split(|&b| b == b'\n').find_map(|line| {
+        let colon = line.iter().position(|&b| b == b':')?;
+        let (name, value) = line.split_at(colon);
+        name.eq_ignore_ascii_case(b"x-req-id")
+            .then(|| value[1..].trim_ascii())
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn content_length_is_digits_only() {
-        assert_eq!(parse_content_length(b" 42 "), Some(42));
-        assert_eq!(parse_content_length(b"+4"), None);
-        assert_eq!(parse_content_length(b"99999999999999999999"), None);
-    }
 }

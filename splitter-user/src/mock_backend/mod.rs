@@ -4,8 +4,10 @@
 //! It has to be faithful (real TCP, keep-alive, pipelining, chunked bodies both ways) and never
 //! the bottleneck of a benchmark, so each connection is one task with reused read/write buffers,
 //! the reply is formatted by hand (no serde) and written with one `write` per batch of replies.
-//! The request parse is lenient on purpose: the splitter's strictness is tested elsewhere; here
-//! only what is needed to frame requests correctly is checked (bad framing gets 400 and a close).
+//! Requests are framed by the splitter's own sans-IO code ([`crate::http1::request`],
+//! [`crate::http1::chunked`]), so the mock reads requests exactly as the splitter reads its
+//! clients' (with roomier size limits, and bodies skipped rather than held): what that code
+//! refuses gets 400 (431 for a head too large) and a close, and nothing the splitter forwards is.
 //!
 //! Misbehaviour is switchable per flag so tests and benchmarks can model bad backends: random or
 //! fixed delays, a share of late replies, invalid prices, non-JSON or non-HTTP replies, other

@@ -5,6 +5,8 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use super::args::{MockArgs, Span, MAX_DELAY_MS};
+use crate::http1::chunked::encode_chunked;
+use crate::http1::encode;
 
 /// Largest `--body-bytes`.
 const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
@@ -55,8 +57,6 @@ pub struct MockConfig {
     /// `Connection: close` and a close after every reply.
     pub(super) close: bool,
     reset: bool,
-    /// The request parser, lenient where framing is not at stake.
-    pub(super) parser: httparse::ParserConfig,
 }
 
 impl MockConfig {
@@ -110,13 +110,13 @@ impl MockConfig {
             k.extend_from_slice(b"\":");
             k
         });
-        let mut parser = httparse::ParserConfig::default();
-        parser
-            .allow_multiple_spaces_in_request_line_delimiters(true)
-            .ignore_invalid_headers_in_requests(true);
         Ok(MockConfig {
-            status_line: format!("HTTP/1.1 {} {}\r\n", args.status, reason(args.status))
-                .into_bytes(),
+            status_line: format!(
+                "HTTP/1.1 {} {}\r\n",
+                args.status,
+                encode::reason(args.status)
+            )
+            .into_bytes(),
             body_prefix,
             field_key,
             price,
@@ -130,7 +130,6 @@ impl MockConfig {
             broken_share: args.broken_share,
             close: args.close,
             reset: args.reset,
-            parser,
         })
     }
 
@@ -236,43 +235,10 @@ impl MockConfig {
         }
         if self.chunked {
             // Two chunks, so the splitter's de-chunking is exercised across a chunk boundary.
-            let (a, b) = body.split_at(body.len() / 2);
-            for part in [a, b] {
-                if !part.is_empty() {
-                    let _ = write!(out, "{:x}\r\n", part.len());
-                    out.extend_from_slice(part);
-                    out.extend_from_slice(b"\r\n");
-                }
-            }
-            out.extend_from_slice(b"0\r\n\r\n");
+            encode_chunked(body, body.len().div_ceil(2).max(1), out);
         } else {
             out.extend_from_slice(body);
         }
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        204 => "No Content",
-        301 => "Moved Permanently",
-        302 => "Found",
-        304 => "Not Modified",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        408 => "Request Timeout",
-        413 => "Content Too Large",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Mock",
     }
 }
 
@@ -345,5 +311,23 @@ mod tests {
             ..MockArgs::default()
         };
         assert!(MockConfig::new(&hand_built).is_err());
+    }
+
+    #[test]
+    fn chunked_reply_is_two_chunks() {
+        let cfg = MockConfig::new(&test_args(&["--chunked"])).unwrap();
+        let meta = Meta {
+            keep_alive: true,
+            ..Meta::default()
+        };
+        let (mut out, mut body) = (Vec::new(), Vec::new());
+        cfg.render(&mut out, &mut body, b"c", &meta, Kind::Json);
+        let text = std::str::from_utf8(&out).unwrap();
+        let (head, chunks) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains("Transfer-Encoding: chunked"), "{head}");
+        let json = r#"{"backend":"mock","req_id":"c","price":1}"#;
+        let (a, b) = json.split_at(json.len().div_ceil(2));
+        let want = format!("{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n", a.len(), b.len());
+        assert_eq!(chunks, want);
     }
 }
