@@ -1,0 +1,165 @@
+//! Hot-path recording: one worker's handle on its own cell. Single writer, so every bump is a
+//! relaxed load and a relaxed store, never an atomic read-modify-write.
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use splitter_common::{latency_slot, status_slot, BackendCounters, WorkerMetrics, MAX_BACKENDS};
+
+use super::MetricsRegion;
+use crate::scatter::exchange::BackendOutcome;
+
+/// One worker's recording handle. Not `Clone`: its worker is the cell's only writer.
+pub struct WorkerCounters {
+    cell: NonNull<WorkerMetrics>,
+    _region: Arc<MetricsRegion>,
+}
+
+// SAFETY: moved once to its worker thread; see `MetricsRegion`.
+unsafe impl Send for WorkerCounters {}
+
+impl WorkerCounters {
+    /// The handle of `cell`, which keeps `region` (and so the cell's memory) alive.
+    ///
+    /// # Safety
+    ///
+    /// `cell` points to one of `region`'s cells, and no other handle of that cell is used to write.
+    pub(super) unsafe fn new(cell: NonNull<WorkerMetrics>, region: Arc<MetricsRegion>) -> Self {
+        WorkerCounters {
+            cell,
+            _region: region,
+        }
+    }
+
+    fn cell(&self) -> *mut WorkerMetrics {
+        self.cell.as_ptr()
+    }
+
+    fn backend(&self, slot: usize) -> *mut BackendCounters {
+        debug_assert!(slot < MAX_BACKENDS);
+        // SAFETY: in bounds of the cell (slot < MAX_BACKENDS is a config invariant).
+        unsafe {
+            (&raw mut (*self.cell()).backends)
+                .cast::<BackendCounters>()
+                .add(slot)
+        }
+    }
+
+    /// A request head was parsed (good or bad).
+    pub fn request(&self) {
+        bump(unsafe { &raw mut (*self.cell()).requests }, 1);
+    }
+
+    /// A response with `status` left for the client.
+    pub fn response(&self, status: u16) {
+        if let Some(i) = status_slot(status) {
+            bump(
+                unsafe { (&raw mut (*self.cell()).responses).cast::<u64>().add(i) },
+                1,
+            );
+        }
+    }
+
+    /// A request was answered `elapsed_us` after its head arrived.
+    pub fn latency(&self, elapsed_us: u64) {
+        let i = latency_slot(elapsed_us);
+        bump(
+            unsafe {
+                (&raw mut (*self.cell()).latency_buckets)
+                    .cast::<u64>()
+                    .add(i)
+            },
+            1,
+        );
+        bump(
+            unsafe { &raw mut (*self.cell()).latency_sum_us },
+            elapsed_us,
+        );
+    }
+
+    /// Gauge of requests in progress: `+1` when one starts, `-1` when it is answered.
+    pub fn in_flight(&self, delta: i64) {
+        bump(unsafe { &raw mut (*self.cell()).in_flight }, delta as u64);
+    }
+
+    /// Gauge of open client connections, and the count of accepted ones.
+    pub fn connection(&self, delta: i64) {
+        bump(unsafe { &raw mut (*self.cell()).connections }, delta as u64);
+        if delta > 0 {
+            bump(unsafe { &raw mut (*self.cell()).accepted }, 1);
+        }
+    }
+
+    /// A client was disconnected for being too slow or idle too long.
+    pub fn client_timeout(&self) {
+        bump(unsafe { &raw mut (*self.cell()).client_timeouts }, 1);
+    }
+
+    /// What became of backend `slot`'s part of a request.
+    pub fn backend_outcome(&self, slot: usize, outcome: BackendOutcome) {
+        let b = self.backend(slot);
+        let word = match outcome {
+            BackendOutcome::Valid => unsafe { &raw mut (*b).valid },
+            BackendOutcome::Invalid => unsafe { &raw mut (*b).invalid },
+            BackendOutcome::Timeout => unsafe { &raw mut (*b).timeout },
+            BackendOutcome::Error => unsafe { &raw mut (*b).error },
+        };
+        bump(word, 1);
+    }
+
+    /// Backend `slot`'s response was the one returned.
+    pub fn win(&self, slot: usize) {
+        bump(unsafe { &raw mut (*self.backend(slot)).wins }, 1);
+    }
+
+    /// A late response was read to its end and its connection kept.
+    pub fn late_drained(&self, slot: usize) {
+        bump(unsafe { &raw mut (*self.backend(slot)).late_drained }, 1);
+    }
+
+    /// A backend connection was closed instead of going back to the pool.
+    pub fn backend_closed(&self, slot: usize) {
+        bump(unsafe { &raw mut (*self.backend(slot)).closed }, 1);
+    }
+
+    /// A new connection to backend `slot` was opened.
+    pub fn backend_connect(&self, slot: usize) {
+        bump(unsafe { &raw mut (*self.backend(slot)).connects }, 1);
+    }
+}
+
+/// Adds `n` (two's complement, so gauges can go down) to one word of the worker's own cell.
+fn bump(word: *mut u64, n: u64) {
+    // SAFETY: `word` points into a live cell; every access to it is atomic; this thread is its
+    // only writer, so load-then-store loses no update and needs no read-modify-write instruction.
+    let a = unsafe { AtomicU64::from_ptr(word) };
+    a.store(a.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bumps_sum_across_workers_and_gauges_go_down() {
+        let region = MetricsRegion::heap(2);
+        let (a, b) = (region.handle(0), region.handle(1));
+        a.request();
+        b.request();
+        b.request();
+        a.in_flight(1);
+        b.in_flight(1);
+        a.in_flight(-1);
+        a.response(204);
+        b.backend_outcome(3, BackendOutcome::Timeout);
+        b.latency(1_500);
+        let t = region.total();
+        assert_eq!(t.requests, 3);
+        assert_eq!(t.in_flight, 1);
+        assert_eq!(t.responses[status_slot(204).unwrap()], 1);
+        assert_eq!(t.backends[3].timeout, 1);
+        assert_eq!(t.latency_buckets[latency_slot(1_500)], 1);
+        assert_eq!(t.latency_sum_us, 1_500);
+    }
+}

@@ -1,0 +1,19 @@
+//! Per-worker counter cells, how workers bump them, and their Prometheus rendering.
+//!
+//! Each worker owns one [`WorkerMetrics`](splitter_common::WorkerMetrics) (the `splitter-common`
+//! struct that is also the BPF map value) and is its only writer: a bump is a relaxed load and a
+//! relaxed store of a cache line no other thread writes, so it costs no syscall, no lock and no
+//! contended atomic. The admin thread reads every cell word by word (relaxed atomic loads, so
+//! never torn) and sums the workers when scraped.
+//!
+//! - `region`: the memory the cells live in, heap or a mmap-ed BPF array map ([`MetricsRegion`]).
+//! - `counters`: the hot-path recording handle of one worker ([`WorkerCounters`]).
+//! - `exposition`: the Prometheus text of the summed cells, in the control plane ([`Renderer`]).
+
+mod counters;
+mod exposition;
+mod region;
+
+pub use counters::WorkerCounters;
+pub use exposition::Renderer;
+pub use region::MetricsRegion;

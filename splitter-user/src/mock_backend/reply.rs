@@ -1,0 +1,333 @@
+//! What a reply looks like: the validated flags ([`MockConfig`]), what each request draws from
+//! them (delay, kind, price), and the bytes of the reply, JSON escaping included.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use super::args::{MockArgs, Span, MAX_DELAY_MS};
+use crate::http1::chunked::encode_chunked;
+use crate::http1::encode;
+
+/// Largest `--body-bytes`.
+const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// The 200 body of a "broken" reply that is HTTP but not JSON.
+const NOT_JSON: &[u8] = b"<html><body>mock backend: this is not JSON</body></html>";
+/// A "broken" reply that is not HTTP at all (starts like a TLS record), followed by a close.
+const GARBAGE: &[u8] = b"\x16\x03\x01\x00\x2a mock backend garbage, not HTTP \xff\xfe\x00\r\n\r\n";
+/// `,"pad":""}`: what the pad field adds around its `x`s (closing brace included).
+const PAD_OVERHEAD: usize = 10;
+
+/// Where the price value of a reply comes from.
+#[derive(Debug, Clone)]
+enum Price {
+    /// Preformatted bytes: a fixed number, or `--price-raw` text.
+    Bytes(Vec<u8>),
+    /// Uniform in `lo..hi`, formatted per reply.
+    Range(f64, f64),
+}
+
+/// What one reply turns out to be (drawn per request from the shares).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Json,
+    NotJson,
+    Garbage,
+    Reset,
+}
+
+/// The validated, preformatted form of [`MockArgs`] that [`serve`](super::serve) runs with.
+#[derive(Debug, Clone)]
+pub struct MockConfig {
+    status_line: Vec<u8>,
+    /// `{"backend":"NAME","req_id":"`
+    body_prefix: Vec<u8>,
+    /// `,"FIELD":`, or `None` with `--omit-field`.
+    field_key: Option<Vec<u8>>,
+    price: Price,
+    /// No body nor framing headers (204, 304).
+    bodiless: bool,
+    chunked: bool,
+    body_bytes: usize,
+    /// `body_bytes` times `x`, sliced for each reply's pad.
+    pad: Vec<u8>,
+    delay: Span<u64>,
+    late_share: f64,
+    late_delay: Duration,
+    broken_share: f64,
+    /// `Connection: close` and a close after every reply.
+    pub(super) close: bool,
+    reset: bool,
+}
+
+impl MockConfig {
+    /// Validates `args` and preformats the constant parts of the replies.
+    pub fn new(args: &MockArgs) -> anyhow::Result<MockConfig> {
+        // clap checks these on the command line; in-process callers build MockArgs by hand.
+        let share = |v: f64| (0.0..=1.0).contains(&v);
+        anyhow::ensure!(args.price.is_finite(), "--price: not a finite number");
+        anyhow::ensure!(share(args.late_share), "--late-share: not in 0..=1");
+        anyhow::ensure!(share(args.broken_share), "--broken-share: not in 0..=1");
+        if let Some(r) = args.price_range {
+            anyhow::ensure!(
+                r.lo.is_finite() && r.hi.is_finite() && r.lo <= r.hi,
+                "--price-range: bad range {}..{}",
+                r.lo,
+                r.hi
+            );
+        }
+        anyhow::ensure!(
+            args.delay_ms.lo <= args.delay_ms.hi && args.delay_ms.hi <= MAX_DELAY_MS,
+            "--delay-ms: bad range {}..{}",
+            args.delay_ms.lo,
+            args.delay_ms.hi
+        );
+        anyhow::ensure!(
+            args.late_delay_ms <= MAX_DELAY_MS,
+            "--late-delay-ms: over a day"
+        );
+        anyhow::ensure!(
+            (200..=599).contains(&args.status),
+            "--status: not in 200..=599"
+        );
+        anyhow::ensure!(
+            args.body_bytes <= MAX_BODY_BYTES,
+            "--body-bytes: over 64 MiB"
+        );
+        anyhow::ensure!(args.threads >= 1, "--threads: at least 1");
+
+        let price = match (&args.price_raw, args.price_range) {
+            (Some(raw), _) => Price::Bytes(raw.as_bytes().to_vec()),
+            (None, Some(r)) if r.lo < r.hi => Price::Range(r.lo, r.hi),
+            (None, Some(r)) => Price::Bytes(r.lo.to_string().into_bytes()),
+            (None, None) => Price::Bytes(args.price.to_string().into_bytes()),
+        };
+        let mut body_prefix = b"{\"backend\":\"".to_vec();
+        json_escape_into(&mut body_prefix, args.name.as_bytes());
+        body_prefix.extend_from_slice(b"\",\"req_id\":\"");
+        let field_key = (!args.omit_field).then(|| {
+            let mut k = b",\"".to_vec();
+            json_escape_into(&mut k, args.field.as_bytes());
+            k.extend_from_slice(b"\":");
+            k
+        });
+        Ok(MockConfig {
+            status_line: format!(
+                "HTTP/1.1 {} {}\r\n",
+                args.status,
+                encode::reason(args.status)
+            )
+            .into_bytes(),
+            body_prefix,
+            field_key,
+            price,
+            bodiless: matches!(args.status, 204 | 304),
+            chunked: args.chunked,
+            body_bytes: args.body_bytes,
+            pad: vec![b'x'; args.body_bytes],
+            delay: args.delay_ms,
+            late_share: args.late_share,
+            late_delay: Duration::from_millis(args.late_delay_ms),
+            broken_share: args.broken_share,
+            close: args.close,
+            reset: args.reset,
+        })
+    }
+
+    /// Draws the delay of one reply.
+    pub(super) fn pick_delay(&self) -> Duration {
+        if self.late_share > 0.0 && fastrand::f64() < self.late_share {
+            return self.late_delay;
+        }
+        let Span { lo, hi } = self.delay;
+        Duration::from_millis(if lo == hi { lo } else { fastrand::u64(lo..=hi) })
+    }
+
+    /// Draws what one reply is.
+    pub(super) fn pick_kind(&self) -> Kind {
+        if self.reset {
+            return Kind::Reset;
+        }
+        if self.broken_share > 0.0 {
+            let r = fastrand::f64();
+            if r < self.broken_share / 2.0 {
+                return Kind::NotJson;
+            }
+            if r < self.broken_share {
+                return Kind::Garbage;
+            }
+        }
+        Kind::Json
+    }
+
+    /// Appends the JSON body to `body` (cleared first).
+    fn render_json(&self, body: &mut Vec<u8>, id: &[u8]) {
+        body.clear();
+        body.extend_from_slice(&self.body_prefix);
+        body.extend_from_slice(id);
+        body.push(b'"');
+        if let Some(key) = &self.field_key {
+            body.extend_from_slice(key);
+            match &self.price {
+                Price::Bytes(b) => body.extend_from_slice(b),
+                Price::Range(lo, hi) => {
+                    let v = lo + fastrand::f64() * (hi - lo);
+                    // Writing to a Vec cannot fail.
+                    let _ = write!(body, "{v}");
+                }
+            }
+        }
+        if self.body_bytes > 0 {
+            let n = self.body_bytes.saturating_sub(body.len() + PAD_OVERHEAD);
+            body.extend_from_slice(b",\"pad\":\"");
+            body.extend_from_slice(&self.pad[..n]);
+            body.push(b'"');
+        }
+        body.push(b'}');
+    }
+
+    /// Appends the bytes of a `kind` reply to `out` (a whole HTTP response for the JSON and
+    /// not-JSON kinds); `body` is scratch space.
+    pub(super) fn render(
+        &self,
+        out: &mut Vec<u8>,
+        body: &mut Vec<u8>,
+        id: &[u8],
+        meta: &Meta,
+        kind: Kind,
+    ) {
+        match kind {
+            Kind::Json | Kind::NotJson => {}
+            Kind::Garbage => return out.extend_from_slice(GARBAGE),
+            // No reply at all: the connection is reset instead.
+            Kind::Reset => return,
+        }
+        body.clear();
+        if !self.bodiless {
+            if kind == Kind::NotJson {
+                body.extend_from_slice(NOT_JSON);
+            } else {
+                self.render_json(body, id);
+            }
+        }
+        out.extend_from_slice(&self.status_line);
+        if !self.bodiless {
+            // Not-JSON replies still claim JSON: the splitter must judge the body itself.
+            out.extend_from_slice(b"Content-Type: application/json\r\n");
+            if self.chunked {
+                out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+            } else {
+                let _ = write!(out, "Content-Length: {}\r\n", body.len());
+            }
+        }
+        if meta.has_id {
+            out.extend_from_slice(b"X-Req-Id: ");
+            out.extend_from_slice(id);
+            out.extend_from_slice(b"\r\n");
+        }
+        if self.close || !meta.keep_alive {
+            out.extend_from_slice(b"Connection: close\r\n");
+        } else if meta.echo_keep_alive {
+            out.extend_from_slice(b"Connection: keep-alive\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if self.bodiless || meta.head_only {
+            return;
+        }
+        if self.chunked {
+            // Two chunks, so the splitter's de-chunking is exercised across a chunk boundary.
+            encode_chunked(body, body.len().div_ceil(2).max(1), out);
+        } else {
+            out.extend_from_slice(body);
+        }
+    }
+}
+
+/// What the request head said that the reply needs (the id itself is passed alongside).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Meta {
+    /// The client wants the connection kept.
+    pub(super) keep_alive: bool,
+    /// HTTP/1.0 with `Connection: keep-alive` wants it back (`ab -k`).
+    pub(super) echo_keep_alive: bool,
+    /// The request carried an `X-Req-Id`, so the reply echoes one.
+    pub(super) has_id: bool,
+    /// A `HEAD` request: the head of the reply only.
+    pub(super) head_only: bool,
+}
+
+/// JSON string escaping for the configured name and field.
+fn json_escape_into(out: &mut Vec<u8>, s: &[u8]) {
+    for &b in s {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0..=0x1f | 0x7f => {
+                let _ = write!(out, "\\u{b:04x}");
+            }
+            _ => out.push(b),
+        }
+    }
+}
+
+/// Keeps the bytes of an echoed request id that are safe both in a JSON string and in a header
+/// value without escaping: printable ASCII except `"` and `\`.
+pub(super) fn sanitize_id_into(out: &mut Vec<u8>, v: &[u8]) {
+    out.clear();
+    out.extend(
+        v.iter()
+            .copied()
+            .filter(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\'),
+    );
+    while out.last() == Some(&b' ') {
+        out.pop();
+    }
+    let lead = out.iter().take_while(|&&b| b == b' ').count();
+    out.drain(..lead);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mock_backend::args::test_args;
+
+    #[test]
+    fn body_format_and_escaping() {
+        let cfg = MockConfig::new(&test_args(&["--name", "a\"b\\c\n", "--price", "2.5"])).unwrap();
+        let mut body = Vec::new();
+        cfg.render_json(&mut body, b"r1");
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            r#"{"backend":"a\"b\\c\u000a","req_id":"r1","price":2.5}"#
+        );
+        let mut id = Vec::new();
+        sanitize_id_into(&mut id, b" a\"b\\c\x7fd ");
+        assert_eq!(id, b"abcd");
+    }
+
+    #[test]
+    fn hand_built_args_are_validated() {
+        let hand_built = MockArgs {
+            broken_share: 3.0,
+            ..MockArgs::default()
+        };
+        assert!(MockConfig::new(&hand_built).is_err());
+    }
+
+    #[test]
+    fn chunked_reply_is_two_chunks() {
+        let cfg = MockConfig::new(&test_args(&["--chunked"])).unwrap();
+        let meta = Meta {
+            keep_alive: true,
+            ..Meta::default()
+        };
+        let (mut out, mut body) = (Vec::new(), Vec::new());
+        cfg.render(&mut out, &mut body, b"c", &meta, Kind::Json);
+        let text = std::str::from_utf8(&out).unwrap();
+        let (head, chunks) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains("Transfer-Encoding: chunked"), "{head}");
+        let json = r#"{"backend":"mock","req_id":"c","price":1}"#;
+        let (a, b) = json.split_at(json.len().div_ceil(2));
+        let want = format!("{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n", a.len(), b.len());
+        assert_eq!(chunks, want);
+    }
+}
