@@ -76,10 +76,18 @@ pub struct BackendCounters {
     pub wins: u64,
     /// Late responses read to their end after their request had gone, connection kept.
     pub late_drained: u64,
-    /// Late or broken exchanges whose connection was closed rather than reused.
+    /// Connections to this backend closed, for whatever reason: `connects - closed` is open.
     pub closed: u64,
     /// Connections opened to this backend.
     pub connects: u64,
+    /// Requests this backend was not asked, being ejected after consecutive failures.
+    pub ejected: u64,
+    /// Requests this backend was not asked, all its `max_connections` being busy.
+    pub overloaded: u64,
+    /// Times this backend was ejected (again after a failed probe included).
+    pub ejections: u64,
+    /// Gauge: 1 while this worker has the backend ejected, else 0.
+    pub is_ejected: u64,
 }
 
 /// One worker's counters and gauges. Each worker is the only writer of its own value; readers

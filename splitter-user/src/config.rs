@@ -1439,9 +1439,15 @@ pin_dir = "/run/splitter"
         );
         let c = parse(&text).unwrap();
         let a = &c.backends[0];
-        assert_eq!((a.eject_after, a.max_connections, a.health_path.as_deref()), (5, 8, Some("/up")));
+        assert_eq!(
+            (a.eject_after, a.max_connections, a.health_path.as_deref()),
+            (5, 8, Some("/up"))
+        );
         let b = &c.backends[1];
-        assert_eq!((b.eject_after, b.max_connections, b.health_path.as_deref()), (0, 2, Some("/ping?x")));
+        assert_eq!(
+            (b.eject_after, b.max_connections, b.health_path.as_deref()),
+            (0, 2, Some("/ping?x"))
+        );
     }
 
     #[test]
@@ -1458,9 +1464,15 @@ pin_dir = "/run/splitter"
             let e = parse(&with_top(top)).unwrap_err();
             assert_eq!(e.key, key, "{top}: {e}");
         }
-        let e = parse(&format!("{MINIMAL}[[backend]]\nname = \"b\"\naddress = \"10.0.0.2:1\"\nmax_connections = 0\n")).unwrap_err();
+        let e = parse(&format!(
+            "{MINIMAL}[[backend]]\nname = \"b\"\naddress = \"10.0.0.2:1\"\nmax_connections = 0\n"
+        ))
+        .unwrap_err();
         assert_eq!(e.key, "backend[1].max_connections");
-        let e = parse(&format!("{MINIMAL}[[backend]]\nname = \"b\"\naddress = \"10.0.0.2:1\"\nhealth_path = \"x y\"\n")).unwrap_err();
+        let e = parse(&format!(
+            "{MINIMAL}[[backend]]\nname = \"b\"\naddress = \"10.0.0.2:1\"\nhealth_path = \"x y\"\n"
+        ))
+        .unwrap_err();
         assert_eq!(e.key, "backend[1].health_path");
     }
 

@@ -111,6 +111,7 @@ pub struct ChunkedDecoder {
 }
 
 /// Progress of one [`ChunkedDecoder::decode`] call.
+#[cfg(any(test, fuzzing))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decoded {
     /// Input bytes consumed. All of the input unless `done`: then none after the final CRLF, so
@@ -170,10 +171,12 @@ impl ChunkedDecoder {
         self.state == State::Done
     }
 
-    /// Consumes from `input`, appending payload bytes to `out`.
+    /// Consumes from `input`, appending payload bytes to `out`: the reference the in-place
+    /// decoding is tested against.
     ///
     /// Call again with more input until `done`; after that it consumes nothing. After an error the
     /// decoder's state is unspecified: the stream cannot be trusted, close it.
+    #[cfg(any(test, fuzzing))]
     pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<Decoded, ChunkedError> {
         let mut consumed = 0;
         loop {

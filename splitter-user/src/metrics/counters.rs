@@ -104,6 +104,8 @@ impl WorkerCounters {
             BackendOutcome::Invalid => unsafe { &raw mut (*b).invalid },
             BackendOutcome::Timeout => unsafe { &raw mut (*b).timeout },
             BackendOutcome::Error => unsafe { &raw mut (*b).error },
+            BackendOutcome::Ejected => unsafe { &raw mut (*b).ejected },
+            BackendOutcome::Overloaded => unsafe { &raw mut (*b).overloaded },
         };
         bump(word, 1);
     }
@@ -118,7 +120,18 @@ impl WorkerCounters {
         bump(unsafe { &raw mut (*self.backend(slot)).late_drained }, 1);
     }
 
-    /// A backend connection was closed instead of going back to the pool.
+    /// Backend `slot` was ejected (`true`) or restored (`false`) on this worker.
+    pub fn backend_ejected(&self, slot: usize, ejected: bool) {
+        let b = self.backend(slot);
+        if ejected {
+            bump(unsafe { &raw mut (*b).ejections }, 1);
+        }
+        // SAFETY: in bounds (see `backend`); this worker is the only writer.
+        unsafe { AtomicU64::from_ptr(&raw mut (*b).is_ejected) }
+            .store(u64::from(ejected), Ordering::Relaxed);
+    }
+
+    /// A connection to backend `slot` was closed.
     pub fn backend_closed(&self, slot: usize) {
         bump(unsafe { &raw mut (*self.backend(slot)).closed }, 1);
     }

@@ -112,7 +112,9 @@ impl Collector for Snapshot {
         {
             let mut m = enc.encode_descriptor(
                 "splitter_backend_responses",
-                "Backend replies by outcome: valid, invalid (unusable HTTP response), timeout, error.",
+                "Backend parts of requests by outcome: valid, invalid (unusable HTTP response), \
+                 timeout, error, ejected (not asked: ejected), overloaded (not asked: \
+                 max_connections busy).",
                 None,
                 MetricType::Counter,
             )?;
@@ -123,6 +125,8 @@ impl Collector for Snapshot {
                     ("invalid", b.invalid),
                     ("timeout", b.timeout),
                     ("error", b.error),
+                    ("ejected", b.ejected),
+                    ("overloaded", b.overloaded),
                 ] {
                     let labels = [("backend", name), ("outcome", outcome)];
                     ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
@@ -142,8 +146,13 @@ impl Collector for Snapshot {
             ),
             (
                 "splitter_backend_connections_closed",
-                "Backend connections closed instead of reused (late, broken, or closed by the backend).",
+                "Backend connections closed: connects minus closed is what is open.",
                 |b: &BackendCounters| b.closed,
+            ),
+            (
+                "splitter_backend_ejections",
+                "Times a worker ejected the backend after consecutive failures.",
+                |b: &BackendCounters| b.ejections,
             ),
             (
                 "splitter_backend_connects",
@@ -155,6 +164,25 @@ impl Collector for Snapshot {
             for &(slot, name) in &backends {
                 let labels = [("backend", name)];
                 ConstCounter::new(field(&t.backends[slot])).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        for (metric, help, field) in [
+            (
+                "splitter_backend_ejected",
+                "Workers that have the backend ejected now (each worker judges on its own).",
+                (|b: &BackendCounters| b.is_ejected) as fn(&BackendCounters) -> u64,
+            ),
+            (
+                "splitter_backend_up",
+                "1 when no worker has the backend ejected, else 0.",
+                |b: &BackendCounters| u64::from(b.is_ejected == 0),
+            ),
+        ] {
+            let mut m = enc.encode_descriptor(metric, help, None, MetricType::Gauge)?;
+            for &(slot, name) in &backends {
+                let labels = [("backend", name)];
+                ConstGauge::new(field(&t.backends[slot]) as i64)
+                    .encode(m.encode_family(&labels)?)?;
             }
         }
         {

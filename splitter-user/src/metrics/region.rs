@@ -92,16 +92,6 @@ impl MetricsRegion {
         }))
     }
 
-    /// Whether the cells live in a BPF map (and so are visible to `bpftool`).
-    pub fn is_bpf(&self) -> bool {
-        matches!(self._backing, Backing::Bpf { .. })
-    }
-
-    /// Number of worker cells.
-    pub fn workers(&self) -> usize {
-        self.workers
-    }
-
     /// The recording handle of worker `index`. Exactly one handle per worker must be used for
     /// writing: the single-writer rule is what makes a bump a plain load and store.
     pub fn handle(self: &Arc<Self>, index: usize) -> WorkerCounters {

@@ -11,10 +11,10 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::reply::{sanitize_id_into, Kind, Meta, MockConfig};
-use crate::http1::chunked::ChunkedDecoder;
+use crate::http1::body::{BodyDecoder, BodyLimit, Framing};
 use crate::http1::encode::{self, ConnectionHeader};
 use crate::http1::limits::Limits;
-use crate::http1::request::{parse_request, BodyFraming, RequestHead, Version};
+use crate::http1::request::{parse_request, Method, RequestHead, Version};
 
 /// Longest request head (request line and headers) accepted; longer gets 431 and a close.
 pub(super) const MAX_HEAD: usize = 64 * 1024;
@@ -48,10 +48,8 @@ struct Pending {
 #[derive(Debug)]
 enum Phase {
     Head,
-    /// Body bytes still to skip.
-    Length(usize),
-    /// A chunked body, decoded only to find its end.
-    Chunked(ChunkedDecoder),
+    /// A body, read only to find its end.
+    Body(BodyDecoder),
 }
 
 /// One client connection, with the buffers it reuses from request to request.
@@ -189,31 +187,20 @@ impl Conn {
                         Err(e) => return self.refuse(e.status()),
                     }
                 }
-                Phase::Length(rem) => {
-                    let take = input.len().min(*rem);
-                    self.rpos += take;
-                    *rem -= take;
-                    if *rem > 0 {
-                        return;
-                    }
-                    self.phase = Phase::Head;
-                    self.complete_request();
-                }
-                Phase::Chunked(decoder) => {
-                    let decoded = decoder.decode(input, &mut self.discard);
-                    self.discard.clear();
-                    match decoded {
-                        Ok(d) => {
-                            self.rpos += d.consumed;
-                            if !d.done {
+                Phase::Body(body) => match body.decode(input) {
+                    Ok(step) => {
+                        self.rpos += step.consumed;
+                        if !step.done {
+                            if self.rpos == self.rbuf.len() {
                                 return;
                             }
-                            self.phase = Phase::Head;
-                            self.complete_request();
+                            continue;
                         }
-                        Err(e) => return self.refuse(e.status()),
+                        self.phase = Phase::Head;
+                        self.complete_request();
                     }
-                }
+                    Err(e) => return self.refuse(e.status()),
+                },
             }
         }
     }
@@ -231,16 +218,15 @@ impl Conn {
             keep_alive: head.keep_alive,
             echo_keep_alive: head.version == Version::Http10 && head.keep_alive,
             has_id: id.is_some(),
-            // RequestHead has no method yet; the request line follows any leading empty lines.
-            head_only: raw.trim_ascii_start().starts_with(b"HEAD "),
+            head_only: head.method == Method::Head,
         };
         self.rpos += head.head_len;
-        self.phase = match head.framing {
-            BodyFraming::Length(n) => Phase::Length(n),
-            BodyFraming::Chunked => Phase::Chunked(ChunkedDecoder::new(LIMITS.max_body)),
+        self.phase = match BodyDecoder::new(head.framing, BodyLimit::decoded(LIMITS.max_body)) {
+            Ok(body) => Phase::Body(body),
+            Err(e) => return self.refuse(e.status()),
         };
         // Only while none of the body is here: a client that sent it anyway is not waiting.
-        let has_body = head.framing != BodyFraming::Length(0);
+        let has_body = head.framing != Framing::Length(0);
         if head.expect_continue && has_body && self.rpos == self.rbuf.len() {
             self.emit_now(After::KeepAlive, |out| {
                 out.extend_from_slice(encode::continue_100())

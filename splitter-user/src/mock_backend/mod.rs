@@ -30,7 +30,7 @@ mod server;
 #[cfg(test)]
 mod tests;
 
-pub use args::{MockArgs, Span};
+pub use args::MockArgs;
 pub use reply::MockConfig;
 pub use server::serve;
 

@@ -59,6 +59,19 @@ pub enum BackendOutcome {
     Timeout,
     /// Connect refused, reset, bad HTTP, before the deadline.
     Error,
+    /// Not asked: ejected after consecutive failures (SPEC 9).
+    Ejected,
+    /// Not asked: its `max_connections` were all busy (SPEC 9).
+    Overloaded,
+}
+
+/// Why a backend is not asked at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// It is ejected.
+    Ejected,
+    /// No connection to it is free.
+    Overloaded,
 }
 
 /// The state of one client request fanned out to every backend.
@@ -93,6 +106,10 @@ pub struct Exchange<'s, R> {
     valid: u16,
     /// Of `answered`, those that failed (transport or HTTP error).
     failed: u16,
+    /// Of `answered`, those not asked because they are ejected.
+    ejected: u16,
+    /// Of `answered`, those not asked because no connection was free.
+    overloaded: u16,
     /// The best valid reply so far.
     best: Option<Winner<R>>,
     /// When the client gets its answer at the latest.
@@ -119,6 +136,8 @@ impl<'s, R: Reply> Exchange<'s, R> {
             answered: 0,
             valid: 0,
             failed: 0,
+            ejected: 0,
+            overloaded: 0,
             best: None,
             deadline,
             decided: false,
@@ -181,6 +200,22 @@ impl<'s, R: Reply> Exchange<'s, R> {
         }
     }
 
+    /// `b` is not asked (see [`Skip`]): it counts as answered at once, so the client never waits
+    /// for it, and when no backend is asked the answer is an immediate 204.
+    ///
+    /// # Panics
+    ///
+    /// If `b` is not one of the backends given to [`new`](Self::new).
+    pub fn handle_skip(&mut self, b: BackendId, why: Skip, now: Instant) {
+        if let Some(bit) = self.accept(b, now) {
+            self.answered |= bit;
+            match why {
+                Skip::Ejected => self.ejected |= bit,
+                Skip::Overloaded => self.overloaded |= bit,
+            }
+        }
+    }
+
     /// When to call [`poll_outcome`](Self::poll_outcome) if no input comes first: the deadline
     /// while the exchange waits for a backend, `None` once the outcome is ready or given.
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -213,6 +248,10 @@ impl<'s, R: Reply> Exchange<'s, R> {
             BackendOutcome::Valid
         } else if self.failed & bit != 0 {
             BackendOutcome::Error
+        } else if self.ejected & bit != 0 {
+            BackendOutcome::Ejected
+        } else if self.overloaded & bit != 0 {
+            BackendOutcome::Overloaded
         } else if self.answered & bit != 0 {
             BackendOutcome::Invalid
         } else {
@@ -701,6 +740,26 @@ mod tests {
     fn more_than_sixteen_backends_panics() {
         let c = Clock::new();
         c.exchange(17, Prefer::Max);
+    }
+
+    #[test]
+    fn skipped_backends_answer_at_once_and_keep_their_reason() {
+        let c = Clock::new();
+        let mut x = c.exchange(3, Prefer::Max);
+        x.inner.handle_skip(0, super::Skip::Ejected, c.at(0));
+        x.inner.handle_skip(1, super::Skip::Overloaded, c.at(0));
+        assert_eq!(x.poll_outcome(c.at(0)), None);
+        x.handle_reply(2, Some(1.0), c.at(3));
+        assert_eq!(x.poll_outcome(c.at(3)), Some(Outcome::Chosen(2)));
+        assert_eq!(
+            outcomes(&x, 3),
+            [BackendOutcome::Ejected, BackendOutcome::Overloaded, Valid]
+        );
+        // Every backend skipped: 204 at once, not at the deadline.
+        let mut x = c.exchange(2, Prefer::Max);
+        x.inner.handle_skip(0, super::Skip::Ejected, c.at(0));
+        x.inner.handle_skip(1, super::Skip::Ejected, c.at(0));
+        assert_eq!(x.poll_outcome(c.at(0)), Some(Outcome::NoContent));
     }
 
     #[test]
