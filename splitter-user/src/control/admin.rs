@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use crate::http1::limits::Limits;
 use crate::http1::request::{parse_request, Method};
 use crate::metrics::Renderer;
+use crate::worker::listener::AcceptBackoff;
 
 /// An admin request must arrive whole within this time.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -23,9 +24,34 @@ const LIMITS: Limits = Limits {
 /// Serves admin requests until the future is dropped. `draining` turns `/healthz` to 503, so a
 /// balancer in front stops sending new connections while requests in progress finish.
 pub async fn serve(listener: TcpListener, renderer: Renderer, draining: watch::Receiver<bool>) {
+    let mut backoff = AcceptBackoff::default();
+    // One descriptor held in reserve: when the process runs out (`EMFILE`), giving it back lets
+    // the admin port take one connection and say so, rather than go silent with the data plane.
+    let mut reserve = reserve_fd();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        if reserve.is_none() {
+            reserve = reserve_fd();
+        }
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff.reset();
+                stream
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EMFILE) && reserve.is_some() => {
+                drop(reserve.take());
+                let accepted = listener.accept().await;
+                reserve = reserve_fd();
+                match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(_) => continue,
+                }
+            }
+            Err(e) => {
+                let pause = backoff.next();
+                tracing::warn!(error = %e, ?pause, "admin accept failed");
+                tokio::time::sleep(pause).await;
+                continue;
+            }
         };
         let renderer = renderer.clone();
         let draining = *draining.borrow();
@@ -33,6 +59,11 @@ pub async fn serve(listener: TcpListener, renderer: Renderer, draining: watch::R
             let _ = tokio::time::timeout(READ_TIMEOUT, handle(stream, &renderer, draining)).await;
         });
     }
+}
+
+/// A descriptor to give back when the process has none left.
+fn reserve_fd() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
 }
 
 async fn handle(mut stream: TcpStream, renderer: &Renderer, draining: bool) -> std::io::Result<()> {

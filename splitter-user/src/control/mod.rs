@@ -7,7 +7,6 @@ pub mod signals;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -19,7 +18,7 @@ use tokio::sync::{oneshot, watch};
 use crate::config::{Config, IoMode};
 use crate::metrics::Renderer;
 use crate::steering::{self, Steering};
-use crate::worker::admission::TokenPool;
+use crate::worker::admission::Admission;
 use crate::worker::{self, Loaded, WorkerSpec};
 
 /// A running splitter: workers, admin server, and the channels to steer them.
@@ -41,8 +40,8 @@ pub struct Server {
     io: Shell,
     /// How new connections reach the workers.
     steering: Steering,
-    /// The `max_in_flight` tokens, and the limit they were made for.
-    tokens: (TokenPool, AtomicUsize),
+    /// `max_in_flight` for the whole process.
+    admission: Admission,
     /// With eBPF steering: the program and maps, unpinned on drop, after the workers stop.
     _attached: Option<steering::Attached>,
 }
@@ -142,7 +141,7 @@ impl Server {
         let fixed = Fixed::of(&loaded.config);
         let drain_timeout = drain_timeout(&loaded.config);
         let max_in_flight = loaded.config.max_in_flight;
-        let tokens = TokenPool::new(max_in_flight);
+        let admission = Admission::new(max_in_flight);
         let (config_tx, config_rx) = watch::channel(Arc::clone(&loaded));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
@@ -156,8 +155,7 @@ impl Server {
                 counters: region.handle(index),
                 config: config_rx.clone(),
                 shutdown: shutdown_rx.clone(),
-                workers: count,
-                tokens: tokens.clone(),
+                admission: admission.clone(),
                 drain_timeout,
                 uring: io == Shell::Uring,
             })?);
@@ -196,7 +194,7 @@ impl Server {
             fixed,
             io,
             steering: steered.mode,
-            tokens: (tokens, AtomicUsize::new(max_in_flight)),
+            admission,
             _attached: steered.attached,
         })
     }
@@ -252,11 +250,7 @@ impl Server {
             );
         }
         let mut slots = self.slots.lock().expect("slots lock");
-        let (tokens, limit) = &self.tokens;
-        tokens.resize(
-            limit.swap(config.max_in_flight, Ordering::Relaxed),
-            config.max_in_flight,
-        );
+        self.admission.set_limit(config.max_in_flight);
         let loaded = Self::assign(&mut slots, &self.renderer, config);
         tracing::info!(
             backends = loaded.config.backends.len(),

@@ -21,10 +21,6 @@ pub const MAX_HEADERS: usize = 100;
 /// Most bytes of a backend response head, interim `1xx` responses included.
 pub const MAX_RESPONSE_HEAD: usize = 16384;
 
-/// Most bytes of a backend response body. A larger one is invalid and its connection closed: a
-/// price quote is a few KB, and the splitter holds every backend's body until the deadline.
-pub const MAX_RESPONSE_BODY: usize = 1 << 20;
-
 /// Most hex digits in a chunk size. `usize::MAX` needs 16; more can only be zero padding, which no
 /// real sender produces and which would otherwise let a peer stream an endless size line.
 pub const MAX_CHUNK_SIZE_DIGITS: usize = 2 * std::mem::size_of::<usize>();

@@ -120,15 +120,19 @@ impl WorkerCounters {
         bump(unsafe { &raw mut (*self.backend(slot)).late_drained }, 1);
     }
 
-    /// Backend `slot` was ejected (`true`) or restored (`false`) on this worker.
-    pub fn backend_ejected(&self, slot: usize, ejected: bool) {
+    /// Backend `slot` was ejected on this worker.
+    pub fn backend_ejected(&self, slot: usize) {
         let b = self.backend(slot);
-        if ejected {
-            bump(unsafe { &raw mut (*b).ejections }, 1);
-        }
+        bump(unsafe { &raw mut (*b).ejections }, 1);
         // SAFETY: in bounds (see `backend`); this worker is the only writer.
-        unsafe { AtomicU64::from_ptr(&raw mut (*b).is_ejected) }
-            .store(u64::from(ejected), Ordering::Relaxed);
+        unsafe { AtomicU64::from_ptr(&raw mut (*b).is_ejected) }.store(1, Ordering::Relaxed);
+    }
+
+    /// Backend `slot` takes traffic again on this worker.
+    pub fn backend_restored(&self, slot: usize) {
+        // SAFETY: in bounds (see `backend`); this worker is the only writer.
+        unsafe { AtomicU64::from_ptr(&raw mut (*self.backend(slot)).is_ejected) }
+            .store(0, Ordering::Relaxed);
     }
 
     /// A connection to backend `slot` was closed.

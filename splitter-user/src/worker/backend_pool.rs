@@ -1,105 +1,135 @@
-//! Keep-alive connections to the backends (one pool per backend, per worker), and one HTTP
-//! exchange on one connection.
+//! Each backend as one worker sees it: its idle keep-alive connections, how many connections are
+//! open, and its health. Nothing here is shared with another worker.
 //!
-//! A connection goes back to its pool only after its response was read to the end, framed by the
-//! backend's `Content-Length` or chunked coding, with no byte beyond it. Before reuse it is probed
-//! without blocking: any byte waiting on an idle connection, or its end, closes it (pingora's
-//! rule), so a late or unsolicited reply can never be read as another request's answer.
+//! A connection goes back to the pool only after its response was read to the end with no byte
+//! beyond it. Before reuse it is probed without blocking: any byte waiting on an idle
+//! connection, or its end, closes it (pingora's rule), so a late or unsolicited reply can never
+//! be read as another request's answer. A sweep every [`SWEEP_EVERY`] closes idle connections the
+//! backend closed (so none lingers in CLOSE-WAIT) and those idle past `backend_idle_timeout_ms`
+//! (so the splitter, not the backend, closes them, never under a request).
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
-use super::buffers::{self, Shared};
-use super::conn::{Conn, READ_CHUNK};
+use super::backend_conn::BackendConn;
 use super::guards::BackendOpen;
-use super::BackendTarget;
-use crate::http1::body::{BodyDecoder, BodyError, BodyLimit, Framing};
-use crate::http1::limits::{MAX_RESPONSE_BODY, MAX_RESPONSE_HEAD};
-use crate::http1::response::{head_may_end, parse_response, ResponseError, ResponseHead};
+use crate::config::BackendConfig;
 use crate::metrics::WorkerCounters;
-use crate::scatter::exchange::Reply;
+use crate::scatter::health::{Admit, Change, Health};
 
 /// Idle connections kept per backend and worker. Enough for the concurrency of a busy worker;
 /// beyond it, connections are closed rather than hoarded.
-const MAX_IDLE_PER_BACKEND: usize = 1024;
+const MAX_IDLE: usize = 1024;
 
-/// One keep-alive connection to a backend.
-pub struct BackendConn {
-    stream: Conn,
-    /// Counts the connection open, and closed when it is dropped.
-    _open: BackendOpen,
+/// How often idle connections are checked. A check is one non-blocking peek per idle
+/// connection; the pools are LIFO, so the busy ones are rarely idle when it runs.
+pub const SWEEP_EVERY: Duration = Duration::from_millis(100);
+
+/// One backend, on one worker.
+pub struct Backend {
+    /// Its configured name, for `X-Splitter-Backend` and logs.
+    pub name: Rc<str>,
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// Index of its counters in the metrics cell.
+    pub slot: usize,
+    /// `GET` this to probe it when ejected, instead of a real request.
+    health_path: RefCell<Option<Rc<str>>>,
+    /// Most connections open at once.
+    max_connections: Cell<usize>,
+    /// Connections open now: idle, busy and connecting.
+    open: Rc<Cell<usize>>,
+    /// Idle connections, the most recently used last, with when they went idle.
+    idle: RefCell<Vec<(BackendConn, Instant)>>,
+    health: RefCell<Health>,
+    counters: Rc<WorkerCounters>,
 }
 
-impl BackendConn {
-    /// Opens a new connection, on io_uring or epoll, to the backend of metrics slot `slot`.
-    pub async fn connect(
-        addr: SocketAddr,
-        uring: bool,
-        counters: &Rc<WorkerCounters>,
-        slot: usize,
-    ) -> io::Result<BackendConn> {
-        let stream = Conn::connect(addr, uring).await?;
-        Ok(BackendConn {
-            stream,
-            _open: BackendOpen::new(Rc::clone(counters), slot),
-        })
-    }
-
-    /// True when nothing is waiting to be read and the backend has not closed: a non-blocking
-    /// peek answers `EAGAIN`.
-    fn is_clean(&self) -> bool {
-        let mut byte = 0u8;
-        // SAFETY: one valid byte of buffer; the fd belongs to `stream`.
-        let n = unsafe {
-            libc::recv(
-                self.stream.fd(),
-                (&raw mut byte).cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
-    }
+/// How the backend's part of a request goes.
+pub enum Route {
+    /// Send it on this connection (pooled, or opened for it). When the backend was ejected,
+    /// this request is the probe: its outcome decides whether the backend is back.
+    Send(ConnSource),
+    /// Do not send: the backend is ejected. `check`: its back-off is over and it has a
+    /// `health_path`: the caller probes it with `GET check` ([`Backend::record`] the outcome).
+    Ejected { check: Option<Rc<str>> },
+    /// Do not send: all of `max_connections` are busy.
+    Overloaded,
 }
 
-impl Drop for BackendConn {
-    fn drop(&mut self) {
-        // An exchange abandoned past its grace time leaves a read in the ring that keeps the
-        // socket open until the backend sends something; shut it down to close it now.
-        // SAFETY: the fd is owned by `self.stream`, still open.
-        unsafe { libc::shutdown(self.stream.fd(), libc::SHUT_RDWR) };
-    }
+/// Where the connection for a request comes from.
+pub enum ConnSource {
+    /// An idle one, probed clean.
+    Pooled(BackendConn),
+    /// A new one may be opened: this counts it.
+    New(BackendOpen),
 }
 
-/// The idle connections of one worker, by backend address.
-#[derive(Default)]
-pub struct Pools {
-    idle: HashMap<SocketAddr, Vec<BackendConn>>,
-}
-
-impl Pools {
-    /// Empty pools for these backends.
-    pub fn new(backends: &[BackendTarget]) -> Pools {
-        let mut pools = Pools::default();
-        pools.retain_backends(backends);
-        pools
-    }
-
-    /// After a reload: drops the pools of backends no longer configured, adds the new ones.
-    pub fn retain_backends(&mut self, backends: &[BackendTarget]) {
-        self.idle
-            .retain(|addr, _| backends.iter().any(|b| b.addr == *addr));
-        for b in backends {
-            self.idle.entry(b.addr).or_default();
+impl Backend {
+    fn new(config: &BackendConfig, slot: usize, counters: &Rc<WorkerCounters>) -> Self {
+        Backend {
+            name: Rc::from(config.name.as_str()),
+            addr: config.address,
+            slot,
+            health_path: RefCell::new(config.health_path.as_deref().map(Rc::from)),
+            max_connections: Cell::new(config.max_connections),
+            open: Rc::new(Cell::new(0)),
+            idle: RefCell::new(Vec::new()),
+            health: RefCell::new(Health::new(config.eject_after)),
+            counters: Rc::clone(counters),
         }
     }
 
-    /// An idle connection to `addr` that is still clean, if any; dirty ones are closed.
-    pub fn take(&mut self, addr: SocketAddr) -> Option<BackendConn> {
-        let pool = self.idle.get_mut(&addr)?;
-        while let Some(conn) = pool.pop() {
+    /// Takes the settings a reload may change.
+    fn update(&self, config: &BackendConfig) {
+        *self.health_path.borrow_mut() = config.health_path.as_deref().map(Rc::from);
+        self.max_connections.set(config.max_connections);
+        let mut health = self.health.borrow_mut();
+        let was_ejected = health.is_ejected();
+        health.set_eject_after(config.eject_after);
+        if was_ejected && !health.is_ejected() {
+            self.counters.backend_restored(self.slot);
+        }
+    }
+
+    /// How a request at `now` goes to this backend. With a `health_path`, the probe of an
+    /// ejected backend is a health check the caller starts ([`Backend::health_check_due`]).
+    pub fn route(&self, now: Instant) -> Route {
+        let admit = self.health.borrow_mut().admit(now);
+        let probe = match admit {
+            Admit::Send => false,
+            Admit::Skip => return Route::Ejected { check: None },
+            Admit::Probe => match self.health_path.borrow().clone() {
+                Some(path) => return Route::Ejected { check: Some(path) },
+                None => true,
+            },
+        };
+        if let Some(conn) = self.take() {
+            return Route::Send(ConnSource::Pooled(conn));
+        }
+        if self.open.get() >= self.max_connections.get() {
+            if probe {
+                // A probe that cannot get a connection failed: the backend is still stuck.
+                self.record(false, now);
+            }
+            return Route::Overloaded;
+        }
+        let open = self.open_one();
+        Route::Send(ConnSource::New(open))
+    }
+
+    /// Counts a connection about to be opened (a request's, or a health check's).
+    pub fn open_one(&self) -> BackendOpen {
+        BackendOpen::new(Rc::clone(&self.counters), self.slot, Rc::clone(&self.open))
+    }
+
+    /// An idle connection that is still clean, if any; dirty ones are closed.
+    fn take(&self) -> Option<BackendConn> {
+        let mut idle = self.idle.borrow_mut();
+        while let Some((conn, _)) = idle.pop() {
             if conn.is_clean() {
                 return Some(conn);
             }
@@ -108,119 +138,90 @@ impl Pools {
     }
 
     /// Returns a connection whose exchange ended cleanly. False when it was closed instead
-    /// (pool full, or backend removed by a reload).
-    pub fn put(&mut self, addr: SocketAddr, conn: BackendConn) -> bool {
-        match self.idle.get_mut(&addr) {
-            Some(pool) if pool.len() < MAX_IDLE_PER_BACKEND => {
-                pool.push(conn);
-                true
-            }
-            _ => false,
+    /// (the pool is full).
+    pub fn put(&self, conn: BackendConn, now: Instant) -> bool {
+        let mut idle = self.idle.borrow_mut();
+        if idle.len() >= MAX_IDLE {
+            return false;
         }
-    }
-}
-
-/// A whole backend response: its head as received, then its body, de-chunked, in one buffer.
-pub struct Response {
-    /// The head, then the body.
-    raw: Vec<u8>,
-    /// The parsed head; the body starts at `head.head_len`.
-    pub head: ResponseHead,
-    /// Where the body ends in `raw`.
-    body_end: usize,
-}
-
-impl Drop for Response {
-    fn drop(&mut self) {
-        buffers::give(std::mem::take(&mut self.raw));
-    }
-}
-
-impl Response {
-    /// The head as the backend sent it (status line and headers), which `head` indexes.
-    pub fn raw_head(&self) -> &[u8] {
-        &self.raw[..self.head.head_len]
-    }
-}
-
-impl Reply for Response {
-    fn status(&self) -> u16 {
-        self.head.status
+        idle.push((conn, now));
+        true
     }
 
-    fn body(&self) -> &[u8] {
-        &self.raw[self.head.head_len..self.body_end]
-    }
-}
-
-/// Why an exchange failed. Every failure closes the connection.
-#[derive(Debug, thiserror::Error)]
-pub enum ExchangeError {
-    /// Socket error while writing or reading.
-    #[error("i/o: {0}")]
-    Io(#[from] io::Error),
-    /// The backend closed the connection before the response head was whole.
-    #[error("connection closed after {0} bytes of the response head")]
-    Closed(usize),
-    /// The head is not a valid HTTP/1.1 response, or too large.
-    #[error("bad response head: {0}")]
-    Head(#[from] ResponseError),
-    /// The body is malformed, too large, or cut short.
-    #[error("bad response body: {0}")]
-    Body(#[from] BodyError),
-}
-
-/// Sends `request` (a whole request, framed by `Content-Length`) and reads the whole response;
-/// `head_request`: it was a `HEAD`, whose response has no body whatever its fields say.
-/// Returns it with whether the connection may be reused.
-pub async fn exchange(
-    conn: &mut BackendConn,
-    request: Shared,
-    head_request: bool,
-) -> Result<(Response, bool), ExchangeError> {
-    conn.stream.write_shared(request).await?;
-
-    let mut raw = buffers::take(READ_CHUNK);
-    let mut scanned = 0;
-    let head = loop {
-        // Parse only once a blank line may have arrived: each byte is scanned once, however
-        // the head is cut into reads.
-        if head_may_end(&raw, scanned) {
-            if let Some(head) = parse_response(&raw)? {
-                break head;
+    /// How a request sent to it ended: `ok` for a whole HTTP response, else an error or a
+    /// timeout. Ejections and restorations are logged and counted.
+    pub fn record(&self, ok: bool, now: Instant) {
+        let change = self.health.borrow_mut().record(ok, now);
+        match change {
+            Change::None => {}
+            Change::Ejected => {
+                tracing::warn!(backend = %self.name, "backend ejected");
+                self.counters.backend_ejected(self.slot);
+            }
+            Change::Restored => {
+                tracing::info!(backend = %self.name, "backend restored");
+                self.counters.backend_restored(self.slot);
             }
         }
-        if raw.len() > MAX_RESPONSE_HEAD {
-            return Err(ResponseError::HeadTooLarge.into());
+    }
+
+    /// Closes idle connections the backend closed or sent something on, and those idle since
+    /// before `idle_since`.
+    fn sweep(&self, idle_since: Instant) {
+        self.idle
+            .borrow_mut()
+            .retain(|(conn, since)| *since >= idle_since && conn.is_clean());
+    }
+}
+
+/// A worker's backends, kept across reloads: a backend whose name and address stay keeps its
+/// idle connections and its health; one removed (or whose name now resolves elsewhere) is
+/// dropped with its idle connections once no request uses it.
+#[derive(Default)]
+pub struct Backends {
+    current: HashMap<(Rc<str>, SocketAddr), Rc<Backend>>,
+}
+
+impl Backends {
+    /// The backends of a (re)loaded configuration, in its order; `slots[i]` is the metrics slot
+    /// of `configs[i]`.
+    pub fn load(
+        &mut self,
+        configs: &[BackendConfig],
+        slots: &[usize],
+        counters: &Rc<WorkerCounters>,
+    ) -> Vec<Rc<Backend>> {
+        let mut previous = std::mem::take(&mut self.current);
+        let backends: Vec<Rc<Backend>> = configs
+            .iter()
+            .zip(slots)
+            .map(|(config, &slot)| {
+                let key = (Rc::from(config.name.as_str()), config.address);
+                let backend = match previous.remove(&key) {
+                    Some(kept) if kept.slot == slot => {
+                        kept.update(config);
+                        kept
+                    }
+                    _ => Rc::new(Backend::new(config, slot, counters)),
+                };
+                self.current.insert(key, Rc::clone(&backend));
+                backend
+            })
+            .collect();
+        // What is left was removed: its idle connections close now, busy ones when done.
+        for gone in previous.values() {
+            gone.idle.borrow_mut().clear();
+            if gone.health.borrow().is_ejected() {
+                gone.counters.backend_restored(gone.slot);
+            }
         }
-        scanned = raw.len();
-        let (n, more) = conn.stream.read(raw).await;
-        raw = more;
-        if n? == 0 {
-            return Err(ExchangeError::Closed(raw.len()));
-        }
-    };
-    let framing = if head_request {
-        Framing::Length(0)
-    } else {
-        head.framing
-    };
-    let mut body = BodyDecoder::new(framing, BodyLimit::decoded(MAX_RESPONSE_BODY))?;
-    let mut body_end = head.head_len;
-    while !body.decode_in_place(&mut raw, &mut body_end)? {
-        let (n, more) = conn.stream.read(raw).await;
-        raw = more;
-        if n? == 0 {
-            body.close()?;
-            break;
+        backends
+    }
+
+    /// Closes idle connections that are no longer clean or were idle since before `idle_since`.
+    pub fn sweep(&self, idle_since: Instant) {
+        for backend in self.current.values() {
+            backend.sweep(idle_since);
         }
     }
-    // A byte beyond the body is a protocol error on the backend's part: never reuse then.
-    let reusable = head.keep_alive && framing != Framing::UntilClose && raw.len() == body_end;
-    let response = Response {
-        raw,
-        head,
-        body_end,
-    };
-    Ok((response, reusable))
 }

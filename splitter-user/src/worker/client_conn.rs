@@ -26,14 +26,31 @@ pub async fn serve(worker: &Rc<Worker>, stream: Conn) {
     let mut conn = ClientConn {
         stream,
         buf: Vec::with_capacity(READ_CHUNK),
-        out: Vec::with_capacity(4096),
-        forward: Vec::with_capacity(1024),
+        out: Vec::with_capacity(OUT_CAPACITY),
+        forward: Vec::with_capacity(FORWARD_CAPACITY),
+        send_timeout: worker.plan.borrow().send_timeout,
     };
     conn.run(worker).await;
 }
 
+/// What the response buffer keeps between requests: a bid reply and its head fit.
+const OUT_CAPACITY: usize = 4096;
+
+/// What the forwarded-head buffer keeps between requests.
+const FORWARD_CAPACITY: usize = 1024;
+
+/// Gives back what a buffer grew beyond `keep` for one large message, keeping what it holds: the
+/// memory of a connection between requests does not depend on what it carried before.
+fn shrink(buf: &mut Vec<u8>, keep: usize) {
+    if buf.capacity() > keep.max(buf.len()) {
+        buf.shrink_to(keep.max(buf.len()));
+    }
+}
+
 struct ClientConn {
     stream: Conn,
+    /// How long the client may take to take a response (`send_timeout_ms`).
+    send_timeout: std::time::Duration,
     /// Bytes read and not yet consumed: the request being read and any pipelined after it.
     buf: Vec<u8>,
     /// The response being written.
@@ -67,12 +84,16 @@ enum Read {
 impl ClientConn {
     async fn run(&mut self, worker: &Rc<Worker>) {
         loop {
+            shrink(&mut self.buf, READ_CHUNK);
+            shrink(&mut self.out, OUT_CAPACITY);
+            shrink(&mut self.forward, FORWARD_CAPACITY);
             let Some((head, deadline)) = self.read_head(worker).await else {
                 return;
             };
             // Taken once the head is in, not before waiting for it: a reload that happened
             // while this connection was idle applies to its next request.
             let plan = Rc::clone(&worker.plan.borrow());
+            self.send_timeout = plan.send_timeout;
             worker.counters.request();
             let closing = !head.keep_alive;
             let conn_header = |close: bool| match (close, head.version) {
@@ -325,10 +346,21 @@ impl ClientConn {
         ok
     }
 
+    /// Writes `out`; false when the write failed, or the client did not take it within
+    /// `send_timeout` (the connection is then closed: a client that does not read only pins
+    /// kernel buffers).
     async fn write_raw(&mut self) -> bool {
         let out = std::mem::take(&mut self.out);
-        let (res, out) = self.stream.write_all(out).await;
-        self.out = out;
-        res.is_ok()
+        let write = self.stream.write_all(out);
+        match tokio::time::timeout(self.send_timeout, write).await {
+            Ok((res, out)) => {
+                self.out = out;
+                res.is_ok()
+            }
+            Err(_elapsed) => {
+                tracing::debug!("client did not take its response in time");
+                false
+            }
+        }
     }
 }

@@ -14,10 +14,11 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use super::backend_pool::{exchange, BackendConn, Response};
-use super::buffers::Shared;
+use super::backend_conn::{exchange, BackendConn, Response};
+use super::backend_pool::{Backend, ConnSource, Route};
+use super::buffers::{self, Shared};
 use super::{Plan, Worker};
-use crate::scatter::exchange::{BackendId, Exchange, Outcome, Winner};
+use crate::scatter::exchange::{BackendId, BackendOutcome, Exchange, Outcome, Skip, Winner};
 
 /// How long past its request's deadline a late reply may take to arrive and be drained so its
 /// connection can be reused; past that the connection is closed. Late replies are common (that
@@ -43,6 +44,8 @@ enum CallEnd {
     /// Nothing in time: the connect or the exchange outlived its time (a timeout for the
     /// request, if it is still waiting).
     GaveUp,
+    /// Not asked at all.
+    Skipped(Skip),
 }
 
 /// One backend call, boxed so the pending ones can be handed to another task.
@@ -78,6 +81,7 @@ pub async fn scatter(worker: &Rc<Worker>, plan: &Rc<Plan>, request: Request) -> 
                         exchange.handle_reply(id, response, scratch, now);
                     }
                     CallEnd::Failed => exchange.handle_failure(id, now),
+                    CallEnd::Skipped(why) => exchange.handle_skip(id, why, now),
                     CallEnd::GaveUp => {}
                 }
                 false
@@ -126,8 +130,15 @@ pub async fn scatter(worker: &Rc<Worker>, plan: &Rc<Plan>, request: Request) -> 
     }
 
     let counters = &worker.counters;
+    let now = Instant::now();
     for (id, b) in plan.backends.iter().enumerate() {
-        counters.backend_outcome(b.slot, exchange.backend_outcome(id));
+        let outcome = exchange.backend_outcome(id);
+        counters.backend_outcome(b.slot, outcome);
+        match outcome {
+            BackendOutcome::Valid | BackendOutcome::Invalid => b.record(true, now),
+            BackendOutcome::Timeout | BackendOutcome::Error => b.record(false, now),
+            BackendOutcome::Ejected | BackendOutcome::Overloaded => {}
+        }
     }
     if let Outcome::Chosen(Winner { backend, .. }) = &outcome {
         counters.win(plan.backends[*backend].slot);
@@ -145,13 +156,20 @@ async fn call(
     id: BackendId,
     request: Rc<Request>,
 ) -> (BackendId, CallEnd) {
-    let target = &plan.backends[id];
-    let pooled = worker.pools.borrow_mut().take(target.addr);
-    let mut conn = match pooled {
-        Some(conn) => conn,
-        None => {
-            let connect =
-                BackendConn::connect(target.addr, worker.uring, &worker.counters, target.slot);
+    let backend = &plan.backends[id];
+    let mut conn = match backend.route(Instant::now()) {
+        Route::Ejected { check } => {
+            if let Some(path) = check {
+                let backend = Rc::clone(backend);
+                let (uring, max_bytes) = (worker.uring, plan.max_response_bytes);
+                tokio::task::spawn_local(health_check(backend, path, uring, max_bytes));
+            }
+            return (id, CallEnd::Skipped(Skip::Ejected));
+        }
+        Route::Overloaded => return (id, CallEnd::Skipped(Skip::Overloaded)),
+        Route::Send(ConnSource::Pooled(conn)) => conn,
+        Route::Send(ConnSource::New(open)) => {
+            let connect = BackendConn::connect(backend.addr, worker.uring, open);
             match tokio::time::timeout_at(request.deadline.into(), connect).await {
                 Ok(Ok(conn)) => conn,
                 Ok(Err(_)) => return (id, CallEnd::Failed),
@@ -161,16 +179,51 @@ async fn call(
         }
     };
     let give_up = request.deadline + LATE_GRACE;
-    let exchanged = exchange(&mut conn, request.bytes.clone(), request.head);
+    let exchanged = exchange(
+        &mut conn,
+        request.bytes.clone(),
+        request.head,
+        plan.max_response_bytes,
+    );
     match tokio::time::timeout_at(give_up.into(), exchanged).await {
         Ok(Ok((response, reusable))) => {
-            let kept = reusable && worker.pools.borrow_mut().put(target.addr, conn);
+            let kept = reusable && backend.put(conn, Instant::now());
             (id, CallEnd::Reply { response, kept })
         }
         Ok(Err(e)) => {
-            tracing::debug!(backend = %target.name, error = %e, "backend exchange failed");
+            tracing::debug!(backend = %backend.name, error = %e, "backend exchange failed");
             (id, CallEnd::Failed)
         }
         Err(_elapsed) => (id, CallEnd::GaveUp),
     }
+}
+
+/// How long a health check may take: as long as the first ejection lasts.
+const HEALTH_CHECK_TIMEOUT: Duration = crate::scatter::health::FIRST_BACKOFF;
+
+/// Probes an ejected backend with `GET path` on a connection of its own: any 2xx restores it,
+/// anything else (or nothing within [`HEALTH_CHECK_TIMEOUT`]) ejects it for a longer back-off.
+async fn health_check(backend: Rc<Backend>, path: Rc<str>, uring: bool, max_bytes: usize) {
+    let check = async {
+        let mut conn = BackendConn::connect(backend.addr, uring, backend.open_one())
+            .await
+            .ok()?;
+        let mut request = buffers::take(path.len() + 64);
+        request.extend_from_slice(b"GET ");
+        request.extend_from_slice(path.as_bytes());
+        request.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        request.extend_from_slice(backend.addr.to_string().as_bytes());
+        request.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+        let (response, _) = exchange(&mut conn, Shared::new(request), false, max_bytes)
+            .await
+            .ok()?;
+        Some(response.head.status)
+    };
+    let status = tokio::time::timeout(HEALTH_CHECK_TIMEOUT, check)
+        .await
+        .ok()
+        .flatten();
+    let ok = status.is_some_and(|status| (200..300).contains(&status));
+    tracing::debug!(backend = %backend.name, ?status, "health check");
+    backend.record(ok, Instant::now());
 }

@@ -3,6 +3,7 @@
 //! the gauges (requests in flight, open client connections) and the backend connection counts
 //! (`connects` minus `closed` is what is open) cannot drift.
 
+use std::cell::Cell;
 use std::rc::Rc;
 
 use super::admission::Permit;
@@ -48,24 +49,32 @@ impl Drop for ClientOpen<'_> {
     }
 }
 
-/// An open connection to the backend of metrics slot `slot`: counted in `connects` when made,
-/// in `closed` when dropped, wherever that happens (a failed exchange, a full pool, a reload
-/// that removed its backend, the worker's exit).
+/// A connection to the backend of metrics slot `slot`, from the moment it is attempted: counted
+/// in the backend's `open` (which `max_connections` bounds) and in `connects`, then in `closed`
+/// when dropped, wherever that happens (a failed connect or exchange, a full pool, a reload that
+/// removed its backend, the worker's exit).
 pub struct BackendOpen {
     counters: Rc<WorkerCounters>,
     slot: usize,
+    open: Rc<Cell<usize>>,
 }
 
 impl BackendOpen {
-    /// Counts a connection just opened.
-    pub fn new(counters: Rc<WorkerCounters>, slot: usize) -> Self {
+    /// Counts a connection about to be opened.
+    pub fn new(counters: Rc<WorkerCounters>, slot: usize, open: Rc<Cell<usize>>) -> Self {
         counters.backend_connect(slot);
-        BackendOpen { counters, slot }
+        open.set(open.get() + 1);
+        BackendOpen {
+            counters,
+            slot,
+            open,
+        }
     }
 }
 
 impl Drop for BackendOpen {
     fn drop(&mut self) {
+        self.open.set(self.open.get() - 1);
         self.counters.backend_closed(self.slot);
     }
 }

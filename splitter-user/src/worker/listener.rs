@@ -43,3 +43,48 @@ mod tests {
         assert!(group.iter().all(|l| l.local_addr().unwrap().port() == port));
     }
 }
+
+/// How long an accept loop pauses after an error (`EMFILE`, `ENFILE`, `ENOBUFS`...): doubling
+/// from 5 ms to 1 s while the errors go on, so a persistent one costs a few wake-ups a second,
+/// never a spinning core; back to nothing after a success.
+#[derive(Debug, Default)]
+pub struct AcceptBackoff {
+    last: Option<std::time::Duration>,
+}
+
+impl AcceptBackoff {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(5);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// The pause after one more error.
+    pub fn next(&mut self) -> std::time::Duration {
+        let pause = self
+            .last
+            .map_or(Self::FIRST, |last| (last * 2).min(Self::MAX));
+        self.last = Some(pause);
+        pause
+    }
+
+    /// An accept succeeded.
+    pub fn reset(&mut self) {
+        self.last = None;
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use std::time::Duration;
+
+    use super::AcceptBackoff;
+
+    #[test]
+    fn pauses_double_to_a_second_and_reset_after_a_success() {
+        let mut b = AcceptBackoff::default();
+        let pauses: Vec<Duration> = (0..10).map(|_| b.next()).collect();
+        assert_eq!(pauses[0], Duration::from_millis(5));
+        assert_eq!(pauses[1], Duration::from_millis(10));
+        assert_eq!(pauses[9], Duration::from_secs(1));
+        b.reset();
+        assert_eq!(b.next(), Duration::from_millis(5));
+    }
+}

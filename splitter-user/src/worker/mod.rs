@@ -9,11 +9,13 @@
 //!   [`Exchange`](crate::scatter::exchange::Exchange).
 //! - [`admission`]: `max_in_flight` for the whole process, without a shared counter per request.
 //! - [`guards`]: the counted pairs (in flight, connections open) as values that undo on drop.
-//! - [`backend_pool`]: keep-alive connections to the backends, and one exchange on one of them.
+//! - [`backend_pool`]: each backend as the worker sees it: idle connections, open count, health.
+//! - [`backend_conn`]: one connection to a backend, and one exchange on it.
 //! - [`buffers`]: the worker's free list of byte buffers.
 //! - [`conn`]: the sockets of the two I/O shells, io_uring and epoll, behind one type.
 
 pub mod admission;
+pub mod backend_conn;
 pub mod backend_pool;
 pub mod buffers;
 pub mod client_conn;
@@ -23,11 +25,10 @@ pub mod guards;
 pub mod listener;
 
 use std::cell::RefCell;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
@@ -37,8 +38,9 @@ use crate::metrics::WorkerCounters;
 use crate::scatter::route::RouteTable;
 use crate::scatter::select::{Scratch, Selection};
 
-use admission::{Admission, TokenPool};
-use backend_pool::Pools;
+use admission::Admission;
+use backend_pool::{Backend, Backends};
+use listener::AcceptBackoff;
 
 /// A configuration as the control plane hands it to the workers.
 pub struct Loaded {
@@ -57,48 +59,39 @@ pub struct Plan {
     /// Which replies are valid, and which is best.
     pub selection: Selection,
     /// Every backend, in configuration order (a backend's index is its `BackendId`).
-    pub backends: Vec<BackendTarget>,
+    pub backends: Vec<Rc<Backend>>,
     /// Client-side framing limits.
     pub limits: Limits,
     /// Longest time a client may take to send one request (head and body).
     pub header_timeout: Duration,
     /// Longest time a keep-alive client connection may sit idle between requests.
     pub idle_timeout: Duration,
-}
-
-/// One backend as a worker sees it.
-pub struct BackendTarget {
-    /// Name for `X-Splitter-Backend` and logs.
-    pub name: Rc<str>,
-    /// Where to connect.
-    pub addr: SocketAddr,
-    /// Index of its counters in the metrics cell.
-    pub slot: usize,
+    /// Longest time a client may take to take one response.
+    pub send_timeout: Duration,
+    /// Most bytes of one backend reply, on the wire and decoded.
+    pub max_response_bytes: usize,
+    /// Idle pooled backend connections are closed after this.
+    pub backend_idle_timeout: Duration,
 }
 
 impl Plan {
-    /// Derives a worker's plan from a loaded configuration.
-    pub fn new(loaded: &Loaded) -> Plan {
+    /// Derives a worker's plan from a loaded configuration; `backends` keeps the state of those
+    /// that stay.
+    pub fn new(loaded: &Loaded, backends: &mut Backends, counters: &Rc<WorkerCounters>) -> Plan {
         let c = &loaded.config;
         Plan {
             routes: RouteTable::new(c.routes.clone()),
             selection: c.select.clone(),
-            backends: c
-                .backends
-                .iter()
-                .zip(&loaded.slots)
-                .map(|(b, &slot)| BackendTarget {
-                    name: Rc::from(b.name.as_str()),
-                    addr: b.address,
-                    slot,
-                })
-                .collect(),
+            backends: backends.load(&c.backends, &loaded.slots, counters),
             limits: Limits {
                 max_header_bytes: c.max_header_bytes,
                 max_body: c.max_request_body,
             },
             header_timeout: c.header_timeout,
             idle_timeout: c.idle_timeout,
+            send_timeout: c.send_timeout,
+            max_response_bytes: c.max_response_bytes,
+            backend_idle_timeout: c.backend_idle_timeout,
         }
     }
 }
@@ -107,8 +100,8 @@ impl Plan {
 pub struct Worker {
     /// The current plan; replaced on reload, requests in progress keep the one they started with.
     pub plan: RefCell<Rc<Plan>>,
-    /// Idle keep-alive connections to the backends.
-    pub pools: RefCell<Pools>,
+    /// The backends: idle connections, open counts, health.
+    pub backends: RefCell<Backends>,
     /// This worker's metrics cell (shared with the backend connections, which count their close).
     pub counters: Rc<WorkerCounters>,
     /// Admission against `max_in_flight`.
@@ -135,10 +128,8 @@ pub struct WorkerSpec {
     pub config: watch::Receiver<Arc<Loaded>>,
     /// Shutdown signal from the control plane.
     pub shutdown: watch::Receiver<bool>,
-    /// The process's `max_in_flight` tokens.
-    pub tokens: TokenPool,
-    /// Number of workers, to size the admission batches.
-    pub workers: usize,
+    /// The process's `max_in_flight`.
+    pub admission: Admission,
     /// Longest a draining worker waits for its requests in progress before it gives up on them.
     pub drain_timeout: Duration,
     /// Run on io_uring (tokio-uring) rather than epoll (tokio).
@@ -200,19 +191,19 @@ async fn run(spec: WorkerSpec) {
         counters,
         mut config,
         mut shutdown,
-        workers,
         drain_timeout,
         uring,
-        tokens,
+        admission,
         ..
     } = spec;
-    let plan = Plan::new(&config.borrow_and_update());
-    let max_in_flight = config.borrow().config.max_in_flight;
+    let counters = Rc::new(counters);
+    let mut backends = Backends::default();
+    let plan = Plan::new(&config.borrow_and_update(), &mut backends, &counters);
     let worker = Rc::new(Worker {
-        pools: RefCell::new(Pools::new(&plan.backends)),
+        backends: RefCell::new(backends),
         plan: RefCell::new(Rc::new(plan)),
-        counters: Rc::new(counters),
-        admission: Admission::new(tokens, max_in_flight, workers),
+        counters,
+        admission,
         shutdown: shutdown.clone(),
         scratch: RefCell::new(Scratch::default()),
         uring,
@@ -221,9 +212,29 @@ async fn run(spec: WorkerSpec) {
     let reloader = Rc::clone(&worker);
     tokio::task::spawn_local(async move {
         while config.changed().await.is_ok() {
-            let plan = Plan::new(&config.borrow_and_update());
-            reloader.pools.borrow_mut().retain_backends(&plan.backends);
+            let loaded = Arc::clone(&config.borrow_and_update());
+            let plan = Plan::new(
+                &loaded,
+                &mut reloader.backends.borrow_mut(),
+                &reloader.counters,
+            );
             *reloader.plan.borrow_mut() = Rc::new(plan);
+        }
+    });
+
+    let sweeper = Rc::downgrade(&worker);
+    tokio::task::spawn_local(async move {
+        let mut every = tokio::time::interval(backend_pool::SWEEP_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let Some(worker) = sweeper.upgrade() else {
+                return;
+            };
+            let idle_timeout = worker.plan.borrow().backend_idle_timeout;
+            if let Some(idle_since) = Instant::now().checked_sub(idle_timeout) {
+                worker.backends.borrow().sweep(idle_since);
+            }
         }
     });
 
@@ -237,10 +248,12 @@ async fn run(spec: WorkerSpec) {
     // Every connection task holds a clone of `open`; when the last one is dropped, `drained`
     // resolves: the worker knows its connections are done without counting them.
     let (open, mut drained) = mpsc::channel::<()>(1);
+    let mut backoff = AcceptBackoff::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(stream) => {
+                    backoff.reset();
                     let worker = Rc::clone(&worker);
                     let open = open.clone();
                     tokio::task::spawn_local(async move {
@@ -249,9 +262,11 @@ async fn run(spec: WorkerSpec) {
                     });
                 }
                 Err(e) => {
-                    // EMFILE and friends: keep serving the connections we have.
-                    tracing::warn!(worker = index, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    // EMFILE and friends: keep serving the connections we have, and try
+                    // again later rather than spin on an error that persists.
+                    let pause = backoff.next();
+                    tracing::warn!(worker = index, error = %e, ?pause, "accept failed");
+                    tokio::time::sleep(pause).await;
                 }
             },
             _ = shutdown.wait_for(|&stop| stop) => break,

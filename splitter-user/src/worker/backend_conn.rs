@@ -1,0 +1,168 @@
+//! One connection to a backend, and one HTTP exchange on it: the request written, the whole
+//! response read (framed by its `Content-Length`, chunked coding or the connection's end), with
+//! every byte the backend sends counted against `max_response_bytes`.
+
+use std::io;
+use std::net::SocketAddr;
+
+use super::buffers::{self, Shared};
+use super::conn::{Conn, READ_CHUNK};
+use super::guards::BackendOpen;
+use crate::http1::body::{BodyDecoder, BodyError, BodyLimit, Framing};
+use crate::http1::limits::MAX_RESPONSE_HEAD;
+use crate::http1::response::{head_may_end, parse_response, ResponseError, ResponseHead};
+use crate::scatter::exchange::Reply;
+
+/// One keep-alive connection to a backend.
+pub struct BackendConn {
+    stream: Conn,
+    /// Counts the connection open, and closed when it is dropped.
+    _open: BackendOpen,
+}
+
+impl BackendConn {
+    /// Opens a new connection, on io_uring or epoll; `open` counts it from now on.
+    pub async fn connect(addr: SocketAddr, uring: bool, open: BackendOpen) -> io::Result<Self> {
+        let stream = Conn::connect(addr, uring).await?;
+        Ok(BackendConn {
+            stream,
+            _open: open,
+        })
+    }
+
+    /// True when nothing is waiting to be read and the backend has not closed: a non-blocking
+    /// peek answers `EAGAIN`.
+    pub fn is_clean(&self) -> bool {
+        let mut byte = 0u8;
+        // SAFETY: one valid byte of buffer; the fd belongs to `stream`.
+        let n = unsafe {
+            libc::recv(
+                self.stream.fd(),
+                (&raw mut byte).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+    }
+}
+
+impl Drop for BackendConn {
+    fn drop(&mut self) {
+        // An exchange abandoned past its grace time leaves a read in the ring that keeps the
+        // socket open until the backend sends something; shut it down to close it now.
+        // SAFETY: the fd is owned by `self.stream`, still open.
+        unsafe { libc::shutdown(self.stream.fd(), libc::SHUT_RDWR) };
+    }
+}
+
+/// A whole backend response: its head as received, then its body, de-chunked, in one buffer.
+pub struct Response {
+    /// The head, then the body.
+    raw: Vec<u8>,
+    /// The parsed head; the body starts at `head.head_len`.
+    pub head: ResponseHead,
+    /// Where the body ends in `raw`.
+    body_end: usize,
+}
+
+impl Drop for Response {
+    fn drop(&mut self) {
+        buffers::give(std::mem::take(&mut self.raw));
+    }
+}
+
+impl Response {
+    /// The head as the backend sent it (status line and headers), which `head` indexes.
+    pub fn raw_head(&self) -> &[u8] {
+        &self.raw[..self.head.head_len]
+    }
+}
+
+impl Reply for Response {
+    fn status(&self) -> u16 {
+        self.head.status
+    }
+
+    fn body(&self) -> &[u8] {
+        &self.raw[self.head.head_len..self.body_end]
+    }
+}
+
+/// Why an exchange failed. Every failure closes the connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// Socket error while writing or reading.
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    /// The backend closed the connection before the response head was whole.
+    #[error("connection closed after {0} bytes of the response head")]
+    Closed(usize),
+    /// The head is not a valid HTTP/1.1 response, or too large.
+    #[error("bad response head: {0}")]
+    Head(#[from] ResponseError),
+    /// The body is malformed, too large, or cut short.
+    #[error("bad response body: {0}")]
+    Body(#[from] BodyError),
+}
+
+/// Sends `request` (a whole request, framed by `Content-Length`) and reads the whole response;
+/// `head_request`: it was a `HEAD`, whose response has no body whatever its fields say. At most
+/// `max_bytes` of it are read, head and body as they come on the wire, and the body decoded.
+/// Returns it with whether the connection may be reused.
+pub async fn exchange(
+    conn: &mut BackendConn,
+    request: Shared,
+    head_request: bool,
+    max_bytes: usize,
+) -> Result<(Response, bool), ExchangeError> {
+    conn.stream.write_shared(request).await?;
+
+    let mut raw = buffers::take(READ_CHUNK);
+    let mut scanned = 0;
+    let head = loop {
+        // Parse only once a blank line may have arrived: each byte is scanned once, however
+        // the head is cut into reads.
+        if head_may_end(&raw, scanned) {
+            if let Some(head) = parse_response(&raw)? {
+                break head;
+            }
+        }
+        if raw.len() > MAX_RESPONSE_HEAD.min(max_bytes) {
+            return Err(ResponseError::HeadTooLarge.into());
+        }
+        scanned = raw.len();
+        let (n, more) = conn.stream.read(raw).await;
+        raw = more;
+        if n? == 0 {
+            return Err(ExchangeError::Closed(raw.len()));
+        }
+    };
+    let framing = if head_request {
+        Framing::Length(0)
+    } else {
+        head.framing
+    };
+    let limit = BodyLimit {
+        decoded: max_bytes,
+        wire: max_bytes.saturating_sub(head.head_len),
+    };
+    let mut body = BodyDecoder::new(framing, limit)?;
+    let mut body_end = head.head_len;
+    while !body.decode_in_place(&mut raw, &mut body_end)? {
+        let (n, more) = conn.stream.read(raw).await;
+        raw = more;
+        if n? == 0 {
+            body.close()?;
+            break;
+        }
+    }
+    // A byte beyond the body is a protocol error on the backend's part: never reuse then.
+    let reusable = head.keep_alive && framing != Framing::UntilClose && raw.len() == body_end;
+    let response = Response {
+        raw,
+        head,
+        body_end,
+    };
+    Ok((response, reusable))
+}
