@@ -16,9 +16,9 @@ use common::*;
 fn soak_every_response_belongs_to_its_own_request() {
     const CONNECTIONS: usize = 50;
     const PER_CONNECTION: usize = 60;
-    let a = Mock::start("a", &["--price-range", "1..2", "--delay-ms", "40..120"]);
-    let b = Mock::start("b", &["--price-range", "1..2", "--delay-ms", "40..120"]);
-    let c = Mock::start(
+    let a = SPLITTER.mock_backend("a", &["--price-range", "1..2", "--delay-ms", "40..120"]);
+    let b = SPLITTER.mock_backend("b", &["--price-range", "1..2", "--delay-ms", "40..120"]);
+    let c = SPLITTER.mock_backend(
         "c",
         &[
             "--price-range",
@@ -31,7 +31,7 @@ fn soak_every_response_belongs_to_its_own_request() {
             "150",
         ],
     );
-    let s = Splitter::start(&config(
+    let s = SPLITTER.run(&config(
         "",
         "",
         &[("a", a.addr), ("b", b.addr), ("c", c.addr)],
@@ -156,9 +156,9 @@ fn wrk_post_2k_has_no_errors() {
     };
     let script = repo_path("bench/post-2k.lua");
     assert!(script.is_file(), "{}", script.display());
-    let a = Mock::start("a", &["--price-range", "1..2"]);
-    let b = Mock::start("b", &["--price-range", "1..2"]);
-    let s = Splitter::start(&config(
+    let a = SPLITTER.mock_backend("a", &["--price-range", "1..2"]);
+    let b = SPLITTER.mock_backend("b", &["--price-range", "1..2"]);
+    let s = SPLITTER.run(&config(
         "",
         "",
         &[("a", a.addr), ("b", b.addr)],
