@@ -1,6 +1,8 @@
-//! The machine the tests run on: scratch directories, free ports, the repository's files.
+//! The machine the tests run on: scratch directories, free ports, the repository's files, and
+//! the privileges and programs the `#[ignore]`d tests need.
 
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -54,4 +56,37 @@ pub fn repo_path(rel: &str) -> PathBuf {
         .parent()
         .expect("the crate is inside the workspace")
         .join(rel)
+}
+
+/// Fails the test unless it runs as root; `why` says what needs it.
+#[track_caller]
+pub fn require_root(why: &str) {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test needs root ({why}): it is #[ignore]d for that; run it as root with \
+         `-- --ignored`, as test.sh does"
+    );
+}
+
+/// The path of `program` on `PATH`; fails the test, naming the program, when it is not there.
+#[track_caller]
+pub fn require_tool(program: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|p| {
+                p.metadata()
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            })
+    });
+    // Not `unwrap_or_else`: a closure's panic would point here, not at the test.
+    match found {
+        Some(path) => path,
+        None => panic!(
+            "`{program}` is not on PATH: this test is #[ignore]d because it needs it; \
+             scripts/setup.sh installs it"
+        ),
+    }
 }

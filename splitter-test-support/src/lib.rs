@@ -18,7 +18,7 @@ pub mod splitter;
 // The suites import everything at once (`use common::*`), the modules being for this crate's
 // reader.
 pub use client::{assert_serves, Client, IO_TIMEOUT};
-pub use host::{free_addr, repo_path, TempDir};
+pub use host::{free_addr, repo_path, require_root, require_tool, TempDir};
 pub use http::{bid, bid_body, http_json, post, priced_body, RawRequest, Response};
 pub use metrics::Metrics;
 pub use peer::RawPeer;

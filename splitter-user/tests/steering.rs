@@ -1,8 +1,10 @@
 //! eBPF steering, black-box: real `splitter run` processes, real loopback connections, and the
 //! pinned metrics map read back through `bpftool map dump -j`, the operator's view.
 //!
-//! Needs root (CAP_BPF, CAP_NET_ADMIN, a bpffs) and a build with the eBPF object; CI has both.
-//! Elsewhere each test prints why it skips and passes. Every test pins under its own
+//! The tests that load the program need root (CAP_BPF, CAP_NET_ADMIN, a bpffs), bpftool and a
+//! build with the eBPF object. They are `#[ignore]`d, so that elsewhere `cargo test` reports them
+//! skipped; test.sh runs them with `--ignored` where they can run (CI), and run so without what
+//! they need they fail, naming it. Every test pins under its own
 //! `/sys/fs/bpf/splitter-test-<name>-<pid>`, removed by a guard even when the test fails.
 
 mod common;
@@ -15,28 +17,23 @@ use std::time::{Duration, Instant};
 use common::bpftool::{self, PinDir, WorkerCell};
 use common::{bid, config, spawn_logged, Mock, READY_TIMEOUT, SPLITTER};
 
-/// Why this machine cannot run the privileged tests, if it cannot.
-fn skip_privileged() -> Option<&'static str> {
+/// Fails the test unless this build has the eBPF program.
+#[track_caller]
+fn require_ebpf_object() {
     if cfg!(splitter_no_ebpf) {
-        return Some("this build has no eBPF object (run `cargo xtask setup-ebpf`, rebuild)");
+        panic!(
+            "this build has no eBPF object ({}): run `cargo xtask setup-ebpf`, then rebuild",
+            option_env!("SPLITTER_NO_EBPF_REASON").unwrap_or("see the build's warning")
+        );
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root: loading eBPF needs CAP_BPF and CAP_NET_ADMIN");
-    }
-    if Command::new("bpftool").arg("version").output().is_err() {
-        return Some("bpftool is not installed");
-    }
-    None
 }
 
-macro_rules! require_privileged {
-    () => {
-        if let Some(why) = skip_privileged() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
+/// Fails the test unless this build and this machine can load the eBPF program.
+#[track_caller]
+fn require_privileged() {
+    require_ebpf_object();
+    common::require_root("loading eBPF needs CAP_BPF and CAP_NET_ADMIN");
+    common::require_tool("bpftool");
 }
 
 /// A configuration with `workers` workers, one backend, one route and `[steering]`.
@@ -86,8 +83,9 @@ fn sum(cells: &[WorkerCell], f: impl Fn(&WorkerCell) -> u64) -> u64 {
 }
 
 #[test]
+#[ignore = "needs root (CAP_BPF, CAP_NET_ADMIN), bpftool and a build with the eBPF object"]
 fn ebpf_mode_loads_attaches_logs_it_and_unpins_on_exit() {
-    require_privileged!();
+    require_privileged();
     let pins = PinDir::new("test-load");
     let backend = SPLITTER.mock_backend("a", &[]);
     let mut s = SPLITTER.run(&steering_config(2, "ebpf", &pins.path, &backend, 450));
@@ -107,8 +105,9 @@ fn ebpf_mode_loads_attaches_logs_it_and_unpins_on_exit() {
 }
 
 #[test]
+#[ignore = "needs root (CAP_BPF, CAP_NET_ADMIN), bpftool and a build with the eBPF object"]
 fn bpftool_shows_exactly_the_requests_sent() {
-    require_privileged!();
+    require_privileged();
     let pins = PinDir::new("test-count");
     let backend = SPLITTER.mock_backend("a", &[]);
     let s = SPLITTER.run(&steering_config(2, "ebpf", &pins.path, &backend, 450));
@@ -135,8 +134,9 @@ fn bpftool_shows_exactly_the_requests_sent() {
 }
 
 #[test]
+#[ignore = "needs root (CAP_BPF, CAP_NET_ADMIN), bpftool and a build with the eBPF object"]
 fn busy_worker_gets_no_new_connections_while_another_is_idle() {
-    require_privileged!();
+    require_privileged();
     let pins = PinDir::new("test-busy");
     // Slow enough that the first request stays in flight while the others connect.
     let backend = SPLITTER.mock_backend("slow", &["--delay-ms", "3000"]);
@@ -173,8 +173,9 @@ fn busy_worker_gets_no_new_connections_while_another_is_idle() {
 }
 
 #[test]
+#[ignore = "needs root (CAP_BPF, CAP_NET_ADMIN), bpftool and a build with the eBPF object"]
 fn idle_workers_take_new_connections_in_turn() {
-    require_privileged!();
+    require_privileged();
     let pins = PinDir::new("test-spread");
     let backend = SPLITTER.mock_backend("a", &[]);
     let s = SPLITTER.run(&steering_config(2, "ebpf", &pins.path, &backend, 450));
@@ -202,8 +203,9 @@ fn idle_workers_take_new_connections_in_turn() {
 }
 
 #[test]
+#[ignore = "needs root (CAP_BPF, CAP_NET_ADMIN), bpftool and a build with the eBPF object"]
 fn a_burst_of_connections_does_not_herd_onto_one_worker() {
-    require_privileged!();
+    require_privileged();
     let pins = PinDir::new("test-burst");
     let backend = SPLITTER.mock_backend("a", &[]);
     let s = SPLITTER.run(&steering_config(2, "ebpf", &pins.path, &backend, 450));
@@ -265,11 +267,12 @@ fn run_unprivileged(config: &str, tag: &str) -> Unprivileged {
 }
 
 #[test]
+#[cfg_attr(
+    splitter_no_ebpf,
+    ignore = "needs a build with the eBPF object (without, that is the error reported)"
+)]
 fn ebpf_mode_without_privileges_fails_naming_the_capabilities() {
-    if cfg!(splitter_no_ebpf) {
-        eprintln!("skipped: this build has no eBPF object, so that is the error it reports");
-        return;
-    }
+    require_ebpf_object();
     let pins = PinDir::new("test-noprivs");
     let backend = SPLITTER.mock_backend("a", &[]);
     let run = run_unprivileged(
