@@ -15,7 +15,7 @@ const TIMED_OUT: &str = "timed out";
 
 /// A raw TCP client with a buffer for pipelined responses.
 pub struct Client {
-    pub stream: TcpStream,
+    stream: TcpStream,
     /// Received and not yet read as a response.
     pub buf: Vec<u8>,
     eof: bool,

@@ -24,13 +24,9 @@ impl ProcGuard {
         }
     }
 
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
     /// Sends signal `sig` to the process.
     pub fn signal(&self, sig: i32) {
-        let pid = self.pid();
+        let pid = self.child.id() as i32;
         // SAFETY: kill(2) on a child we spawned and have not reaped, so the PID is still ours.
         let rc = unsafe { libc::kill(pid, sig) };
         assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
@@ -108,7 +104,7 @@ struct LogState {
 }
 
 impl LineLog {
-    // A test that panics while printing the log may poison the lock: the readers keep going.
+    // Poisoning is ignored: whatever happened to a test thread, the pipes must be drained.
     fn state(&self) -> MutexGuard<'_, LogState> {
         self.0.state.lock().unwrap_or_else(PoisonError::into_inner)
     }

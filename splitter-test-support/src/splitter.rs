@@ -184,7 +184,7 @@ pub struct Splitter {
     dir: TempDir,
     config_path: PathBuf,
     /// Its output so far: stderr has the log.
-    pub logs: LineLog,
+    logs: LineLog,
     pub proc: ProcGuard,
 }
 
@@ -219,10 +219,6 @@ impl Splitter {
             }
             thread::sleep(Duration::from_millis(50));
         }
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.proc.pid()
     }
 
     pub fn signal(&self, sig: i32) {

@@ -309,7 +309,11 @@ fn sigterm_one_instance_behind_haproxy_then_rejoin() {
         .wait_exit(Duration::from_secs(10))
         .expect("SIGTERM: exit within 10 s");
     let exited_after = start.elapsed() - sigterm_at;
-    assert!(status.success(), "{status:?}\n{}", one.logs.text());
+    assert!(
+        status.success(),
+        "{status:?}\n{}",
+        one.log_snapshot().join("\n")
+    );
 
     // HAProxy's health check notices: inter 1s, fall 2, fastinter 250ms => 1.25 s, plus slack.
     let down_after = wait_for(Duration::from_secs(5), || {
