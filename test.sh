@@ -8,3 +8,24 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
 SPLITTER_TEST_IO=epoll cargo test -p splitter-user --test '*'
+
+# Tests that need root or a tool a bare machine may lack are #[ignore]d, so that where they
+# cannot run, the runs above report them skipped instead of passing them unchecked. Run them
+# where they can (CI: root, and every tool installed by scripts/setup.sh); without what it
+# needs, such a test fails, naming it.
+have() { for tool; do command -v "$tool" >/dev/null 2>&1 || return 1; done; }
+once=() per_shell=()
+have systemd-analyze haproxy && once+=(--test ops)
+have haproxy && per_shell+=(--test haproxy_failover)
+have wrk && per_shell+=(--test soak)
+# eBPF steering: root for CAP_BPF and CAP_NET_ADMIN, bpftool to read the map back, and a build
+# with the program, which takes bpf-linker (scripts/setup.sh goes on with a warning without it).
+if [ "$(id -u)" = 0 ] && have bpftool bpf-linker && [ "${SPLITTER_NO_EBPF:-0}" != 1 ]; then
+  per_shell+=(--test steering)
+fi
+if [ $((${#once[@]} + ${#per_shell[@]})) -gt 0 ]; then
+  cargo test -p splitter-user "${once[@]}" "${per_shell[@]}" -- --ignored
+fi
+if [ ${#per_shell[@]} -gt 0 ]; then
+  SPLITTER_TEST_IO=epoll cargo test -p splitter-user "${per_shell[@]}" -- --ignored
+fi

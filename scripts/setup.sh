@@ -28,13 +28,13 @@ if [ "${SPLITTER_SKIP_APT:-0}" != 1 ]; then
       export DEBIAN_FRONTEND=noninteractive
       apt-get update -qq
       # One at a time: a package the mirror fails to serve (it happens to bpftool on Debian's
-      # security mirror) costs only the tests that need it, which say so and skip.
+      # security mirror) costs only the tests that need it, which stay #[ignore]d (skipped).
       for pkg in "${need[@]}"; do
         apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null \
-          || echo "warning: could not install $pkg: the tests that need it will skip" >&2
+          || echo "warning: could not install $pkg: the tests that need it will be skipped" >&2
       done
     else
-      echo "note: ${need[*]} missing and not root: the tests that need them will say so and skip" >&2
+      echo "note: ${need[*]} missing and not root: the tests that need them will be skipped" >&2
     fi
   fi
 fi

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn one_mock_splitter(top: &str, routes: &[(&str, u64)]) -> (Mock, Splitter) {
-    let a = Mock::start("a", &["--price", "1"]);
-    let s = Splitter::start(&config(top, "", &[("a", a.addr)], routes));
+    let a = SPLITTER.mock_backend("a", &["--price", "1"]);
+    let s = SPLITTER.run(&config(top, "", &[("a", a.addr)], routes));
     (a, s)
 }
 
@@ -33,9 +33,9 @@ fn persistent_connection_serves_many_requests() {
 
 #[test]
 fn pipelined_requests_are_answered_in_order() {
-    let a = Mock::start("a", &["--price-range", "1..2", "--delay-ms", "0..40"]);
-    let b = Mock::start("b", &["--price-range", "1..2", "--delay-ms", "0..40"]);
-    let s = Splitter::start(&config(
+    let a = SPLITTER.mock_backend("a", &["--price-range", "1..2", "--delay-ms", "0..40"]);
+    let b = SPLITTER.mock_backend("b", &["--price-range", "1..2", "--delay-ms", "0..40"]);
+    let s = SPLITTER.run(&config(
         "",
         "",
         &[("a", a.addr), ("b", b.addr)],
@@ -60,9 +60,9 @@ fn pipelined_requests_are_answered_in_order() {
 fn pipelined_posts_and_gets_wait_for_their_deadlines_in_order() {
     // Every request waits for the 100 ms deadline (one backend is too slow): answers come one
     // after the other, each to its own request.
-    let slow = Mock::start("slow", &["--price", "9", "--delay-ms", "3000"]);
-    let fast = Mock::start("fast", &["--price", "1"]);
-    let s = Splitter::start(&config(
+    let slow = SPLITTER.mock_backend("slow", &["--price", "9", "--delay-ms", "3000"]);
+    let fast = SPLITTER.mock_backend("fast", &["--price", "1"]);
+    let s = SPLITTER.run(&config(
         "",
         "",
         &[("slow", slow.addr), ("fast", fast.addr)],
@@ -178,7 +178,7 @@ fn backend_hop_by_hop_response_headers_are_not_passed_on() {
             "Connection: x-foo\r\nX-Foo: 1\r\nKeep-Alive: timeout=5, max=100\r\nProxy-Authenticate: Basic\r\nProxy-Connection: keep-alive\r\nTrailer: X-Tail\r\nUpgrade: h2c\r\nX-Kept: 2\r\n",
         )
     });
-    let s = Splitter::start(&config("", "", &[("p", peer.addr)], &[("/", 2000)]));
+    let s = SPLITTER.run(&config("", "", &[("p", peer.addr)], &[("/", 2000)]));
     let mut client = s.client();
     let r = client.request(&bid("/x", "hbh-1"));
     r.assert_won("hbh-1");
@@ -375,7 +375,7 @@ fn slow_signalling_peer() -> (RawPeer, mpsc::Receiver<String>) {
 #[test]
 fn over_max_in_flight_gets_503() {
     let (peer, arrived_rx) = slow_signalling_peer();
-    let s = Splitter::start(&config(
+    let s = SPLITTER.run(&config(
         "workers = 1\nmax_in_flight = 1",
         "",
         &[("p", peer.addr)],
@@ -409,7 +409,7 @@ fn max_in_flight_is_for_the_whole_process_whatever_the_workers() {
     // Four workers, a limit of two: once two requests are in progress, a request refused on any
     // worker proves the limit is not split per worker.
     let (peer, arrived_rx) = slow_signalling_peer();
-    let s = Splitter::start(&config(
+    let s = SPLITTER.run(&config(
         "workers = 4\nmax_in_flight = 2",
         "",
         &[("p", peer.addr)],
@@ -441,8 +441,8 @@ fn max_in_flight_is_for_the_whole_process_whatever_the_workers() {
 
 #[test]
 fn bad_request_does_not_affect_a_concurrent_good_request() {
-    let a = Mock::start("a", &["--price", "1", "--delay-ms", "300"]);
-    let s = Splitter::start(&config("", "", &[("a", a.addr)], &[("/", 2000)]));
+    let a = SPLITTER.mock_backend("a", &["--price", "1", "--delay-ms", "300"]);
+    let s = SPLITTER.run(&config("", "", &[("a", a.addr)], &[("/", 2000)]));
     let mut good = s.client();
     good.send(&bid("/x", "good-1"));
     // While the good request waits on its backend, bad clients come and go.

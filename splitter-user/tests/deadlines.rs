@@ -14,8 +14,8 @@ const SLACK: Duration = Duration::from_millis(1000);
 
 #[test]
 fn dead_slow_backend_gives_204_at_the_deadline() {
-    let slow = Mock::start("slow", &["--price", "5", "--delay-ms", "5000"]);
-    let s = Splitter::start(&config("", "", &[("slow", slow.addr)], &[("/", 150)]));
+    let slow = SPLITTER.mock_backend("slow", &["--price", "5", "--delay-ms", "5000"]);
+    let s = SPLITTER.run(&config("", "", &[("slow", slow.addr)], &[("/", 150)]));
     let mut client = s.client();
     for i in 0..3 {
         let t = Instant::now();
@@ -32,9 +32,9 @@ fn dead_slow_backend_gives_204_at_the_deadline() {
 
 #[test]
 fn valid_fast_reply_waits_for_slow_backend_until_the_deadline_only() {
-    let fast = Mock::start("fast", &["--price", "1"]);
-    let slow = Mock::start("slow", &["--price", "9", "--delay-ms", "5000"]);
-    let s = Splitter::start(&config(
+    let fast = SPLITTER.mock_backend("fast", &["--price", "1"]);
+    let slow = SPLITTER.mock_backend("slow", &["--price", "9", "--delay-ms", "5000"]);
+    let s = SPLITTER.run(&config(
         "",
         "",
         &[("fast", fast.addr), ("slow", slow.addr)],
@@ -51,10 +51,10 @@ fn valid_fast_reply_waits_for_slow_backend_until_the_deadline_only() {
 
 #[test]
 fn all_backends_answered_early_leaves_at_once() {
-    let a = Mock::start("a", &["--price", "1"]);
-    let b = Mock::start("b", &["--price", "2", "--delay-ms", "20"]);
-    let c = Mock::start("c", &["--status", "500"]);
-    let s = Splitter::start(&config(
+    let a = SPLITTER.mock_backend("a", &["--price", "1"]);
+    let b = SPLITTER.mock_backend("b", &["--price", "2", "--delay-ms", "20"]);
+    let c = SPLITTER.mock_backend("c", &["--status", "500"]);
+    let s = SPLITTER.run(&config(
         "",
         "",
         &[("a", a.addr), ("b", b.addr), ("c", c.addr)],
@@ -77,9 +77,10 @@ fn all_backends_answered_early_leaves_at_once() {
 
 #[test]
 fn two_dead_backends_give_an_immediate_204() {
-    let reset = Mock::start("reset", &["--reset"]);
-    let closed = closed_port();
-    let s = Splitter::start(&config(
+    let reset = SPLITTER.mock_backend("reset", &["--reset"]);
+    // Nothing listens there: connecting is refused.
+    let closed = free_addr();
+    let s = SPLITTER.run(&config(
         "",
         "",
         &[("closed", closed), ("reset", reset.addr)],
@@ -100,15 +101,15 @@ fn two_dead_backends_give_an_immediate_204() {
 
 #[test]
 fn garbage_backends_do_not_delay_or_break_the_response() {
-    let garbage = Mock::start("garbage", &["--broken-share", "1.0", "--price", "99"]);
+    let garbage = SPLITTER.mock_backend("garbage", &["--broken-share", "1.0", "--price", "99"]);
     // A raw peer that answers with non-HTTP bytes then closes.
     let raw = RawPeer::start(|mut conn| {
         if conn.next_request().is_some() {
             conn.write(b"\x00\x01garbage\r\n\r\nnot http at all");
         }
     });
-    let good = Mock::start("good", &["--price", "1"]);
-    let s = Splitter::start(&config(
+    let good = SPLITTER.mock_backend("good", &["--price", "1"]);
+    let s = SPLITTER.run(&config(
         "",
         "",
         &[
@@ -135,8 +136,8 @@ fn garbage_backends_do_not_delay_or_break_the_response() {
 
 #[test]
 fn deadline_clock_starts_when_the_whole_request_is_read() {
-    let slow = Mock::start("slow", &["--price", "5", "--delay-ms", "5000"]);
-    let s = Splitter::start(&config("", "", &[("slow", slow.addr)], &[("/", 200)]));
+    let slow = SPLITTER.mock_backend("slow", &["--price", "5", "--delay-ms", "5000"]);
+    let s = SPLITTER.run(&config("", "", &[("slow", slow.addr)], &[("/", 200)]));
     let mut client = s.client();
     let raw = bid("/x", "clock-1");
     let split = raw.len() - 5;
@@ -163,8 +164,8 @@ fn deadline_clock_starts_when_the_whole_request_is_read() {
 
 #[test]
 fn longest_route_prefix_sets_the_deadline_and_the_query_is_ignored() {
-    let slow = Mock::start("slow", &["--price", "5", "--delay-ms", "5000"]);
-    let s = Splitter::start(&config(
+    let slow = SPLITTER.mock_backend("slow", &["--price", "5", "--delay-ms", "5000"]);
+    let s = SPLITTER.run(&config(
         "",
         "",
         &[("slow", slow.addr)],
@@ -221,7 +222,7 @@ fn late_reply_never_reaches_the_next_request_on_a_reused_connection() {
             }
         }
     });
-    let s = Splitter::start(&config(
+    let s = SPLITTER.run(&config(
         "workers = 1",
         "",
         &[("p", peer.addr)],
@@ -256,7 +257,7 @@ fn late_reply_never_reaches_the_next_request_on_a_reused_connection() {
 
 #[test]
 fn late_mock_replies_never_cross_requests() {
-    let a = Mock::start(
+    let a = SPLITTER.mock_backend(
         "a",
         &[
             "--price-range",
@@ -267,7 +268,7 @@ fn late_mock_replies_never_cross_requests() {
             "150",
         ],
     );
-    let b = Mock::start(
+    let b = SPLITTER.mock_backend(
         "b",
         &[
             "--price-range",
@@ -278,7 +279,7 @@ fn late_mock_replies_never_cross_requests() {
             "150",
         ],
     );
-    let s = Splitter::start(&config(
+    let s = SPLITTER.run(&config(
         "",
         "",
         &[("a", a.addr), ("b", b.addr)],
@@ -305,9 +306,9 @@ fn late_mock_replies_never_cross_requests() {
 fn concurrent_requests_each_meet_their_own_deadline() {
     // One slow backend and many simultaneous requests: none may wait for a free backend
     // connection past its own deadline.
-    let slow = Mock::start("slow", &["--price", "5", "--delay-ms", "3000"]);
-    let fast = Mock::start("fast", &["--price", "1"]);
-    let s = Splitter::start(&config(
+    let slow = SPLITTER.mock_backend("slow", &["--price", "5", "--delay-ms", "3000"]);
+    let fast = SPLITTER.mock_backend("fast", &["--price", "1"]);
+    let s = SPLITTER.run(&config(
         "",
         "",
         &[("slow", slow.addr), ("fast", fast.addr)],
@@ -357,8 +358,8 @@ fn reply_whose_body_ends_after_the_deadline_is_invalid() {
             }
         }
     });
-    let fast = Mock::start("fast", &["--price", "1"]);
-    let s = Splitter::start(&config(
+    let fast = SPLITTER.mock_backend("fast", &["--price", "1"]);
+    let s = SPLITTER.run(&config(
         "",
         "",
         &[("trickle", trickle.addr), ("fast", fast.addr)],
@@ -395,7 +396,7 @@ fn unsolicited_extra_reply_never_answers_the_next_request() {
             }
         }
     });
-    let s = Splitter::start(&config(
+    let s = SPLITTER.run(&config(
         "workers = 1",
         "",
         &[("p", peer.addr)],

@@ -20,7 +20,7 @@ fn every_backend_receives_the_request() {
     let a = echo_peer("a", "1");
     let b = echo_peer("b", "2");
     let c = echo_peer("c", "3");
-    let s = Splitter::start(&config(
+    let s = SPLITTER.run(&config(
         "",
         "",
         &[("a", a.addr), ("b", b.addr), ("c", c.addr)],
@@ -39,7 +39,7 @@ fn every_backend_receives_the_request() {
 #[test]
 fn method_target_and_body_are_forwarded_unchanged() {
     let a = echo_peer("a", "1");
-    let s = Splitter::start(&config("", "", &[("a", a.addr)], &[("/", 2000)]));
+    let s = SPLITTER.run(&config("", "", &[("a", a.addr)], &[("/", 2000)]));
     let mut client = s.client();
 
     // Arbitrary bytes in the body, including CRLFs and a NUL, and an encoded query.
@@ -96,7 +96,7 @@ fn method_target_and_body_are_forwarded_unchanged() {
 #[test]
 fn end_to_end_headers_are_forwarded() {
     let a = echo_peer("a", "1");
-    let s = Splitter::start(&config("", "", &[("a", a.addr)], &[("/", 2000)]));
+    let s = SPLITTER.run(&config("", "", &[("a", a.addr)], &[("/", 2000)]));
     let body = bid_body("e2e-1");
     let raw = format!(
         "POST /x HTTP/1.1\r\nHost: example.test\r\nX-Req-Id: e2e-1\r\nContent-Type: application/json\r\nAuthorization: Bearer t0ken\r\nAccept: */*\r\nUser-Agent: splitter-tests/1\r\nX-Forwarded-For: 10.1.2.3\r\nX-Multi: one\r\nX-Multi: two\r\nX-Empty:\r\nContent-Length: {}\r\n\r\n{body}",
@@ -123,7 +123,7 @@ fn end_to_end_headers_are_forwarded() {
 #[test]
 fn hop_by_hop_request_headers_are_not_forwarded() {
     let a = echo_peer("a", "1");
-    let s = Splitter::start(&config("", "", &[("a", a.addr)], &[("/", 2000)]));
+    let s = SPLITTER.run(&config("", "", &[("a", a.addr)], &[("/", 2000)]));
     let body = bid_body("hop-1");
     let raw = format!(
         "POST /x HTTP/1.1\r\nHost: h\r\nX-Req-Id: hop-1\r\nConnection: keep-alive, X-Drop-Me\r\nX-Drop-Me: secret\r\nKeep-Alive: timeout=300\r\nTE: trailers\r\nTrailer: X-Tail\r\nUpgrade: websocket\r\nProxy-Connection: keep-alive\r\nProxy-Authorization: Basic c2VjcmV0\r\nProxy-Authenticate: Basic\r\nX-Keep-Me: yes\r\nContent-Length: {}\r\n\r\n{body}",
@@ -166,7 +166,7 @@ fn hop_by_hop_request_headers_are_not_forwarded() {
 fn chunked_client_body_reaches_backends_dechunked_with_content_length() {
     let a = echo_peer("a", "1");
     let b = echo_peer("b", "2");
-    let s = Splitter::start(&config(
+    let s = SPLITTER.run(&config(
         "",
         "",
         &[("a", a.addr), ("b", b.addr)],
@@ -199,7 +199,7 @@ fn chunked_client_body_reaches_backends_dechunked_with_content_length() {
 #[test]
 fn chunked_body_with_trailers_is_forwarded_without_them() {
     let a = echo_peer("a", "1");
-    let s = Splitter::start(&config("", "", &[("a", a.addr)], &[("/", 2000)]));
+    let s = SPLITTER.run(&config("", "", &[("a", a.addr)], &[("/", 2000)]));
     let raw = b"POST /t HTTP/1.1\r\nHost: h\r\nX-Req-Id: trl-1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Trailer-Field: t\r\n\r\n";
     let mut client = s.client();
     let r = client.request(raw);
@@ -214,7 +214,7 @@ fn chunked_body_with_trailers_is_forwarded_without_them() {
 #[test]
 fn backend_connections_are_persistent_and_pooled() {
     let a = echo_peer("a", "1");
-    let s = Splitter::start(&config("workers = 1", "", &[("a", a.addr)], &[("/", 2000)]));
+    let s = SPLITTER.run(&config("workers = 1", "", &[("a", a.addr)], &[("/", 2000)]));
     let mut client = s.client();
     for i in 0..20 {
         let id = format!("pool-{i}");
@@ -248,8 +248,8 @@ fn backend_connections_are_persistent_and_pooled() {
 #[test]
 fn backend_closing_after_each_reply_is_handled() {
     // `--close`: the mock answers with Connection: close and closes; the pool must not reuse it.
-    let a = Mock::start("a", &["--price", "2", "--close"]);
-    let s = Splitter::start(&config("", "", &[("a", a.addr)], &[("/", 2000)]));
+    let a = SPLITTER.mock_backend("a", &["--price", "2", "--close"]);
+    let s = SPLITTER.run(&config("", "", &[("a", a.addr)], &[("/", 2000)]));
     let mut client = s.client();
     for i in 0..10 {
         let id = format!("close-{i}");
@@ -262,7 +262,7 @@ fn backend_closing_after_each_reply_is_handled() {
 #[test]
 fn requests_for_http10_clients_go_to_backends_as_http11() {
     let a = echo_peer("a", "1");
-    let s = Splitter::start(&config("", "", &[("a", a.addr)], &[("/", 2000)]));
+    let s = SPLITTER.run(&config("", "", &[("a", a.addr)], &[("/", 2000)]));
     let r = s.request(b"GET /old HTTP/1.0\r\nX-Req-Id: v10\r\n\r\n");
     assert_eq!(r.status, 200, "{r:?}");
     let got = a.next_request(WAIT);

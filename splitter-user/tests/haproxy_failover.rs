@@ -8,170 +8,37 @@
 //! - clients see at most a handful of failed requests (the figure is printed);
 //! - started again on the same ports, it is marked UP and serves requests again.
 //!
-//! Skipped, with a printed note, when `haproxy` is not installed. Every process is killed by PID
-//! when its guard drops; every wait is bounded.
+//! `#[ignore]`d, so that without `haproxy` installed `cargo test` reports it skipped; test.sh runs
+//! it with `--ignored` where `haproxy` is. Every process is killed by PID when its guard drops;
+//! every wait is bounded.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_splitter");
-/// Start-up of a process (debug build, a busy 2-CPU machine).
-const READY: Duration = Duration::from_secs(30);
+use common::client::get;
+use common::{
+    bid, free_addr, repo_path, require_tool, spawn_logged, wait_for, Client, LineLog, Metrics,
+    Mock, Response, Splitter, TempDir, SPLITTER,
+};
+
 /// Client socket timeouts: far above the 450 ms route plus HAProxy's retries.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Load clients (keep-alive connections to HAProxy).
 const CLIENTS: usize = 6;
 
-// ---------------------------------------------------------------------------------------------
-// Processes
-// ---------------------------------------------------------------------------------------------
-
-/// A child killed by PID and reaped on drop, unless the test reaped it.
-struct Proc {
-    child: Child,
-    name: String,
-    reaped: bool,
+fn mock_backend(name: &str, price: &str) -> Mock {
+    // Real backends take a few ms; requests overlap, so some are in flight at SIGTERM.
+    SPLITTER.mock_backend(name, &["--price", price, "--delay-ms", "5..40"])
 }
 
-impl Proc {
-    fn new(child: Child, name: &str) -> Proc {
-        Proc {
-            child,
-            name: name.into(),
-            reaped: false,
-        }
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on a child we spawned and have not reaped, so the PID is still ours.
-        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
-        assert_eq!(rc, 0, "kill {} ({sig})", self.name);
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let until = Instant::now() + timeout;
-        while Instant::now() < until {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                self.reaped = true;
-                return Some(status);
-            }
-            thread::sleep(Duration::from_millis(5));
-        }
-        None
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if !self.reaped {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Spawns `cmd` with stdout and stderr piped; every line of both goes to `log` (kept for the
-/// failure message and for parsing), and every line `ready` accepts is sent to the receiver.
-fn spawn_logged(
-    cmd: &mut Command,
-    name: &str,
-    log: Arc<Mutex<Vec<String>>>,
-    ready: impl Fn(&str) -> Option<String> + Send + Clone + 'static,
-) -> (Proc, mpsc::Receiver<String>) {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-    let (tx, rx) = mpsc::channel();
-    let pipes: [Box<dyn Read + Send>; 2] = [
-        Box::new(child.stdout.take().unwrap()),
-        Box::new(child.stderr.take().unwrap()),
-    ];
-    for pipe in pipes {
-        let (tx, log, ready) = (tx.clone(), Arc::clone(&log), ready.clone());
-        // Drains the pipe to its end, so the child never blocks on a full one.
-        thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if let Some(found) = ready(&line) {
-                    let _ = tx.send(found);
-                }
-                // A panicking test may hold the lock (printing the log): keep draining anyway.
-                log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-            }
-        });
-    }
-    (Proc::new(child, name), rx)
-}
-
-/// [`spawn_logged`], then waits for the first line `ready` accepts and returns it.
-fn spawn_until(
-    cmd: &mut Command,
-    name: &str,
-    log: Arc<Mutex<Vec<String>>>,
-    ready: impl Fn(&str) -> Option<String> + Send + Clone + 'static,
-) -> (Proc, String) {
-    let (proc, rx) = spawn_logged(cmd, name, Arc::clone(&log), ready);
-    match rx.recv_timeout(READY) {
-        Ok(found) => (proc, found),
-        Err(_) => panic!(
-            "{name} not ready within {READY:?}; output:\n{}",
-            log.lock().unwrap().join("\n")
-        ),
-    }
-}
-
-fn mock_backend(name: &str, price: &str) -> (Proc, SocketAddr) {
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let (proc, addr) = spawn_until(
-        Command::new(BIN).args([
-            "mock-backend",
-            "--listen",
-            "127.0.0.1:0",
-            "--name",
-            name,
-            "--price",
-            price,
-            // Real backends take a few ms; requests overlap, so some are in flight at SIGTERM.
-            "--delay-ms",
-            "5..40",
-        ]),
-        name,
-        log,
-        |l| l.strip_prefix("listening on ").map(str::to_string),
-    );
-    (proc, addr.trim().parse().unwrap())
-}
-
-/// A running `splitter run`, its addresses from its start-up line.
-struct Splitter {
-    proc: Proc,
-    listen: SocketAddr,
-    admin: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-/// Value of `key=VALUE` in a log line.
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-}
-
-fn splitter(
-    dir: &Path,
-    name: &str,
-    listen: &str,
-    admin: &str,
-    backends: &[SocketAddr],
-) -> Splitter {
+/// A splitter instance with two workers and the given listeners, behind HAProxy.
+fn splitter(listen: &str, admin: &str, backends: &[SocketAddr]) -> Splitter {
     let mut cfg = format!(
         "listen = \"{listen}\"\nadmin_listen = \"{admin}\"\nworkers = 2\n\
          [[route]]\npath_prefix = \"/\"\ntimeout_ms = 450\n"
@@ -181,169 +48,13 @@ fn splitter(
             "[[backend]]\nname = \"b{i}\"\naddress = \"{b}\"\n"
         ));
     }
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, cfg).unwrap();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let (proc, line) = spawn_until(
-        Command::new(BIN)
-            .args(["run", "-c"])
-            .arg(&path)
-            .env("RUST_LOG", "info"),
-        name,
-        Arc::clone(&log),
-        |l| l.contains("splitter started").then(|| l.to_string()),
-    );
-    let addr = |key| -> SocketAddr {
-        field(&line, key)
-            .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
-            .parse()
-            .unwrap()
-    };
-    Splitter {
-        listen: addr("listen"),
-        admin: addr("admin"),
-        proc,
-        log,
-    }
+    SPLITTER.run(&cfg)
 }
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        let path = std::env::temp_dir().join(format!("splitter-haproxy-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-// ---------------------------------------------------------------------------------------------
-// HTTP
-// ---------------------------------------------------------------------------------------------
-
-/// A response: status, lower-cased headers, body.
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Reads one response: `Content-Length` framed (the splitter), chunked (HAProxy's stats page,
-/// trailers not expected), or up to the close.
-fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<Response> {
-    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
-    let mut line = String::new();
-    if reader.read_line(&mut line)? == 0 {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad(&line))?;
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        let (k, v) = l.split_once(':').ok_or_else(|| bad(l))?;
-        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-    }
-    let mut response = Response {
-        status,
-        headers,
-        body: Vec::new(),
-    };
-    match response.header("content-length") {
-        Some(len) => {
-            let len: usize = len.parse().map_err(|_| bad("content-length"))?;
-            response.body.resize(len, 0);
-            reader.read_exact(&mut response.body)?;
-        }
-        // HAProxy's stats page.
-        None if response.header("transfer-encoding") == Some("chunked") => loop {
-            line.clear();
-            reader.read_line(&mut line)?;
-            let size = usize::from_str_radix(line.trim(), 16).map_err(|_| bad(&line))?;
-            let start = response.body.len();
-            response.body.resize(start + size + 2, 0);
-            reader.read_exact(&mut response.body[start..])?;
-            response.body.truncate(start + size);
-            if size == 0 {
-                break;
-            }
-        },
-        // Neither: the body ends with the connection.
-        None => {
-            reader.read_to_end(&mut response.body)?;
-        }
-    }
-    Ok(response)
-}
-
-fn connect(addr: SocketAddr) -> std::io::Result<(TcpStream, BufReader<TcpStream>)> {
-    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.set_write_timeout(Some(IO_TIMEOUT))?;
-    s.set_nodelay(true)?;
-    let r = BufReader::new(s.try_clone()?);
-    Ok((s, r))
-}
-
-/// A one-request GET, for /metrics and HAProxy's stats.
-fn get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
-    let (mut s, mut r) = connect(addr)?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n")?;
-    read_response(&mut r)
-}
-
-fn bid(n: u64) -> Vec<u8> {
-    let body = format!("{{\"id\":\"{n}\",\"imp\":[{{\"id\":\"1\",\"bidfloor\":0.5}}]}}");
-    format!(
-        "POST /bid HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
-/// `splitter_requests_total` of the instance at `admin`.
+/// `splitter_requests_total` of the instance at `admin`; `None` while it cannot be scraped.
 fn requests_total(admin: SocketAddr) -> Option<u64> {
-    let r = get(admin, "/metrics").ok()?;
-    String::from_utf8_lossy(&r.body)
-        .lines()
-        .find_map(|l| l.strip_prefix("splitter_requests_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|v| v as u64)
+    let m = Metrics::scrape(admin).ok()?;
+    Some(m.find("splitter_requests_total", &[])? as u64)
 }
 
 /// HAProxy's status of each server of `backend splitters` (`UP`, `DOWN`, `UP 1/2`, ...), from
@@ -352,7 +63,7 @@ fn server_status(stats: SocketAddr) -> Vec<(String, String)> {
     let Ok(r) = get(stats, "/stats;csv") else {
         return Vec::new();
     };
-    let csv = String::from_utf8_lossy(&r.body).into_owned();
+    let csv = r.body_str();
     let mut lines = csv.lines();
     let head: Vec<&str> = lines
         .next()
@@ -371,18 +82,6 @@ fn server_status(stats: SocketAddr) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Polls `cond` every 20 ms until it holds; returns how long that took, or None at `limit`.
-fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if cond() {
-            return Some(start.elapsed());
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
 // ---------------------------------------------------------------------------------------------
 // The shipped HAProxy configuration, rendered for this test
 // ---------------------------------------------------------------------------------------------
@@ -396,9 +95,7 @@ fn render_haproxy(
     frontend: SocketAddr,
     stats: SocketAddr,
 ) -> String {
-    let shipped =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/haproxy.cfg"))
-            .unwrap();
+    let shipped = std::fs::read_to_string(repo_path("infra/haproxy.cfg")).unwrap();
     let mut used = [0usize; 9];
     let mut server_lines = 0;
     let mut out = String::new();
@@ -481,13 +178,15 @@ fn client(haproxy: SocketAddr, stop: Arc<AtomicBool>, tally: Arc<Tally>, start: 
     let mut n = id << 32;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
-        let result = (|| -> std::io::Result<Response> {
+        let result = (|| -> Result<Response, String> {
             if conn.is_none() {
-                conn = Some(connect(haproxy)?);
+                let c = Client::try_connect(haproxy).map_err(|e| format!("connect: {e}"))?;
+                conn = Some(c);
             }
-            let (s, r) = conn.as_mut().unwrap();
-            s.write_all(&bid(n))?;
-            read_response(r)
+            let c = conn.as_mut().unwrap();
+            c.try_send(&bid("/bid", &n.to_string()))
+                .map_err(|e| format!("write: {e}"))?;
+            c.try_read_response_within(IO_TIMEOUT)
         })();
         match result {
             Ok(r) if r.status == 200 || r.status == 204 => {
@@ -518,46 +217,27 @@ fn client(haproxy: SocketAddr, stop: Arc<AtomicBool>, tally: Arc<Tally>, start: 
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs haproxy"]
 fn sigterm_one_instance_behind_haproxy_then_rejoin() {
-    let have_haproxy = Command::new("haproxy")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !have_haproxy {
-        println!("SKIPPED sigterm_one_instance_behind_haproxy_then_rejoin: haproxy not installed");
-        return;
-    }
-    let dir = TempDir::new();
-    let (_ma, a) = mock_backend("a", "1.5");
-    let (_mb, b) = mock_backend("b", "2.5");
-    let mut one = splitter(&dir.0, "one", "127.0.0.1:0", "127.0.0.1:0", &[a, b]);
-    let two = splitter(&dir.0, "two", "127.0.0.1:0", "127.0.0.1:0", &[a, b]);
+    let haproxy_bin = require_tool("haproxy");
+    let dir = TempDir::new("haproxy");
+    let (ma, mb) = (mock_backend("a", "1.5"), mock_backend("b", "2.5"));
+    let (a, b) = (ma.addr, mb.addr);
+    let mut one = splitter("127.0.0.1:0", "127.0.0.1:0", &[a, b]);
+    let two = splitter("127.0.0.1:0", "127.0.0.1:0", &[a, b]);
 
-    let frontend: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let stats: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (frontend, stats) = (free_addr(), free_addr());
     let cfg = render_haproxy(
-        [(one.listen, one.admin), (two.listen, two.admin)],
+        [(one.addr, one.admin), (two.addr, two.admin)],
         frontend,
         stats,
     );
-    let cfg_path = dir.0.join("haproxy.cfg");
-    std::fs::write(&cfg_path, &cfg).unwrap();
-    let haproxy_log = Arc::new(Mutex::new(Vec::new()));
+    let cfg_path = dir.write("haproxy.cfg", &cfg);
     // `-db`: foreground, logs on stderr. Ready is both servers UP on its stats page, below.
-    let (mut haproxy, _) = spawn_logged(
-        Command::new("haproxy").arg("-db").arg("-f").arg(&cfg_path),
-        "haproxy",
-        Arc::clone(&haproxy_log),
-        |_| None,
-    );
+    let (mut haproxy, haproxy_log) =
+        spawn_logged(Command::new(haproxy_bin).args(["-db", "-f"]).arg(&cfg_path));
     let both_up = || {
-        assert!(
-            haproxy.child.try_wait().unwrap().is_none(),
-            "haproxy exited:\n{}",
-            haproxy_log.lock().unwrap().join("\n")
-        );
+        assert!(haproxy.alive(), "haproxy exited:\n{}", haproxy_log.text());
         let s = server_status(stats);
         s.len() == 2 && s.iter().all(|(_, st)| st == "UP")
     };
@@ -565,7 +245,7 @@ fn sigterm_one_instance_behind_haproxy_then_rejoin() {
         wait_for(Duration::from_secs(15), both_up).is_some(),
         "servers never both UP: {:?}\n{}",
         server_status(stats),
-        haproxy_log.lock().unwrap().join("\n")
+        haproxy_log.text()
     );
 
     // Load through HAProxy.
@@ -590,10 +270,10 @@ fn sigterm_one_instance_behind_haproxy_then_rejoin() {
 
     // A request in progress on `one` when it is told to stop: head and half the body sent
     // directly to it, bypassing HAProxy. The rest follows the SIGTERM; it must still be answered.
-    let (mut probe, mut probe_r) = connect(one.listen).unwrap();
-    let req = bid(7);
+    let mut probe = Client::connect(one.addr);
+    let req = bid("/bid", "7");
     let split = req.len() - 10;
-    probe.write_all(&req[..split]).unwrap();
+    probe.send(&req[..split]);
     // No observable says "the worker has read these bytes" without noise from the load; loopback
     // delivers them in microseconds to a read already posted, 200 ms is ample.
     thread::sleep(Duration::from_millis(200));
@@ -609,21 +289,20 @@ fn sigterm_one_instance_behind_haproxy_then_rejoin() {
         .is_some(),
         "/healthz never answered 503 draining"
     );
-    probe.write_all(&req[split..]).unwrap();
-    let answer = read_response(&mut probe_r).expect("the request in progress was answered");
-    assert_eq!(
-        answer.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&answer.body)
-    );
+    probe.send(&req[split..]);
+    let answer = probe
+        .try_read_response_within(IO_TIMEOUT)
+        .expect("the request in progress was answered");
+    assert_eq!(answer.status, 200, "{}", answer.body_str());
     assert_eq!(
         answer.header("connection"),
         Some("close"),
         "a draining instance closes after the answer"
     );
-    let mut rest = Vec::new();
-    assert_eq!(probe_r.read_to_end(&mut rest).unwrap(), 0, "then closes");
+    assert!(
+        probe.closed_within(IO_TIMEOUT) && probe.buf.is_empty(),
+        "then closes, with nothing more"
+    );
 
     let status = one
         .proc
@@ -633,7 +312,7 @@ fn sigterm_one_instance_behind_haproxy_then_rejoin() {
     assert!(
         status.success(),
         "{status:?}\n{}",
-        one.log.lock().unwrap().join("\n")
+        one.log_snapshot().join("\n")
     );
 
     // HAProxy's health check notices: inter 1s, fall 2, fastinter 250ms => 1.25 s, plus slack.
@@ -665,13 +344,7 @@ fn sigterm_one_instance_behind_haproxy_then_rejoin() {
 
     // Start it again on the same ports.
     let restart_at = start.elapsed();
-    let one_again = splitter(
-        &dir.0,
-        "one",
-        &one.listen.to_string(),
-        &one.admin.to_string(),
-        &[a, b],
-    );
+    let one_again = splitter(&one.addr.to_string(), &one.admin.to_string(), &[a, b]);
     let rejoin = wait_for(Duration::from_secs(10), || {
         requests_total(one_again.admin).unwrap_or(0) >= 20
     })
@@ -707,9 +380,8 @@ fn sigterm_one_instance_behind_haproxy_then_rejoin() {
 }
 
 /// How many requests HAProxy has logged as retried so far.
-fn retried(log: &Mutex<Vec<String>>) -> usize {
-    log.lock()
-        .unwrap()
+fn retried(log: &LineLog) -> usize {
+    log.snapshot()
         .iter()
         .filter(|l| l.contains("\"POST ") && retries(l).is_some_and(|r| r > 0))
         .count()

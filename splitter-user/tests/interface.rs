@@ -23,7 +23,7 @@ fn valid_config() -> String {
 
 #[test]
 fn help_lists_the_subcommands() {
-    let (status, out, _) = run_cli(&["--help"], CLI_TIMEOUT);
+    let (status, out, _) = SPLITTER.cli(&["--help"], CLI_TIMEOUT);
     assert!(status.success());
     for cmd in ["run", "check", "demo", "mock-backend"] {
         assert!(out.contains(cmd), "--help must list {cmd}: {out}");
@@ -34,7 +34,7 @@ fn help_lists_the_subcommands() {
 fn check_accepts_a_valid_file() {
     let dir = TempDir::new("check-ok");
     let path = dir.write("ok.toml", &valid_config());
-    let (status, out, err) = run_cli(&["check", "-c", path.to_str().unwrap()], CLI_TIMEOUT);
+    let (status, out, err) = SPLITTER.cli(&["check", "-c", path.to_str().unwrap()], CLI_TIMEOUT);
     assert_eq!(status.code(), Some(0), "stdout {out} stderr {err}");
 }
 
@@ -74,7 +74,7 @@ pin_dir = "/sys/fs/bpf/splitter"
 "#;
     let dir = TempDir::new("check-full");
     let path = dir.write("full.toml", text);
-    let (status, out, err) = run_cli(&["check", "-c", path.to_str().unwrap()], CLI_TIMEOUT);
+    let (status, out, err) = SPLITTER.cli(&["check", "-c", path.to_str().unwrap()], CLI_TIMEOUT);
     assert_eq!(status.code(), Some(0), "stdout {out} stderr {err}");
 }
 
@@ -83,7 +83,7 @@ fn check_accepts_the_minimal_file_with_defaults() {
     let text = "listen = \"127.0.0.1:8080\"\n[[backend]]\nname = \"a\"\naddress = \"127.0.0.1:9000\"\n[[route]]\npath_prefix = \"/\"\ntimeout_ms = 100\n";
     let dir = TempDir::new("check-min");
     let path = dir.write("min.toml", text);
-    let (status, out, err) = run_cli(&["check", "-c", path.to_str().unwrap()], CLI_TIMEOUT);
+    let (status, out, err) = SPLITTER.cli(&["check", "-c", path.to_str().unwrap()], CLI_TIMEOUT);
     assert_eq!(status.code(), Some(0), "stdout {out} stderr {err}");
 }
 
@@ -92,7 +92,7 @@ fn check_rejects(text: &str, key: &str) {
     let dir = TempDir::new("check-bad");
     let path = dir.write("bad.toml", text);
     let path_str = path.to_str().unwrap();
-    let (status, out, err) = run_cli(&["check", "-c", path_str], CLI_TIMEOUT);
+    let (status, out, err) = SPLITTER.cli(&["check", "-c", path_str], CLI_TIMEOUT);
     assert_eq!(
         status.code(),
         Some(1),
@@ -189,14 +189,14 @@ fn check_rejects_more_than_16_backends() {
     // Sixteen is fine.
     let dir = TempDir::new("check-16");
     let path = dir.write("ok.toml", &config("", "", &refs[..16], &[("/", 100)]));
-    let (status, _, err) = run_cli(&["check", "-c", path.to_str().unwrap()], CLI_TIMEOUT);
+    let (status, _, err) = SPLITTER.cli(&["check", "-c", path.to_str().unwrap()], CLI_TIMEOUT);
     assert_eq!(status.code(), Some(0), "{err}");
 }
 
 #[test]
 fn check_rejects_unparsable_toml_and_missing_file() {
     check_rejects("listen = \n[[[", "bad.toml");
-    let (status, _, err) = run_cli(
+    let (status, _, err) = SPLITTER.cli(
         &["check", "-c", "/nonexistent/splitter-missing.toml"],
         CLI_TIMEOUT,
     );
@@ -209,15 +209,15 @@ fn run_refuses_an_invalid_file_with_exit_1() {
     let dir = TempDir::new("run-bad");
     let text = valid_config().replacen("timeout_ms = 80", "timeout_ms = \"x\"", 1);
     let path = dir.write("bad.toml", &text);
-    let (status, _, err) = run_cli(&["run", "-c", path.to_str().unwrap()], CLI_TIMEOUT);
+    let (status, _, err) = SPLITTER.cli(&["run", "-c", path.to_str().unwrap()], CLI_TIMEOUT);
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("timeout_ms"), "{err}");
 }
 
 #[test]
 fn healthz_answers_ok() {
-    let a = Mock::start("a", &["--price", "1"]);
-    let s = Splitter::start(&config("", "", &[("a", a.addr)], &[("/", 500)]));
+    let a = SPLITTER.mock_backend("a", &["--price", "1"]);
+    let s = SPLITTER.run(&config("", "", &[("a", a.addr)], &[("/", 500)]));
     let r = s.admin_get("/healthz");
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.body_str().trim(), "ok");
@@ -227,11 +227,11 @@ fn healthz_answers_ok() {
 
 #[test]
 fn metrics_count_requests_responses_outcomes_and_wins() {
-    let valid = Mock::start("valid", &["--price", "2"]);
-    let invalid = Mock::start("invalid", &["--price", "9", "--status", "500"]);
-    let error = Mock::start("error", &["--reset"]);
-    let late = Mock::start("late", &["--price", "9", "--delay-ms", "3000"]);
-    let s = Splitter::start(&config(
+    let valid = SPLITTER.mock_backend("valid", &["--price", "2"]);
+    let invalid = SPLITTER.mock_backend("invalid", &["--price", "9", "--status", "500"]);
+    let error = SPLITTER.mock_backend("error", &["--reset"]);
+    let late = SPLITTER.mock_backend("late", &["--price", "9", "--delay-ms", "3000"]);
+    let s = SPLITTER.run(&config(
         "",
         "",
         &[
@@ -318,7 +318,7 @@ fn metrics_count_requests_responses_outcomes_and_wins() {
     assert_eq!(inf, 3.0, "{ctx}");
 
     // A 204 is counted under its status, and a 404 too.
-    let only_bad = Splitter::start(&config(
+    let only_bad = SPLITTER.run(&config(
         "",
         "",
         &[("invalid", invalid.addr)],
@@ -345,7 +345,7 @@ fn metrics_count_requests_responses_outcomes_and_wins() {
 
 #[test]
 fn mock_backend_echoes_the_request_id() {
-    let a = Mock::start("echo", &["--price", "4.5"]);
+    let a = SPLITTER.mock_backend("echo", &["--price", "4.5"]);
     let mut c = Client::connect(a.addr);
     let r = c.request(&bid("/any", "mock-1"));
     assert_eq!(r.status, 200);
@@ -358,7 +358,7 @@ fn mock_backend_echoes_the_request_id() {
 #[test]
 fn demo_runs_and_prints_a_summary() {
     let t = Instant::now();
-    let (status, out, err) = run_cli(
+    let (status, out, err) = SPLITTER.cli(
         &["demo", "--seconds", "1", "--connections", "4"],
         Duration::from_secs(60),
     );

@@ -3,10 +3,10 @@
 
 mod common;
 
-use common::{config, Mock, Splitter};
+use common::{config, Mock, Splitter, SPLITTER};
 
 fn start_with(io: &str, backend: &Mock) -> Splitter {
-    Splitter::start(&config(
+    SPLITTER.run(&config(
         &format!("io = \"{io}\""),
         "",
         &[("a", backend.addr)],
@@ -23,7 +23,7 @@ fn started_line(s: &Splitter) -> String {
 
 #[test]
 fn epoll_shell_serves_and_says_so() {
-    let backend = Mock::start("a", &["--price", "3"]);
+    let backend = SPLITTER.mock_backend("a", &["--price", "3"]);
     let s = start_with("epoll", &backend);
     assert!(
         started_line(&s).contains("io=\"epoll\""),
@@ -38,7 +38,7 @@ fn epoll_shell_serves_and_says_so() {
 
 #[test]
 fn uring_shell_serves_and_says_so() {
-    let backend = Mock::start("a", &["--price", "3"]);
+    let backend = SPLITTER.mock_backend("a", &["--price", "3"]);
     let s = start_with("uring", &backend);
     assert!(
         started_line(&s).contains("io=\"uring\""),
@@ -53,7 +53,7 @@ fn uring_shell_serves_and_says_so() {
 
 #[test]
 fn auto_picks_uring_where_the_kernel_allows_it() {
-    let backend = Mock::start("a", &["--price", "3"]);
+    let backend = SPLITTER.mock_backend("a", &["--price", "3"]);
     let s = start_with("auto", &backend);
     // This machine allows io_uring (the uring test above proves it), so auto must take it.
     assert!(

@@ -4,67 +4,26 @@
 //! and agrees with the splitter's ports and deadlines, and `cargo xtask install --root` installs
 //! the files with their modes and keeps an existing configuration.
 //!
-//! Tests needing a tool that is not installed (`systemd-analyze`, `haproxy`) print why and pass.
+//! The tests that run a tool a bare machine may lack (`systemd-analyze`, `haproxy`) are
+//! `#[ignore]`d, so that `cargo test` reports them skipped; test.sh runs them with `--ignored`
+//! where the tool is.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_splitter");
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the crate is inside the workspace")
-        .to_path_buf()
-}
+use common::{repo_path, require_tool, TempDir, SPLITTER};
 
 fn infra(name: &str) -> PathBuf {
-    workspace().join("infra").join(name)
+    repo_path("infra").join(name)
 }
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// Is `tool` on PATH? When not, says so: the test it guards then passes without checking.
-fn have(tool: &str, test: &str) -> bool {
-    let found = Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        println!("SKIPPED {test}: `{tool}` is not installed (.ci/run installs it)");
-    }
-    found
-}
-
-/// A scratch directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "splitter-ops-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -109,17 +68,15 @@ fn unit_service(unit: &str) -> BTreeMap<String, Vec<String>> {
 /// exits 0 even on a misspelt or unparsable directive, only printing a warning, so any output
 /// naming the unit fails the test; a deliberately broken copy proves such output is caught.
 #[test]
+#[ignore = "needs systemd-analyze"]
 fn unit_verifies() {
-    if !have("systemd-analyze", "unit_verifies") {
-        return;
-    }
+    let systemd_analyze = require_tool("systemd-analyze");
     let unit = read(&infra("splitter.service"));
     assert!(unit.contains("/usr/local/bin/splitter run -c /etc/splitter/splitter.toml"));
     let dir = TempDir::new("unit");
     let verify = |contents: &str| -> (bool, String) {
-        let path = dir.0.join("splitter.service");
-        std::fs::write(&path, contents).unwrap();
-        let out = run(Command::new("systemd-analyze")
+        let path = dir.write("splitter.service", contents);
+        let out = run(Command::new(&systemd_analyze)
             .args(["verify", "--man=no"])
             .arg(&path)
             .env("SYSTEMD_LOG_COLOR", "0"));
@@ -132,7 +89,10 @@ fn unit_verifies() {
         (out.status.success(), complaints.join("\n"))
     };
 
-    let local = unit.replace("/usr/local/bin/splitter", BIN);
+    let local = unit.replace(
+        "/usr/local/bin/splitter",
+        SPLITTER.path().to_str().expect("a UTF-8 path"),
+    );
     let (ok, complaints) = verify(&local);
     assert!(ok && complaints.is_empty(), "verify: {complaints}");
 
@@ -247,7 +207,7 @@ fn longest_route(config: &str) -> Duration {
 
 #[test]
 fn shipped_config_passes_check() {
-    let out = run(Command::new(BIN)
+    let out = run(Command::new(SPLITTER.path())
         .args(["check", "-c"])
         .arg(infra("splitter.toml")));
     assert!(
@@ -379,11 +339,9 @@ fn haproxy_cfg_agrees_with_the_splitter_config() {
 }
 
 #[test]
+#[ignore = "needs haproxy"]
 fn haproxy_cfg_is_valid() {
-    if !have("haproxy", "haproxy_cfg_is_valid") {
-        return;
-    }
-    let out = run(Command::new("haproxy")
+    let out = run(Command::new(require_tool("haproxy"))
         .arg("-c")
         .arg("-f")
         .arg(infra("haproxy.cfg")));
@@ -402,11 +360,11 @@ fn xtask_install(root: &Path) -> Output {
     // not a release build (minutes, and not what this test is about).
     let cargo = option_env!("CARGO").unwrap_or("cargo");
     let out = run(Command::new(cargo)
-        .current_dir(workspace())
+        .current_dir(repo_path("."))
         .args(["xtask", "install", "--root"])
         .arg(root)
         .arg("--binary")
-        .arg(BIN));
+        .arg(SPLITTER.path()));
     assert!(
         out.status.success(),
         "cargo xtask install: {}{}",
@@ -427,7 +385,7 @@ fn mode(path: &Path) -> u32 {
 #[test]
 fn xtask_install_into_a_root_keeps_an_existing_config() {
     let dir = TempDir::new("install");
-    let root = &dir.0;
+    let root = &dir.path;
     let out = xtask_install(root);
     let stdout = text(&out.stdout);
 
@@ -439,17 +397,19 @@ fn xtask_install_into_a_root_keeps_an_existing_config() {
     assert_eq!(mode(&unit), 0o644);
     assert_eq!(mode(&config), 0o644);
     assert_eq!(mode(&sysusers), 0o644);
-    assert_eq!(std::fs::read(&bin).unwrap(), std::fs::read(BIN).unwrap());
+    assert_eq!(
+        std::fs::read(&bin).unwrap(),
+        std::fs::read(SPLITTER.path()).unwrap()
+    );
     assert_eq!(read(&unit), read(&infra("splitter.service")));
     assert_eq!(read(&config), read(&infra("splitter.toml")));
     for doc in ["tuning.md", "haproxy.cfg"] {
         let installed = root.join("usr/local/share/doc/splitter").join(doc);
         assert_eq!(read(&installed), read(&infra(doc)), "{doc}");
     }
-    let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
     assert_eq!(
         read(&root.join("usr/local/share/doc/splitter/README.md")),
-        read(&readme)
+        read(&repo_path("README.md"))
     );
     assert!(stdout.contains("not the real root"), "{stdout}");
     // No temporary file left behind by the atomic writes.

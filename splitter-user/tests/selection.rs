@@ -9,10 +9,10 @@ use common::*;
 
 #[test]
 fn prefer_max_is_the_default_and_returns_the_highest_price() {
-    let a = Mock::start("a", &["--price", "1.5"]);
-    let b = Mock::start("b", &["--price", "3.25"]);
-    let c = Mock::start("c", &["--price", "2"]);
-    let s = Splitter::start(&config(
+    let a = SPLITTER.mock_backend("a", &["--price", "1.5"]);
+    let b = SPLITTER.mock_backend("b", &["--price", "3.25"]);
+    let c = SPLITTER.mock_backend("c", &["--price", "2"]);
+    let s = SPLITTER.run(&config(
         "",
         "",
         &[("a", a.addr), ("b", b.addr), ("c", c.addr)],
@@ -31,10 +31,10 @@ fn prefer_max_is_the_default_and_returns_the_highest_price() {
 
 #[test]
 fn prefer_min_returns_the_lowest_price() {
-    let a = Mock::start("a", &["--price", "1.5"]);
-    let b = Mock::start("b", &["--price", "0.75"]);
-    let c = Mock::start("c", &["--price", "2"]);
-    let s = Splitter::start(&config(
+    let a = SPLITTER.mock_backend("a", &["--price", "1.5"]);
+    let b = SPLITTER.mock_backend("b", &["--price", "0.75"]);
+    let c = SPLITTER.mock_backend("c", &["--price", "2"]);
+    let s = SPLITTER.run(&config(
         "",
         "field = \"/price\"\nprefer = \"min\"",
         &[("a", a.addr), ("b", b.addr), ("c", c.addr)],
@@ -52,9 +52,9 @@ fn prefer_min_returns_the_lowest_price() {
 #[test]
 fn configured_field_name_is_the_one_compared() {
     // Both mocks publish their number under `bid`; `price` is not there at all.
-    let a = Mock::start("a", &["--price", "7", "--field", "bid"]);
-    let b = Mock::start("b", &["--price", "4", "--field", "bid"]);
-    let s = Splitter::start(&config(
+    let a = SPLITTER.mock_backend("a", &["--price", "7", "--field", "bid"]);
+    let b = SPLITTER.mock_backend("b", &["--price", "4", "--field", "bid"]);
+    let s = SPLITTER.run(&config(
         "",
         "field = \"/bid\"",
         &[("a", a.addr), ("b", b.addr)],
@@ -86,7 +86,7 @@ fn nested_json_pointer_selects_the_deep_number() {
         );
         http_json(&body, "")
     });
-    let s = Splitter::start(&config(
+    let s = SPLITTER.run(&config(
         "",
         "field = \"/seatbid/0/bid/0/price\"",
         &[("a", a.addr), ("b", b.addr), ("c", c.addr)],
@@ -100,9 +100,9 @@ fn nested_json_pointer_selects_the_deep_number() {
 #[test]
 fn equal_prices_first_arrival_wins() {
     // The slow one is listed first, so configuration order cannot explain the result.
-    let slow = Mock::start("slow", &["--price", "5", "--delay-ms", "60"]);
-    let fast = Mock::start("fast", &["--price", "5", "--delay-ms", "0"]);
-    let s = Splitter::start(&config(
+    let slow = SPLITTER.mock_backend("slow", &["--price", "5", "--delay-ms", "60"]);
+    let fast = SPLITTER.mock_backend("fast", &["--price", "5", "--delay-ms", "0"]);
+    let s = SPLITTER.run(&config(
         "",
         "",
         &[("slow", slow.addr), ("fast", fast.addr)],
@@ -123,16 +123,16 @@ fn equal_prices_first_arrival_wins() {
 
 #[test]
 fn invalid_replies_never_win_and_do_not_spoil_the_request() {
-    let valid = Mock::start("valid", &["--price", "1"]);
-    let s500 = Mock::start("s500", &["--price", "90", "--status", "500"]);
-    let s204 = Mock::start("s204", &["--price", "91", "--status", "204"]);
-    let s201 = Mock::start("s201", &["--price", "91", "--status", "201"]);
-    let garbage = Mock::start("garbage", &["--price", "92", "--broken-share", "1.0"]);
-    let missing = Mock::start("missing", &["--price", "93", "--omit-field"]);
-    let string = Mock::start("string", &["--price-raw", "\"12\""]);
-    let null = Mock::start("null", &["--price-raw", "null"]);
-    let boolean = Mock::start("boolean", &["--price-raw", "true"]);
-    let object = Mock::start("object", &["--price-raw", "{\"v\":50}"]);
+    let valid = SPLITTER.mock_backend("valid", &["--price", "1"]);
+    let s500 = SPLITTER.mock_backend("s500", &["--price", "90", "--status", "500"]);
+    let s204 = SPLITTER.mock_backend("s204", &["--price", "91", "--status", "204"]);
+    let s201 = SPLITTER.mock_backend("s201", &["--price", "91", "--status", "201"]);
+    let garbage = SPLITTER.mock_backend("garbage", &["--price", "92", "--broken-share", "1.0"]);
+    let missing = SPLITTER.mock_backend("missing", &["--price", "93", "--omit-field"]);
+    let string = SPLITTER.mock_backend("string", &["--price-raw", "\"12\""]);
+    let null = SPLITTER.mock_backend("null", &["--price-raw", "null"]);
+    let boolean = SPLITTER.mock_backend("boolean", &["--price-raw", "true"]);
+    let object = SPLITTER.mock_backend("object", &["--price-raw", "{\"v\":50}"]);
     let backends = [
         ("s500", s500.addr),
         ("s204", s204.addr),
@@ -145,7 +145,7 @@ fn invalid_replies_never_win_and_do_not_spoil_the_request() {
         ("object", object.addr),
         ("valid", valid.addr),
     ];
-    let s = Splitter::start(&config("", "", &backends, &[("/", 3000)]));
+    let s = SPLITTER.run(&config("", "", &backends, &[("/", 3000)]));
     for i in 0..6 {
         let id = format!("inv-{i}");
         let t = Instant::now();
@@ -175,8 +175,8 @@ fn non_json_body_with_200_is_invalid() {
         let body = format!(r#"{{"backend":"t","req_id":"{}","price":500"#, req.req_id());
         http_json(&body, "")
     });
-    let good = Mock::start("good", &["--price", "0.5"]);
-    let s = Splitter::start(&config(
+    let good = SPLITTER.mock_backend("good", &["--price", "0.5"]);
+    let s = SPLITTER.run(&config(
         "",
         "",
         &[
@@ -193,10 +193,10 @@ fn non_json_body_with_200_is_invalid() {
 
 #[test]
 fn no_valid_reply_gives_204_without_backend_header() {
-    let s500 = Mock::start("s500", &["--price", "90", "--status", "500"]);
-    let missing = Mock::start("missing", &["--omit-field"]);
-    let string = Mock::start("string", &["--price-raw", "\"12\""]);
-    let s = Splitter::start(&config(
+    let s500 = SPLITTER.mock_backend("s500", &["--price", "90", "--status", "500"]);
+    let missing = SPLITTER.mock_backend("missing", &["--omit-field"]);
+    let string = SPLITTER.mock_backend("string", &["--price-raw", "\"12\""]);
+    let s = SPLITTER.run(&config(
         "",
         "",
         &[
@@ -230,8 +230,8 @@ fn winner_status_body_and_end_to_end_headers_pass_byte_for_byte() {
             "X-Custom-Header: alpha beta\r\nCache-Control: no-store\r\nSet-Cookie: a=1\r\n",
         )
     });
-    let other = Mock::start("other", &["--price", "1"]);
-    let s = Splitter::start(&config(
+    let other = SPLITTER.mock_backend("other", &["--price", "1"]);
+    let s = SPLITTER.run(&config(
         "",
         "",
         &[("peer", peer.addr), ("other", other.addr)],
@@ -251,8 +251,8 @@ fn winner_status_body_and_end_to_end_headers_pass_byte_for_byte() {
 
 #[test]
 fn mock_headers_are_passed_through() {
-    let a = Mock::start("a", &["--price", "4"]);
-    let s = Splitter::start(&config("", "", &[("a", a.addr)], &[("/", 2000)]));
+    let a = SPLITTER.mock_backend("a", &["--price", "4"]);
+    let s = SPLITTER.run(&config("", "", &[("a", a.addr)], &[("/", 2000)]));
     let r = s.request(&bid("/x", "hdr-7"));
     r.assert_won("hdr-7");
     assert_eq!(
@@ -270,8 +270,9 @@ fn mock_headers_are_passed_through() {
 
 #[test]
 fn chunked_backend_body_is_dechunked_with_a_correct_length() {
-    let chunked_mock = Mock::start("cm", &["--price", "8", "--chunked", "--body-bytes", "3000"]);
-    let s = Splitter::start(&config(
+    let chunked_mock =
+        SPLITTER.mock_backend("cm", &["--price", "8", "--chunked", "--body-bytes", "3000"]);
+    let s = SPLITTER.run(&config(
         "",
         "",
         &[("cm", chunked_mock.addr)],
@@ -297,7 +298,7 @@ fn chunked_raw_backend_body_is_reassembled_exactly() {
         )
         .into_bytes()
     });
-    let s = Splitter::start(&config("", "", &[("raw", peer.addr)], &[("/", 2000)]));
+    let s = SPLITTER.run(&config("", "", &[("raw", peer.addr)], &[("/", 2000)]));
     let mut client = s.client();
     for i in 0..3 {
         let r = client.request(&bid("/x", &format!("ch-{i}")));
@@ -322,7 +323,7 @@ fn reply_byte_by_byte_still_counts() {
             }
         }
     });
-    let s = Splitter::start(&config("", "", &[("drip", peer.addr)], &[("/", 3000)]));
+    let s = SPLITTER.run(&config("", "", &[("drip", peer.addr)], &[("/", 3000)]));
     let r = s.request(&bid("/x", "drip-1"));
     r.assert_won("drip-1");
     assert_eq!(r.backend(), Some("drip"));
@@ -340,8 +341,8 @@ fn truncated_backend_reply_is_invalid() {
             conn.write(body.as_bytes());
         }
     });
-    let good = Mock::start("good", &["--price", "1"]);
-    let s = Splitter::start(&config(
+    let good = SPLITTER.mock_backend("good", &["--price", "1"]);
+    let s = SPLITTER.run(&config(
         "",
         "",
         &[("cut", cut.addr), ("good", good.addr)],

@@ -29,8 +29,8 @@ fn reload(s: &Splitter) -> String {
 
 #[test]
 fn sighup_applies_a_new_route_timeout() {
-    let a = Mock::start("a", &["--price", "1", "--delay-ms", "600"]);
-    let s = Splitter::start(&config("", "", &[("a", a.addr)], &[("/", 150)]));
+    let a = SPLITTER.mock_backend("a", &["--price", "1", "--delay-ms", "600"]);
+    let s = SPLITTER.run(&config("", "", &[("a", a.addr)], &[("/", 150)]));
     let mut client = s.client();
     let t = Instant::now();
     client.request(&bid("/x", "before")).assert_no_content();
@@ -62,9 +62,9 @@ fn sighup_applies_a_new_route_timeout() {
 
 #[test]
 fn sighup_applies_a_new_backend_set_and_select() {
-    let a = Mock::start("a", &["--price", "1"]);
-    let b = Mock::start("b", &["--price", "2"]);
-    let s = Splitter::start(&config("", "", &[("a", a.addr)], &[("/", 2000)]));
+    let a = SPLITTER.mock_backend("a", &["--price", "1"]);
+    let b = SPLITTER.mock_backend("b", &["--price", "2"]);
+    let s = SPLITTER.run(&config("", "", &[("a", a.addr)], &[("/", 2000)]));
     let mut client = s.client();
     let r = client.request(&bid("/x", "one"));
     r.assert_won("one");
@@ -110,10 +110,10 @@ fn sighup_applies_a_new_backend_set_and_select() {
 
 #[test]
 fn sighup_with_an_invalid_file_is_refused_and_logged_with_the_key() {
-    let a = Mock::start("a", &["--price", "1"]);
-    let b = Mock::start("b", &["--price", "5"]);
+    let a = SPLITTER.mock_backend("a", &["--price", "1"]);
+    let b = SPLITTER.mock_backend("b", &["--price", "5"]);
     let good = config("", "", &[("a", a.addr)], &[("/", 2000)]);
-    let s = Splitter::start(&good);
+    let s = SPLITTER.run(&good);
     let mut client = s.client();
     client.request(&bid("/x", "pre")).assert_won("pre");
 
@@ -166,7 +166,7 @@ fn delayed_peer(delay: Duration) -> (RawPeer, mpsc::Receiver<String>) {
 
 fn drain_on(sig: i32) {
     let (peer, arrived) = delayed_peer(Duration::from_millis(300));
-    let mut s = Splitter::start(&config("", "", &[("p", peer.addr)], &[("/", 3000)]));
+    let mut s = SPLITTER.run(&config("", "", &[("p", peer.addr)], &[("/", 3000)]));
     // An idle keep-alive connection, and one with a request in flight.
     let mut idle = s.client();
     idle.request(&bid("/x", "idle-warmup"))
@@ -231,7 +231,7 @@ fn sigint_finishes_in_flight_requests_and_exits_0() {
 #[test]
 fn healthz_turns_503_while_draining() {
     let (peer, arrived) = delayed_peer(Duration::from_millis(1500));
-    let mut s = Splitter::start(&config("", "", &[("p", peer.addr)], &[("/", 3000)]));
+    let mut s = SPLITTER.run(&config("", "", &[("p", peer.addr)], &[("/", 3000)]));
     assert_eq!(s.admin_get("/healthz").status, 200);
     let mut busy = s.client();
     busy.send(&bid("/x", "hold"));

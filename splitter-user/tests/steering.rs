@@ -1,68 +1,39 @@
 //! eBPF steering, black-box: real `splitter run` processes, real loopback connections, and the
 //! pinned metrics map read back through `bpftool map dump -j`, the operator's view.
 //!
-//! Needs root (CAP_BPF, CAP_NET_ADMIN, a bpffs) and a build with the eBPF object; CI has both.
-//! Elsewhere each test prints why it skips and passes. Every test pins under its own
-//! `/sys/fs/bpf/splitter-test-<pid>-<name>`, removed by a guard even when the test fails.
+//! The tests that load the program need root (CAP_BPF, CAP_NET_ADMIN, a bpffs), bpftool and a
+//! build with the eBPF object. They are `#[ignore]`d, so that elsewhere `cargo test` reports them
+//! skipped; test.sh runs them with `--ignored` where they can run (CI), and run so without what
+//! they need they fail, naming it. Every test pins under its own
+//! `/sys/fs/bpf/splitter-test-<name>-<pid>`, removed by a guard even when the test fails.
 
 mod common;
 
-use std::io::{BufRead as _, BufReader};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{bid, config, Mock, Splitter, BIN, READY_TIMEOUT};
+use common::bpftool::{self, PinDir, WorkerCell};
+use common::{bid, config, spawn_logged, Mock, READY_TIMEOUT, SPLITTER};
 
-/// The map's name, as `splitter-common` spells it (the pin is `<pin_dir>/<name>`).
-const METRICS_MAP: &str = "WORKER_METRICS";
-
-/// Why this machine cannot run the privileged tests, if it cannot.
-fn skip_privileged() -> Option<&'static str> {
+/// Fails the test unless this build has the eBPF program.
+#[track_caller]
+fn require_ebpf_object() {
     if cfg!(splitter_no_ebpf) {
-        return Some("this build has no eBPF object (run `cargo xtask setup-ebpf`, rebuild)");
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root: loading eBPF needs CAP_BPF and CAP_NET_ADMIN");
-    }
-    if Command::new("bpftool").arg("version").output().is_err() {
-        return Some("bpftool is not installed");
-    }
-    None
-}
-
-macro_rules! require_privileged {
-    () => {
-        if let Some(why) = skip_privileged() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
-}
-
-/// A per-test pin directory, emptied and removed on drop (also when the test panics).
-struct PinDir(PathBuf);
-
-impl PinDir {
-    fn new(test: &str) -> PinDir {
-        PinDir(PathBuf::from(format!(
-            "/sys/fs/bpf/splitter-test-{}-{test}",
-            std::process::id()
-        )))
-    }
-
-    fn map(&self) -> PathBuf {
-        self.0.join(METRICS_MAP)
+        panic!(
+            "this build has no eBPF object ({}): run `cargo xtask setup-ebpf`, then rebuild",
+            option_env!("SPLITTER_NO_EBPF_REASON").unwrap_or("see the build's warning")
+        );
     }
 }
 
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(self.map());
-        let _ = std::fs::remove_dir(&self.0);
-    }
+/// Fails the test unless this build and this machine can load the eBPF program.
+#[track_caller]
+fn require_privileged() {
+    require_ebpf_object();
+    common::require_root("loading eBPF needs CAP_BPF and CAP_NET_ADMIN");
+    common::require_tool("bpftool");
 }
 
 /// A configuration with `workers` workers, one backend, one route and `[steering]`.
@@ -86,56 +57,13 @@ fn steering_config(
     c
 }
 
-/// One worker's figures as `bpftool` prints them.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Cell {
-    requests: u64,
-    in_flight: u64,
-    connections: u64,
-    accepted: u64,
-}
-
-/// `bpftool -j map dump pinned <map>`, one [`Cell`] per worker, by key.
-fn dump(map: &Path) -> Vec<Cell> {
-    let out = Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(map)
-        .output()
-        .expect("run bpftool");
-    assert!(
-        out.status.success(),
-        "bpftool map dump pinned {}: {}",
-        map.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let entries: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
-    let mut cells: Vec<(u64, Cell)> = entries
-        .as_array()
-        .expect("a JSON array of entries")
-        .iter()
-        .map(|e| {
-            // With BTF, bpftool adds `formatted`: the key and the value by field name.
-            let f = &e["formatted"];
-            let field = |name: &str| {
-                f["value"][name]
-                    .as_u64()
-                    .unwrap_or_else(|| panic!("no field {name} in {f}"))
-            };
-            let cell = Cell {
-                requests: field("requests"),
-                in_flight: field("in_flight"),
-                connections: field("connections"),
-                accepted: field("accepted"),
-            };
-            (f["key"].as_u64().expect("a numeric key"), cell)
-        })
-        .collect();
-    cells.sort_by_key(|&(k, _)| k);
-    cells.into_iter().map(|(_, c)| c).collect()
+/// The pinned map as `bpftool` prints it, one cell per worker.
+fn dump(map: &Path) -> Vec<WorkerCell> {
+    bpftool::dump_pinned(map).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Polls the map until `pred` holds (bounded); returns the last dump.
-fn wait_dump(map: &Path, what: &str, pred: impl Fn(&[Cell]) -> bool) -> Vec<Cell> {
+fn wait_dump(map: &Path, what: &str, pred: impl Fn(&[WorkerCell]) -> bool) -> Vec<WorkerCell> {
     let until = Instant::now() + Duration::from_secs(10);
     loop {
         let cells = dump(map);
@@ -150,16 +78,17 @@ fn wait_dump(map: &Path, what: &str, pred: impl Fn(&[Cell]) -> bool) -> Vec<Cell
     }
 }
 
-fn sum(cells: &[Cell], f: impl Fn(&Cell) -> u64) -> u64 {
+fn sum(cells: &[WorkerCell], f: impl Fn(&WorkerCell) -> u64) -> u64 {
     cells.iter().map(f).sum()
 }
 
 #[test]
+#[ignore = "needs root (CAP_BPF, CAP_NET_ADMIN), bpftool and a build with the eBPF object"]
 fn ebpf_mode_loads_attaches_logs_it_and_unpins_on_exit() {
-    require_privileged!();
-    let pins = PinDir::new("load");
-    let backend = Mock::start("a", &[]);
-    let mut s = Splitter::start(&steering_config(2, "ebpf", &pins.0, &backend, 450));
+    require_privileged();
+    let pins = PinDir::new("test-load");
+    let backend = SPLITTER.mock_backend("a", &[]);
+    let mut s = SPLITTER.run(&steering_config(2, "ebpf", &pins.path, &backend, 450));
     let logs = s.log_snapshot().join("\n");
     assert!(
         logs.contains("steering=\"ebpf\"") && logs.contains("eBPF sk_reuseport"),
@@ -176,11 +105,12 @@ fn ebpf_mode_loads_attaches_logs_it_and_unpins_on_exit() {
 }
 
 #[test]
+#[ignore = "needs root (CAP_BPF, CAP_NET_ADMIN), bpftool and a build with the eBPF object"]
 fn bpftool_shows_exactly_the_requests_sent() {
-    require_privileged!();
-    let pins = PinDir::new("count");
-    let backend = Mock::start("a", &[]);
-    let s = Splitter::start(&steering_config(2, "ebpf", &pins.0, &backend, 450));
+    require_privileged();
+    let pins = PinDir::new("test-count");
+    let backend = SPLITTER.mock_backend("a", &[]);
+    let s = SPLITTER.run(&steering_config(2, "ebpf", &pins.path, &backend, 450));
     const SENT: u64 = 17;
     // Some on fresh connections (spread over the workers), some on one kept-alive connection.
     for i in 0..SENT / 2 {
@@ -204,12 +134,13 @@ fn bpftool_shows_exactly_the_requests_sent() {
 }
 
 #[test]
+#[ignore = "needs root (CAP_BPF, CAP_NET_ADMIN), bpftool and a build with the eBPF object"]
 fn busy_worker_gets_no_new_connections_while_another_is_idle() {
-    require_privileged!();
-    let pins = PinDir::new("busy");
+    require_privileged();
+    let pins = PinDir::new("test-busy");
     // Slow enough that the first request stays in flight while the others connect.
-    let backend = Mock::start("slow", &["--delay-ms", "3000"]);
-    let s = Splitter::start(&steering_config(2, "ebpf", &pins.0, &backend, 5000));
+    let backend = SPLITTER.mock_backend("slow", &["--delay-ms", "3000"]);
+    let s = SPLITTER.run(&steering_config(2, "ebpf", &pins.path, &backend, 5000));
     let map = pins.map();
 
     let mut slow = s.client();
@@ -242,11 +173,12 @@ fn busy_worker_gets_no_new_connections_while_another_is_idle() {
 }
 
 #[test]
+#[ignore = "needs root (CAP_BPF, CAP_NET_ADMIN), bpftool and a build with the eBPF object"]
 fn idle_workers_take_new_connections_in_turn() {
-    require_privileged!();
-    let pins = PinDir::new("spread");
-    let backend = Mock::start("a", &[]);
-    let s = Splitter::start(&steering_config(2, "ebpf", &pins.0, &backend, 450));
+    require_privileged();
+    let pins = PinDir::new("test-spread");
+    let backend = SPLITTER.mock_backend("a", &[]);
+    let s = SPLITTER.run(&steering_config(2, "ebpf", &pins.path, &backend, 450));
     let map = pins.map();
     // With nothing in flight the fewest open connections wins, so one at a time (each accepted
     // before the next) the two workers alternate: 4 and 4, where a 4-tuple hash gives any split.
@@ -271,11 +203,12 @@ fn idle_workers_take_new_connections_in_turn() {
 }
 
 #[test]
+#[ignore = "needs root (CAP_BPF, CAP_NET_ADMIN), bpftool and a build with the eBPF object"]
 fn a_burst_of_connections_does_not_herd_onto_one_worker() {
-    require_privileged!();
-    let pins = PinDir::new("burst");
-    let backend = Mock::start("a", &[]);
-    let s = Splitter::start(&steering_config(2, "ebpf", &pins.0, &backend, 450));
+    require_privileged();
+    let pins = PinDir::new("test-burst");
+    let backend = SPLITTER.mock_backend("a", &[]);
+    let s = SPLITTER.run(&steering_config(2, "ebpf", &pins.path, &backend, 450));
     let map = pins.map();
     // Back to back, without waiting for the workers to accept: their own gauges lag, so only
     // the program's count of what it steered keeps the choice from repeating.
@@ -289,10 +222,10 @@ fn a_burst_of_connections_does_not_herd_onto_one_worker() {
     drop(held);
 }
 
-/// What an unprivileged `splitter run` did: its exit (None if it kept running) and its stderr.
+/// What an unprivileged `splitter run` did: its exit (None if it kept running) and its output.
 struct Unprivileged {
     status: Option<std::process::ExitStatus>,
-    stderr: String,
+    output: String,
 }
 
 /// Runs the splitter without CAP_BPF, CAP_NET_ADMIN or CAP_SYS_ADMIN (dropped from the bounding
@@ -309,67 +242,41 @@ fn run_unprivileged(config: &str, tag: &str) -> Unprivileged {
             "--inh-caps=-all",
             "--bounding-set=-bpf,-net_admin,-sys_admin",
             "--",
-            BIN,
-        ]);
+        ])
+        .arg(SPLITTER.path());
         c
     } else {
-        Command::new(BIN)
+        Command::new(SPLITTER.path())
     };
-    let child = cmd
-        .args(["run", "-c"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn setpriv (util-linux) and splitter");
     // Killed and reaped on drop, whatever happens below.
-    let mut proc = common::ProcGuard::new(child);
-    let stderr = proc.child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let until = Instant::now() + READY_TIMEOUT;
-    let mut lines = Vec::new();
-    let mut status = None;
-    while Instant::now() < until {
-        match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(line) => {
-                let started = line.contains("splitter started");
-                lines.push(line);
-                if started {
-                    break;
-                }
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            // stderr closed: the process is exiting.
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                status = proc.wait_exit(Duration::from_secs(10));
-                break;
-            }
-        }
-    }
+    let (mut proc, log) = spawn_logged(
+        cmd.args(["run", "-c"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1"),
+    );
+    // No start-up line means its output ended: it is exiting.
+    let status = match log.wait_line(0, READY_TIMEOUT, |l| l.contains("splitter started")) {
+        Some(_) => None,
+        None => proc.wait_exit(Duration::from_secs(10)),
+    };
     Unprivileged {
         status,
-        stderr: common::strip_ansi(&lines.join("\n")),
+        output: log.text(),
     }
 }
 
 #[test]
+#[cfg_attr(
+    splitter_no_ebpf,
+    ignore = "needs a build with the eBPF object (without, that is the error reported)"
+)]
 fn ebpf_mode_without_privileges_fails_naming_the_capabilities() {
-    if cfg!(splitter_no_ebpf) {
-        eprintln!("skipped: this build has no eBPF object, so that is the error it reports");
-        return;
-    }
-    let pins = PinDir::new("noprivs");
-    let backend = Mock::start("a", &[]);
+    require_ebpf_object();
+    let pins = PinDir::new("test-noprivs");
+    let backend = SPLITTER.mock_backend("a", &[]);
     let run = run_unprivileged(
-        &steering_config(1, "ebpf", &pins.0, &backend, 450),
+        &steering_config(1, "ebpf", &pins.path, &backend, 450),
         "noprivs",
     );
     let status = run
@@ -377,23 +284,26 @@ fn ebpf_mode_without_privileges_fails_naming_the_capabilities() {
         .expect("`mode = \"ebpf\"` without privileges must not start");
     assert!(!status.success(), "exit status {status:?}");
     assert!(
-        run.stderr.contains("CAP_BPF") && run.stderr.contains("CAP_NET_ADMIN"),
+        run.output.contains("CAP_BPF") && run.output.contains("CAP_NET_ADMIN"),
         "the error must name the missing capabilities:\n{}",
-        run.stderr
+        run.output
     );
     assert!(!pins.map().exists());
 }
 
 #[test]
 fn auto_mode_without_privileges_falls_back_to_reuseport_and_says_why() {
-    let pins = PinDir::new("auto");
-    let backend = Mock::start("a", &[]);
-    let run = run_unprivileged(&steering_config(1, "auto", &pins.0, &backend, 450), "auto");
-    assert!(run.status.is_none(), "did not start:\n{}", run.stderr);
+    let pins = PinDir::new("test-auto");
+    let backend = SPLITTER.mock_backend("a", &[]);
+    let run = run_unprivileged(
+        &steering_config(1, "auto", &pins.path, &backend, 450),
+        "auto",
+    );
+    assert!(run.status.is_none(), "did not start:\n{}", run.output);
     assert!(
-        run.stderr.contains("falling back to the SO_REUSEPORT hash")
-            && run.stderr.contains("steering=\"reuseport\""),
+        run.output.contains("falling back to the SO_REUSEPORT hash")
+            && run.output.contains("steering=\"reuseport\""),
         "no fallback line, or the start line does not say reuseport:\n{}",
-        run.stderr
+        run.output
     );
 }

@@ -18,7 +18,7 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let peer = RawPeer::replying(|req| http_json(&priced_body("p", &req.req_id(), "1"), ""));
-    let s = Splitter::start(&config("", "", &[("p", peer.addr)], &[("/", 2000)]));
+    let s = SPLITTER.run(&config("", "", &[("p", peer.addr)], &[("/", 2000)]));
     Fixture { peer, s }
 }
 

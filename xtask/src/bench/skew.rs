@@ -15,8 +15,8 @@ use crate::bench::record::{self, Skew, SkewMedian, SkewRun};
 use crate::bench::wrk::{self, Load, Summary};
 use anyhow::{anyhow, ensure, Context};
 use serde::Serialize;
+use splitter_test_support::bpftool::{self, PinDir};
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Connections sending back to back: few, so the hash often puts them on one worker.
@@ -65,10 +65,10 @@ pub fn measure(env: &Env, seconds: u32, repeat: u32, scripts: &Scripts) -> anyho
     for repetition in 1..=repeat {
         for mode in modes.clone() {
             // Declared before the deployment, so removed after the splitter has stopped.
-            let pins = PinDir::new(mode);
+            let pins = PinDir::new(&format!("bench-{}", mode.name()));
             let steering = Steering {
                 mode: mode.name(),
-                pin_dir: &pins.0,
+                pin_dir: &pins.path,
             };
             let mut dep = match Deployment::start_steered(env, &mock_flags(), &steering) {
                 Err(e) if mode == SteeringMode::Ebpf => {
@@ -138,7 +138,7 @@ fn measure_once(
         after.len()
     );
     let cells = match mode {
-        SteeringMode::Ebpf => Some(dump_map(pins)?),
+        SteeringMode::Ebpf => Some(bpftool::dump_pinned(&pins.map())?),
         SteeringMode::Reuseport => None,
     };
     ensure!(
@@ -265,80 +265,6 @@ fn medians(runs: &[SkewRun]) -> Vec<SkewMedian> {
         .collect()
 }
 
-/// A pin directory of one mode's own, under the bpffs; what the splitter leaves in it (the map
-/// pin is removed on exit, the directory kept) is removed on drop.
-struct PinDir(PathBuf);
-
-impl PinDir {
-    fn new(mode: SteeringMode) -> PinDir {
-        PinDir(PathBuf::from(format!(
-            "/sys/fs/bpf/splitter-bench-{}-{}",
-            std::process::id(),
-            mode.name()
-        )))
-    }
-
-    fn map(&self) -> PathBuf {
-        self.0.join(splitter_common::METRICS_MAP)
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(self.map());
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
-/// One worker's counts in the pinned map.
-#[derive(Debug, PartialEq)]
-struct Cell {
-    requests: u64,
-    accepted: u64,
-}
-
-/// `bpftool -j map dump pinned <map>`: the operator's view of the per-worker counts.
-fn dump_map(pins: &PinDir) -> anyhow::Result<Vec<Cell>> {
-    let map = pins.map();
-    let out = Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(&map)
-        .output()
-        .context("running bpftool (Debian's `bpftool` package)")?;
-    ensure!(
-        out.status.success(),
-        "bpftool map dump pinned {}: {}",
-        map.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    parse_dump(&out.stdout).with_context(|| format!("bpftool's dump of {}", map.display()))
-}
-
-/// The cells of a dump, by key. With BTF, bpftool gives each entry a `formatted` key and value,
-/// the value by field name.
-fn parse_dump(json: &[u8]) -> anyhow::Result<Vec<Cell>> {
-    let entries: Vec<serde_json::Value> = serde_json::from_slice(json)?;
-    let mut cells = entries
-        .iter()
-        .map(|e| {
-            let f = &e["formatted"];
-            let field = |name: &str| {
-                f["value"][name]
-                    .as_u64()
-                    .with_context(|| format!("no field {name} in {f}"))
-            };
-            let key = f["key"].as_u64().context("no numeric key")?;
-            let cell = Cell {
-                requests: field("requests")?,
-                accepted: field("accepted")?,
-            };
-            Ok((key, cell))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    cells.sort_by_key(|&(k, _)| k);
-    Ok(cells.into_iter().map(|(_, c)| c).collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,29 +277,6 @@ mod tests {
         assert_eq!(spread(&shares(&[2.0, 2.0]).unwrap()), 1.0);
         assert_eq!(shares(&[0.0, 0.0]), None);
         assert_eq!(percentages(&s), "75% / 25%");
-    }
-
-    #[test]
-    fn dump_cells_by_key() {
-        let json = br#"[
-            {"key":["0x01"],"value":["0x00"],"formatted":{"key":1,"value":{"requests":7,"in_flight":0,"accepted":2,"statuses":[1,2]}}},
-            {"key":["0x00"],"value":["0x00"],"formatted":{"key":0,"value":{"requests":5,"in_flight":1,"accepted":3,"statuses":[0,0]}}}
-        ]"#;
-        let cells = parse_dump(json).unwrap();
-        assert_eq!(
-            cells,
-            [
-                Cell {
-                    requests: 5,
-                    accepted: 3
-                },
-                Cell {
-                    requests: 7,
-                    accepted: 2
-                }
-            ]
-        );
-        assert!(parse_dump(br#"[{"key":["0x00"],"value":["0x00"]}]"#).is_err());
     }
 
     fn run(mode: SteeringMode, spread: f64, errors: u64) -> SkewRun {
