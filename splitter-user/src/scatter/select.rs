@@ -51,7 +51,7 @@ impl Selection {
         if status != 200 {
             return None;
         }
-        let value = self.selector.select(body, scratch)?;
+        let value = self.selector.select(body, self.prefer, scratch)?;
         let below_floor = self
             .floor
             .is_some_and(|floor| self.prefer.is_better(floor, value));
@@ -65,6 +65,9 @@ pub enum PointerError {
     /// Neither the empty pointer (the whole document) nor a `/`-separated path.
     #[error("a JSON Pointer is empty or starts with `/`, like `/price`")]
     NoLeadingSlash,
+    /// More segments than [`MAX_TOKENS`].
+    #[error("more than {MAX_TOKENS} segments")]
+    TooLong,
     /// A `~` not followed by `0` (for `~`) or `1` (for `/`).
     #[error("`~` at byte {at} must be followed by `0` or `1` (`~0` is `~`, `~1` is `/`)")]
     BadEscape {
@@ -72,6 +75,10 @@ pub enum PointerError {
         at: usize,
     },
 }
+
+/// Most segments in a pointer: far beyond any real reply's nesting (OpenRTB's price is 5 deep),
+/// and a bound on the walk's recursion at `*` segments.
+pub const MAX_TOKENS: usize = 32;
 
 /// A parsed JSON Pointer, ready to find its number in many bodies.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +92,8 @@ pub struct Selector {
 /// One reference token: an object member name, which may also be an array index.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Token {
+    /// Exactly `*`: every element of an array, every member value of an object (SPEC 2).
+    wildcard: bool,
     /// The member name, unescaped (`~1` is `/`, `~0` is `~`).
     key: String,
     /// The array index the token spells, when it is one: `0`, or digits without a leading
@@ -100,7 +109,11 @@ impl Token {
                 && key.bytes().all(|c| c.is_ascii_digit()));
         // An index too large for usize cannot exist in any array: no index, never resolves.
         let index = if is_index { key.parse().ok() } else { None };
-        Self { key, index }
+        Self {
+            wildcard: key == "*",
+            key,
+            index,
+        }
     }
 }
 
@@ -144,6 +157,9 @@ impl Selector {
         let mut tokens = Vec::new();
         let mut offset = 1;
         for raw in rest.split('/') {
+            if tokens.len() == MAX_TOKENS {
+                return Err(PointerError::TooLong);
+            }
             tokens.push(Token::new(unescape(raw, offset)?));
             offset += raw.len() + 1;
         }
@@ -159,16 +175,21 @@ impl Selector {
         &self.pointer
     }
 
-    /// The number this pointer resolves to in `body`, as `f64`, or `None`: not JSON (trailing
-    /// bytes included), nothing at the pointer, or something other than a number there (a
-    /// string, even `"1.5"`, null, bool, object, array).
+    /// The best number (by `prefer`) this pointer resolves to in `body`, as `f64`, or `None`:
+    /// not JSON (trailing bytes included), nothing at the pointer, or nothing but non-numbers
+    /// there (strings, even `"1.5"`, null, bools, objects, arrays). Without `*` segments the
+    /// pointer resolves to one value at most; each `*` fans out over an array's elements or an
+    /// object's member values, and non-numbers among the matches are skipped.
     ///
     /// Integers are included (beyond 2^53 they round, beyond `u64` they are read as floats);
     /// the result is always finite, as a number beyond `f64`'s range is refused.
     ///
     /// When an object has a member twice, the last one counts, as in JavaScript's
     /// `JSON.parse` and serde_json, so the splitter ranks the number a client would read.
-    pub fn select(&self, body: &[u8], scratch: &mut Scratch) -> Option<f64> {
+    ///
+    /// One parse into simd-json's tape, one walk of it: no DOM, no allocation once the scratch
+    /// buffers have grown to the largest body seen.
+    pub fn select(&self, body: &[u8], prefer: Prefer, scratch: &mut Scratch) -> Option<f64> {
         let Scratch {
             input,
             buffers,
@@ -181,23 +202,47 @@ impl Selector {
         let mut parsed = Tape(std::mem::take(tape)).reset();
         let found = simd_json::fill_tape_padded(input, body.len(), buffers, &mut parsed)
             .ok()
-            .and_then(|()| self.resolve(parsed.as_value()));
+            .and_then(|()| resolve(&self.tokens, parsed.as_value(), prefer));
         *tape = parsed.reset().0;
         found
     }
+}
 
-    /// Walks the tokens down from `root`.
-    fn resolve(&self, root: simd_json::value::tape::Value<'_, '_>) -> Option<f64> {
-        let mut value = root;
-        for token in &self.tokens {
-            value = if let Some(object) = value.as_object() {
-                object.iter().filter(|(key, _)| *key == token.key).last()?.1
+/// The best number `tokens` lead to from `value`. Recursion only at `*` segments, as deep as
+/// the pointer has them (bounded by [`MAX_TOKENS`]).
+fn resolve(
+    tokens: &[Token],
+    mut value: simd_json::value::tape::Value<'_, '_>,
+    prefer: Prefer,
+) -> Option<f64> {
+    for (i, token) in tokens.iter().enumerate() {
+        if token.wildcard {
+            let rest = &tokens[i + 1..];
+            let best = |best: Option<f64>, found: Option<f64>| match (best, found) {
+                (Some(b), Some(f)) if prefer.is_better(f, b) => Some(f),
+                (None, found) => found,
+                (best, _) => best,
+            };
+            return if let Some(object) = value.as_object() {
+                object
+                    .iter()
+                    .map(|(_, v)| resolve(rest, v, prefer))
+                    .fold(None, best)
             } else {
-                value.as_array()?.get(token.index?)?
+                value
+                    .as_array()?
+                    .iter()
+                    .map(|v| resolve(rest, v, prefer))
+                    .fold(None, best)
             };
         }
-        value.cast_f64()
+        value = if let Some(object) = value.as_object() {
+            object.iter().filter(|(key, _)| *key == token.key).last()?.1
+        } else {
+            value.as_array()?.get(token.index?)?
+        };
     }
+    value.cast_f64().filter(|v| v.is_finite())
 }
 
 /// Decodes the `~0` and `~1` escapes of one reference token that starts at `offset` in the
@@ -276,7 +321,7 @@ mod tests {
     /// The number `pointer` finds in `body`.
     fn sel(pointer: &str, body: &str) -> Option<f64> {
         let selector = Selector::parse(pointer).expect("valid pointer");
-        selector.select(body.as_bytes(), &mut Scratch::default())
+        selector.select(body.as_bytes(), Prefer::Max, &mut Scratch::default())
     }
 
     /// The reference tokens of `pointer`, as (key, index).
@@ -512,7 +557,7 @@ mod tests {
             b"\xef\xbb\xbf{\"price\": 1}",
             b"{\"price\": 1}\xff",
         ] {
-            assert_eq!(selector.select(body, &mut scratch), None, "{body:?}");
+            assert_eq!(selector.select(body, Prefer::Max, &mut scratch), None, "{body:?}");
         }
     }
 
@@ -547,16 +592,16 @@ mod tests {
             "x".repeat(4096)
         );
         let small = r#"{"seatbid":[{"bid":[{"price":1}]}]}"#;
-        assert_eq!(selector.select(big.as_bytes(), &mut scratch), Some(9.5));
-        assert_eq!(selector.select(b"not json", &mut scratch), None);
+        assert_eq!(selector.select(big.as_bytes(), Prefer::Max, &mut scratch), Some(9.5));
+        assert_eq!(selector.select(b"not json", Prefer::Max, &mut scratch), None);
         // A short body after a long one: leftovers of the long one must not be read.
-        assert_eq!(selector.select(small.as_bytes(), &mut scratch), Some(1.0));
+        assert_eq!(selector.select(small.as_bytes(), Prefer::Max, &mut scratch), Some(1.0));
         assert_eq!(
-            selector.select(br#"{"seatbid":[{"bid":[{"pr"#, &mut scratch),
+            selector.select(br#"{"seatbid":[{"bid":[{"pr"#, Prefer::Max, &mut scratch),
             None
         );
         let (input, tape) = (scratch.input.capacity(), scratch.tape.capacity());
-        assert_eq!(selector.select(small.as_bytes(), &mut scratch), Some(1.0));
+        assert_eq!(selector.select(small.as_bytes(), Prefer::Max, &mut scratch), Some(1.0));
         assert_eq!(
             (scratch.input.capacity(), scratch.tape.capacity()),
             (input, tape),
@@ -570,9 +615,9 @@ mod tests {
         let selector = Selector::parse("/a").unwrap();
         let mut one = Scratch::default();
         let mut other = Scratch::default();
-        assert_eq!(selector.select(br#"{"a": 1}"#, &mut one), Some(1.0));
-        assert_eq!(selector.select(br#"{"a": 2}"#, &mut other), Some(2.0));
-        assert_eq!(selector.select(br#"{"a": 3}"#, &mut one), Some(3.0));
+        assert_eq!(selector.select(br#"{"a": 1}"#, Prefer::Max, &mut one), Some(1.0));
+        assert_eq!(selector.select(br#"{"a": 2}"#, Prefer::Max, &mut other), Some(2.0));
+        assert_eq!(selector.select(br#"{"a": 3}"#, Prefer::Max, &mut one), Some(3.0));
     }
 
     #[test]
@@ -583,5 +628,64 @@ mod tests {
         let pointer = "/0".repeat(20);
         let body = format!("{}1{}", "[".repeat(20), "]".repeat(20));
         assert_eq!(sel(&pointer, &body), Some(1.0));
+    }
+
+    /// An OpenRTB 2.x bid response: three seats, bids with and without prices, a price as a
+    /// string, a nested `ext` with a number of its own named price.
+    const OPENRTB: &str = r#"{
+        "id": "req-1", "bidid": "b", "cur": "USD",
+        "seatbid": [
+            {"seat": "s1", "bid": [
+                {"id": "1", "impid": "1", "price": 1.25, "adm": "<a/>", "ext": {"price": 99}},
+                {"id": "2", "impid": "2", "price": 2.5}
+            ]},
+            {"seat": "s2", "bid": [
+                {"id": "3", "impid": "1", "price": "7.0"},
+                {"id": "4", "impid": "1"}
+            ]},
+            {"seat": "s3", "bid": [
+                {"id": "5", "impid": "1", "price": 0.75, "dealid": "d"}
+            ]}
+        ]
+    }"#;
+
+    fn best(pointer: &str, prefer: Prefer, body: &str) -> Option<f64> {
+        let selector = Selector::parse(pointer).expect("valid pointer");
+        selector.select(body.as_bytes(), prefer, &mut Scratch::default())
+    }
+
+    #[test]
+    fn wildcards_take_the_best_of_every_match() {
+        let w = "/seatbid/*/bid/*/price";
+        assert_eq!(best(w, Prefer::Max, OPENRTB), Some(2.5), "strings and ext skipped");
+        assert_eq!(best(w, Prefer::Min, OPENRTB), Some(0.75));
+        assert_eq!(best("/seatbid/0/bid/*/price", Prefer::Max, OPENRTB), Some(2.5));
+        assert_eq!(best("/seatbid/*/bid/0/price", Prefer::Min, OPENRTB), Some(0.75));
+        assert_eq!(best("/seatbid/*/bid/*/ext/price", Prefer::Max, OPENRTB), Some(99.0));
+        // No bid has a number there: invalid.
+        assert_eq!(best("/seatbid/1/bid/*/price", Prefer::Max, OPENRTB), None);
+        assert_eq!(best(w, Prefer::Max, r#"{"seatbid": []}"#), None);
+        assert_eq!(best(w, Prefer::Max, r#"{"seatbid": [{"bid": []}]}"#), None);
+        assert_eq!(best(w, Prefer::Max, r#"{"nbr": 2}"#), None);
+        assert_eq!(best(w, Prefer::Max, r#"{"seatbid": {"a": {"bid": [{"price": 3}]}}}"#), Some(3.0), "object members too");
+        // A `*` at the end ranks the numbers of an array, skipping the rest.
+        assert_eq!(best("/p/*", Prefer::Max, r#"{"p": [1, "9", null, 4, {"x": 8}]}"#), Some(4.0));
+        assert_eq!(best("/*", Prefer::Min, r#"{"a": 3, "b": -1, "c": "x"}"#), Some(-1.0));
+        // Not JSON at all is invalid whatever the pointer.
+        assert_eq!(best(w, Prefer::Max, r#"{"seatbid": [}"#), None);
+    }
+
+    #[test]
+    fn a_literal_star_key_is_only_reached_without_the_wildcard_meaning() {
+        // `*` means "every member": a member named `*` is one of them.
+        assert_eq!(best("/*", Prefer::Max, r#"{"*": 1, "b": 2}"#), Some(2.0));
+    }
+
+    #[test]
+    fn too_many_segments_are_refused() {
+        let ok = "/a".repeat(MAX_TOKENS);
+        assert!(Selector::parse(&ok).is_ok());
+        let long = "/a".repeat(MAX_TOKENS + 1);
+        assert_eq!(Selector::parse(&long), Err(PointerError::TooLong));
     }
 }
