@@ -88,6 +88,10 @@ pub struct BackendCounters {
     pub ejections: u64,
     /// Gauge: 1 while this worker has the backend ejected, else 0.
     pub is_ejected: u64,
+    /// Of the `invalid` ones: a number worse than the floor.
+    pub below_floor: u64,
+    /// Of the `invalid` ones: a `Content-Encoding` that is not gzip or deflate, or does not decode.
+    pub bad_encoding: u64,
 }
 
 /// One worker's counters and gauges. Each worker is the only writer of its own value; readers

@@ -49,12 +49,18 @@ max_connections = 1024             # connections per backend per worker; none fr
 [select]
 field = "/price"                   # JSON Pointer (RFC 6901) to the number in each backend response
 prefer = "max"                     # "max" | "min": which number wins; ties go to the first arrival
+# floor = 0.5                      # numbers worse than this are invalid (a route may set its own)
+# `*` matches every array element or member: field = "/seatbid/*/bid/*/price" for OpenRTB
 
 # One table per backend, 1 to 16 of them. Every request goes to all of them.
 [[backend]]
 name = "a"                         # letters, digits, `.`, `_`, `-`: shows in X-Splitter-Backend and metrics
 address = "127.0.0.1:9001"         # host:port; a host name is resolved again every dns_refresh_s
 # health_path = "/healthz"         # when set, an ejected backend is probed with GET health_path
+# timeout_ms = 60                  # its own deadline, capped by the route's (a bidder's tmax)
+# host = "dsp.example"             # the Host it gets instead of the client's
+# path_prefix = "/openrtb2"        # prepended to the forwarded target
+# shadow = true                    # gets every request, measured, never waited for, never wins
 [[backend]]
 name = "b"
 address = "127.0.0.1:9002"
@@ -63,6 +69,8 @@ address = "127.0.0.1:9002"
 [[route]]
 path_prefix = "/fast"
 timeout_ms = 80                    # deadline, 1 to 60000, from the end of the client request
+# backends = ["a", "b"]            # the backends this route fans out to (default: all)
+# floor = 1.0                      # this route's floor
 [[route]]
 path_prefix = "/"
 timeout_ms = 450
@@ -182,16 +190,26 @@ pub struct BackendConfig {
     pub health_path: Option<String>,
     /// `max_connections`: most connections to it per worker.
     pub max_connections: usize,
+    /// `timeout_ms`: its own deadline, capped by the route's (a bidder's tighter `tmax`).
+    pub timeout: Option<Duration>,
+    /// `host`: the `Host` it gets instead of the client's (a virtual host).
+    pub host: Option<String>,
+    /// `path_prefix`: prepended to the forwarded target (an endpoint like `/openrtb2`).
+    pub path_prefix: Option<String>,
+    /// `shadow`: it gets every request and is measured, but never wins and is never waited for.
+    pub shadow: bool,
 }
 
 /// `[select]`: how responses are ranked (SPEC 2).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct FileSelect {
     /// `field`: a JSON Pointer, checked by [`Selector::parse`].
     field: String,
     /// `prefer`: the largest or the smallest number wins.
     prefer: Prefer,
+    /// `floor`: numbers worse than this are invalid.
+    floor: Option<f64>,
 }
 
 impl Default for FileSelect {
@@ -199,6 +217,7 @@ impl Default for FileSelect {
         Self {
             field: DEFAULT_SELECT_FIELD.to_owned(),
             prefer: Prefer::default(),
+            floor: None,
         }
     }
 }
@@ -427,6 +446,14 @@ struct FileBackend {
     health_path: Option<String>,
     /// `max_connections`, else the top-level one.
     max_connections: Option<usize>,
+    /// `timeout_ms`: its own deadline.
+    timeout_ms: Option<u64>,
+    /// `host`: the `Host` it gets.
+    host: Option<String>,
+    /// `path_prefix`: prepended to the forwarded target.
+    path_prefix: Option<String>,
+    /// `shadow`: measured, never waited for, never wins.
+    shadow: bool,
 }
 
 /// `[[route]]` as written.
@@ -437,6 +464,10 @@ struct FileRoute {
     path_prefix: Option<String>,
     /// `timeout_ms`, required.
     timeout_ms: Option<u64>,
+    /// `floor`, else `select.floor`.
+    floor: Option<f64>,
+    /// `backends`: names; all backends when absent.
+    backends: Option<Vec<String>>,
 }
 
 /// A failed check, before the file's path is attached.
@@ -492,7 +523,10 @@ impl FileConfig {
             max_connections: self.max_connections,
         };
         let backends = backends(self.backend, &defaults)?;
-        let routes = routes(self.route)?;
+        if let Some(floor) = self.select.floor {
+            finite("select.floor", floor)?;
+        }
+        let routes = routes(self.route, &backends, self.select.floor)?;
         if !self.steering.pin_dir.is_absolute() {
             return Err(Invalid::new(
                 "steering.pin_dir",
@@ -518,7 +552,7 @@ impl FileConfig {
             select: Selection {
                 selector,
                 prefer: self.select.prefer,
-                floor: None,
+                max_decoded: self.max_response_bytes,
             },
             backends,
             routes,
@@ -580,6 +614,28 @@ fn backends(
             }
             None => defaults.health_path.clone(),
         };
+        let timeout = match table.timeout_ms {
+            Some(ms) if (1..=MAX_ROUTE_TIMEOUT_MS).contains(&ms) => Some(Duration::from_millis(ms)),
+            Some(ms) => {
+                return Err(Invalid::new(
+                    key("timeout_ms"),
+                    format!("must be between 1 and {MAX_ROUTE_TIMEOUT_MS}, got {ms}"),
+                ))
+            }
+            None => None,
+        };
+        if let Some(host) = &table.host {
+            if host.is_empty() || !host.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(Invalid::new(
+                    key("host"),
+                    format!("must be a host[:port] in visible ASCII, got {host:?}"),
+                ));
+            }
+        }
+        if let Some(prefix) = &table.path_prefix {
+            path_prefix_chars(prefix)
+                .map_err(|message| Invalid::new(key("path_prefix"), message))?;
+        }
         backends.push(BackendConfig {
             name,
             address: resolved,
@@ -587,6 +643,10 @@ fn backends(
             eject_after: table.eject_after.unwrap_or(defaults.eject_after),
             health_path,
             max_connections,
+            timeout,
+            host: table.host,
+            path_prefix: table.path_prefix,
+            shadow: table.shadow,
         });
     }
     Ok(backends)
@@ -640,7 +700,11 @@ pub fn resolve(address: &str) -> Result<SocketAddr, String> {
 }
 
 /// Checks the `[[route]]` tables: at least one, prefixes valid and unique, timeouts in range.
-fn routes(tables: Vec<FileRoute>) -> Result<Vec<Route>, Invalid> {
+fn routes(
+    tables: Vec<FileRoute>,
+    backends: &[BackendConfig],
+    floor: Option<f64>,
+) -> Result<Vec<Route>, Invalid> {
     if tables.is_empty() {
         return Err(Invalid::new(
             "route",
@@ -670,12 +734,57 @@ fn routes(tables: Vec<FileRoute>) -> Result<Vec<Route>, Invalid> {
                 format!("must be between 1 and {MAX_ROUTE_TIMEOUT_MS}, got {timeout_ms}"),
             ));
         }
+        if let Some(floor) = table.floor {
+            finite(&key("floor"), floor)?;
+        }
+        let mask = match table.backends {
+            None => all_backends(backends.len()),
+            Some(names) => {
+                let mut mask = 0u16;
+                for (j, name) in names.iter().enumerate() {
+                    let Some(b) = backends.iter().position(|b| &b.name == name) else {
+                        return Err(Invalid::new(
+                            format!("route[{i}].backends[{j}]"),
+                            format!("no [[backend]] is named {name:?}"),
+                        ));
+                    };
+                    mask |= 1 << b;
+                }
+                mask
+            }
+        };
+        let answering = (0..backends.len()).any(|b| mask & (1 << b) != 0 && !backends[b].shadow);
+        if !answering {
+            return Err(Invalid::new(
+                key("backends"),
+                "needs at least one backend that is not a shadow: shadows never answer",
+            ));
+        }
         routes.push(Route {
             path_prefix,
             timeout: Duration::from_millis(timeout_ms),
+            floor: table.floor.or(floor),
+            backends: mask,
         });
     }
     Ok(routes)
+}
+
+/// One bit per backend, for `count` backends.
+fn all_backends(count: usize) -> u16 {
+    // Shifting a u16 by 16 overflows, hence the detour through u32.
+    ((1u32 << count) - 1) as u16
+}
+
+/// Checks that a number is finite.
+fn finite(key: &str, value: f64) -> Result<(), Invalid> {
+    if !value.is_finite() {
+        return Err(Invalid::new(
+            key,
+            format!("must be a finite number, got {value}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a route prefix: it is matched against the raw path of a request target, which is
@@ -830,6 +939,10 @@ timeout_ms = 450
                     eject_after: 0,
                     health_path: None,
                     max_connections: DEFAULT_MAX_CONNECTIONS,
+                    timeout: None,
+                    host: None,
+                    path_prefix: None,
+                    shadow: false,
                 },
                 BackendConfig {
                     name: "b".into(),
@@ -838,6 +951,10 @@ timeout_ms = 450
                     eject_after: 0,
                     health_path: None,
                     max_connections: DEFAULT_MAX_CONNECTIONS,
+                    timeout: None,
+                    host: None,
+                    path_prefix: None,
+                    shadow: false,
                 },
             ]
         );
@@ -846,11 +963,15 @@ timeout_ms = 450
             [
                 Route {
                     path_prefix: "/fast".into(),
-                    timeout: Duration::from_millis(80)
+                    timeout: Duration::from_millis(80),
+                    floor: None,
+                    backends: 0b11,
                 },
                 Route {
                     path_prefix: "/".into(),
-                    timeout: Duration::from_millis(450)
+                    timeout: Duration::from_millis(450),
+                    floor: None,
+                    backends: 0b11,
                 },
             ]
         );
@@ -891,7 +1012,7 @@ timeout_ms = 450
                 select: Selection {
                     selector: Selector::parse("/price").unwrap(),
                     prefer: Prefer::Max,
-                    floor: None,
+                    max_decoded: DEFAULT_MAX_RESPONSE_BYTES,
                 },
                 backends: vec![BackendConfig {
                     name: "a".into(),
@@ -900,10 +1021,16 @@ timeout_ms = 450
                     eject_after: 0,
                     health_path: None,
                     max_connections: DEFAULT_MAX_CONNECTIONS,
+                    timeout: None,
+                    host: None,
+                    path_prefix: None,
+                    shadow: false,
                 }],
                 routes: vec![Route {
                     path_prefix: "/".into(),
-                    timeout: Duration::from_millis(450)
+                    timeout: Duration::from_millis(450),
+                    floor: None,
+                    backends: 0b1,
                 }],
                 steering: SteeringConfig {
                     mode: SteeringMode::Auto,
@@ -1483,5 +1610,93 @@ pin_dir = "/run/splitter"
         assert_eq!(c.backends[0].host_name.as_deref(), Some("localhost:9000"));
         assert_eq!(c.backends[0].address.port(), 9000);
         assert_eq!(parse(MINIMAL).unwrap().backends[0].host_name, None);
+    }
+
+    #[test]
+    fn bid_keys_parse_into_routes_and_backends() {
+        let text = r#"
+listen = "0.0.0.0:8080"
+[select]
+field = "/seatbid/*/bid/*/price"
+floor = 0.5
+[[backend]]
+name = "a"
+address = "10.0.0.1:9000"
+timeout_ms = 60
+host = "dsp.example:443"
+path_prefix = "/openrtb2"
+[[backend]]
+name = "b"
+address = "10.0.0.2:9000"
+shadow = true
+[[backend]]
+name = "c"
+address = "10.0.0.3:9000"
+[[route]]
+path_prefix = "/bid"
+timeout_ms = 100
+backends = ["a", "b"]
+floor = 1.25
+[[route]]
+path_prefix = "/"
+timeout_ms = 450
+"#;
+        let c = parse(text).unwrap();
+        let a = &c.backends[0];
+        assert_eq!(a.timeout, Some(Duration::from_millis(60)));
+        assert_eq!(a.host.as_deref(), Some("dsp.example:443"));
+        assert_eq!(a.path_prefix.as_deref(), Some("/openrtb2"));
+        assert!(!a.shadow && c.backends[1].shadow);
+        assert_eq!(
+            (c.routes[0].backends, c.routes[0].floor),
+            (0b011, Some(1.25))
+        );
+        assert_eq!(
+            (c.routes[1].backends, c.routes[1].floor),
+            (0b111, Some(0.5))
+        );
+    }
+
+    #[test]
+    fn bid_keys_are_checked_by_name() {
+        let backend = |extra: &str| {
+            format!("{MINIMAL}[[backend]]\nname = \"b\"\naddress = \"10.0.0.2:1\"\n{extra}\n")
+        };
+        for (text, key) in [
+            (backend("timeout_ms = 0"), "backend[1].timeout_ms"),
+            (backend("host = \"a b\""), "backend[1].host"),
+            (
+                backend("path_prefix = \"openrtb2\""),
+                "backend[1].path_prefix",
+            ),
+            (backend("shadow = 1"), "backend[1].shadow"),
+            (format!("{MINIMAL}[select]\nfloor = nan\n"), "select.floor"),
+            (
+                format!("{MINIMAL}[select]\nfloor = \"1\"\n"),
+                "select.floor",
+            ),
+            (
+                format!("{MINIMAL}[select]\nfield = \"{}\"\n", "/a".repeat(40)),
+                "select.field",
+            ),
+        ] {
+            let e = parse(&text).unwrap_err();
+            assert_eq!(e.key, key, "{text}: {e}");
+        }
+        let route = |extra: &str| {
+            format!(
+                "listen = \"0.0.0.0:1\"\n[[backend]]\nname = \"a\"\naddress = \"10.0.0.1:1\"\n\
+                     [[backend]]\nname = \"s\"\naddress = \"10.0.0.2:1\"\nshadow = true\n\
+                     [[route]]\npath_prefix = \"/\"\ntimeout_ms = 10\n{extra}\n"
+            )
+        };
+        let e = parse(&route("backends = [\"a\", \"x\"]")).unwrap_err();
+        assert_eq!(e.key, "route[0].backends[1]", "{e}");
+        assert!(e.message.contains("\"x\""), "{e}");
+        let e = parse(&route("backends = [\"s\"]")).unwrap_err();
+        assert_eq!(e.key, "route[0].backends", "{e}");
+        let e = parse(&route("floor = inf")).unwrap_err();
+        assert_eq!(e.key, "route[0].floor", "{e}");
+        assert!(parse(&route("backends = [\"a\", \"s\"]")).is_ok());
     }
 }

@@ -42,12 +42,25 @@ pub fn continue_100() -> &'static [u8] {
     b"HTTP/1.1 100 Continue\r\n\r\n"
 }
 
+/// What the splitter says about the response it chose.
+#[derive(Debug, Clone, Copy)]
+pub struct Chosen<'a> {
+    /// The winner's name: `X-Splitter-Backend`.
+    pub backend: &'a str,
+    /// Its number: `X-Splitter-Value`.
+    pub value: f64,
+    /// The runner-up's number, if another valid reply came in time: `X-Splitter-Second`.
+    pub second: Option<f64>,
+}
+
 /// Writes the winning backend response for the client into `out`.
 ///
 /// `HTTP/1.1 <status> <reason>`, the fields the backend's head passes on (see
-/// [`PassedFields`](super::response::PassedFields)), `X-Splitter-Backend: <backend_name>`, the
-/// `Connection` field from `conn`, `Content-Length: <body.len()>`, the blank line and `body`
-/// (already de-chunked). `raw_head` holds the bytes `head` was parsed from.
+/// [`PassedFields`](super::response::PassedFields)), `X-Splitter-Backend`, `X-Splitter-Value`
+/// and, when there is one, `X-Splitter-Second` (from `chosen`), the `Connection` field from
+/// `conn`, `Content-Length: <body.len()>`, the blank line and `body` (de-chunked, still in its
+/// `Content-Encoding`). `raw_head` holds the bytes `head` was parsed from. Numbers are written
+/// in their shortest form that reads back the same (`2.5`, `3`, `0.1`).
 ///
 /// Meant for the `200` responses selection picks: a `204` or `304` head would get a
 /// `Content-Length` it must not carry.
@@ -56,15 +69,19 @@ pub fn client_response(
     raw_head: &[u8],
     head: &ResponseHead,
     body: &[u8],
-    backend_name: &str,
+    chosen: &Chosen<'_>,
     conn: ConnectionHeader,
 ) {
-    out.reserve(raw_head.len() + backend_name.len() + body.len() + 64);
+    out.reserve(raw_head.len() + chosen.backend.len() + body.len() + 128);
     status_line(out, head.status);
     for (name, value) in head.passed.iter(raw_head) {
         field_line(out, name, value);
     }
-    field_line(out, b"X-Splitter-Backend", backend_name.as_bytes());
+    field_line(out, b"X-Splitter-Backend", chosen.backend.as_bytes());
+    number_line(out, b"X-Splitter-Value", chosen.value);
+    if let Some(second) = chosen.second {
+        number_line(out, b"X-Splitter-Second", second);
+    }
     connection_line(out, conn);
     end_head(out, body.len());
     out.extend_from_slice(body);
@@ -150,6 +167,16 @@ pub(super) fn field_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// `<name>: <number>\r\n`, the number in Rust's shortest round-trip form.
+fn number_line(out: &mut Vec<u8>, name: &[u8], value: f64) {
+    use std::io::Write as _;
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{value}");
+    out.extend_from_slice(b"\r\n");
+}
+
 /// The `Connection` field line for `conn`, if any.
 fn connection_line(out: &mut Vec<u8>, conn: ConnectionHeader) {
     match conn {
@@ -182,7 +209,12 @@ mod tests {
     fn client(backend_head: &[u8], body: &[u8], conn: ConnectionHeader) -> String {
         let head = parse_response(backend_head).unwrap().unwrap();
         let mut out = Vec::new();
-        client_response(&mut out, backend_head, &head, body, "b1", conn);
+        let chosen = Chosen {
+            backend: "b1",
+            value: 2.5,
+            second: None,
+        };
+        client_response(&mut out, backend_head, &head, body, &chosen, conn);
         String::from_utf8(out).unwrap()
     }
 
@@ -219,7 +251,7 @@ mod tests {
         assert_eq!(
             client(head, b"{\"price\":1}", ConnectionHeader::None),
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Req: 7\r\n\
-             X-Splitter-Backend: b1\r\nContent-Length: 11\r\n\r\n{\"price\":1}"
+             X-Splitter-Backend: b1\r\nX-Splitter-Value: 2.5\r\nContent-Length: 11\r\n\r\n{\"price\":1}"
         );
     }
 
@@ -237,7 +269,7 @@ mod tests {
             Cache-Control: no-store\r\n\r\n";
         assert_eq!(
             client(head, b"{}", ConnectionHeader::Close),
-            "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nX-Splitter-Backend: b1\r\n\
+            "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nX-Splitter-Backend: b1\r\nX-Splitter-Value: 2.5\r\n\
              Connection: close\r\nContent-Length: 2\r\n\r\n{}"
         );
     }
@@ -248,7 +280,7 @@ mod tests {
             b"HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\nHTTP/1.0 200 OK\r\nX-Final: 1\r\n\r\n";
         assert_eq!(
             client(head, b"", ConnectionHeader::KeepAlive),
-            "HTTP/1.1 200 OK\r\nX-Final: 1\r\nX-Splitter-Backend: b1\r\n\
+            "HTTP/1.1 200 OK\r\nX-Final: 1\r\nX-Splitter-Backend: b1\r\nX-Splitter-Value: 2.5\r\n\
              Connection: keep-alive\r\nContent-Length: 0\r\n\r\n"
         );
     }

@@ -66,6 +66,11 @@ pub struct RequestHead {
     /// Whether the client wants the connection kept: HTTP/1.1 unless `Connection: close`,
     /// HTTP/1.0 only with `Connection: keep-alive`.
     pub keep_alive: bool,
+    /// Where, in the forwarded head, the target (origin-form) and the `Host` value are: what a
+    /// backend with its own `path_prefix` or `host` gets changed.
+    pub forward_target: Range<usize>,
+    /// See `forward_target`. Every forwarded head has exactly one `Host` (maybe empty).
+    pub forward_host: Range<usize>,
     /// `Expect: 100-continue` in an HTTP/1.1 request (an HTTP/1.0 one is ignored, RFC 9110
     /// §10.1.1): the client waits for `100 Continue` before sending the body.
     pub expect_continue: bool,
@@ -202,8 +207,11 @@ pub fn parse_request(
     forward.extend_from_slice(method.as_bytes());
     forward.push(b' ');
     // Backends always get the origin-form (RFC 9112 §3.2.1).
+    let target_start = forward.len();
     forward.extend_from_slice(target.origin_form().as_bytes());
+    let forward_target = target_start..forward.len();
     forward.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut forward_host = 0..0;
     for header in headers {
         let name = header.name;
         // Host stays even when a Connection option names it: backends need it, and a client must
@@ -213,18 +221,16 @@ pub fn parse_request(
             || name.eq_ignore_ascii_case("content-length")
             || name.eq_ignore_ascii_case("expect")
             || (fields.names_fields && !is_host && fields::named_by_connection(headers, name));
-        match target.authority {
+        if is_host {
             // An absolute-form target's authority replaces Host (RFC 9112 §3.2.2).
-            Some(authority) if is_host => {
-                field_line(forward, b"Host", authority.as_bytes());
-            }
-            _ if !dropped => field_line(forward, name.as_bytes(), header.value),
-            _ => {}
+            let value = target.authority.map_or(header.value, str::as_bytes);
+            forward_host = host_line(forward, name.as_bytes(), value);
+        } else if !dropped {
+            field_line(forward, name.as_bytes(), header.value);
         }
     }
     if fields.hosts == 0 {
-        let host = target.authority.unwrap_or("");
-        field_line(forward, b"Host", host.as_bytes());
+        forward_host = host_line(forward, b"Host", target.authority.unwrap_or("").as_bytes());
     }
 
     // The path is a subslice of `buf`, so its offset is the distance between their addresses.
@@ -239,8 +245,18 @@ pub fn parse_request(
             Version::Http11 => !fields.close,
             Version::Http10 => fields.keep_alive && !fields.close,
         },
+        forward_target,
+        forward_host,
         expect_continue: version == Version::Http11 && fields.expect_continue,
     }))
+}
+
+/// Writes `<name>: value` (the client's spelling of `Host`) and returns where the value is in
+/// `forward`.
+fn host_line(forward: &mut Vec<u8>, name: &[u8], value: &[u8]) -> Range<usize> {
+    let start = forward.len() + name.len() + b": ".len();
+    field_line(forward, name, value);
+    start..start + value.len()
 }
 
 impl RequestHead {
@@ -379,6 +395,8 @@ mod tests {
                 path: 5..9,
                 framing: Framing::Length(5),
                 keep_alive: true,
+                forward_target: 5..13,
+                forward_host: 30..32,
                 expect_continue: false,
             }
         );

@@ -20,6 +20,8 @@ pub struct ResponseHead {
     /// The end-to-end fields of the final head, as offsets into the parsed bytes: what a client
     /// gets of them if this response wins, without parsing the head again.
     pub passed: PassedFields,
+    /// Its `Content-Encoding`.
+    pub coding: Coding,
     /// Bytes of the head, interim responses before it and the final blank line included: the body
     /// starts at this offset.
     pub head_len: usize,
@@ -29,6 +31,46 @@ pub struct ResponseHead {
     /// `Connection: close`, HTTP/1.0 only with `Connection: keep-alive`, never for
     /// [`Framing::UntilClose`].
     pub keep_alive: bool,
+}
+
+/// A response body's `Content-Encoding` (RFC 9110 §8.4), as far as the splitter reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coding {
+    /// None, or `identity`.
+    Identity,
+    /// `gzip` (or its alias `x-gzip`).
+    Gzip,
+    /// `deflate`: the zlib format (RFC 9110 §8.4.1.2).
+    Deflate,
+    /// Anything else, or more than one coding: not decoded, so the reply cannot be judged.
+    Other,
+}
+
+impl Coding {
+    /// The coding the `Content-Encoding` fields of `headers` describe.
+    fn of(headers: &[Header<'_>]) -> Coding {
+        let mut coding = Coding::Identity;
+        let codings = headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("content-encoding"))
+            .flat_map(|h| h.value.split(|&b| b == b','))
+            .map(|c| c.trim_ascii())
+            .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"identity"));
+        for c in codings {
+            let this = if c.eq_ignore_ascii_case(b"gzip") || c.eq_ignore_ascii_case(b"x-gzip") {
+                Coding::Gzip
+            } else if c.eq_ignore_ascii_case(b"deflate") {
+                Coding::Deflate
+            } else {
+                Coding::Other
+            };
+            coding = match coding {
+                Coding::Identity => this,
+                _ => Coding::Other,
+            };
+        }
+        coding
+    }
 }
 
 /// The header fields a winning response passes on to the client, in the order received: all but
@@ -151,6 +193,7 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, ResponseError>
     Ok(Some(ResponseHead {
         status: head.status,
         passed: PassedFields::of(buf, headers, &fields),
+        coding: Coding::of(headers),
         head_len: head.len,
         framing,
         keep_alive: persistent && framing != Framing::UntilClose,
@@ -391,6 +434,25 @@ mod tests {
                 "{what}"
             );
         }
+    }
+
+    #[test]
+    fn content_encoding_is_read() {
+        let coding = |fields: &str| {
+            let input = format!("HTTP/1.1 200 OK\r\n{fields}Content-Length: 0\r\n\r\n");
+            parse(input.as_bytes()).coding
+        };
+        assert_eq!(coding(""), Coding::Identity);
+        assert_eq!(coding("Content-Encoding: identity\r\n"), Coding::Identity);
+        assert_eq!(coding("Content-Encoding: GZIP\r\n"), Coding::Gzip);
+        assert_eq!(coding("content-encoding: x-gzip\r\n"), Coding::Gzip);
+        assert_eq!(coding("Content-Encoding: deflate\r\n"), Coding::Deflate);
+        assert_eq!(coding("Content-Encoding: br\r\n"), Coding::Other);
+        assert_eq!(coding("Content-Encoding: gzip, gzip\r\n"), Coding::Other);
+        assert_eq!(
+            coding("Content-Encoding: gzip\r\nContent-Encoding: deflate\r\n"),
+            Coding::Other
+        );
     }
 
     #[test]

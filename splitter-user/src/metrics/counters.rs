@@ -9,6 +9,7 @@ use splitter_common::{latency_slot, status_slot, BackendCounters, WorkerMetrics,
 
 use super::MetricsRegion;
 use crate::scatter::exchange::BackendOutcome;
+use crate::scatter::select::Invalid;
 
 /// One worker's recording handle. Not `Clone`: its worker is the cell's only writer.
 pub struct WorkerCounters {
@@ -118,6 +119,17 @@ impl WorkerCounters {
     /// A late response was read to its end and its connection kept.
     pub fn late_drained(&self, slot: usize) {
         bump(unsafe { &raw mut (*self.backend(slot)).late_drained }, 1);
+    }
+
+    /// Why one of backend `slot`'s invalid replies was invalid, when it is worth telling.
+    pub fn backend_invalid(&self, slot: usize, why: Invalid) {
+        let b = self.backend(slot);
+        let word = match why {
+            Invalid::BelowFloor => unsafe { &raw mut (*b).below_floor },
+            Invalid::Encoding => unsafe { &raw mut (*b).bad_encoding },
+            Invalid::Status | Invalid::Field => return,
+        };
+        bump(word, 1);
     }
 
     /// Backend `slot` was ejected on this worker.

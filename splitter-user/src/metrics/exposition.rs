@@ -133,6 +133,23 @@ impl Collector for Snapshot {
                 }
             }
         }
+        {
+            let mut m = enc.encode_descriptor(
+                "splitter_backend_invalid",
+                "Of the backend's invalid replies, those invalid for a reason worth telling: \
+                 below_floor (a number worse than the floor), encoding (a Content-Encoding \
+                 other than gzip or deflate, or one that does not decode).",
+                None,
+                MetricType::Counter,
+            )?;
+            for &(slot, name) in &backends {
+                let b = &t.backends[slot];
+                for (reason, n) in [("below_floor", b.below_floor), ("encoding", b.bad_encoding)] {
+                    let labels = [("backend", name), ("reason", reason)];
+                    ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
         for (metric, help, field) in [
             (
                 "splitter_backend_wins",

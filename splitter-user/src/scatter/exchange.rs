@@ -11,7 +11,9 @@ use std::time::Instant;
 
 pub use splitter_common::MAX_BACKENDS;
 
-use super::select::{Scratch, Selection};
+use crate::http1::response::Coding;
+
+use super::select::{Invalid, Scratch, Selection};
 
 /// Index of a backend in the configured list (`[[backend]]` order), below [`MAX_BACKENDS`].
 pub type BackendId = usize;
@@ -20,8 +22,10 @@ pub type BackendId = usize;
 pub trait Reply {
     /// The final status code.
     fn status(&self) -> u16;
-    /// The body, de-chunked.
+    /// The body, de-chunked (still compressed when it has a `Content-Encoding`).
     fn body(&self) -> &[u8];
+    /// Its `Content-Encoding`.
+    fn coding(&self) -> Coding;
 }
 
 /// What the client gets.
@@ -93,13 +97,20 @@ pub enum Skip {
 ///   (the shell should not send them, but a duplicate must never replace an answer);
 /// - ties go to the earlier arrival, i.e. to whichever `handle_reply` came first.
 ///
-/// Fixed size: a few bitmasks and the best reply so far; no allocation.
+/// Each backend may have its own deadline, earlier than the exchange's (a bidder with a tighter
+/// `tmax`): past it, that backend is a `Timeout` even while others are still awaited.
+///
+/// Fixed size: a few bitmasks, the deadlines and the best reply so far; no allocation.
 #[derive(Debug)]
 pub struct Exchange<'s, R> {
     /// How replies are judged and ranked.
     selection: &'s Selection,
-    /// One bit per configured backend: the ones this exchange waits for.
+    /// A number worse than this makes a reply invalid (the route's floor, or `[select]`'s).
+    floor: Option<f64>,
+    /// One bit per backend this exchange waits for.
     all: u16,
+    /// Each awaited backend's own deadline, never later than `deadline`.
+    deadlines: [Instant; MAX_BACKENDS],
     /// Backends that answered (reply or failure) before the deadline.
     answered: u16,
     /// Of `answered`, those whose reply was valid.
@@ -110,6 +121,10 @@ pub struct Exchange<'s, R> {
     ejected: u16,
     /// Of `answered`, those not asked because no connection was free.
     overloaded: u16,
+    /// Of the invalid ones, those whose number was worse than the floor.
+    below_floor: u16,
+    /// Of the invalid ones, those whose `Content-Encoding` could not be decoded.
+    bad_encoding: u16,
     /// The best valid reply so far.
     best: Option<Winner<R>>,
     /// When the client gets its answer at the latest.
@@ -119,29 +134,36 @@ pub struct Exchange<'s, R> {
 }
 
 impl<'s, R: Reply> Exchange<'s, R> {
-    /// A new exchange over backends `0..backends`, due at `deadline`.
-    ///
-    /// # Panics
-    ///
-    /// If `backends` exceeds [`MAX_BACKENDS`]; config validation prevents it.
-    pub fn new(backends: usize, deadline: Instant, selection: &'s Selection) -> Self {
-        assert!(
-            backends <= MAX_BACKENDS,
-            "{backends} backends, at most {MAX_BACKENDS}"
-        );
+    /// A new exchange due at `deadline`, waiting for no backend yet: add each with
+    /// [`expect`](Self::expect).
+    pub fn new(deadline: Instant, selection: &'s Selection, floor: Option<f64>) -> Self {
         Self {
             selection,
-            // Shifting a u16 by 16 overflows, hence the detour through u32.
-            all: ((1u32 << backends) - 1) as u16,
+            floor,
+            all: 0,
+            deadlines: [deadline; MAX_BACKENDS],
             answered: 0,
             valid: 0,
             failed: 0,
             ejected: 0,
             overloaded: 0,
+            below_floor: 0,
+            bad_encoding: 0,
             best: None,
             deadline,
             decided: false,
         }
+    }
+
+    /// Waits for backend `b` too, until `deadline` at the latest (capped by the exchange's).
+    ///
+    /// # Panics
+    ///
+    /// If `b` is not below [`MAX_BACKENDS`]; config validation prevents it.
+    pub fn expect(&mut self, b: BackendId, deadline: Instant) {
+        assert!(b < MAX_BACKENDS, "backend {b}, at most {MAX_BACKENDS}");
+        self.all |= 1 << b;
+        self.deadlines[b] = deadline.min(self.deadline);
     }
 
     /// A whole reply arrived from `b`. It is judged (with `scratch`, the worker's parse buffers)
@@ -162,8 +184,16 @@ impl<'s, R: Reply> Exchange<'s, R> {
             return false;
         };
         self.answered |= bit;
-        let Some(value) = self.selection.judge(reply.status(), reply.body(), scratch) else {
-            return false;
+        let value = match self.selection.judge(&reply, self.floor, scratch) {
+            Ok(value) => value,
+            Err(why) => {
+                match why {
+                    Invalid::BelowFloor => self.below_floor |= bit,
+                    Invalid::Encoding => self.bad_encoding |= bit,
+                    Invalid::Status | Invalid::Field => {}
+                }
+                return false;
+            }
         };
         self.valid |= bit;
         match &mut self.best {
@@ -216,16 +246,20 @@ impl<'s, R: Reply> Exchange<'s, R> {
         }
     }
 
-    /// When to call [`poll_outcome`](Self::poll_outcome) if no input comes first: the deadline
-    /// while the exchange waits for a backend, `None` once the outcome is ready or given.
+    /// When to call [`poll_outcome`](Self::poll_outcome) if no input comes first: the earliest
+    /// deadline of an awaited backend that has not answered, `None` once the outcome is ready
+    /// or given.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        (!self.decided && self.answered != self.all).then_some(self.deadline)
+        if self.decided {
+            return None;
+        }
+        self.waiting().map(|b| self.deadlines[b]).min()
     }
 
-    /// The outcome, once: when every backend has answered, or at `now >= deadline`.
+    /// The outcome, once: when every awaited backend has answered or passed its deadline.
     /// `None` before that, and on every call after the one that gave it.
     pub fn poll_outcome(&mut self, now: Instant) -> Option<Outcome<R>> {
-        if self.decided || (self.answered != self.all && now < self.deadline) {
+        if self.decided || self.waiting().any(|b| now < self.deadlines[b]) {
             return None;
         }
         self.decided = true;
@@ -233,6 +267,25 @@ impl<'s, R: Reply> Exchange<'s, R> {
             Some(winner) => Outcome::Chosen(winner),
             None => Outcome::NoContent,
         })
+    }
+
+    /// Of an invalid reply from `b`, whether it was for being below the floor, or for an
+    /// encoding that could not be decoded: the operator's "why does this bidder never win".
+    pub fn invalid_because(&self, b: BackendId) -> Option<Invalid> {
+        let bit = self.bit(b);
+        if self.below_floor & bit != 0 {
+            Some(Invalid::BelowFloor)
+        } else if self.bad_encoding & bit != 0 {
+            Some(Invalid::Encoding)
+        } else {
+            None
+        }
+    }
+
+    /// The awaited backends that have not answered.
+    fn waiting(&self) -> impl Iterator<Item = BackendId> + '_ {
+        let waiting = self.all & !self.answered;
+        (0..MAX_BACKENDS).filter(move |b| waiting & (1 << b) != 0)
     }
 
     /// How `b` did: `Valid`, `Invalid` or `Error` as it answered, `Timeout` when it did not
@@ -259,11 +312,11 @@ impl<'s, R: Reply> Exchange<'s, R> {
         }
     }
 
-    /// `b`'s bit when an input from it at `now` counts: the exchange is open, the deadline
+    /// `b`'s bit when an input from it at `now` counts: the exchange is open, `b`'s deadline
     /// has not passed, and `b` has not answered yet.
     fn accept(&self, b: BackendId, now: Instant) -> Option<u16> {
         let bit = self.bit(b);
-        (!self.decided && now < self.deadline && self.answered & bit == 0).then_some(bit)
+        (!self.decided && now < self.deadlines[b] && self.answered & bit == 0).then_some(bit)
     }
 
     /// `b`'s bit in the masks.
@@ -281,6 +334,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::{BackendId, BackendOutcome, Reply, MAX_BACKENDS};
+    use crate::http1::response::Coding;
     use crate::scatter::select::{Prefer, Scratch, Selection, Selector};
 
     /// A reply whose `/price` is the number given, or a string when `None` (invalid).
@@ -293,6 +347,9 @@ mod tests {
         }
         fn body(&self) -> &[u8] {
             &self.0
+        }
+        fn coding(&self) -> Coding {
+            Coding::Identity
         }
     }
 
@@ -330,10 +387,14 @@ mod tests {
             let selection = Box::leak(Box::new(Selection {
                 selector: Selector::parse("/price").unwrap(),
                 prefer,
-                floor: None,
+                max_decoded: 1 << 20,
             }));
+            let mut inner = super::Exchange::new(deadline, selection, None);
+            for b in 0..backends {
+                inner.expect(b, deadline);
+            }
             Exchange {
-                inner: super::Exchange::new(backends, deadline, selection),
+                inner,
                 scratch: Scratch::default(),
                 best: None,
             }
@@ -736,7 +797,7 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "17 backends, at most 16")]
+    #[should_panic(expected = "backend 16, at most 16")]
     fn more_than_sixteen_backends_panics() {
         let c = Clock::new();
         c.exchange(17, Prefer::Max);
@@ -768,11 +829,14 @@ mod tests {
         let selection = Selection {
             selector: Selector::parse("/price").unwrap(),
             prefer: Prefer::Max,
-            floor: None,
+            max_decoded: 1 << 20,
         };
         let mut scratch = Scratch::default();
         let mut second = |values: &[Option<f64>]| {
-            let mut x = super::Exchange::new(values.len(), c.at(100), &selection);
+            let mut x = super::Exchange::new(c.at(100), &selection, None);
+            for b in 0..values.len() {
+                x.expect(b, c.at(100));
+            }
             for (b, &v) in values.iter().enumerate() {
                 x.handle_reply(b, priced(v), &mut scratch, c.at(1));
             }

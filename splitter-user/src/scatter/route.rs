@@ -6,12 +6,16 @@
 use std::time::Duration;
 
 /// One configured route: the requests whose path starts with `path_prefix` get `timeout`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Route {
     /// Byte-wise prefix of the request path, e.g. `/fast`; `/fast` also matches `/faster`.
     pub path_prefix: String,
     /// Deadline of the fan-out, counted from the moment the whole client request was read.
     pub timeout: Duration,
+    /// A number worse than this makes a reply invalid (the route's `floor`, else `[select]`'s).
+    pub floor: Option<f64>,
+    /// The backends this route fans out to, one bit per backend index (all by default).
+    pub backends: u16,
 }
 
 /// Maps a request path to its [`Route`]: the longest matching prefix wins.
@@ -57,6 +61,8 @@ mod tests {
             .map(|&(prefix, ms)| Route {
                 path_prefix: prefix.to_owned(),
                 timeout: Duration::from_millis(ms),
+                floor: None,
+                backends: u16::MAX,
             })
             .collect();
         RouteTable::new(routes)

@@ -7,7 +7,11 @@
 //! vector of nodes whose containers know their size), so a lookup skips whole sub-documents
 //! and no DOM (maps, owned strings) is built.
 
+use flate2::{Decompress, FlushDecompress, Status};
 use serde::Deserialize;
+
+use super::exchange::Reply;
+use crate::http1::response::Coding;
 use simd_json::prelude::ValueAsScalar as _;
 use simd_json::{Buffers, Node, Tape};
 
@@ -39,24 +43,148 @@ pub struct Selection {
     pub selector: Selector,
     /// Which way numbers rank.
     pub prefer: Prefer,
-    /// A number worse than this makes the reply invalid.
-    pub floor: Option<f64>,
+    /// Most bytes a compressed body may decode to (`max_response_bytes`): a zip bomb is an
+    /// invalid reply, not an outage.
+    pub max_decoded: usize,
+}
+
+/// Why a whole reply is not valid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Invalid {
+    /// Its status is not 200.
+    Status,
+    /// Its body has no usable number at the field (not JSON, no number there, not finite).
+    Field,
+    /// Its number is worse than the floor.
+    BelowFloor,
+    /// Its `Content-Encoding` is not one the splitter decodes, or does not decode.
+    Encoding,
 }
 
 impl Selection {
-    /// The number of a reply that counts, or `None`: a reply is valid when its status is 200,
-    /// its body is JSON with a number at the field, the number is finite (NaN and infinities
-    /// cannot be ordered, and no real price is infinite), and it is not worse than the floor.
-    pub fn judge(&self, status: u16, body: &[u8], scratch: &mut Scratch) -> Option<f64> {
-        if status != 200 {
+    /// The number of a reply that counts, or why it does not: a reply is valid when its status
+    /// is 200, its body (decoded from gzip or deflate when so encoded, within `max_decoded`) is
+    /// JSON with a number at the field, the number is finite (NaN and infinities cannot be
+    /// ordered, and no real price is infinite), and it is not worse than `floor`.
+    pub fn judge(
+        &self,
+        reply: &impl Reply,
+        floor: Option<f64>,
+        scratch: &mut Scratch,
+    ) -> Result<f64, Invalid> {
+        if reply.status() != 200 {
+            return Err(Invalid::Status);
+        }
+        let value = match reply.coding() {
+            Coding::Identity => self.selector.select(reply.body(), self.prefer, scratch),
+            coding @ (Coding::Gzip | Coding::Deflate) => {
+                let mut decoded = std::mem::take(&mut scratch.decoded);
+                let inflater = scratch
+                    .inflater
+                    .get_or_insert_with(|| Decompress::new(false));
+                let inflated = inflate(
+                    coding,
+                    reply.body(),
+                    self.max_decoded,
+                    inflater,
+                    &mut decoded,
+                );
+                let value =
+                    inflated.and_then(|()| self.selector.select(&decoded, self.prefer, scratch));
+                scratch.decoded = decoded;
+                if inflated.is_none() {
+                    return Err(Invalid::Encoding);
+                }
+                value
+            }
+            Coding::Other => return Err(Invalid::Encoding),
+        };
+        let value = value.filter(|v| v.is_finite()).ok_or(Invalid::Field)?;
+        if floor.is_some_and(|floor| self.prefer.is_better(floor, value)) {
+            return Err(Invalid::BelowFloor);
+        }
+        Ok(value)
+    }
+}
+
+/// Decodes a gzip or deflate (zlib, or raw deflate as some servers send it) body into `out`,
+/// at most `max` bytes, with the worker's reusable `inflater`; `None` when it is not valid,
+/// not whole, or larger.
+fn inflate(
+    coding: Coding,
+    body: &[u8],
+    max: usize,
+    inflater: &mut Decompress,
+    out: &mut Vec<u8>,
+) -> Option<()> {
+    match coding {
+        Coding::Gzip => inflate_with(inflater, false, gzip_member(body)?, max, out),
+        _ => inflate_with(inflater, true, body, max, out)
+            .or_else(|| inflate_with(inflater, false, body, max, out)),
+    }
+}
+
+/// One whole deflate stream (with a zlib header or raw) from `input` into `out`, in steps that
+/// grow `out` up to `max`: the work is linear in what is decoded, and stops at `max`.
+fn inflate_with(
+    inflater: &mut Decompress,
+    zlib: bool,
+    input: &[u8],
+    max: usize,
+    out: &mut Vec<u8>,
+) -> Option<()> {
+    inflater.reset(zlib);
+    out.clear();
+    loop {
+        if out.len() == out.capacity() {
+            if out.len() > max {
+                return None;
+            }
+            // Double, from 4 KiB, never past one byte over `max` (which says "too large").
+            let room = max + 1 - out.len();
+            out.reserve(out.len().max(4096).min(room));
+        }
+        let (read, written) = (inflater.total_in(), inflater.total_out());
+        let rest = &input[read as usize..];
+        let status = inflater
+            .decompress_vec(rest, out, FlushDecompress::Finish)
+            .ok()?;
+        if out.len() > max {
             return None;
         }
-        let value = self.selector.select(body, self.prefer, scratch)?;
-        let below_floor = self
-            .floor
-            .is_some_and(|floor| self.prefer.is_better(floor, value));
-        (value.is_finite() && !below_floor).then_some(value)
+        match status {
+            Status::StreamEnd => return Some(()),
+            // No progress with room to write: the stream is cut short.
+            _ if inflater.total_in() == read && inflater.total_out() == written => return None,
+            _ => {}
+        }
     }
+}
+
+/// The deflate data of a gzip member, after its header (RFC 1952 §2.3). The trailer after the
+/// data is not checked: the JSON parse of what it decodes to is the check that matters.
+fn gzip_member(body: &[u8]) -> Option<&[u8]> {
+    const FHCRC: u8 = 2;
+    const FEXTRA: u8 = 4;
+    const FNAME: u8 = 8;
+    const FCOMMENT: u8 = 16;
+    let [0x1f, 0x8b, 8, flags, ..] = *body else {
+        return None;
+    };
+    let mut at = 10;
+    if flags & FEXTRA != 0 {
+        let len = usize::from(*body.get(at)?) | usize::from(*body.get(at + 1)?) << 8;
+        at += 2 + len;
+    }
+    for flag in [FNAME, FCOMMENT] {
+        if flags & flag != 0 {
+            at += body.get(at..)?.iter().position(|&b| b == 0)? + 1;
+        }
+    }
+    if flags & FHCRC != 0 {
+        at += 2;
+    }
+    body.get(at..)
 }
 
 /// Why a configured JSON Pointer is not one (RFC 6901 section 3).
@@ -128,6 +256,10 @@ pub struct Scratch {
     input: Vec<u8>,
     /// simd-json's stage 1 and stage 2 work buffers.
     buffers: Buffers,
+    /// A compressed body, decoded.
+    decoded: Vec<u8>,
+    /// The inflater, made once, reset for each compressed body.
+    inflater: Option<Decompress>,
     /// The tape's storage between calls; always empty there, hence `'static`.
     tape: Vec<Node<'static>>,
 }
@@ -194,6 +326,7 @@ impl Selector {
             input,
             buffers,
             tape,
+            ..
         } = scratch;
         input.clear();
         input.extend_from_slice(body);
@@ -267,41 +400,187 @@ fn unescape(raw: &str, offset: usize) -> Result<String, PointerError> {
 mod tests {
     use super::*;
 
+    /// A reply for `judge`.
+    struct Body(u16, Coding, Vec<u8>);
+
+    impl Reply for Body {
+        fn status(&self) -> u16 {
+            self.0
+        }
+        fn body(&self) -> &[u8] {
+            &self.2
+        }
+        fn coding(&self) -> Coding {
+            self.1
+        }
+    }
+
+    fn selection(prefer: Prefer, max_decoded: usize) -> Selection {
+        Selection {
+            selector: Selector::parse("/price").unwrap(),
+            prefer,
+            max_decoded,
+        }
+    }
+
     #[test]
     fn judge_wants_status_200_a_finite_number_and_the_floor() {
         let mut scratch = Scratch::default();
-        let judge = |prefer, floor, status, body: &str, scratch: &mut Scratch| {
-            let selection = Selection {
-                selector: Selector::parse("/price").unwrap(),
-                prefer,
-                floor,
-            };
-            selection.judge(status, body.as_bytes(), scratch)
-        };
         let s = &mut scratch;
+        let judge = |prefer, floor, status, body: &str, s: &mut Scratch| {
+            let reply = Body(status, Coding::Identity, body.as_bytes().to_vec());
+            selection(prefer, 1 << 20).judge(&reply, floor, s)
+        };
+        use Invalid::*;
         assert_eq!(
             judge(Prefer::Max, None, 200, r#"{"price":1.5}"#, s),
-            Some(1.5)
+            Ok(1.5)
         );
-        assert_eq!(judge(Prefer::Max, None, 201, r#"{"price":1.5}"#, s), None);
-        assert_eq!(judge(Prefer::Max, None, 500, r#"{"price":1.5}"#, s), None);
-        assert_eq!(judge(Prefer::Max, None, 200, r#"{"price":"1.5"}"#, s), None);
-        assert_eq!(judge(Prefer::Max, None, 200, r#"{"price":1e999}"#, s), None);
+        assert_eq!(
+            judge(Prefer::Max, None, 201, r#"{"price":1.5}"#, s),
+            Err(Status)
+        );
+        assert_eq!(
+            judge(Prefer::Max, None, 500, r#"{"price":1.5}"#, s),
+            Err(Status)
+        );
+        assert_eq!(
+            judge(Prefer::Max, None, 200, r#"{"price":"1.5"}"#, s),
+            Err(Field)
+        );
+        assert_eq!(
+            judge(Prefer::Max, None, 200, r#"{"price":1e999}"#, s),
+            Err(Field)
+        );
         assert_eq!(
             judge(Prefer::Max, Some(1.5), 200, r#"{"price":1.5}"#, s),
-            Some(1.5)
+            Ok(1.5)
         );
         assert_eq!(
             judge(Prefer::Max, Some(1.5), 200, r#"{"price":1.4}"#, s),
-            None
+            Err(BelowFloor)
         );
         assert_eq!(
             judge(Prefer::Min, Some(1.5), 200, r#"{"price":1.4}"#, s),
-            Some(1.4)
+            Ok(1.4)
         );
         assert_eq!(
             judge(Prefer::Min, Some(1.5), 200, r#"{"price":1.6}"#, s),
-            None
+            Err(BelowFloor)
+        );
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn zlib(data: &[u8]) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn raw_deflate(data: &[u8]) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn compressed_bodies_are_decoded_to_judge() {
+        let json = br#"{"price": 4.25, "pad": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
+        let sel = selection(Prefer::Max, 1 << 20);
+        let mut scratch = Scratch::default();
+        for (coding, body) in [
+            (Coding::Gzip, gzip(json)),
+            (Coding::Deflate, zlib(json)),
+            (Coding::Deflate, raw_deflate(json)),
+        ] {
+            // Twice: the scratch's inflater is reused.
+            for _ in 0..2 {
+                let reply = Body(200, coding, body.clone());
+                assert_eq!(
+                    sel.judge(&reply, None, &mut scratch),
+                    Ok(4.25),
+                    "{coding:?}"
+                );
+            }
+        }
+        // A gzip header with every optional part.
+        let mut fancy = gzip(json);
+        fancy[3] = 4 | 8 | 16;
+        let mut with_parts = fancy[..10].to_vec();
+        with_parts.extend_from_slice(&[2, 0, b'x', b'y']);
+        with_parts.extend_from_slice(b"name\0comment\0");
+        with_parts.extend_from_slice(&fancy[10..]);
+        assert_eq!(
+            sel.judge(&Body(200, Coding::Gzip, with_parts), None, &mut scratch),
+            Ok(4.25)
+        );
+    }
+
+    #[test]
+    fn bad_or_oversized_encodings_are_invalid_for_their_encoding() {
+        let json = br#"{"price": 4.25}"#;
+        let mut scratch = Scratch::default();
+        let sel = selection(Prefer::Max, 1 << 20);
+        let judge = |sel: &Selection, coding, body: Vec<u8>, scratch: &mut Scratch| {
+            sel.judge(&Body(200, coding, body), None, scratch)
+        };
+        // Not compressed at all, cut short, or another coding.
+        assert_eq!(
+            judge(&sel, Coding::Gzip, json.to_vec(), &mut scratch),
+            Err(Invalid::Encoding)
+        );
+        let cut = gzip(json);
+        assert_eq!(
+            judge(
+                &sel,
+                Coding::Gzip,
+                cut[..cut.len() / 2].to_vec(),
+                &mut scratch
+            ),
+            Err(Invalid::Encoding)
+        );
+        assert_eq!(
+            judge(
+                &sel,
+                Coding::Deflate,
+                b"\x78\x9c garbage".to_vec(),
+                &mut scratch
+            ),
+            Err(Invalid::Encoding)
+        );
+        assert_eq!(
+            judge(&sel, Coding::Other, json.to_vec(), &mut scratch),
+            Err(Invalid::Encoding)
+        );
+        // A zip bomb: 10 MB of zeros in a few KB, against a 1 MiB limit.
+        let bomb = gzip(&vec![b' '; 10 << 20]);
+        assert!(bomb.len() < 64 << 10);
+        assert_eq!(
+            judge(&sel, Coding::Gzip, bomb, &mut scratch),
+            Err(Invalid::Encoding)
+        );
+        // Exactly at the limit decodes; one byte more does not.
+        let padded = |n: usize| {
+            let mut v = json.to_vec();
+            v.resize(n, b' ');
+            v
+        };
+        let at = selection(Prefer::Max, 4096);
+        assert_eq!(
+            judge(&at, Coding::Gzip, gzip(&padded(4096)), &mut scratch),
+            Ok(4.25)
+        );
+        assert_eq!(
+            judge(&at, Coding::Gzip, gzip(&padded(4097)), &mut scratch),
+            Err(Invalid::Encoding)
         );
     }
 
@@ -557,7 +836,11 @@ mod tests {
             b"\xef\xbb\xbf{\"price\": 1}",
             b"{\"price\": 1}\xff",
         ] {
-            assert_eq!(selector.select(body, Prefer::Max, &mut scratch), None, "{body:?}");
+            assert_eq!(
+                selector.select(body, Prefer::Max, &mut scratch),
+                None,
+                "{body:?}"
+            );
         }
     }
 
@@ -592,16 +875,28 @@ mod tests {
             "x".repeat(4096)
         );
         let small = r#"{"seatbid":[{"bid":[{"price":1}]}]}"#;
-        assert_eq!(selector.select(big.as_bytes(), Prefer::Max, &mut scratch), Some(9.5));
-        assert_eq!(selector.select(b"not json", Prefer::Max, &mut scratch), None);
+        assert_eq!(
+            selector.select(big.as_bytes(), Prefer::Max, &mut scratch),
+            Some(9.5)
+        );
+        assert_eq!(
+            selector.select(b"not json", Prefer::Max, &mut scratch),
+            None
+        );
         // A short body after a long one: leftovers of the long one must not be read.
-        assert_eq!(selector.select(small.as_bytes(), Prefer::Max, &mut scratch), Some(1.0));
+        assert_eq!(
+            selector.select(small.as_bytes(), Prefer::Max, &mut scratch),
+            Some(1.0)
+        );
         assert_eq!(
             selector.select(br#"{"seatbid":[{"bid":[{"pr"#, Prefer::Max, &mut scratch),
             None
         );
         let (input, tape) = (scratch.input.capacity(), scratch.tape.capacity());
-        assert_eq!(selector.select(small.as_bytes(), Prefer::Max, &mut scratch), Some(1.0));
+        assert_eq!(
+            selector.select(small.as_bytes(), Prefer::Max, &mut scratch),
+            Some(1.0)
+        );
         assert_eq!(
             (scratch.input.capacity(), scratch.tape.capacity()),
             (input, tape),
@@ -615,9 +910,18 @@ mod tests {
         let selector = Selector::parse("/a").unwrap();
         let mut one = Scratch::default();
         let mut other = Scratch::default();
-        assert_eq!(selector.select(br#"{"a": 1}"#, Prefer::Max, &mut one), Some(1.0));
-        assert_eq!(selector.select(br#"{"a": 2}"#, Prefer::Max, &mut other), Some(2.0));
-        assert_eq!(selector.select(br#"{"a": 3}"#, Prefer::Max, &mut one), Some(3.0));
+        assert_eq!(
+            selector.select(br#"{"a": 1}"#, Prefer::Max, &mut one),
+            Some(1.0)
+        );
+        assert_eq!(
+            selector.select(br#"{"a": 2}"#, Prefer::Max, &mut other),
+            Some(2.0)
+        );
+        assert_eq!(
+            selector.select(br#"{"a": 3}"#, Prefer::Max, &mut one),
+            Some(3.0)
+        );
     }
 
     #[test]
@@ -657,20 +961,47 @@ mod tests {
     #[test]
     fn wildcards_take_the_best_of_every_match() {
         let w = "/seatbid/*/bid/*/price";
-        assert_eq!(best(w, Prefer::Max, OPENRTB), Some(2.5), "strings and ext skipped");
+        assert_eq!(
+            best(w, Prefer::Max, OPENRTB),
+            Some(2.5),
+            "strings and ext skipped"
+        );
         assert_eq!(best(w, Prefer::Min, OPENRTB), Some(0.75));
-        assert_eq!(best("/seatbid/0/bid/*/price", Prefer::Max, OPENRTB), Some(2.5));
-        assert_eq!(best("/seatbid/*/bid/0/price", Prefer::Min, OPENRTB), Some(0.75));
-        assert_eq!(best("/seatbid/*/bid/*/ext/price", Prefer::Max, OPENRTB), Some(99.0));
+        assert_eq!(
+            best("/seatbid/0/bid/*/price", Prefer::Max, OPENRTB),
+            Some(2.5)
+        );
+        assert_eq!(
+            best("/seatbid/*/bid/0/price", Prefer::Min, OPENRTB),
+            Some(0.75)
+        );
+        assert_eq!(
+            best("/seatbid/*/bid/*/ext/price", Prefer::Max, OPENRTB),
+            Some(99.0)
+        );
         // No bid has a number there: invalid.
         assert_eq!(best("/seatbid/1/bid/*/price", Prefer::Max, OPENRTB), None);
         assert_eq!(best(w, Prefer::Max, r#"{"seatbid": []}"#), None);
         assert_eq!(best(w, Prefer::Max, r#"{"seatbid": [{"bid": []}]}"#), None);
         assert_eq!(best(w, Prefer::Max, r#"{"nbr": 2}"#), None);
-        assert_eq!(best(w, Prefer::Max, r#"{"seatbid": {"a": {"bid": [{"price": 3}]}}}"#), Some(3.0), "object members too");
+        assert_eq!(
+            best(
+                w,
+                Prefer::Max,
+                r#"{"seatbid": {"a": {"bid": [{"price": 3}]}}}"#
+            ),
+            Some(3.0),
+            "object members too"
+        );
         // A `*` at the end ranks the numbers of an array, skipping the rest.
-        assert_eq!(best("/p/*", Prefer::Max, r#"{"p": [1, "9", null, 4, {"x": 8}]}"#), Some(4.0));
-        assert_eq!(best("/*", Prefer::Min, r#"{"a": 3, "b": -1, "c": "x"}"#), Some(-1.0));
+        assert_eq!(
+            best("/p/*", Prefer::Max, r#"{"p": [1, "9", null, 4, {"x": 8}]}"#),
+            Some(4.0)
+        );
+        assert_eq!(
+            best("/*", Prefer::Min, r#"{"a": 3, "b": -1, "c": "x"}"#),
+            Some(-1.0)
+        );
         // Not JSON at all is invalid whatever the pointer.
         assert_eq!(best(w, Prefer::Max, r#"{"seatbid": [}"#), None);
     }

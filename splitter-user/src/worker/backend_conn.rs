@@ -10,7 +10,7 @@ use super::conn::{Conn, READ_CHUNK};
 use super::guards::BackendOpen;
 use crate::http1::body::{BodyDecoder, BodyError, BodyLimit, Framing};
 use crate::http1::limits::MAX_RESPONSE_HEAD;
-use crate::http1::response::{head_may_end, parse_response, ResponseError, ResponseHead};
+use crate::http1::response::{head_may_end, parse_response, Coding, ResponseError, ResponseHead};
 use crate::scatter::exchange::Reply;
 
 /// One keep-alive connection to a backend.
@@ -86,6 +86,10 @@ impl Reply for Response {
 
     fn body(&self) -> &[u8] {
         &self.raw[self.head.head_len..self.body_end]
+    }
+
+    fn coding(&self) -> Coding {
+        self.head.coding
     }
 }
 

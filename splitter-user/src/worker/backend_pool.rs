@@ -36,6 +36,9 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// Index of its counters in the metrics cell.
     pub slot: usize,
+    /// What this backend gets differently from the others: its own deadline, `Host`, target
+    /// prefix, and whether it is a shadow. Replaced on reload.
+    pub options: RefCell<Rc<Options>>,
     /// `GET` this to probe it when ejected, instead of a real request.
     health_path: RefCell<Option<Rc<str>>>,
     /// Most connections open at once.
@@ -46,6 +49,35 @@ pub struct Backend {
     idle: RefCell<Vec<(BackendConn, Instant)>>,
     health: RefCell<Health>,
     counters: Rc<WorkerCounters>,
+}
+
+/// The per-backend request settings (SPEC 4).
+#[derive(Debug, Default, PartialEq)]
+pub struct Options {
+    /// Its own deadline, capped by the route's.
+    pub timeout: Option<Duration>,
+    /// The `Host` it gets.
+    pub host: Option<Box<[u8]>>,
+    /// Prepended to the forwarded target.
+    pub path_prefix: Option<Box<[u8]>>,
+    /// Measured, never waited for, never wins.
+    pub shadow: bool,
+}
+
+impl Options {
+    fn of(config: &BackendConfig) -> Self {
+        Options {
+            timeout: config.timeout,
+            host: config.host.as_deref().map(|h| h.as_bytes().into()),
+            path_prefix: config.path_prefix.as_deref().map(|p| p.as_bytes().into()),
+            shadow: config.shadow,
+        }
+    }
+
+    /// Whether the request it gets differs from the one the others get.
+    pub fn rewrites(&self) -> bool {
+        self.host.is_some() || self.path_prefix.is_some()
+    }
 }
 
 /// How the backend's part of a request goes.
@@ -74,6 +106,7 @@ impl Backend {
             name: Rc::from(config.name.as_str()),
             addr: config.address,
             slot,
+            options: RefCell::new(Rc::new(Options::of(config))),
             health_path: RefCell::new(config.health_path.as_deref().map(Rc::from)),
             max_connections: Cell::new(config.max_connections),
             open: Rc::new(Cell::new(0)),
@@ -85,6 +118,7 @@ impl Backend {
 
     /// Takes the settings a reload may change.
     fn update(&self, config: &BackendConfig) {
+        *self.options.borrow_mut() = Rc::new(Options::of(config));
         *self.health_path.borrow_mut() = config.health_path.as_deref().map(Rc::from);
         self.max_connections.set(config.max_connections);
         let mut health = self.health.borrow_mut();

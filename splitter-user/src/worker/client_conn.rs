@@ -15,7 +15,7 @@ use super::guards::{ClientOpen, InFlight};
 use super::Worker;
 use crate::http1::body::{BodyDecoder, BodyLimit};
 use crate::http1::encode::{
-    client_response, continue_100, end_head, status_response, ConnectionHeader,
+    client_response, continue_100, end_head, status_response, Chosen, ConnectionHeader,
 };
 use crate::http1::request::{parse_request, Method, RequestHead, Version};
 use crate::scatter::exchange::{Outcome, Reply as _, Winner};
@@ -101,7 +101,7 @@ impl ClientConn {
                 (false, Version::Http10) => ConnectionHeader::KeepAlive,
                 (false, Version::Http11) => ConnectionHeader::None,
             };
-            let route = plan.routes.lookup(head.path(&self.buf)).map(|r| r.timeout);
+            let route = plan.routes.lookup(head.path(&self.buf));
             if route.is_none() && head.expect_continue {
                 // Refuse before the body is sent (RFC 9110 §10.1.1); its bytes, if any come,
                 // cannot be told from a next request, so the connection ends here.
@@ -112,7 +112,7 @@ impl ClientConn {
             let Some(request) = self.read_body(worker, &head, max_body, deadline).await else {
                 return;
             };
-            let Some(timeout) = route else {
+            let Some(route) = route else {
                 if !self.respond(worker, 404, conn_header(closing), None).await || closing {
                     return;
                 }
@@ -132,8 +132,13 @@ impl ClientConn {
             let in_flight = InFlight::new(&worker.counters, permit);
             let request = Request {
                 bytes: request,
+                target: head.forward_target.clone(),
+                host: head.forward_host.clone(),
                 head: head.method == Method::Head,
-                deadline: started + timeout,
+                started,
+                deadline: started + route.timeout,
+                floor: route.floor,
+                backends: route.backends,
             };
             let outcome = scatter(worker, &plan, request).await;
             drop(in_flight);
@@ -143,14 +148,24 @@ impl ClientConn {
             let conn = conn_header(closing);
 
             let written = match outcome {
-                Outcome::Chosen(Winner { backend, reply, .. }) => {
+                Outcome::Chosen(Winner {
+                    backend,
+                    reply,
+                    value,
+                    second,
+                }) => {
                     self.out.clear();
+                    let chosen = Chosen {
+                        backend: &plan.backends[backend].name,
+                        value,
+                        second,
+                    };
                     client_response(
                         &mut self.out,
                         reply.raw_head(),
                         &reply.head,
                         reply.body(),
-                        &plan.backends[backend].name,
+                        &chosen,
                         conn,
                     );
                     drop(reply);

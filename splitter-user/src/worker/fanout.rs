@@ -9,16 +9,18 @@
 //! its end there and its connection returned to the pool, or closed after [`LATE_GRACE`].
 
 use std::future::{poll_fn, Future};
+use std::ops::Range;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use super::backend_conn::{exchange, BackendConn, Response};
-use super::backend_pool::{Backend, ConnSource, Route};
+use super::backend_pool::{Backend, ConnSource, Options, Route};
 use super::buffers::{self, Shared};
 use super::{Plan, Worker};
 use crate::scatter::exchange::{BackendId, BackendOutcome, Exchange, Outcome, Skip, Winner};
+use crate::scatter::select::Invalid;
 
 /// How long past its request's deadline a late reply may take to arrive and be drained so its
 /// connection can be reused; past that the connection is closed. Late replies are common (that
@@ -27,12 +29,49 @@ const LATE_GRACE: Duration = Duration::from_secs(1);
 
 /// One request to scatter.
 pub struct Request {
-    /// The bytes every backend gets.
+    /// The bytes every backend gets (but those with their own `host` or `path_prefix`).
     pub bytes: Shared,
+    /// Where the target and the `Host` value are in `bytes`.
+    pub target: Range<usize>,
+    /// See `target`.
+    pub host: Range<usize>,
     /// A `HEAD`: responses have no body (and so none is valid).
     pub head: bool,
-    /// When the client gets its answer at the latest.
+    /// When the whole request had been read: the deadlines count from here.
+    pub started: Instant,
+    /// When the client gets its answer at the latest (the route's deadline).
     pub deadline: Instant,
+    /// The route's floor.
+    pub floor: Option<f64>,
+    /// The route's backends, one bit each.
+    pub backends: u16,
+}
+
+impl Request {
+    /// The bytes `backend` gets: the shared ones, or for a backend with its own `host` or
+    /// `path_prefix`, a copy with those changed.
+    fn bytes_for(&self, options: &Options) -> Shared {
+        if !options.rewrites() {
+            return self.bytes.clone();
+        }
+        let b = &self.bytes;
+        let prefix = options.path_prefix.as_deref().unwrap_or_default();
+        let host = options.host.as_deref().unwrap_or(&b[self.host.clone()]);
+        let mut out = buffers::take(b.len() + prefix.len() + host.len());
+        out.extend_from_slice(&b[..self.target.start]);
+        out.extend_from_slice(prefix);
+        out.extend_from_slice(&b[self.target.start..self.host.start]);
+        out.extend_from_slice(host);
+        out.extend_from_slice(&b[self.host.end..]);
+        Shared::new(out)
+    }
+
+    /// `backend`'s deadline: its own, capped by the route's.
+    fn deadline_for(&self, options: &Options) -> Instant {
+        options
+            .timeout
+            .map_or(self.deadline, |t| (self.started + t).min(self.deadline))
+    }
 }
 
 /// How one backend call ended.
@@ -55,17 +94,35 @@ type Call = Pin<Box<dyn Future<Output = (BackendId, CallEnd)>>>;
 /// deadline. Counts each backend's outcome and the win.
 pub async fn scatter(worker: &Rc<Worker>, plan: &Rc<Plan>, request: Request) -> Outcome<Response> {
     let request = Rc::new(request);
-    let mut exchange = Exchange::new(plan.backends.len(), request.deadline, &plan.selection);
-    let mut calls: Vec<Call> = (0..plan.backends.len())
-        .map(|id| -> Call {
-            Box::pin(call(
-                Rc::clone(worker),
-                Rc::clone(plan),
-                id,
-                Rc::clone(&request),
-            ))
-        })
-        .collect();
+    let mut exchange = Exchange::new(request.deadline, &plan.selection, request.floor);
+    let mut calls: Vec<Call> = Vec::with_capacity(plan.backends.len());
+    for (id, backend) in plan.backends.iter().enumerate() {
+        if request.backends & (1 << id) == 0 {
+            continue;
+        }
+        let options = Rc::clone(&backend.options.borrow());
+        let deadline = request.deadline_for(&options);
+        let call = call(
+            Rc::clone(worker),
+            Rc::clone(plan),
+            id,
+            Rc::clone(&request),
+            deadline,
+        );
+        if options.shadow {
+            // Never waited for, never a winner: measured on a task of its own.
+            let worker = Rc::clone(worker);
+            let plan = Rc::clone(plan);
+            let floor = request.floor;
+            tokio::task::spawn_local(async move {
+                let (id, end) = call.await;
+                shadow_outcome(&worker, &plan, id, end, deadline, floor);
+            });
+            continue;
+        }
+        exchange.expect(id, deadline);
+        calls.push(Box::pin(call));
+    }
 
     // The one timer, armed at what the exchange asks for (with backends, always its deadline).
     let mut timer = pin!(tokio::time::sleep_until(request.deadline.into()));
@@ -132,18 +189,70 @@ pub async fn scatter(worker: &Rc<Worker>, plan: &Rc<Plan>, request: Request) -> 
     let counters = &worker.counters;
     let now = Instant::now();
     for (id, b) in plan.backends.iter().enumerate() {
-        let outcome = exchange.backend_outcome(id);
-        counters.backend_outcome(b.slot, outcome);
-        match outcome {
-            BackendOutcome::Valid | BackendOutcome::Invalid => b.record(true, now),
-            BackendOutcome::Timeout | BackendOutcome::Error => b.record(false, now),
-            BackendOutcome::Ejected | BackendOutcome::Overloaded => {}
+        if request.backends & (1 << id) == 0 || b.options.borrow().shadow {
+            continue;
         }
+        count(
+            worker,
+            b,
+            exchange.backend_outcome(id),
+            exchange.invalid_because(id),
+            now,
+        );
     }
     if let Outcome::Chosen(Winner { backend, .. }) = &outcome {
         counters.win(plan.backends[*backend].slot);
     }
     outcome
+}
+
+/// Counts how backend `b` did in one request, and tells its health.
+fn count(
+    worker: &Worker,
+    b: &Backend,
+    outcome: BackendOutcome,
+    invalid: Option<Invalid>,
+    now: Instant,
+) {
+    worker.counters.backend_outcome(b.slot, outcome);
+    if let Some(why) = invalid {
+        worker.counters.backend_invalid(b.slot, why);
+    }
+    match outcome {
+        BackendOutcome::Valid | BackendOutcome::Invalid => b.record(true, now),
+        BackendOutcome::Timeout | BackendOutcome::Error => b.record(false, now),
+        BackendOutcome::Ejected | BackendOutcome::Overloaded => {}
+    }
+}
+
+/// How a shadow backend did, judged as if it counted: a reply after its deadline is a timeout.
+fn shadow_outcome(
+    worker: &Worker,
+    plan: &Plan,
+    id: BackendId,
+    end: CallEnd,
+    deadline: Instant,
+    floor: Option<f64>,
+) {
+    let now = Instant::now();
+    let (outcome, invalid) = match end {
+        CallEnd::Reply { .. } | CallEnd::Failed | CallEnd::GaveUp if now >= deadline => {
+            (BackendOutcome::Timeout, None)
+        }
+        CallEnd::Reply { response, .. } => {
+            let scratch = &mut worker.scratch.borrow_mut();
+            match plan.selection.judge(&response, floor, scratch) {
+                Ok(_) => (BackendOutcome::Valid, None),
+                Err(why) => (BackendOutcome::Invalid, Some(why)),
+            }
+        }
+        CallEnd::Failed => (BackendOutcome::Error, None),
+        CallEnd::GaveUp => (BackendOutcome::Timeout, None),
+        CallEnd::Skipped(Skip::Ejected) => (BackendOutcome::Ejected, None),
+        CallEnd::Skipped(Skip::Overloaded) => (BackendOutcome::Overloaded, None),
+    };
+    let invalid = invalid.filter(|why| matches!(why, Invalid::BelowFloor | Invalid::Encoding));
+    count(worker, &plan.backends[id], outcome, invalid, now);
 }
 
 /// One backend's part of one request: a pooled or new connection, one exchange, a reply. The
@@ -155,6 +264,7 @@ async fn call(
     plan: Rc<Plan>,
     id: BackendId,
     request: Rc<Request>,
+    deadline: Instant,
 ) -> (BackendId, CallEnd) {
     let backend = &plan.backends[id];
     let mut conn = match backend.route(Instant::now()) {
@@ -170,7 +280,7 @@ async fn call(
         Route::Send(ConnSource::Pooled(conn)) => conn,
         Route::Send(ConnSource::New(open)) => {
             let connect = BackendConn::connect(backend.addr, worker.uring, open);
-            match tokio::time::timeout_at(request.deadline.into(), connect).await {
+            match tokio::time::timeout_at(deadline.into(), connect).await {
                 Ok(Ok(conn)) => conn,
                 Ok(Err(_)) => return (id, CallEnd::Failed),
                 // The deadline passed while connecting: the request counts it as a timeout.
@@ -178,13 +288,9 @@ async fn call(
             }
         }
     };
-    let give_up = request.deadline + LATE_GRACE;
-    let exchanged = exchange(
-        &mut conn,
-        request.bytes.clone(),
-        request.head,
-        plan.max_response_bytes,
-    );
+    let give_up = deadline + LATE_GRACE;
+    let bytes = request.bytes_for(&backend.options.borrow());
+    let exchanged = exchange(&mut conn, bytes, request.head, plan.max_response_bytes);
     match tokio::time::timeout_at(give_up.into(), exchanged).await {
         Ok(Ok((response, reusable))) => {
             let kept = reusable && backend.put(conn, Instant::now());
