@@ -12,6 +12,30 @@ use std::process::Command;
 
 use splitter_common::EBPF_TOOLCHAIN;
 
+/// The commit being built, for `splitter_build_info`: `SPLITTER_COMMIT` when set (a package
+/// build from a tarball), else `git rev-parse`, else `unknown`.
+fn commit() -> String {
+    println!("cargo::rerun-if-env-changed=SPLITTER_COMMIT");
+    if let Ok(commit) = std::env::var("SPLITTER_COMMIT") {
+        return commit;
+    }
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    // Rebuild when HEAD moves (the file lives under the git directory, worktrees included).
+    if let Some(head) = git(&["rev-parse", "--git-path", "HEAD"]) {
+        let head = Path::new(env!("CARGO_MANIFEST_DIR")).join(head);
+        println!("cargo::rerun-if-changed={}", head.display());
+    }
+    git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into())
+}
+
 /// Name of the object (the `splitter-ebpf` bin target) in `OUT_DIR`.
 const OBJECT: &str = "splitter-ebpf";
 
@@ -21,6 +45,7 @@ fn main() {
     println!("cargo::rerun-if-env-changed=SPLITTER_NO_EBPF");
     println!("cargo::rerun-if-env-changed=AYA_BUILD_SKIP");
     println!("cargo::rerun-if-env-changed=PATH");
+    println!("cargo::rustc-env=SPLITTER_COMMIT={}", commit());
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

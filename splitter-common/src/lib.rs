@@ -14,6 +14,9 @@ use bytemuck::{Pod, Zeroable};
 /// Most backends a configuration may name (SPEC section 6: 1 to 16).
 pub const MAX_BACKENDS: usize = 16;
 
+/// Most routes a configuration may have: each has its own counters.
+pub const MAX_ROUTES: usize = 32;
+
 /// Most workers (one per CPU) whose counters the metrics map holds.
 pub const MAX_WORKERS: usize = 256;
 
@@ -92,6 +95,23 @@ pub struct BackendCounters {
     pub below_floor: u64,
     /// Of the `invalid` ones: a `Content-Encoding` that is not gzip or deflate, or does not decode.
     pub bad_encoding: u64,
+    /// Gauge: idle connections in this worker's pool for the backend.
+    pub pool_idle: u64,
+    /// Reply time histogram (not cumulative), from the request's start to the whole reply, late
+    /// replies included; indexed by [`latency_slot`].
+    pub latency_buckets: [u64; LATENCY_BOUNDS_US.len() + 1],
+    /// Sum of the reply times, in microseconds.
+    pub latency_sum_us: u64,
+}
+
+/// One route's counters, indexed by the route's metrics slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct RouteCounters {
+    /// Requests routed here.
+    pub requests: u64,
+    /// Of them, answered `204 No Content`.
+    pub no_content: u64,
 }
 
 /// One worker's counters and gauges. Each worker is the only writer of its own value; readers
@@ -121,6 +141,10 @@ pub struct WorkerMetrics {
     pub latency_sum_us: u64,
     /// Connections closed for reading too slowly (`header_timeout_ms`) or idling (`idle_timeout_ms`).
     pub client_timeouts: u64,
+    /// Responses written more than 10 ms after their deadline.
+    pub deadline_misses: u64,
+    /// Per-route counters, indexed by the route's metrics slot.
+    pub routes: [RouteCounters; MAX_ROUTES],
 }
 
 impl Default for WorkerMetrics {

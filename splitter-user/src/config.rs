@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use splitter_common::MAX_BACKENDS;
+use splitter_common::{MAX_BACKENDS, MAX_ROUTES};
 
 use crate::scatter::route::Route;
 use crate::scatter::select::{Prefer, Selection, Selector};
@@ -711,6 +711,12 @@ fn routes(
             "at least one [[route]] table is required, e.g. `path_prefix = \"/\"`",
         ));
     }
+    if tables.len() > MAX_ROUTES {
+        return Err(Invalid::new(
+            "route",
+            format!("at most {MAX_ROUTES} routes, got {}", tables.len()),
+        ));
+    }
     let mut routes: Vec<Route> = Vec::with_capacity(tables.len());
     for (i, table) in tables.into_iter().enumerate() {
         let key = |field: &str| format!("route[{i}].{field}");
@@ -765,6 +771,7 @@ fn routes(
             timeout: Duration::from_millis(timeout_ms),
             floor: table.floor.or(floor),
             backends: mask,
+            slot: i,
         });
     }
     Ok(routes)
@@ -966,12 +973,14 @@ timeout_ms = 450
                     timeout: Duration::from_millis(80),
                     floor: None,
                     backends: 0b11,
+                    slot: 0,
                 },
                 Route {
                     path_prefix: "/".into(),
                     timeout: Duration::from_millis(450),
                     floor: None,
                     backends: 0b11,
+                    slot: 1,
                 },
             ]
         );
@@ -1031,6 +1040,7 @@ timeout_ms = 450
                     timeout: Duration::from_millis(450),
                     floor: None,
                     backends: 0b1,
+                    slot: 0,
                 }],
                 steering: SteeringConfig {
                     mode: SteeringMode::Auto,

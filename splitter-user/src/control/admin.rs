@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use crate::http1::limits::Limits;
 use crate::http1::request::{parse_request, Method};
-use crate::metrics::Renderer;
+use crate::metrics::{Format, Renderer};
 use crate::worker::listener::AcceptBackoff;
 
 /// An admin request must arrive whole within this time.
@@ -61,6 +61,23 @@ pub async fn serve(listener: TcpListener, renderer: Renderer, draining: watch::R
     }
 }
 
+/// The value of the `Accept` field of a request head that parsed.
+fn accept(head: &[u8]) -> Option<&[u8]> {
+    let mut headers = [httparse::EMPTY_HEADER; crate::http1::limits::MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    // Leading empty lines were allowed by the parse that accepted the head; skip them here too.
+    let start = head
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(0);
+    request.parse(&head[start..]).ok()?;
+    request
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("accept"))
+        .map(|h| h.value)
+}
+
 /// A descriptor to give back when the process has none left.
 fn reserve_fd() -> Option<std::fs::File> {
     std::fs::File::open("/dev/null").ok()
@@ -70,7 +87,7 @@ async fn handle(mut stream: TcpStream, renderer: &Renderer, draining: bool) -> s
     let mut buf = Vec::with_capacity(1024);
     let mut forward = Vec::new();
     let mut head_only = false;
-    let (status, content_type, body) = loop {
+    let (status, content_type, body): (u16, &str, String) = loop {
         if stream.read_buf(&mut buf).await? == 0 {
             return Ok(());
         }
@@ -81,11 +98,10 @@ async fn handle(mut stream: TcpStream, renderer: &Renderer, draining: bool) -> s
                 head_only = head.method == Method::Head;
                 let get = matches!(head.method, Method::Get | Method::Head);
                 break match (head.path(&buf), get) {
-                    (b"/metrics", true) => (
-                        200,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                        renderer.render(),
-                    ),
+                    (b"/metrics", true) => {
+                        let format = Format::for_accept(accept(&buf[..head.head_len]));
+                        (200, format.content_type(), renderer.render(format))
+                    }
                     (b"/healthz", true) if draining => (503, "text/plain", "draining\n".into()),
                     (b"/healthz", true) => (200, "text/plain", "ok\n".into()),
                     (_, true) => (404, "text/plain", "not found\n".into()),

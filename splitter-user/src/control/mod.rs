@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use splitter_common::MAX_BACKENDS;
+use splitter_common::{MAX_BACKENDS, MAX_ROUTES};
 use tokio::sync::{oneshot, watch};
 
 use crate::config::{Config, IoMode};
@@ -32,10 +32,8 @@ pub struct Server {
     admin_stop: Option<oneshot::Sender<()>>,
     admin_thread: Option<JoinHandle<()>>,
     renderer: Renderer,
-    /// Backend name of each metrics slot.
-    slots: std::sync::Mutex<Vec<Option<String>>>,
-    /// What the running configuration cannot change without a restart.
-    fixed: Fixed,
+    /// Backend name and route prefix of each metrics slot.
+    slots: std::sync::Mutex<Slots>,
     /// The I/O shell the workers run.
     io: Shell,
     /// How new connections reach the workers.
@@ -88,22 +86,28 @@ impl Shell {
     }
 }
 
-/// The settings a reload cannot change (sockets and threads are made at start).
-#[derive(PartialEq, Debug)]
-struct Fixed {
-    listen: SocketAddr,
-    admin_listen: SocketAddr,
-    workers: usize,
+/// Which backend name and which route prefix has each metrics slot, kept across reloads.
+#[derive(Default)]
+struct Slots {
+    backends: Vec<Option<String>>,
+    routes: Vec<Option<String>>,
 }
 
-impl Fixed {
-    fn of(config: &Config) -> Fixed {
-        Fixed {
-            listen: config.listen,
-            admin_listen: config.admin_listen,
-            workers: config.workers,
-        }
-    }
+/// The keys a reload cannot change that differ between `old` and `new`: sockets, threads, the
+/// I/O shell, steering and logging are set up once, at start.
+fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
+    [
+        ("listen", old.listen != new.listen),
+        ("admin_listen", old.admin_listen != new.admin_listen),
+        ("workers", old.workers != new.workers),
+        ("io", old.io != new.io),
+        ("log_level", old.log_level != new.log_level),
+        ("log_format", old.log_format != new.log_format),
+        ("steering", old.steering != new.steering),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
 }
 
 /// Number of worker threads for a `workers` setting (0: one per online CPU).
@@ -136,9 +140,8 @@ impl Server {
             .context("`steering.mode = \"ebpf\"` cannot run here")?;
         let region = steered.region;
         let renderer = Renderer::new(Arc::clone(&region));
-        let mut slots = vec![None; MAX_BACKENDS];
+        let mut slots = Slots::default();
         let loaded = Arc::new(Self::assign(&mut slots, &renderer, config));
-        let fixed = Fixed::of(&loaded.config);
         let drain_timeout = drain_timeout(&loaded.config);
         let max_in_flight = loaded.config.max_in_flight;
         let admission = Admission::new(max_in_flight);
@@ -191,7 +194,6 @@ impl Server {
             admin_thread: Some(admin_thread),
             renderer,
             slots: std::sync::Mutex::new(slots),
-            fixed,
             io,
             steering: steered.mode,
             admission,
@@ -199,21 +201,31 @@ impl Server {
         })
     }
 
-    /// Gives each backend of `config` a metrics slot, keeping the slots of names already known.
-    fn assign(slots: &mut Vec<Option<String>>, renderer: &Renderer, config: Config) -> Loaded {
+    /// Gives each backend and route of `config` a metrics slot, keeping the slots of names
+    /// (and route prefixes) already known.
+    fn assign(slots: &mut Slots, renderer: &Renderer, mut config: Config) -> Loaded {
         let names: Vec<&str> = config.backends.iter().map(|b| b.name.as_str()).collect();
-        *slots = assign_slots(slots, &names);
-        renderer.set_backend_names(slots.clone());
-        let slots = names
+        slots.backends = assign_slots(&slots.backends, &names, MAX_BACKENDS);
+        let backend_slots = slot_of(&slots.backends, &names);
+        let prefixes: Vec<String> = config
+            .routes
             .iter()
-            .map(|n| {
-                slots
-                    .iter()
-                    .position(|s| s.as_deref() == Some(n))
-                    .expect("every name has a slot")
-            })
+            .map(|r| r.path_prefix.clone())
             .collect();
-        Loaded { config, slots }
+        let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+        slots.routes = assign_slots(&slots.routes, &prefixes, MAX_ROUTES);
+        for (route, slot) in config
+            .routes
+            .iter_mut()
+            .zip(slot_of(&slots.routes, &prefixes))
+        {
+            route.slot = slot;
+        }
+        renderer.set_names(slots.backends.clone(), slots.routes.clone());
+        Loaded {
+            config,
+            slots: backend_slots,
+        }
     }
 
     /// The client-facing address (with the real port when the configuration asked for port 0).
@@ -241,22 +253,34 @@ impl Server {
         &self.renderer
     }
 
-    /// Applies a new configuration: backends, routes, selection and limits change for requests
-    /// that start from now on; connections stay open. Settings fixed at start are reported.
-    pub fn reload(&self, config: Config) {
-        if Fixed::of(&config) != self.fixed {
+    /// Applies a file reloaded from `path` in place of `old`: backends, routes, selection and
+    /// limits change for requests that start from now on; connections stay open. Changed keys
+    /// that only a restart applies are named in the log.
+    pub fn reload(&self, old: &Config, config: Config, path: &Path) {
+        let fixed = restart_keys(old, &config);
+        if !fixed.is_empty() {
             tracing::warn!(
-                "reload: `listen`, `admin_listen` and `workers` apply only at the next start"
+                keys = %fixed.join(", "),
+                "reload: these changed keys apply only at the next restart"
             );
         }
+        tracing::info!(
+            backends = config.backends.len(),
+            routes = config.routes.len(),
+            "configuration reloaded"
+        );
+        self.apply(config);
+        self.renderer.reloaded(true);
+        if let Ok(bytes) = std::fs::read(path) {
+            self.renderer.set_config_hash(&bytes);
+        }
+    }
+
+    /// Hands a configuration to the workers.
+    pub fn apply(&self, config: Config) {
         let mut slots = self.slots.lock().expect("slots lock");
         self.admission.set_limit(config.max_in_flight);
         let loaded = Self::assign(&mut slots, &self.renderer, config);
-        tracing::info!(
-            backends = loaded.config.backends.len(),
-            routes = loaded.config.routes.len(),
-            "configuration reloaded"
-        );
         self.config_tx.send_replace(Arc::new(loaded));
     }
 
@@ -282,6 +306,57 @@ impl Server {
     }
 }
 
+/// Ticks every `dns_refresh_s`, first one period from now.
+fn dns_timer(config: &Config) -> tokio::time::Interval {
+    let every = config.dns_refresh;
+    let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    timer
+}
+
+/// Resolves the backends given by host name again; the configuration with their new addresses
+/// when one moved, else `None`. A failed resolution keeps the address it had: a resolver outage
+/// must not take a backend away.
+async fn resolve_again(config: &Config) -> Option<Config> {
+    let names: Vec<(usize, String)> = config
+        .backends
+        .iter()
+        .enumerate()
+        .filter_map(|(i, b)| b.host_name.clone().map(|name| (i, name)))
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    let resolved = tokio::task::spawn_blocking(move || {
+        names
+            .into_iter()
+            .map(|(i, name)| (i, crate::config::resolve(&name)))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .ok()?;
+    let mut moved = config.clone();
+    let mut changed = false;
+    for (i, result) in resolved {
+        let backend = &mut moved.backends[i];
+        match result {
+            Ok(address) if address != backend.address => {
+                tracing::info!(
+                    backend = %backend.name,
+                    from = %backend.address,
+                    to = %address,
+                    "backend address changed: new connections go to the new one, the old drain"
+                );
+                backend.address = address;
+                changed = true;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(backend = %backend.name, error = %e, "cannot resolve again"),
+        }
+    }
+    changed.then_some(moved)
+}
+
 /// How long a draining worker waits for requests in progress: the longest route deadline plus
 /// the time a late reply may take to drain, plus slack.
 fn drain_timeout(config: &Config) -> Duration {
@@ -294,24 +369,37 @@ fn drain_timeout(config: &Config) -> Duration {
     longest + Duration::from_secs(2)
 }
 
-/// The new slot table: names already there keep their slot, names gone free theirs, new names
-/// take the first free one. `names` has at most `MAX_BACKENDS` entries (validated).
-pub fn assign_slots(old: &[Option<String>], names: &[&str]) -> Vec<Option<String>> {
+/// The new slot table of `size` slots: names already there keep their slot, names gone free
+/// theirs, new names take the first free one. `names` has at most `size` entries (validated).
+pub fn assign_slots(old: &[Option<String>], names: &[&str], size: usize) -> Vec<Option<String>> {
     let mut table: Vec<Option<String>> = old
         .iter()
         .map(|s| s.clone().filter(|s| names.contains(&s.as_str())))
         .collect();
-    table.resize(MAX_BACKENDS, None);
+    table.resize(size, None);
     for name in names {
         if !table.iter().any(|s| s.as_deref() == Some(name)) {
             let free = table
                 .iter()
                 .position(Option::is_none)
-                .expect("at most MAX_BACKENDS backends");
+                .expect("no more names than slots");
             table[free] = Some(name.to_string());
         }
     }
     table
+}
+
+/// Where each of `names` sits in `table`.
+fn slot_of(table: &[Option<String>], names: &[&str]) -> Vec<usize> {
+    names
+        .iter()
+        .map(|n| {
+            table
+                .iter()
+                .position(|s| s.as_deref() == Some(n))
+                .expect("every name has a slot")
+        })
+        .collect()
 }
 
 /// CPUs this process may run on, in order, for pinning workers.
@@ -337,6 +425,9 @@ pub fn run(path: &Path, config: Config) -> anyhow::Result<()> {
     // Handlers first: a SIGHUP that arrives during start-up must reload, not kill.
     let mut signals = rt.block_on(async { signals::Signals::new() })?;
     let server = Server::start(config.clone())?;
+    if let Ok(bytes) = std::fs::read(path) {
+        server.renderer().set_config_hash(&bytes);
+    }
     tracing::info!(
         listen = %server.listen_addr(),
         admin = %server.admin_addr(),
@@ -363,13 +454,38 @@ pub fn run(path: &Path, config: Config) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "cannot notify systemd of readiness");
     }
     rt.block_on(async {
-        while signals.next().await == signals::Signal::Reload {
-            match Config::load(path) {
-                Ok(config) => server.reload(config),
-                Err(e) => tracing::error!(
-                    error = %e,
-                    "reload refused, the running configuration stays"
-                ),
+        let mut current = config;
+        let mut refresh = dns_timer(&current);
+        loop {
+            tokio::select! {
+                signal = signals.next() => match signal {
+                    signals::Signal::Shutdown => break,
+                    signals::Signal::Reload => {
+                        // systemd: `systemctl reload` returns once READY=1 follows.
+                        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+                        match Config::load(path) {
+                            Ok(config) => {
+                                server.reload(&current, config.clone(), path);
+                                refresh = dns_timer(&config);
+                                current = config;
+                            }
+                            Err(e) => {
+                                server.renderer().reloaded(false);
+                                tracing::error!(
+                                    error = %e,
+                                    "reload refused, the running configuration stays"
+                                );
+                            }
+                        }
+                        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+                    }
+                },
+                _ = refresh.tick() => {
+                    if let Some(resolved) = resolve_again(&current).await {
+                        server.apply(resolved.clone());
+                        current = resolved;
+                    }
+                }
             }
         }
     });
@@ -387,11 +503,11 @@ mod tests {
 
     #[test]
     fn slots_stay_with_their_names() {
-        let t = assign_slots(&[], &["a", "b"]);
+        let t = assign_slots(&[], &["a", "b"], MAX_BACKENDS);
         assert_eq!(t[0].as_deref(), Some("a"));
         assert_eq!(t[1].as_deref(), Some("b"));
         // `a` goes, `c` comes: `b` keeps slot 1, `c` takes the freed slot 0.
-        let t = assign_slots(&t, &["b", "c"]);
+        let t = assign_slots(&t, &["b", "c"], MAX_BACKENDS);
         assert_eq!(t[0].as_deref(), Some("c"));
         assert_eq!(t[1].as_deref(), Some("b"));
         assert_eq!(t.len(), MAX_BACKENDS);

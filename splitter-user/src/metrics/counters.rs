@@ -5,7 +5,10 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use splitter_common::{latency_slot, status_slot, BackendCounters, WorkerMetrics, MAX_BACKENDS};
+use splitter_common::{
+    latency_slot, status_slot, BackendCounters, RouteCounters, WorkerMetrics, MAX_BACKENDS,
+    MAX_ROUTES,
+};
 
 use super::MetricsRegion;
 use crate::scatter::exchange::BackendOutcome;
@@ -77,6 +80,44 @@ impl WorkerCounters {
             unsafe { &raw mut (*self.cell()).latency_sum_us },
             elapsed_us,
         );
+    }
+
+    /// A response left more than 10 ms after its deadline.
+    pub fn deadline_miss(&self) {
+        bump(unsafe { &raw mut (*self.cell()).deadline_misses }, 1);
+    }
+
+    /// A request was routed to the route of metrics slot `slot`; `no_content`: it got a 204.
+    pub fn route(&self, slot: usize, no_content: bool) {
+        debug_assert!(slot < MAX_ROUTES);
+        // SAFETY: in bounds of the cell (slot < MAX_ROUTES is a config invariant).
+        let r = unsafe {
+            (&raw mut (*self.cell()).routes)
+                .cast::<RouteCounters>()
+                .add(slot)
+        };
+        bump(unsafe { &raw mut (*r).requests }, 1);
+        if no_content {
+            bump(unsafe { &raw mut (*r).no_content }, 1);
+        }
+    }
+
+    /// Backend `slot`'s whole reply came `elapsed_us` after its request started.
+    pub fn backend_latency(&self, slot: usize, elapsed_us: u64) {
+        let b = self.backend(slot);
+        let i = latency_slot(elapsed_us);
+        bump(
+            unsafe { (&raw mut (*b).latency_buckets).cast::<u64>().add(i) },
+            1,
+        );
+        bump(unsafe { &raw mut (*b).latency_sum_us }, elapsed_us);
+    }
+
+    /// Gauge: backend `slot` has `idle` connections in this worker's pool.
+    pub fn pool_idle(&self, slot: usize, idle: usize) {
+        // SAFETY: in bounds (see `backend`); this worker is the only writer.
+        unsafe { AtomicU64::from_ptr(&raw mut (*self.backend(slot)).pool_idle) }
+            .store(idle as u64, Ordering::Relaxed);
     }
 
     /// Gauge of requests in progress: `+1` when one starts, `-1` when it is answered.

@@ -1,8 +1,14 @@
-//! Prometheus text exposition of the summed cells, for the admin endpoint (control plane, off the
-//! hot path). Backend labels come from the current configuration, so a reload renames them.
+//! The exposition of the summed cells, for the admin endpoint (control plane, off the hot path):
+//! OpenMetrics text, or the Prometheus text format 0.0.4 derived from it, each served with its
+//! own content type. Backend and route labels come from the current configuration. Process
+//! figures (RSS, descriptors), the build, reloads and the configuration's hash are read or
+//! kept here, at scrape time.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use sha2::{Digest as _, Sha256};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -10,16 +16,58 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use splitter_common::{BackendCounters, WorkerMetrics, LATENCY_BOUNDS_US, MAX_BACKENDS, STATUSES};
+use splitter_common::{BackendCounters, RouteCounters, WorkerMetrics, LATENCY_BOUNDS_US, STATUSES};
 
 use super::MetricsRegion;
 
-/// Renders the region as Prometheus text; backend labels come from the current configuration.
+/// Renders the region; labels come from the current configuration.
 #[derive(Clone)]
 pub struct Renderer {
     region: Arc<MetricsRegion>,
-    /// Backend name of each metrics slot, replaced on reload.
-    names: Arc<std::sync::RwLock<Vec<Option<String>>>>,
+    /// Backend name and route prefix of each metrics slot, replaced on reload.
+    names: Arc<RwLock<Names>>,
+    /// Reloads applied, and refused.
+    reloads: Arc<[AtomicU64; 2]>,
+    /// SHA-256 of the configuration file running, in hex (what `sha256sum` prints).
+    config_hash: Arc<RwLock<String>>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Names {
+    backends: Vec<Option<String>>,
+    routes: Vec<Option<String>>,
+}
+
+/// The two text formats `/metrics` speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0, for a scraper that asks for it (`Accept: application/openmetrics-text`).
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4, for everyone else.
+    Prometheus,
+}
+
+impl Format {
+    /// The format a scraper's `Accept` field value asks for.
+    pub fn for_accept(accept: Option<&[u8]>) -> Format {
+        let wants = accept.is_some_and(|a| {
+            a.windows(b"application/openmetrics-text".len())
+                .any(|w| w.eq_ignore_ascii_case(b"application/openmetrics-text"))
+        });
+        if wants {
+            Format::OpenMetrics
+        } else {
+            Format::Prometheus
+        }
+    }
+
+    /// The `Content-Type` of a body in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
 }
 
 impl Renderer {
@@ -27,26 +75,48 @@ impl Renderer {
     pub fn new(region: Arc<MetricsRegion>) -> Self {
         Renderer {
             region,
-            names: Arc::new(std::sync::RwLock::new(vec![None; MAX_BACKENDS])),
+            names: Arc::new(RwLock::new(Names::default())),
+            reloads: Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
+            config_hash: Arc::new(RwLock::new(String::new())),
         }
     }
 
-    /// Names the backend slots after a (re)load: `names[slot]`.
-    pub fn set_backend_names(&self, names: Vec<Option<String>>) {
-        *self.names.write().expect("metrics names lock") = names;
+    /// Names the backend and route slots after a (re)load: `backends[slot]`, `routes[slot]`.
+    pub fn set_names(&self, backends: Vec<Option<String>>, routes: Vec<Option<String>>) {
+        *self.names.write().expect("metrics names lock") = Names { backends, routes };
     }
 
-    /// The exposition text of every metric.
-    pub fn render(&self) -> String {
+    /// A reload was applied (`true`) or refused.
+    pub fn reloaded(&self, applied: bool) {
+        self.reloads[usize::from(!applied)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The configuration file now running.
+    pub fn set_config_hash(&self, file: &[u8]) {
+        let hash = Sha256::digest(file);
+        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        *self.config_hash.write().expect("config hash lock") = hex;
+    }
+
+    /// The exposition text of every metric, in `format`.
+    pub fn render(&self, format: Format) -> String {
+        let names = self.names.read().expect("metrics names lock").clone();
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Snapshot {
             total: self.region.total(),
-            names: self.names.read().expect("metrics names lock").clone(),
+            backends: names.backends,
+            routes: names.routes,
+            reloads: [0, 1].map(|i| self.reloads[i].load(Ordering::Relaxed)),
+            config_hash: self.config_hash.read().expect("config hash lock").clone(),
+            process: Process::read(),
         }));
-        let mut out = String::with_capacity(8192);
+        let mut out = String::with_capacity(16384);
         prometheus_client::encoding::text::encode(&mut out, &registry)
             .expect("writing to a String cannot fail");
-        out
+        match format {
+            Format::OpenMetrics => out,
+            Format::Prometheus => prometheus_text(&out),
+        }
     }
 
     /// The summed counters, for the demo's summary and tests.
@@ -55,11 +125,95 @@ impl Renderer {
     }
 }
 
-/// One scrape: the summed cells and the labels to print them with.
+/// The Prometheus text format 0.0.4 of an OpenMetrics text: a counter family's `TYPE` and `HELP`
+/// name its samples (`_total`), there is no `UNIT` and no `# EOF`, and `info` is a gauge.
+fn prometheus_text(open_metrics: &str) -> String {
+    let mut counters: Vec<&str> = Vec::new();
+    for line in open_metrics.lines() {
+        if let Some(name) = line
+            .strip_prefix("# TYPE ")
+            .and_then(|rest| rest.strip_suffix(" counter"))
+        {
+            counters.push(name);
+        }
+    }
+    let mut out = String::with_capacity(open_metrics.len());
+    for line in open_metrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# TYPE ", "# HELP "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let tail = if prefix == "# TYPE " && tail == "info" {
+                    "gauge"
+                } else {
+                    tail
+                };
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(&name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The process's own figures, read at scrape time.
+#[derive(Debug, Default)]
+struct Process {
+    rss_bytes: u64,
+    open_fds: u64,
+    max_fds: u64,
+}
+
+impl Process {
+    fn read() -> Process {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+        let rss_pages = std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .unwrap_or(0);
+        // The directory listing's own descriptor is one of those counted.
+        let open_fds = std::fs::read_dir("/proc/self/fd")
+            .map(|d| d.count().saturating_sub(1) as u64)
+            .unwrap_or(0);
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: a valid pointer to an rlimit.
+        let max_fds = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
+            0 => limit.rlim_cur,
+            _ => 0,
+        };
+        Process {
+            rss_bytes: rss_pages * page,
+            open_fds,
+            max_fds,
+        }
+    }
+}
+
+/// One scrape: the summed cells, the labels to print them with, and the control plane's own.
 #[derive(Debug)]
 struct Snapshot {
     total: WorkerMetrics,
-    names: Vec<Option<String>>,
+    backends: Vec<Option<String>>,
+    routes: Vec<Option<String>>,
+    reloads: [u64; 2],
+    config_hash: String,
+    process: Process,
 }
 
 fn counter(
@@ -104,7 +258,7 @@ impl Collector for Snapshot {
             }
         }
         let backends: Vec<(usize, &str)> = self
-            .names
+            .backends
             .iter()
             .enumerate()
             .filter_map(|(slot, n)| n.as_deref().map(|n| (slot, n)))
@@ -249,8 +403,143 @@ impl Collector for Snapshot {
             "Client connections closed for sending too slowly or idling too long.",
             t.client_timeouts,
         )?;
+        counter(
+            &mut enc,
+            "splitter_deadline_misses",
+            "Responses written more than 10 ms after their deadline.",
+            t.deadline_misses,
+        )?;
+        let routes: Vec<(usize, &str)> = self
+            .routes
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, n)| n.as_deref().map(|n| (slot, n)))
+            .collect();
+        for (metric, help, field) in [
+            (
+                "splitter_route_requests",
+                "Requests routed to the route (its path prefix).",
+                (|r: &RouteCounters| r.requests) as fn(&RouteCounters) -> u64,
+            ),
+            (
+                "splitter_route_no_content",
+                "Requests of the route answered 204: no valid reply in time.",
+                |r: &RouteCounters| r.no_content,
+            ),
+        ] {
+            let mut m = enc.encode_descriptor(metric, help, None, MetricType::Counter)?;
+            for &(slot, prefix) in &routes {
+                let labels = [("route", prefix)];
+                ConstCounter::new(field(&t.routes[slot])).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "splitter_backend_duration_seconds",
+                "Time from a request's start to the backend's whole reply, late ones included.",
+                None,
+                MetricType::Histogram,
+            )?;
+            for &(slot, name) in &backends {
+                let b = &t.backends[slot];
+                let labels = [("backend", name)];
+                let family = m.encode_family(&labels)?;
+                let sum = b.latency_sum_us as f64 / 1e6;
+                histogram(
+                    family,
+                    sum,
+                    b.latency_buckets.iter().sum(),
+                    &buckets_of(&b.latency_buckets),
+                )?;
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "splitter_backend_pool_connections",
+                "Connections to the backend, all workers: open (busy or idle), idle (pooled).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for &(slot, name) in &backends {
+                let b = &t.backends[slot];
+                let open = b.connects.saturating_sub(b.closed);
+                for (state, n) in [("open", open), ("idle", b.pool_idle)] {
+                    let labels = [("backend", name), ("state", state)];
+                    ConstGauge::new(n as i64).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "splitter_reloads",
+                "Configuration reloads: success (applied) or failure (refused, the old one stays).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (result, n) in [("success", self.reloads[0]), ("failure", self.reloads[1])] {
+                ConstCounter::new(n).encode(m.encode_family(&[("result", result)])?)?;
+            }
+        }
+        {
+            let m = enc.encode_descriptor(
+                "splitter_config_info",
+                "The running configuration file's SHA-256 (as sha256sum prints it).",
+                None,
+                MetricType::Gauge,
+            )?;
+            let mut m = m;
+            let labels = [("hash", self.config_hash.as_str())];
+            ConstGauge::new(1).encode(m.encode_family(&labels)?)?;
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "splitter_build_info",
+                "The splitter build: version and commit.",
+                None,
+                MetricType::Gauge,
+            )?;
+            let labels = [
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("commit", env!("SPLITTER_COMMIT")),
+            ];
+            ConstGauge::new(1).encode(m.encode_family(&labels)?)?;
+        }
+        let p = &self.process;
+        gauge(
+            &mut enc,
+            "splitter_process_resident_memory_bytes",
+            "Resident memory of the process.",
+            p.rss_bytes,
+        )?;
+        gauge(
+            &mut enc,
+            "splitter_process_open_fds",
+            "File descriptors the process has open.",
+            p.open_fds,
+        )?;
+        gauge(
+            &mut enc,
+            "splitter_process_max_fds",
+            "The process's limit of open file descriptors (RLIMIT_NOFILE).",
+            p.max_fds,
+        )?;
         Ok(())
     }
+}
+
+/// `(upper bound in seconds, count)` of each histogram bucket; `f64::MAX` is the encoder's
+/// spelling of `+Inf`.
+fn buckets_of(counts: &[u64]) -> Vec<(f64, u64)> {
+    counts
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let upper = LATENCY_BOUNDS_US
+                .get(i)
+                .map_or(f64::MAX, |&us| us as f64 / 1e6);
+            (upper, n)
+        })
+        .collect()
 }
 
 fn histogram(
@@ -278,8 +567,11 @@ mod tests {
         h.backend_outcome(1, BackendOutcome::Error);
         h.latency(70_000);
         let r = Renderer::new(region);
-        r.set_backend_names(vec![Some("a".into()), Some("b".into())]);
-        let text = r.render();
+        r.set_names(
+            vec![Some("a".into()), Some("b".into())],
+            vec![Some("/".into())],
+        );
+        let text = r.render(Format::OpenMetrics);
         for line in [
             "splitter_requests_total 1",
             "splitter_responses_total{status=\"200\"} 1",
@@ -294,5 +586,65 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing `{line}` in:\n{text}");
         }
+    }
+
+    #[test]
+    fn both_formats_name_counters_by_their_samples() {
+        let region = MetricsRegion::heap(1);
+        region.handle(0).request();
+        let r = Renderer::new(region);
+        r.set_names(vec![Some("a".into())], vec![Some("/bid".into())]);
+        r.set_config_hash(b"listen = \"x\"\n");
+        r.reloaded(true);
+        let open = r.render(Format::OpenMetrics);
+        assert!(
+            open.contains("# TYPE splitter_requests counter\n"),
+            "{open}"
+        );
+        assert!(open.ends_with("# EOF\n"));
+        let text = r.render(Format::Prometheus);
+        assert!(
+            text.contains("# TYPE splitter_requests_total counter\n"),
+            "{text}"
+        );
+        assert!(text.contains("# HELP splitter_requests_total "), "{text}");
+        assert!(text.contains("splitter_requests_total 1\n"), "{text}");
+        assert!(!text.contains("# EOF"));
+        assert!(text.contains("# TYPE splitter_request_duration_seconds histogram\n"));
+        assert!(
+            text.contains("splitter_reloads_total{result=\"success\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("splitter_route_requests_total{route=\"/bid\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("splitter_build_info{version=\""), "{text}");
+        assert!(text.contains("splitter_process_open_fds "), "{text}");
+        assert!(
+            text.contains(
+                "splitter_backend_duration_seconds_bucket{le=\"0.08\",backend=\"a\"} 0\n"
+            ),
+            "{text}"
+        );
+        // sha256 of the file, as sha256sum prints it.
+        let hash = "splitter_config_info{hash=\"";
+        let at = text.find(hash).expect("config hash") + hash.len();
+        assert_eq!(text[at..].find('"'), Some(64));
+    }
+
+    #[test]
+    fn the_format_follows_the_accept_field() {
+        assert_eq!(Format::for_accept(None), Format::Prometheus);
+        assert_eq!(
+            Format::for_accept(Some(b"text/plain;version=0.0.4")),
+            Format::Prometheus
+        );
+        let prometheus =
+            b"application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
+        assert_eq!(Format::for_accept(Some(prometheus)), Format::OpenMetrics);
+        assert!(Format::OpenMetrics
+            .content_type()
+            .starts_with("application/openmetrics-text"));
     }
 }

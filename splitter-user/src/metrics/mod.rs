@@ -8,12 +8,12 @@
 //!
 //! - `region`: the memory the cells live in, heap or a mmap-ed BPF array map ([`MetricsRegion`]).
 //! - `counters`: the hot-path recording handle of one worker ([`WorkerCounters`]).
-//! - `exposition`: the Prometheus text of the summed cells, in the control plane ([`Renderer`]).
+//! - `exposition`: the exposition (OpenMetrics or Prometheus text) of the summed cells, in the control plane ([`Renderer`]).
 
 mod counters;
 mod exposition;
 mod region;
 
 pub use counters::WorkerCounters;
-pub use exposition::Renderer;
+pub use exposition::{Format, Renderer};
 pub use region::MetricsRegion;

@@ -16,6 +16,9 @@ pub struct Route {
     pub floor: Option<f64>,
     /// The backends this route fans out to, one bit per backend index (all by default).
     pub backends: u16,
+    /// Index of its counters in the metrics cell, given by the control plane so that a route
+    /// keeps its counters across reloads.
+    pub slot: usize,
 }
 
 /// Maps a request path to its [`Route`]: the longest matching prefix wins.
@@ -63,6 +66,7 @@ mod tests {
                 timeout: Duration::from_millis(ms),
                 floor: None,
                 backends: u16::MAX,
+                slot: 0,
             })
             .collect();
         RouteTable::new(routes)

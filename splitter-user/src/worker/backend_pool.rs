@@ -163,12 +163,15 @@ impl Backend {
     /// An idle connection that is still clean, if any; dirty ones are closed.
     fn take(&self) -> Option<BackendConn> {
         let mut idle = self.idle.borrow_mut();
+        let mut found = None;
         while let Some((conn, _)) = idle.pop() {
             if conn.is_clean() {
-                return Some(conn);
+                found = Some(conn);
+                break;
             }
         }
-        None
+        self.counters.pool_idle(self.slot, idle.len());
+        found
     }
 
     /// Returns a connection whose exchange ended cleanly. False when it was closed instead
@@ -179,6 +182,7 @@ impl Backend {
             return false;
         }
         idle.push((conn, now));
+        self.counters.pool_idle(self.slot, idle.len());
         true
     }
 
@@ -202,9 +206,12 @@ impl Backend {
     /// Closes idle connections the backend closed or sent something on, and those idle since
     /// before `idle_since`.
     fn sweep(&self, idle_since: Instant) {
-        self.idle
-            .borrow_mut()
-            .retain(|(conn, since)| *since >= idle_since && conn.is_clean());
+        let mut idle = self.idle.borrow_mut();
+        if idle.is_empty() {
+            return;
+        }
+        idle.retain(|(conn, since)| *since >= idle_since && conn.is_clean());
+        self.counters.pool_idle(self.slot, idle.len());
     }
 }
 
@@ -245,6 +252,7 @@ impl Backends {
         // What is left was removed: its idle connections close now, busy ones when done.
         for gone in previous.values() {
             gone.idle.borrow_mut().clear();
+            gone.counters.pool_idle(gone.slot, 0);
             if gone.health.borrow().is_ejected() {
                 gone.counters.backend_restored(gone.slot);
             }

@@ -33,6 +33,10 @@ pub async fn serve(worker: &Rc<Worker>, stream: Conn) {
     conn.run(worker).await;
 }
 
+/// How late past its deadline a response may leave before it counts as a deadline miss: the
+/// scheduling noise SPEC 3 allows.
+const DEADLINE_SLACK: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// What the response buffer keeps between requests: a bid reply and its head fit.
 const OUT_CAPACITY: usize = 4096;
 
@@ -147,6 +151,7 @@ impl ClientConn {
             let closing = closing || *worker.shutdown.borrow();
             let conn = conn_header(closing);
 
+            let no_content = matches!(outcome, Outcome::NoContent);
             let written = match outcome {
                 Outcome::Chosen(Winner {
                     backend,
@@ -173,6 +178,10 @@ impl ClientConn {
                 }
                 Outcome::NoContent => self.respond(worker, 204, conn, Some(started)).await,
             };
+            worker.counters.route(route.slot, no_content);
+            if Instant::now() > started + route.timeout + DEADLINE_SLACK {
+                worker.counters.deadline_miss();
+            }
             if !written || closing {
                 return;
             }
