@@ -28,7 +28,7 @@ pub const DEFAULT_CONFIG: &str = r#"# splitter configuration (TOML). Every key b
 # select without dropping connections.
 
 listen = "127.0.0.1:8080"          # client-facing listener: an IP address and a port
-admin_listen = "127.0.0.1:9090"    # GET /metrics (Prometheus text), GET /healthz
+admin_listen = "127.0.0.1:8405"    # GET /metrics (Prometheus text), GET /healthz
 workers = 0                        # data-plane threads; 0 = one per online CPU
 max_request_body = 262144          # bytes; a larger body gets 413
 max_header_bytes = 16384           # request line plus headers; larger gets 431
@@ -81,9 +81,11 @@ pin_dir = "/sys/fs/bpf/splitter"   # where the eBPF maps are pinned (bpftool map
 "#;
 
 /// `admin_listen`: loopback, because metrics and health are for the local scraper and
-/// balancer, not for the clients.
+/// balancer, not for the clients; port 8405, next to HAProxy's customary stats port 8404 and
+/// clear of the usual monitoring ports (Prometheus 9090, Pushgateway 9091, Alertmanager 9093,
+/// node_exporter 9100, Grafana 3000), which often run on the same host.
 pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9090);
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8405);
 /// `workers`: 0 lets the caller use one per online CPU, the thread-per-core design (SPEC 7).
 pub const DEFAULT_WORKERS: usize = 0;
 /// `max_request_body`: bids are 1 to 3 KB; 256 KiB is ample headroom, yet bounds the memory a
@@ -1004,7 +1006,7 @@ timeout_ms = 450
             config,
             Config {
                 listen: v4(0, 0, 0, 0, 8080),
-                admin_listen: v4(127, 0, 0, 1, 9090),
+                admin_listen: v4(127, 0, 0, 1, 8405),
                 workers: 0,
                 max_request_body: 262_144,
                 max_header_bytes: 16_384,

@@ -132,7 +132,7 @@ fn render_haproxy(
         } else if t.starts_with("server ") {
             rule(6, &mut used);
             let words: Vec<&str> = t.split_whitespace().collect();
-            assert_eq!(words[3..], ["check", "port", "9090"], "shipped: {t}");
+            assert_eq!(words[3..], ["check", "port", "8405"], "shipped: {t}");
             let (listen, admin) = servers[server_lines];
             server_lines += 1;
             Some(format!(
