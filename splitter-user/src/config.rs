@@ -42,6 +42,7 @@ send_timeout_ms = 10000            # a client that does not take a response with
 max_response_bytes = 1048576       # most bytes of one backend reply, on the wire and decoded
 backend_idle_timeout_ms = 4000     # idle pooled backend connections are closed after this
 dns_refresh_s = 30                 # backend host names are resolved again this often
+handover_socket = "/run/splitter/handover.sock"  # a restart takes the sockets over here; "" = off
 # Defaults of the per-backend keys of the same names (a [[backend]] may set its own):
 eject_after = 0                    # consecutive errors/timeouts that eject a backend; 0 = never
 max_connections = 1024             # connections per backend per worker; none free = `overloaded`
@@ -114,6 +115,9 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1 << 20;
 pub const DEFAULT_BACKEND_IDLE_TIMEOUT_MS: u64 = 4_000;
 /// `dns_refresh_s`: 30 s follows a moved backend within a typical record TTL.
 pub const DEFAULT_DNS_REFRESH_S: u64 = 30;
+/// `handover_socket`: under systemd's `RuntimeDirectory=splitter`, which outlives a restart
+/// with `RuntimeDirectoryPreserve=restart`.
+pub const DEFAULT_HANDOVER_SOCKET: &str = "/run/splitter/handover.sock";
 /// `eject_after`: 0, off, as Envoy's outlier detection is until configured; 5 is a sound value.
 pub const DEFAULT_EJECT_AFTER: u32 = 0;
 /// `max_connections`: 1024 per backend and worker, far above what a healthy backend needs at
@@ -166,6 +170,9 @@ pub struct Config {
     pub backend_idle_timeout: Duration,
     /// `dns_refresh_s`: how often backend host names are resolved again.
     pub dns_refresh: Duration,
+    /// `handover_socket`: where a restarting splitter takes this one's sockets over; `None`
+    /// (`""`) turns that off.
+    pub handover_socket: Option<PathBuf>,
     /// `[select]`: which number ranks the responses, and which way.
     pub select: Selection,
     /// `[[backend]]`: 1 to 16, in file order; a backend's index is its `BackendId`.
@@ -389,6 +396,8 @@ struct FileConfig {
     backend_idle_timeout_ms: u64,
     /// `dns_refresh_s`.
     dns_refresh_s: u64,
+    /// `handover_socket`.
+    handover_socket: PathBuf,
     /// `eject_after`: the backends' default.
     eject_after: u32,
     /// `health_path`: the backends' default.
@@ -423,6 +432,7 @@ impl Default for FileConfig {
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             backend_idle_timeout_ms: DEFAULT_BACKEND_IDLE_TIMEOUT_MS,
             dns_refresh_s: DEFAULT_DNS_REFRESH_S,
+            handover_socket: PathBuf::from(DEFAULT_HANDOVER_SOCKET),
             eject_after: DEFAULT_EJECT_AFTER,
             health_path: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -507,6 +517,19 @@ impl FileConfig {
         at_least_one("backend_idle_timeout_ms", self.backend_idle_timeout_ms)?;
         at_least_one("dns_refresh_s", self.dns_refresh_s)?;
         at_least_one("max_connections", self.max_connections as u64)?;
+        let handover_socket = match self.handover_socket.as_os_str().is_empty() {
+            true => None,
+            false if self.handover_socket.is_absolute() => Some(self.handover_socket),
+            false => {
+                return Err(Invalid::new(
+                    "handover_socket",
+                    format!(
+                        "must be an absolute path, or \"\" for none, got {:?}",
+                        self.handover_socket
+                    ),
+                ))
+            }
+        };
         if let Some(path) = &self.health_path {
             health_path(path).map_err(|message| Invalid::new("health_path", message))?;
         }
@@ -551,6 +574,7 @@ impl FileConfig {
             max_response_bytes: self.max_response_bytes,
             backend_idle_timeout: Duration::from_millis(self.backend_idle_timeout_ms),
             dns_refresh: Duration::from_secs(self.dns_refresh_s),
+            handover_socket,
             select: Selection {
                 selector,
                 prefer: self.select.prefer,
@@ -1020,6 +1044,7 @@ timeout_ms = 450
                 max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
                 backend_idle_timeout: Duration::from_millis(DEFAULT_BACKEND_IDLE_TIMEOUT_MS),
                 dns_refresh: Duration::from_secs(DEFAULT_DNS_REFRESH_S),
+                handover_socket: Some(PathBuf::from(DEFAULT_HANDOVER_SOCKET)),
                 select: Selection {
                     selector: Selector::parse("/price").unwrap(),
                     prefer: Prefer::Max,

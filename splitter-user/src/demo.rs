@@ -88,6 +88,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     config.listen = "127.0.0.1:0".parse()?;
     config.admin_listen = "127.0.0.1:0".parse()?;
+    // A demo has nothing to hand over to, nor to take over from.
+    config.handover_socket = None;
     let server = Server::start(config.clone())?;
     let target = server.listen_addr();
     println!(

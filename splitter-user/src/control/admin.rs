@@ -11,6 +11,7 @@ use crate::http1::limits::Limits;
 use crate::http1::request::{parse_request, Method};
 use crate::metrics::{Format, Renderer};
 use crate::worker::listener::AcceptBackoff;
+use crate::worker::Stop;
 
 /// An admin request must arrive whole within this time.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -23,7 +24,7 @@ const LIMITS: Limits = Limits {
 
 /// Serves admin requests until the future is dropped. `draining` turns `/healthz` to 503, so a
 /// balancer in front stops sending new connections while requests in progress finish.
-pub async fn serve(listener: TcpListener, renderer: Renderer, draining: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, renderer: Renderer, mut stop: watch::Receiver<Stop>) {
     let mut backoff = AcceptBackoff::default();
     // One descriptor held in reserve: when the process runs out (`EMFILE`), giving it back lets
     // the admin port take one connection and say so, rather than go silent with the data plane.
@@ -32,7 +33,12 @@ pub async fn serve(listener: TcpListener, renderer: Renderer, draining: watch::R
         if reserve.is_none() {
             reserve = reserve_fd();
         }
-        let stream = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            // The new process answers on this socket now.
+            _ = stop.wait_for(|&s| s == Stop::HandedOver) => return,
+        };
+        let stream = match accepted {
             Ok((stream, _)) => {
                 backoff.reset();
                 stream
@@ -54,7 +60,7 @@ pub async fn serve(listener: TcpListener, renderer: Renderer, draining: watch::R
             }
         };
         let renderer = renderer.clone();
-        let draining = *draining.borrow();
+        let draining = *stop.borrow() != Stop::No;
         tokio::spawn(async move {
             let _ = tokio::time::timeout(READ_TIMEOUT, handle(stream, &renderer, draining)).await;
         });

@@ -3,7 +3,9 @@
 //! ([`signals`]), and reaches the workers only through two `watch` channels.
 
 pub mod admin;
+pub mod handover;
 pub mod signals;
+mod systemd;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -19,7 +21,7 @@ use crate::config::{Config, IoMode};
 use crate::metrics::Renderer;
 use crate::steering::{self, Steering};
 use crate::worker::admission::Admission;
-use crate::worker::{self, Loaded, WorkerSpec};
+use crate::worker::{self, Loaded, Stop, WorkerSpec};
 
 /// A running splitter: workers, admin server, and the channels to steer them.
 pub struct Server {
@@ -27,7 +29,7 @@ pub struct Server {
     admin: SocketAddr,
     workers: Vec<JoinHandle<()>>,
     config_tx: watch::Sender<Arc<Loaded>>,
-    shutdown_tx: watch::Sender<bool>,
+    shutdown_tx: watch::Sender<Stop>,
     /// Stops the admin server once the workers are done.
     admin_stop: Option<oneshot::Sender<()>>,
     admin_thread: Option<JoinHandle<()>>,
@@ -40,6 +42,9 @@ pub struct Server {
     steering: Steering,
     /// `max_in_flight` for the whole process.
     admission: Admission,
+    /// The listening sockets are in systemd's descriptor store: a stop leaves them listening
+    /// for the next start, rather than closing them under queued connections.
+    stored: bool,
     /// With eBPF steering: the program and maps, unpinned on drop, after the workers stop.
     _attached: Option<steering::Attached>,
 }
@@ -124,15 +129,52 @@ impl Server {
     pub fn start(config: Config) -> anyhow::Result<Server> {
         let io = Shell::resolve(config.io)?;
         let count = worker_count(config.workers);
-        let listeners = worker::listener::bind_group(config.listen, count)
-            .with_context(|| format!("cannot listen on {} (`listen`)", config.listen))?;
+        // The sockets of the process this one replaces, if any: from systemd's descriptor store
+        // (`systemctl restart`), or handed over by a running splitter (an upgrade in place).
+        let inherited = systemd::stored_listeners(config.listen).or_else(|| {
+            let path = config.handover_socket.as_deref()?;
+            handover::take_over(path, config.listen)
+                .inspect_err(|e| tracing::warn!(error = %e, "cannot take the sockets over"))
+                .ok()
+                .flatten()
+        });
+        let (listeners, admin_listener, old) = match inherited {
+            Some(taken) => {
+                let mut listeners = taken.listeners;
+                let have = listeners.len();
+                if have > count {
+                    tracing::warn!(
+                        have,
+                        count,
+                        "more listeners inherited than workers: the extra ones close"
+                    );
+                    listeners.truncate(count);
+                } else if have < count {
+                    let port = listeners[0].local_addr()?;
+                    listeners.extend(worker::listener::bind_group(port, count - have)?);
+                }
+                tracing::info!(listeners = have, "took the listening sockets over");
+                (listeners, taken.admin, taken.old)
+            }
+            None => {
+                let listeners = worker::listener::bind_group(config.listen, count)
+                    .with_context(|| format!("cannot listen on {} (`listen`)", config.listen))?;
+                let admin_listener = std::net::TcpListener::bind(config.admin_listen)
+                    .with_context(|| {
+                        format!("cannot listen on {} (`admin_listen`)", config.admin_listen)
+                    })?;
+                admin_listener.set_nonblocking(true)?;
+                (listeners, admin_listener, None)
+            }
+        };
         let listen = listeners[0].local_addr()?;
-        let admin_listener =
-            std::net::TcpListener::bind(config.admin_listen).with_context(|| {
-                format!("cannot listen on {} (`admin_listen`)", config.admin_listen)
-            })?;
-        admin_listener.set_nonblocking(true)?;
         let admin = admin_listener.local_addr()?;
+        // Kept for the next restart: the same sockets, handed to the process that replaces this one.
+        let handed = listeners
+            .iter()
+            .map(std::net::TcpListener::try_clone)
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let handed_admin = admin_listener.try_clone()?;
 
         // Steering decides where the metrics cells live (a BPF map with eBPF), so it comes
         // before the workers get their handles.
@@ -146,7 +188,7 @@ impl Server {
         let max_in_flight = loaded.config.max_in_flight;
         let admission = Admission::new(max_in_flight);
         let (config_tx, config_rx) = watch::channel(Arc::clone(&loaded));
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (shutdown_tx, shutdown_rx) = watch::channel(Stop::No);
 
         let cpus = online_cpus();
         let mut workers = Vec::with_capacity(count);
@@ -184,6 +226,28 @@ impl Server {
                 });
             })?;
 
+        // Every worker runs on the sockets now: the process they came from may let go.
+        if let Some(old) = old {
+            if let Err(e) = old.ready() {
+                tracing::warn!(error = %e, "cannot tell the previous process to drain");
+            }
+        }
+        let stored = systemd::store_listeners(&handed, &handed_admin);
+        if let Some(path) = loaded.config.handover_socket.clone() {
+            let stop = shutdown_tx.clone();
+            let serving = handover::serve(path.clone(), listen, handed, handed_admin, move || {
+                stop.send_replace(Stop::HandedOver);
+            });
+            if let Err(e) = serving {
+                tracing::warn!(
+                    path = %path.display(),
+                    error = %e,
+                    "cannot listen for a restart's handover: a restart will refuse connections \
+                     for a moment"
+                );
+            }
+        }
+
         Ok(Server {
             listen,
             admin,
@@ -197,6 +261,7 @@ impl Server {
             io,
             steering: steered.mode,
             admission,
+            stored,
             _attached: steered.attached,
         })
     }
@@ -284,10 +349,22 @@ impl Server {
         self.config_tx.send_replace(Arc::new(loaded));
     }
 
-    /// Starts the graceful drain: listeners close, idle connections close, requests in progress
-    /// finish. `/healthz` answers 503 from now on.
+    /// Starts the graceful drain: requests in progress finish, `/healthz` answers 503 from now
+    /// on. The listeners close, and idle connections with them, unless systemd keeps the
+    /// sockets for the next start: then they stay listening, and connections get
+    /// `Connection: close` with their next response.
     pub fn shutdown(&self) {
-        self.shutdown_tx.send_replace(true);
+        let stop = if self.stored {
+            Stop::HandedOver
+        } else {
+            Stop::Drain
+        };
+        self.shutdown_tx.send_replace(stop);
+    }
+
+    /// What the process is asked to do: a handover ends it too.
+    pub fn stop(&self) -> watch::Receiver<Stop> {
+        self.shutdown_tx.subscribe()
     }
 
     /// Waits for every worker to finish, then stops the admin server.
@@ -456,8 +533,10 @@ pub fn run(path: &Path, config: Config) -> anyhow::Result<()> {
     rt.block_on(async {
         let mut current = config;
         let mut refresh = dns_timer(&current);
+        let mut stop = server.stop();
         loop {
             tokio::select! {
+                _ = stop.wait_for(|&s| s == Stop::HandedOver) => return,
                 signal = signals.next() => match signal {
                     signals::Signal::Shutdown => break,
                     signals::Signal::Reload => {
@@ -491,7 +570,9 @@ pub fn run(path: &Path, config: Config) -> anyhow::Result<()> {
     });
     tracing::info!("draining");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    server.shutdown();
+    if *server.stop().borrow() == Stop::No {
+        server.shutdown();
+    }
     server.wait()?;
     tracing::info!("stopped");
     Ok(())

@@ -117,24 +117,41 @@ fn inflate(
     inflater: &mut Decompress,
     out: &mut Vec<u8>,
 ) -> Option<()> {
+    out.clear();
     match coding {
-        Coding::Gzip => inflate_with(inflater, false, gzip_member(body)?, max, out),
+        // A gzip body may be several members one after the other (RFC 1952 §2.2).
+        Coding::Gzip => {
+            let mut rest = body;
+            loop {
+                let data = gzip_member(rest)?;
+                let used = inflate_with(inflater, false, data, max, out)?;
+                // The member's trailer (CRC-32, size) follows its data.
+                rest = data.get(used + 8..)?;
+                if rest.is_empty() {
+                    return Some(());
+                }
+            }
+        }
         _ => inflate_with(inflater, true, body, max, out)
-            .or_else(|| inflate_with(inflater, false, body, max, out)),
+            .or_else(|| {
+                out.clear();
+                inflate_with(inflater, false, body, max, out)
+            })
+            .map(drop),
     }
 }
 
-/// One whole deflate stream (with a zlib header or raw) from `input` into `out`, in steps that
-/// grow `out` up to `max`: the work is linear in what is decoded, and stops at `max`.
+/// One whole deflate stream (with a zlib header or raw) from `input`, appended to `out`, in
+/// steps that grow `out` up to `max`: the work is linear in what is decoded, and stops at
+/// `max`. Returns the input bytes the stream took.
 fn inflate_with(
     inflater: &mut Decompress,
     zlib: bool,
     input: &[u8],
     max: usize,
     out: &mut Vec<u8>,
-) -> Option<()> {
+) -> Option<usize> {
     inflater.reset(zlib);
-    out.clear();
     loop {
         if out.len() == out.capacity() {
             if out.len() > max {
@@ -153,7 +170,7 @@ fn inflate_with(
             return None;
         }
         match status {
-            Status::StreamEnd => return Some(()),
+            Status::StreamEnd => return Some(inflater.total_in() as usize),
             // No progress with room to write: the stream is cut short.
             _ if inflater.total_in() == read && inflater.total_out() == written => return None,
             _ => {}
@@ -522,6 +539,25 @@ mod tests {
             sel.judge(&Body(200, Coding::Gzip, with_parts), None, &mut scratch),
             Ok(4.25)
         );
+    }
+
+    #[test]
+    fn a_gzip_body_of_several_members_is_decoded_whole() {
+        let mut body = gzip(br#"{"price": "#);
+        body.extend(gzip(b"7.5"));
+        body.extend(gzip(b"}"));
+        let sel = selection(Prefer::Max, 1 << 20);
+        let judge = |body: Vec<u8>| {
+            sel.judge(
+                &Body(200, Coding::Gzip, body),
+                None,
+                &mut Scratch::default(),
+            )
+        };
+        assert_eq!(judge(body.clone()), Ok(7.5));
+        // Garbage after the last member is not a member.
+        body.extend_from_slice(b"junk");
+        assert_eq!(judge(body), Err(Invalid::Encoding));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use super::buffers::{self, Shared};
 use super::conn::{Conn, READ_CHUNK};
 use super::fanout::{scatter, Request};
 use super::guards::{ClientOpen, InFlight};
-use super::Worker;
+use super::{Stop, Worker};
 use crate::http1::body::{BodyDecoder, BodyLimit};
 use crate::http1::encode::{
     client_response, continue_100, end_head, status_response, Chosen, ConnectionHeader,
@@ -125,7 +125,7 @@ impl ClientConn {
 
             // The deadline starts now: the whole request has been read (SPEC section 3).
             let started = Instant::now();
-            let closing = closing || *worker.shutdown.borrow();
+            let closing = closing || *worker.shutdown.borrow() != Stop::No;
             let conn = conn_header(closing);
             let Some(permit) = worker.admission.admit() else {
                 if !self.respond(worker, 503, conn, Some(started)).await || closing {
@@ -148,7 +148,7 @@ impl ClientConn {
             drop(in_flight);
             // A drain that began while the backends were asked still closes this connection,
             // and says so, so the balancer in front does not send another request on it.
-            let closing = closing || *worker.shutdown.borrow();
+            let closing = closing || *worker.shutdown.borrow() != Stop::No;
             let conn = conn_header(closing);
 
             let no_content = matches!(outcome, Outcome::NoContent);
@@ -321,7 +321,7 @@ impl ClientConn {
                 let mut shutdown = worker.shutdown.clone();
                 tokio::select! {
                     r = timed => Some(r),
-                    _ = shutdown.wait_for(|&stop| stop) => None,
+                    _ = shutdown.wait_for(|&stop| stop == Stop::Drain) => None,
                 }
             }
             None => Some(timed.await),

@@ -148,39 +148,39 @@ async fn epoll_write_all(s: &AsyncFd<std::net::TcpStream>, mut buf: &[u8]) -> io
     Ok(())
 }
 
-/// A worker's listener of either shell.
-pub enum Listener {
-    /// io_uring accept.
-    Uring(tokio_uring::net::TcpListener),
-    /// epoll readiness, then `accept4`.
-    Epoll(AsyncFd<std::net::TcpListener>),
+/// A worker's listener, for either shell. Accepting goes through the reactor's readiness
+/// (`accept4` when the socket is readable) on both: accepting is rare next to reads and writes,
+/// and unlike an io_uring accept left in the ring, a readiness wait is gone the moment it is
+/// dropped, so a listener handed over to a new process is never accepted from again here.
+pub struct Listener {
+    socket: AsyncFd<std::net::TcpListener>,
+    uring: bool,
 }
 
 impl Listener {
     /// Wraps a bound, listening, non-blocking socket for the chosen shell.
     pub fn new(listener: std::net::TcpListener, uring: bool) -> io::Result<Listener> {
-        Ok(if uring {
-            Listener::Uring(tokio_uring::net::TcpListener::from_std(listener))
-        } else {
-            Listener::Epoll(register(listener)?)
+        Ok(Listener {
+            socket: register(listener)?,
+            uring,
         })
     }
 
     /// The next connection.
     pub async fn accept(&self) -> io::Result<Conn> {
-        let conn = match self {
-            Listener::Uring(l) => Conn::Uring(l.accept().await?.0),
-            Listener::Epoll(l) => loop {
-                let mut guard = l.readable().await?;
-                match guard.try_io(|l| l.get_ref().accept()) {
-                    Ok(Ok((stream, _))) => {
-                        stream.set_nonblocking(true)?;
-                        break Conn::Epoll(register(stream)?);
-                    }
-                    Ok(Err(e)) => return Err(e),
-                    Err(_would_block) => continue,
-                }
-            },
+        let stream = loop {
+            let mut guard = self.socket.readable().await?;
+            match guard.try_io(|l| l.get_ref().accept()) {
+                Ok(Ok((stream, _))) => break stream,
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        };
+        stream.set_nonblocking(true)?;
+        let conn = if self.uring {
+            Conn::Uring(tokio_uring::net::TcpStream::from_std(stream))
+        } else {
+            Conn::Epoll(register(stream)?)
         };
         conn.set_nodelay()?;
         Ok(conn)
@@ -188,10 +188,7 @@ impl Listener {
 
     /// The listening socket's file descriptor.
     pub fn fd(&self) -> RawFd {
-        match self {
-            Listener::Uring(l) => l.as_raw_fd(),
-            Listener::Epoll(l) => l.as_raw_fd(),
-        }
+        self.socket.as_raw_fd()
     }
 }
 

@@ -42,6 +42,20 @@ use admission::Admission;
 use backend_pool::{Backend, Backends};
 use listener::AcceptBackoff;
 
+/// What the control plane asks of the workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Serve.
+    No,
+    /// `SIGTERM`: stop listening (the socket is closed for everyone), close idle connections,
+    /// finish the requests in progress, answer them with `Connection: close`.
+    Drain,
+    /// A new process took the listening sockets over: stop accepting but leave the sockets be
+    /// (they are the new process's now); finish requests, answer each connection's next
+    /// request with `Connection: close` rather than close it idle under a client about to send.
+    HandedOver,
+}
+
 /// A configuration as the control plane hands it to the workers.
 pub struct Loaded {
     /// The validated file.
@@ -107,7 +121,7 @@ pub struct Worker {
     /// Admission against `max_in_flight`.
     pub admission: Admission,
     /// Becomes true when the process is draining.
-    pub shutdown: watch::Receiver<bool>,
+    pub shutdown: watch::Receiver<Stop>,
     /// Reusable buffers for the JSON selection (simd-json parses in place).
     pub scratch: RefCell<Scratch>,
     /// Which shell this worker runs: io_uring, or epoll.
@@ -127,7 +141,7 @@ pub struct WorkerSpec {
     /// Configuration updates from the control plane.
     pub config: watch::Receiver<Arc<Loaded>>,
     /// Shutdown signal from the control plane.
-    pub shutdown: watch::Receiver<bool>,
+    pub shutdown: watch::Receiver<Stop>,
     /// The process's `max_in_flight`.
     pub admission: Admission,
     /// Longest a draining worker waits for its requests in progress before it gives up on them.
@@ -269,13 +283,17 @@ async fn run(spec: WorkerSpec) {
                     tokio::time::sleep(pause).await;
                 }
             },
-            _ = shutdown.wait_for(|&stop| stop) => break,
+            _ = shutdown.wait_for(|&stop| stop != Stop::No) => break,
         }
     }
-    // Unlisten now: the pending accept fails, and the kernel stops queueing new connections on
-    // this socket (its `SO_REUSEPORT` siblings, or the next instance, get them).
-    // SAFETY: a valid listening socket owned by `listener`.
-    unsafe { libc::shutdown(listener.fd(), libc::SHUT_RDWR) };
+    if *shutdown.borrow() == Stop::Drain {
+        // Unlisten now: the kernel stops queueing new connections on this socket (its
+        // `SO_REUSEPORT` siblings, or the next instance, get them).
+        // SAFETY: a valid listening socket owned by `listener`.
+        unsafe { libc::shutdown(listener.fd(), libc::SHUT_RDWR) };
+    }
+    // Handed over, the socket (and the connections queued on it) lives on in the new process:
+    // only this process's descriptor goes.
     drop(listener);
     drop(open);
     if tokio::time::timeout(drain_timeout, drained.recv())

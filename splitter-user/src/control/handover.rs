@@ -1,0 +1,277 @@
+//! Restarts without a refused connection (SPEC 10): a starting splitter takes the listening
+//! sockets of the running one over a Unix socket (`SCM_RIGHTS`), so the same sockets, with the
+//! connections already queued on them, keep listening throughout; the old process then stops
+//! accepting, finishes its requests and exits.
+//!
+//! The exchange, on the `handover_socket` path the running process listens on:
+//! 1. the new process connects and sends `take <listen address>\n`;
+//! 2. the old one answers `ok <n>\n` with its `n` worker listeners and its admin listener
+//!    attached (`SCM_RIGHTS`), or `no\n` when the addresses differ (another instance's path);
+//! 3. once its own workers run on them, the new process sends `ready\n`; the old one stops
+//!    accepting and drains, and the new one takes over the path for the next restart.
+//!
+//! Blocking code on threads of its own: it runs once per restart, never on the data path.
+
+use std::io::{self, BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Most listeners one handover carries: a worker per CPU, plus the admin one.
+const MAX_FDS: usize = 257;
+
+/// How long either side waits for the other at each step.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The sockets taken over from a running process, and the line to tell it when to let go.
+pub struct Inherited {
+    /// The workers' listeners.
+    pub listeners: Vec<TcpListener>,
+    /// The admin listener.
+    pub admin: TcpListener,
+    /// The line to the old process, when one is waiting to hear that this one runs.
+    pub old: Option<OldProcess>,
+}
+
+/// The process the sockets came from, waiting to hear that the new one runs.
+pub struct OldProcess(UnixStream);
+
+impl OldProcess {
+    /// The new process serves on the inherited sockets: the old one may stop accepting.
+    pub fn ready(mut self) -> io::Result<()> {
+        self.0.write_all(b"ready\n")
+    }
+}
+
+/// Takes the sockets of the splitter serving `listen` at `path`, if one runs there. `None` when
+/// nothing listens at `path`, or what does serves another address.
+pub fn take_over(path: &Path, listen: SocketAddr) -> io::Result<Option<Inherited>> {
+    let mut old = match UnixStream::connect(path) {
+        Ok(stream) => stream,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    old.set_read_timeout(Some(STEP_TIMEOUT))?;
+    old.write_all(format!("take {listen}\n").as_bytes())?;
+    let (line, fds) = recv_with_fds(&old)?;
+    if line.trim_end() == "no" {
+        return Ok(None);
+    }
+    let count: usize = line
+        .trim_end()
+        .strip_prefix("ok ")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("unexpected handover answer {line:?}")))?;
+    if fds.len() != count + 1 || count == 0 {
+        return Err(io::Error::other(format!(
+            "handover sent {} descriptors for {count} listeners",
+            fds.len()
+        )));
+    }
+    let mut sockets: Vec<TcpListener> = fds.into_iter().map(TcpListener::from).collect();
+    let admin = sockets.pop().expect("count + 1 descriptors");
+    for socket in &sockets {
+        socket.set_nonblocking(true)?;
+    }
+    admin.set_nonblocking(true)?;
+    Ok(Some(Inherited {
+        listeners: sockets,
+        admin,
+        old: Some(OldProcess(old)),
+    }))
+}
+
+/// Listens at `path` (replacing what was there: the previous process's socket) and, on a valid
+/// request, hands over `listeners` and `admin` (duplicates the caller keeps open), waits for
+/// `ready` and calls `handed_over`, once. Returns when the handover is done, or at once when
+/// `path` cannot be listened on (logged: restarts then refuse connections for a moment).
+pub fn serve(
+    path: PathBuf,
+    listen: SocketAddr,
+    listeners: Vec<TcpListener>,
+    admin: TcpListener,
+    handed_over: impl FnOnce() + Send + 'static,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    let _ = std::fs::remove_file(&path);
+    let server = UnixListener::bind(&path)?;
+    std::thread::Builder::new()
+        .name("splitter-handover".into())
+        .spawn(move || {
+            for stream in server.incoming() {
+                let Ok(stream) = stream else { continue };
+                match hand_over(stream, listen, &listeners, &admin) {
+                    Ok(true) => {
+                        handed_over();
+                        return;
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "handover failed; still serving"),
+                }
+            }
+        })
+}
+
+/// One handover request. `Ok(true)`: the new process runs on the sockets.
+fn hand_over(
+    stream: UnixStream,
+    listen: SocketAddr,
+    listeners: &[TcpListener],
+    admin: &TcpListener,
+) -> io::Result<bool> {
+    stream.set_read_timeout(Some(STEP_TIMEOUT))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.by_ref().take(256).read_line(&mut line)?;
+    let wanted: Option<SocketAddr> = line
+        .trim_end()
+        .strip_prefix("take ")
+        .and_then(|a| a.parse().ok());
+    if wanted != Some(listen) {
+        (&stream).write_all(b"no\n")?;
+        return Ok(false);
+    }
+    let mut fds: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+    fds.push(admin.as_raw_fd());
+    send_with_fds(
+        &stream,
+        format!("ok {}\n", listeners.len()).as_bytes(),
+        &fds,
+    )?;
+    line.clear();
+    reader.take(64).read_line(&mut line)?;
+    if line.trim_end() != "ready" {
+        return Err(io::Error::other(format!(
+            "the new process did not start ({line:?})"
+        )));
+    }
+    tracing::info!("listening sockets handed over to a new process: draining");
+    Ok(true)
+}
+
+/// Sends `data` with `fds` attached in one `sendmsg`.
+fn send_with_fds(stream: &UnixStream, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    assert!(fds.len() <= MAX_FDS);
+    let space = cmsg_space(fds.len());
+    let mut control = vec![0u8; space];
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: a zeroed msghdr is valid; every pointer set below outlives the call, and the
+    // control buffer is sized by CMSG_SPACE for exactly these descriptors.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of_val(fds) as u32) as _;
+        std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg).cast(), fds.len());
+        if libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Receives one line (the whole first message) and the descriptors attached to it.
+fn recv_with_fds(stream: &UnixStream) -> io::Result<(String, Vec<OwnedFd>)> {
+    let space = cmsg_space(MAX_FDS);
+    let mut control = vec![0u8; space];
+    let mut data = [0u8; 64];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    let mut fds = Vec::new();
+    // SAFETY: as in `send_with_fds`; the kernel writes at most `space` control bytes, and every
+    // SCM_RIGHTS descriptor it hands us is new and ours to own (MSG_CMSG_CLOEXEC).
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let n = libc::recvmsg(stream.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let bytes = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                for i in 0..bytes / size_of::<RawFd>() {
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+            return Err(io::Error::other("handover descriptors truncated"));
+        }
+        n as usize
+    };
+    Ok((String::from_utf8_lossy(&data[..n]).into_owned(), fds))
+}
+
+fn cmsg_space(fds: usize) -> usize {
+    // SAFETY: CMSG_SPACE is arithmetic.
+    unsafe { libc::CMSG_SPACE((fds * size_of::<RawFd>()) as u32) as usize }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listeners_move_from_one_process_side_to_the_other() {
+        let dir = std::env::temp_dir().join(format!("splitter-handover-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("handover.sock");
+        let group = crate::worker::listener::bind_group("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let listen = group[0].local_addr().unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").unwrap();
+        let admin_addr = admin.local_addr().unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let thread = serve(path.clone(), listen, group, admin, move || {
+            done_tx.send(()).unwrap();
+        })
+        .unwrap();
+
+        // Another address: refused, and the old side keeps serving.
+        assert!(take_over(&path, "127.0.0.1:1".parse().unwrap())
+            .unwrap()
+            .is_none());
+        let inherited = take_over(&path, listen).unwrap().expect("sockets");
+        assert_eq!(inherited.listeners.len(), 2);
+        assert!(inherited
+            .listeners
+            .iter()
+            .all(|l| l.local_addr().unwrap() == listen));
+        assert_eq!(inherited.admin.local_addr().unwrap(), admin_addr);
+        // The very same socket: a connection made now is accepted on the inherited one.
+        let _client = std::net::TcpStream::connect(admin_addr).unwrap();
+        inherited.admin.set_nonblocking(false).unwrap();
+        inherited.admin.accept().unwrap();
+        inherited.old.expect("a process waits").ready().unwrap();
+        done_rx.recv_timeout(STEP_TIMEOUT).expect("handed over");
+        thread.join().unwrap();
+        assert!(take_over(&dir.join("nothing.sock"), listen)
+            .unwrap()
+            .is_none());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,155 @@
+//! Restarts under load (SPEC 10): a new `splitter run` takes the listening sockets of the
+//! running one over (`handover_socket`), the old one drains and exits 0, and a client hammering
+//! the port with `wrk` sees not one refused connection, socket error or non-2xx response across
+//! five restarts in a row.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+
+/// A configuration on fixed ports (a new process can only take over the address it is given)
+/// with the handover socket in `dir`.
+fn restart_config(
+    dir: &TempDir,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    backends: &[&Mock],
+) -> String {
+    let mut c = format!(
+        "listen = \"{listen}\"\nadmin_listen = \"{admin}\"\nworkers = 2\n\
+         handover_socket = \"{}\"\n",
+        dir.path.join("handover.sock").display()
+    );
+    for b in backends {
+        c.push_str(&format!(
+            "[[backend]]\nname = \"{}\"\naddress = \"{}\"\n",
+            b.name, b.addr
+        ));
+    }
+    c.push_str("[[route]]\npath_prefix = \"/\"\ntimeout_ms = 200\n");
+    c
+}
+
+#[test]
+fn a_new_process_takes_the_sockets_and_the_old_one_drains() {
+    let a = SPLITTER.mock_backend("a", &["--price-range", "1..2"]);
+    let dir = TempDir::new("handover");
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = restart_config(&dir, listen, admin, &[&a]);
+    let mut old = SPLITTER.run(&config);
+    assert_eq!(old.addr, listen);
+    // A client connected before the restart, idle across it: its next request is answered by
+    // the old process, with `Connection: close`.
+    let mut before = old.client();
+    before.send(&post("/bid", "r1", "{}"));
+    assert_eq!(before.read_response().status, 200);
+
+    let new = SPLITTER.run(&config);
+    assert!(
+        new.log_snapshot()
+            .iter()
+            .any(|l| l.contains("took the listening sockets over")),
+        "{:?}",
+        new.log_snapshot()
+    );
+    // New connections reach the new process; the old one stopped accepting.
+    let r = new.request(&post("/bid", "r2", "{}"));
+    assert_eq!(r.status, 200);
+    before.send(&post("/bid", "r3", "{}"));
+    let last = before.read_response();
+    assert_eq!(last.status, 200);
+    assert_eq!(last.header("connection"), Some("close"));
+    let status = old
+        .proc
+        .wait_exit(Duration::from_secs(15))
+        .expect("the old process exits");
+    assert!(status.success(), "{status:?}");
+    // The admin socket came along too.
+    assert_eq!(new.admin, admin);
+    assert_eq!(new.admin_get("/healthz").status, 200);
+}
+
+#[test]
+fn another_address_is_not_taken_over() {
+    let a = SPLITTER.mock_backend("a", &[]);
+    let dir = TempDir::new("handover-other");
+    let first = SPLITTER.run(&restart_config(&dir, free_addr(), free_addr(), &[&a]));
+    let mut first_proc_alive = first;
+    let second = SPLITTER.run(&restart_config(&dir, free_addr(), free_addr(), &[&a]));
+    assert!(!second
+        .log_snapshot()
+        .iter()
+        .any(|l| l.contains("took the listening sockets over")));
+    thread::sleep(Duration::from_millis(200));
+    assert!(first_proc_alive.proc.alive(), "the first one keeps serving");
+    assert_eq!(
+        first_proc_alive.request(&post("/bid", "x", "{}")).status,
+        200
+    );
+}
+
+#[test]
+#[ignore = "needs wrk"]
+fn five_restarts_under_wrk_load_fail_no_request() {
+    let wrk = require_tool("wrk");
+    let script = repo_path("bench/post-2k.lua");
+    let a = SPLITTER.mock_backend("a", &["--price-range", "1..2"]);
+    let b = SPLITTER.mock_backend("b", &["--price-range", "1..2"]);
+    let dir = TempDir::new("handover-load");
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = restart_config(&dir, listen, admin, &[&a, &b]);
+    let mut current = SPLITTER.run(&config);
+
+    let child = Command::new(wrk)
+        .args(["-t1", "-c16", "-d25s", "-s"])
+        .arg(&script)
+        .arg(format!("http://{listen}/bid"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn wrk");
+    let mut load = ProcGuard::new(child);
+    let mut out = load.child.stdout.take().unwrap();
+    let reader = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut s);
+        s
+    });
+
+    thread::sleep(Duration::from_secs(2));
+    for restart in 1..=5 {
+        let next = SPLITTER.run(&config);
+        let status = current
+            .proc
+            .wait_exit(Duration::from_secs(15))
+            .unwrap_or_else(|| panic!("restart {restart}: the old process did not exit"));
+        assert!(status.success(), "restart {restart}: {status:?}");
+        current = next;
+        thread::sleep(Duration::from_secs(1));
+    }
+
+    let status = load
+        .wait_exit(Duration::from_secs(60))
+        .expect("wrk finishes");
+    let text = reader.join().unwrap();
+    assert!(status.success(), "wrk failed: {text}");
+    eprintln!("wrk across 5 restarts:\n{text}");
+    assert!(!text.contains("Socket errors"), "socket errors:\n{text}");
+    assert!(
+        !text.contains("Non-2xx or 3xx responses"),
+        "non-2xx responses:\n{text}"
+    );
+    let requests: u64 = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no `requests in` line:\n{text}"));
+    assert!(requests > 1000, "{text}");
+}
