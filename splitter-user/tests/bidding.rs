@@ -1,11 +1,13 @@
-//! Bid traffic (SPEC 2): `*` in `select.field` over real OpenRTB 2.x replies, floors (global and
-//! per route), gzip and deflate replies, `X-Splitter-Value` and `X-Splitter-Second`.
+//! Bid traffic (SPEC 2, 4 and 6): `*` in `select.field` over real OpenRTB 2.x replies, floors,
+//! gzip and deflate replies, `X-Splitter-Value` and `X-Splitter-Second`, and the per-backend
+//! (`timeout_ms`, `host`, `path_prefix`, `shadow`) and per-route (`backends`, `floor`) keys.
 //! Black-box: the real splitter, raw TCP peers the test controls, raw bytes both ways.
 //! Timing assertions are one-sided with wide margins: the machine is shared and noisy.
 
 mod common;
 
 use std::io::{Read as _, Write as _};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -17,7 +19,15 @@ use flate2::{Compression, GzBuilder};
 const WAIT: Duration = Duration::from_secs(5);
 
 // ---------------------------------------------------------------------------------------------
-// Configuration: `config(...)` plus per-route keys.
+// Configuration: `config(...)` plus the per-backend and per-route keys.
+
+/// Adds `keys` (TOML lines) to the `[[backend]]` named `name` of a file built by [`config`].
+fn backend_keys(cfg: &str, name: &str, keys: &str) -> String {
+    let at = format!("[[backend]]\nname = \"{name}\"\n");
+    assert!(cfg.contains(&at), "no backend {name} in:\n{cfg}");
+    cfg.replacen(&at, &format!("{at}{keys}\n"), 1)
+}
+
 /// Adds `keys` (TOML lines) to the `[[route]]` with path prefix `prefix` of a file built by
 /// [`config`].
 fn route_keys(cfg: &str, prefix: &str, keys: &str) -> String {
@@ -60,6 +70,19 @@ fn fixed_peer(reply: Vec<u8>) -> RawPeer {
 fn priced_peer(name: &'static str, price: &'static str) -> RawPeer {
     RawPeer::replying(move |req| http_json(&priced_body(name, &req.req_id(), price), ""))
 }
+
+/// A keep-alive peer answering like [`priced_peer`], each reply `delay` after its request.
+fn delayed_peer(name: &'static str, price: &'static str, delay: Duration) -> RawPeer {
+    RawPeer::start(move |mut conn| {
+        while let Some(req) = conn.next_request() {
+            thread::sleep(delay);
+            if !conn.write(&http_json(&priced_body(name, &req.req_id(), price), "")) {
+                return;
+            }
+        }
+    })
+}
+
 /// A 200 carrying `body` as is, with `Content-Encoding: encoding` and a Content-Length.
 fn encoded_reply(encoding: &str, body: &[u8]) -> Vec<u8> {
     let mut out = format!(
@@ -245,6 +268,20 @@ fn invalid_reason(m: &Metrics, backend: &str, reason: &str) -> f64 {
 fn wins(m: &Metrics, backend: &str) -> f64 {
     m.get("splitter_backend_wins_total", &[("backend", backend)])
 }
+
+/// Every request `peer` received within `within`, in order.
+fn received(peer: &RawPeer, within: Duration) -> Vec<RawRequest> {
+    let until = Instant::now() + within;
+    let mut got = Vec::new();
+    while let Ok(r) = peer
+        .requests
+        .recv_timeout(until.saturating_duration_since(Instant::now()))
+    {
+        got.push(r);
+    }
+    got
+}
+
 // ---------------------------------------------------------------------------------------------
 // `*` in select.field over OpenRTB 2.x bid responses.
 
@@ -858,5 +895,299 @@ fn gzip_and_deflate_bombs_are_invalid_and_the_splitter_keeps_serving() {
             m.text
         );
         assert_eq!(wins(&m, b), 0.0, "{b}\n{}", m.text);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-backend keys.
+
+#[test]
+fn backend_timeout_ends_its_wait_early_when_the_others_are_done() {
+    let fast = priced_peer("fast", "1");
+    // Would win, if it were not past its own 50 ms deadline.
+    let slow = delayed_peer("slow", "100", Duration::from_millis(1000));
+    let cfg = config(
+        "",
+        "",
+        &[("fast", fast.addr), ("slow", slow.addr)],
+        &[("/", 400)],
+    );
+    let s = SPLITTER.run(&backend_keys(&cfg, "slow", "timeout_ms = 50"));
+    let mut client = s.client();
+    for i in 0..3 {
+        let id = format!("bto-{i}");
+        let (r, took) = timed(&mut client, &bid("/x", &id));
+        r.assert_won(&id);
+        assert_priced(&r, "fast", "1", None);
+        assert!(
+            took < Duration::from_millis(250),
+            "slow's own deadline is 50 ms, the route's 400 ms: answered after {took:?}"
+        );
+    }
+    let m = s.wait_metrics(WAIT, |m| outcome(m, "slow", "timeout") >= 3.0);
+    assert_eq!(outcome(&m, "slow", "timeout"), 3.0, "{}", m.text);
+    assert_eq!(outcome(&m, "slow", "valid"), 0.0, "{}", m.text);
+}
+
+#[test]
+fn backend_timeout_past_the_routes_is_capped_and_one_within_it_can_win() {
+    let fast = priced_peer("fast", "1");
+    // timeout_ms 5000 on a 300 ms route: the route's deadline holds.
+    let sleepy = delayed_peer("sleepy", "100", Duration::from_millis(3000));
+    // timeout_ms 1000, answers at 30 ms with the best price: valid, it wins.
+    let prompt = delayed_peer("prompt", "50", Duration::from_millis(30));
+    let cfg = config(
+        "",
+        "",
+        &[
+            ("fast", fast.addr),
+            ("sleepy", sleepy.addr),
+            ("prompt", prompt.addr),
+        ],
+        &[("/", 300)],
+    );
+    let cfg = backend_keys(&cfg, "sleepy", "timeout_ms = 5000");
+    let cfg = backend_keys(&cfg, "prompt", "timeout_ms = 1000");
+    let s = SPLITTER.run(&cfg);
+    let mut client = s.client();
+    let (r, took) = timed(&mut client, &bid("/x", "cap-1"));
+    r.assert_won("cap-1");
+    assert_priced(&r, "prompt", "50", Some("1"));
+    assert!(
+        took >= Duration::from_millis(250),
+        "sleepy was still within the route's 300 ms: answered early, after {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(2000),
+        "sleepy's 5000 ms is capped by the route's 300 ms: answered after {took:?}"
+    );
+}
+
+#[test]
+fn backend_host_replaces_the_clients_and_path_prefix_is_prepended() {
+    let a = priced_peer("a", "2");
+    let b = priced_peer("b", "1");
+    let cfg = config("", "", &[("a", a.addr), ("b", b.addr)], &[("/bid", 2000)]);
+    let cfg = backend_keys(
+        &cfg,
+        "a",
+        "host = \"dsp.example:8443\"\npath_prefix = \"/openrtb2\"",
+    );
+    let s = SPLITTER.run(&cfg);
+    let body = bid_body("hp-1");
+    let raw = format!(
+        "POST /bid?x=1&y=%2F HTTP/1.1\r\nHost: client.example\r\nX-Req-Id: hp-1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let r = s.request(raw.as_bytes());
+    r.assert_won("hp-1");
+    assert_priced(&r, "a", "2", Some("1"));
+
+    let got = a.next_request(WAIT);
+    assert_eq!(got.target, "/openrtb2/bid?x=1&y=%2F", "{got:?}");
+    assert_eq!(got.header_all("Host"), ["dsp.example:8443"], "{got:?}");
+    assert_eq!(got.body, body.as_bytes());
+    let got = b.next_request(WAIT);
+    assert_eq!(got.target, "/bid?x=1&y=%2F", "{got:?}");
+    assert_eq!(got.header_all("Host"), ["client.example"], "{got:?}");
+    assert_eq!(got.body, body.as_bytes());
+}
+
+#[test]
+fn absolute_form_targets_are_routed_by_path_and_forwarded_in_origin_form() {
+    let a = priced_peer("a", "2");
+    let b = priced_peer("b", "1");
+    let cfg = config("", "", &[("a", a.addr), ("b", b.addr)], &[("/bid", 2000)]);
+    let s = SPLITTER.run(&backend_keys(&cfg, "a", "path_prefix = \"/openrtb2\""));
+    let mut client = s.client();
+    let absolute = |target: &str, id: &str| {
+        let body = bid_body(id);
+        format!(
+            "POST {target} HTTP/1.1\r\nHost: client.example\r\nX-Req-Id: {id}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    };
+    let r = client.request(&absolute("http://client.example/bid?x=1", "abs-1"));
+    r.assert_won("abs-1");
+    assert_priced(&r, "a", "2", Some("1"));
+    let got = a.next_request(WAIT);
+    assert_eq!(got.target, "/openrtb2/bid?x=1", "{got:?}");
+    let got = b.next_request(WAIT);
+    assert_eq!(got.target, "/bid?x=1", "{got:?}");
+    assert_eq!(got.header_all("Host"), ["client.example"], "{got:?}");
+
+    // With a port in the authority.
+    let r = client.request(&absolute("http://client.example:80/bid/v2", "abs-2"));
+    r.assert_won("abs-2");
+    assert_eq!(b.next_request(WAIT).target, "/bid/v2");
+    assert_eq!(a.next_request(WAIT).target, "/openrtb2/bid/v2");
+
+    // Routed by the path, not by the whole target: neither is under /bid.
+    for (i, target) in ["http://client.example/other/bid", "http://bid/x"]
+        .into_iter()
+        .enumerate()
+    {
+        let r = client.request(&absolute(target, &format!("abs-404-{i}")));
+        assert_eq!(r.status, 404, "{target}: {r:?}");
+    }
+
+    // An empty path is `/` (RFC 9112 3.2.1), routed and forwarded as such.
+    let s = SPLITTER.run(&config("", "", &[("b", b.addr)], &[("/", 2000)]));
+    let mut client = s.client();
+    for (target, want) in [
+        ("http://client.example", "/"),
+        ("http://client.example?x=1", "/?x=1"),
+    ] {
+        let r = client.request(&absolute(target, "abs-root"));
+        r.assert_won("abs-root");
+        assert_eq!(b.next_request(WAIT).target, want, "{target}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shadow backends.
+
+#[test]
+fn shadow_gets_every_request_never_wins_and_is_counted() {
+    let a = priced_peer("a", "2");
+    let sh = priced_peer("sh", "1000");
+    let cfg = config("", "", &[("a", a.addr), ("sh", sh.addr)], &[("/", 2000)]);
+    let s = SPLITTER.run(&backend_keys(&cfg, "sh", "shadow = true"));
+    let mut client = s.client();
+    for i in 0..3 {
+        let id = format!("shadow-{i}");
+        let r = client.request(&bid("/x", &id));
+        r.assert_won(&id);
+        // Not the winner, and not the runner-up either: its number sets no price.
+        assert_priced(&r, "a", "2", None);
+        assert_eq!(r.json_str("backend").as_deref(), Some("a"));
+    }
+    let got: Vec<String> = received(&sh, Duration::from_millis(500))
+        .iter()
+        .map(RawRequest::req_id)
+        .collect();
+    assert_eq!(
+        got,
+        ["shadow-0", "shadow-1", "shadow-2"],
+        "the shadow gets every request"
+    );
+    let m = s.wait_metrics(WAIT, |m| outcome(m, "sh", "valid") >= 3.0);
+    assert_eq!(outcome(&m, "sh", "valid"), 3.0, "{}", m.text);
+    assert_eq!(wins(&m, "sh"), 0.0, "{}", m.text);
+    assert_eq!(wins(&m, "a"), 3.0, "{}", m.text);
+}
+
+#[test]
+fn slow_shadows_do_not_delay_the_answer_and_their_outcomes_are_counted() {
+    let a = priced_peer("a", "1");
+    // Answers within the route's 2000 ms, but long after a.
+    let slow = delayed_peer("slow", "1000", Duration::from_millis(1200));
+    // Answers after the route's deadline.
+    let never = delayed_peer("never", "1000", Duration::from_millis(4000));
+    let cfg = config(
+        "",
+        "",
+        &[("a", a.addr), ("slow", slow.addr), ("never", never.addr)],
+        &[("/", 2000)],
+    );
+    let cfg = backend_keys(&cfg, "slow", "shadow = true");
+    let s = SPLITTER.run(&backend_keys(&cfg, "never", "shadow = true"));
+    let mut client = s.client();
+    let (r, took) = timed(&mut client, &bid("/x", "slowsh-1"));
+    r.assert_won("slowsh-1");
+    assert_priced(&r, "a", "1", None);
+    assert!(
+        took < Duration::from_millis(800),
+        "the client must not wait for shadows (1200 ms and 4000 ms): took {took:?}"
+    );
+    assert_eq!(slow.next_request(WAIT).req_id(), "slowsh-1");
+    assert_eq!(never.next_request(WAIT).req_id(), "slowsh-1");
+    // Measured all the same: slow's reply came within the route's deadline, never's did not.
+    let m = s.wait_metrics(Duration::from_secs(8), |m| {
+        outcome(m, "slow", "valid") >= 1.0 && outcome(m, "never", "timeout") >= 1.0
+    });
+    assert_eq!(outcome(&m, "slow", "valid"), 1.0, "{}", m.text);
+    assert_eq!(outcome(&m, "never", "timeout"), 1.0, "{}", m.text);
+    assert_eq!(wins(&m, "slow") + wins(&m, "never"), 0.0, "{}", m.text);
+}
+
+#[test]
+fn when_only_shadows_answer_validly_the_client_gets_204_at_once() {
+    let broken =
+        fixed_peer(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n".to_vec());
+    let sh = priced_peer("sh", "5");
+    let slow_sh = delayed_peer("slowsh", "6", Duration::from_millis(1500));
+    let cfg = config(
+        "",
+        "",
+        &[
+            ("broken", broken.addr),
+            ("sh", sh.addr),
+            ("slowsh", slow_sh.addr),
+        ],
+        &[("/", 3000)],
+    );
+    let cfg = backend_keys(&cfg, "sh", "shadow = true");
+    let s = SPLITTER.run(&backend_keys(&cfg, "slowsh", "shadow = true"));
+    let mut client = s.client();
+    for i in 0..2 {
+        let (r, took) = timed(&mut client, &bid("/x", &format!("onlysh-{i}")));
+        assert_no_bid(&r);
+        assert!(
+            took < Duration::from_millis(1000),
+            "the only non-shadow backend answered: no waiting, took {took:?}"
+        );
+    }
+    let m = s.wait_metrics(WAIT, |m| outcome(m, "sh", "valid") >= 2.0);
+    assert_eq!(outcome(&m, "sh", "valid"), 2.0, "{}", m.text);
+    assert_eq!(wins(&m, "sh"), 0.0, "{}", m.text);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-route backends.
+
+#[test]
+fn a_route_fans_out_only_to_its_backends() {
+    let a = query_peer("a");
+    let b = query_peer("b");
+    let c = query_peer("c");
+    let cfg = config(
+        "",
+        "",
+        &[("a", a.addr), ("b", b.addr), ("c", c.addr)],
+        &[("/", 2000), ("/a-only", 2000), ("/ac", 2000)],
+    );
+    let cfg = route_keys(&cfg, "/a-only", "backends = [\"a\"]");
+    let s = SPLITTER.run(&route_keys(&cfg, "/ac", "backends = [\"a\", \"c\"]"));
+    let mut client = s.client();
+    let prices = "?a=1&b=9&c=3";
+    for i in 0..3 {
+        let id = format!("only-{i}");
+        let r = client.request(&bid(&format!("/a-only{prices}"), &id));
+        r.assert_won(&id);
+        assert_priced(&r, "a", "1", None);
+        let id = format!("ac-{i}");
+        let r = client.request(&bid(&format!("/ac/x{prices}"), &id));
+        r.assert_won(&id);
+        assert_priced(&r, "c", "3", Some("1"));
+    }
+    let r = client.request(&bid(&format!("/all{prices}"), "all-1"));
+    r.assert_won("all-1");
+    assert_priced(&r, "b", "9", Some("3"));
+
+    let ids = |peer: &RawPeer| -> Vec<String> {
+        received(peer, Duration::from_millis(500))
+            .iter()
+            .map(RawRequest::req_id)
+            .collect()
+    };
+    assert_eq!(ids(&b), ["all-1"], "b is on neither /a-only nor /ac");
+    assert_eq!(ids(&c), ["ac-0", "ac-1", "ac-2", "all-1"]);
+    assert_eq!(ids(&a).len(), 7);
+    let m = s.wait_metrics(WAIT, |m| outcome(m, "a", "valid") >= 7.0);
+    assert_eq!(outcome(&m, "b", "valid"), 1.0, "{}", m.text);
+    for o in ["invalid", "timeout", "error"] {
+        assert_eq!(outcome(&m, "b", o), 0.0, "b {o}\n{}", m.text);
     }
 }
