@@ -1191,3 +1191,134 @@ fn a_route_fans_out_only_to_its_backends() {
         assert_eq!(outcome(&m, "b", o), 0.0, "b {o}\n{}", m.text);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// `splitter check`.
+
+const CLI_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `splitter check` on `text`: exit code, stdout and stderr together.
+fn check(text: &str) -> (Option<i32>, String) {
+    let dir = TempDir::new("bid-check");
+    let path = dir.write("bid.toml", text);
+    let (status, out, err) = SPLITTER.cli(&["check", "-c", path.to_str().unwrap()], CLI_TIMEOUT);
+    (status.code(), format!("{out}\n{err}"))
+}
+
+#[track_caller]
+fn check_accepts(text: &str) {
+    let (code, all) = check(text);
+    assert_eq!(code, Some(0), "{all}\n--- file:\n{text}");
+}
+
+/// Exit 1, and the message names the file and `key`.
+#[track_caller]
+fn check_rejects(text: &str, key: &str) {
+    let (code, all) = check(text);
+    assert_eq!(code, Some(1), "for {key}: {all}\n--- file:\n{text}");
+    assert!(
+        all.contains(key),
+        "the error must name `{key}`: {all}\n--- file:\n{text}"
+    );
+    assert!(
+        all.contains("bid.toml"),
+        "the error must name the file: {all}"
+    );
+}
+
+fn check_config(select: &str) -> String {
+    config(
+        "",
+        select,
+        &[
+            ("a", "127.0.0.1:9".parse().unwrap()),
+            ("b", "127.0.0.1:10".parse().unwrap()),
+            ("c", "127.0.0.1:11".parse().unwrap()),
+        ],
+        &[("/fast", 80), ("/", 450)],
+    )
+}
+
+#[test]
+fn check_accepts_every_bidding_key() {
+    let cfg = check_config("field = \"/seatbid/*/bid/*/price\"\nprefer = \"min\"\nfloor = 0.5");
+    let cfg = backend_keys(
+        &cfg,
+        "a",
+        "timeout_ms = 60\nhost = \"dsp.example\"\npath_prefix = \"/openrtb2\"",
+    );
+    let cfg = backend_keys(&cfg, "c", "shadow = true");
+    let cfg = route_keys(&cfg, "/fast", "backends = [\"a\", \"c\"]\nfloor = 1.0");
+    check_accepts(&cfg);
+    // 32 segments, the most; escapes and `*` together.
+    let field: String = "/a".repeat(32);
+    check_accepts(&check_config(&format!("field = \"{field}\"")));
+    check_accepts(&check_config("field = \"/a~0b/*/~1c/*\""));
+    check_accepts(&check_config("field = \"/*\""));
+}
+
+#[test]
+fn check_rejects_fields_it_cannot_evaluate() {
+    let field: String = "/a".repeat(33);
+    check_rejects(
+        &check_config(&format!("field = \"{field}\"")),
+        "select.field",
+    );
+    let field: String = "/*".repeat(33);
+    check_rejects(
+        &check_config(&format!("field = \"{field}\"")),
+        "select.field",
+    );
+    check_rejects(
+        &check_config("field = \"seatbid/*/bid/*/price\""),
+        "select.field",
+    );
+    check_rejects(&check_config("field = \"*/price\""), "select.field");
+    check_rejects(
+        &check_config("field = \"/seatbid/~2/price\""),
+        "select.field",
+    );
+    check_rejects(
+        &check_config("field = \"/seatbid/*/price~\""),
+        "select.field",
+    );
+    check_rejects(&check_config("field = \"/a~b\""), "select.field");
+}
+
+#[test]
+fn check_rejects_unknown_route_backends_and_shadow_only_routes() {
+    let good = check_config("");
+    check_rejects(
+        &route_keys(&good, "/", "backends = [\"a\", \"zz\"]"),
+        "route[1].backends[1]",
+    );
+    check_rejects(
+        &route_keys(&good, "/fast", "backends = [\"nope\"]"),
+        "route[0].backends[0]",
+    );
+    // A route whose backends are all shadows has nobody whose answer it could return.
+    let shadows = backend_keys(
+        &backend_keys(&good, "b", "shadow = true"),
+        "c",
+        "shadow = true",
+    );
+    check_accepts(&route_keys(&shadows, "/fast", "backends = [\"a\", \"b\"]"));
+    check_rejects(
+        &route_keys(&shadows, "/fast", "backends = [\"b\", \"c\"]"),
+        "route[0].backends",
+    );
+    check_rejects(
+        &route_keys(&shadows, "/", "backends = [\"c\"]"),
+        "route[1].backends",
+    );
+}
+
+#[test]
+fn check_rejects_bad_floors() {
+    check_rejects(&check_config("floor = \"high\""), "floor");
+    check_rejects(&check_config("floor = nan"), "floor");
+    check_rejects(
+        &route_keys(&check_config(""), "/", "floor = \"low\""),
+        "floor",
+    );
+}
