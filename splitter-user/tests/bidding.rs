@@ -1315,10 +1315,43 @@ fn check_rejects_unknown_route_backends_and_shadow_only_routes() {
 
 #[test]
 fn check_rejects_bad_floors() {
-    check_rejects(&check_config("floor = \"high\""), "floor");
-    check_rejects(&check_config("floor = nan"), "floor");
+    check_rejects(&check_config("floor = \"high\""), "select.floor");
+    check_rejects(&check_config("floor = nan"), "select.floor");
     check_rejects(
         &route_keys(&check_config(""), "/", "floor = \"low\""),
-        "floor",
+        "route[1].floor",
     );
+    check_rejects(
+        &route_keys(&check_config(""), "/", "floor = inf"),
+        "route[1].floor",
+    );
+}
+
+#[test]
+fn check_rejects_per_backend_keys_that_could_not_be_sent() {
+    let good = check_config("");
+    // A Host that would split the request head, or say nothing.
+    check_rejects(
+        &backend_keys(&good, "b", "host = \"dsp.example\\r\\nX-Evil: 1\""),
+        "backend[1].host",
+    );
+    check_rejects(&backend_keys(&good, "a", "host = \"\""), "backend[0].host");
+    // A prefix that would not make an origin-form target.
+    check_rejects(
+        &backend_keys(&good, "c", "path_prefix = \"openrtb2\""),
+        "backend[2].path_prefix",
+    );
+    check_rejects(
+        &backend_keys(&good, "a", "path_prefix = \"/a b\""),
+        "backend[0].path_prefix",
+    );
+    check_rejects(
+        &backend_keys(&good, "a", "timeout_ms = 0"),
+        "backend[0].timeout_ms",
+    );
+    // Every backend a shadow, and a route without `backends`: it fans out to shadows only.
+    let all_shadows = ["a", "b", "c"]
+        .iter()
+        .fold(good, |cfg, b| backend_keys(&cfg, b, "shadow = true"));
+    check_rejects(&all_shadows, "route[0].backends");
 }
