@@ -814,6 +814,64 @@ fn unknown_or_undecodable_encodings_are_invalid_and_counted() {
 }
 
 #[test]
+fn content_codings_are_case_insensitive_and_x_gzip_is_gzip() {
+    // RFC 9110 8.4.1: content codings are case-insensitive; `x-gzip` is `gzip`.
+    let upper = RawPeer::replying(move |req| {
+        let body = gzip(query_priced_body("upper", req).as_bytes());
+        encoded_reply("GZip", &body)
+    });
+    let xgzip = RawPeer::replying(|req| {
+        let body = gzip(query_priced_body("xgzip", req).as_bytes());
+        encoded_reply("x-gzip", &body)
+    });
+    let s = SPLITTER.run(&config(
+        "",
+        "",
+        &[("upper", upper.addr), ("xgzip", xgzip.addr)],
+        &[("/", 2000)],
+    ));
+    let mut client = s.client();
+    let r = client.request(&bid("/x?upper=3&xgzip=2", "ci-1"));
+    assert_priced(&r, "upper", "3", Some("2"));
+    assert_eq!(r.header_all("Content-Encoding"), ["GZip"], "as sent: {r:?}");
+    assert_eq!(r.json_str("req_id"), None, "still compressed");
+    assert!(String::from_utf8_lossy(&gunzip(&r.body)).contains("\"ci-1\""));
+    let r = client.request(&bid("/x?upper=1&xgzip=2", "ci-2"));
+    assert_priced(&r, "xgzip", "2", Some("1"));
+    assert_eq!(
+        r.header_all("Content-Encoding"),
+        ["x-gzip"],
+        "as sent: {r:?}"
+    );
+    assert!(String::from_utf8_lossy(&gunzip(&r.body)).contains("\"ci-2\""));
+}
+
+#[test]
+fn multi_member_gzip_reply_is_decoded_whole() {
+    // RFC 1952 2.2: a gzip stream is a series of members; the body is all of them, in order.
+    let json = br#"{"backend":"multi","seatbid":[{"bid":[{"price":7}]}],"price":9}"#;
+    let mut multi = gzip(&json[..20]);
+    multi.extend(gzip(&json[20..45]));
+    multi.extend(gzip(&json[45..]));
+    let mut decoded = Vec::new();
+    flate2::read::MultiGzDecoder::new(&multi[..])
+        .read_to_end(&mut decoded)
+        .unwrap();
+    assert_eq!(decoded, json);
+    let peer = fixed_peer(encoded_reply("gzip", &multi));
+    let plain = priced_peer("plain", "1");
+    let s = SPLITTER.run(&config(
+        "",
+        "",
+        &[("multi", peer.addr), ("plain", plain.addr)],
+        &[("/", 2000)],
+    ));
+    let r = s.request(&bid("/x", "multi-1"));
+    assert_priced(&r, "multi", "9", Some("1"));
+    assert_eq!(r.body, multi, "passed on as sent");
+}
+
+#[test]
 fn decoded_size_counts_against_max_response_bytes() {
     // A small gzip stream that decodes to `size` bytes of JSON priced `price`.
     let padded = |price: &str, size: usize| {
