@@ -472,6 +472,25 @@ fn wildcard_matches_object_members_arrays_and_escaped_keys() {
         &[("/", 2000)],
     ));
     assert_priced(&s.request(&bid("/x", "esc-1")), "esc", "7", None);
+
+    // A last `*` takes the numbers among the elements themselves, without going deeper; a
+    // top-level array is walked like any other.
+    let mixed = fixed_peer(http_json(r#"{"p":[1,"9",[20],{"x":30},3.5,null]}"#, ""));
+    let top = fixed_peer(http_json(r#"[{"p":2},{"p":"40"}]"#, ""));
+    let s = SPLITTER.run(&config(
+        "",
+        "field = \"/p/*\"",
+        &[("mixed", mixed.addr)],
+        &[("/", 2000)],
+    ));
+    assert_priced(&s.request(&bid("/x", "last-1")), "mixed", "3.5", None);
+    let s = SPLITTER.run(&config(
+        "",
+        "field = \"/*/p\"",
+        &[("top", top.addr)],
+        &[("/", 2000)],
+    ));
+    assert_priced(&s.request(&bid("/x", "top-1")), "top", "2", None);
 }
 
 #[test]
@@ -1248,6 +1267,58 @@ fn a_route_fans_out_only_to_its_backends() {
     for o in ["invalid", "timeout", "error"] {
         assert_eq!(outcome(&m, "b", o), 0.0, "b {o}\n{}", m.text);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reload.
+
+#[test]
+fn sighup_applies_new_floors_shadows_and_route_backends() {
+    let a = query_peer("a");
+    let b = query_peer("b");
+    let c = query_peer("c");
+    let backends = [("a", a.addr), ("b", b.addr), ("c", c.addr)];
+    let s = SPLITTER.run(&config("", "floor = 1", &backends, &[("/", 2000)]));
+    let mut client = s.client();
+    let target = "/x?a=5&b=9&c=6";
+    assert_priced(&client.request(&bid(target, "before")), "b", "9", Some("6"));
+
+    // b becomes a shadow, c leaves the route, the floor rises past what a bids on /low.
+    let cfg = config("", "floor = 4", &backends, &[("/", 2000), ("/low", 2000)]);
+    let cfg = backend_keys(&cfg, "b", "shadow = true");
+    let cfg = route_keys(&cfg, "/", "backends = [\"a\", \"b\"]");
+    let cfg = route_keys(&cfg, "/low", "floor = 6");
+    s.rewrite_config(&cfg);
+    let from = s.log_count();
+    s.signal(libc::SIGHUP);
+    assert!(
+        s.wait_log(from, WAIT, |l| l.to_ascii_lowercase().contains("reload"))
+            .is_some(),
+        "no reload logged: {:?}",
+        s.log_snapshot()
+    );
+    // The workers take it up soon after the log line: poll (bounded) until they have.
+    let until = Instant::now() + WAIT;
+    let r = loop {
+        let r = client.request(&bid(target, "after"));
+        if r.header("X-Splitter-Backend") != Some("b") || Instant::now() >= until {
+            break r;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert_priced(&r, "a", "5", None);
+    // What c got before the workers took the reload up.
+    received(&c, Duration::from_millis(300));
+    let r = client.request(&bid(target, "after-2"));
+    assert_priced(&r, "a", "5", None);
+    assert_no_bid(&client.request(&bid("/x?a=3.5&b=9&c=9", "after-floor")));
+    assert_no_bid(&client.request(&bid("/low?a=5", "after-low")));
+    // /low has no `backends`: all of them, c included.
+    let ids: Vec<String> = received(&c, Duration::from_millis(300))
+        .iter()
+        .map(RawRequest::req_id)
+        .collect();
+    assert_eq!(ids, ["after-low"], "c is no longer on the route /");
 }
 
 // ---------------------------------------------------------------------------------------------
