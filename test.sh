@@ -17,7 +17,7 @@ have() { for tool; do command -v "$tool" >/dev/null 2>&1 || return 1; done; }
 once=() per_shell=()
 have systemd-analyze haproxy && once+=(--test ops)
 have haproxy && per_shell+=(--test haproxy_failover)
-have wrk && per_shell+=(--test soak)
+have wrk && per_shell+=(--test soak --test restart)
 # eBPF steering: root for CAP_BPF and CAP_NET_ADMIN, bpftool to read the map back, and a build
 # with the program, which takes bpf-linker (scripts/setup.sh goes on with a warning without it).
 if [ "$(id -u)" = 0 ] && have bpftool bpf-linker && [ "${SPLITTER_NO_EBPF:-0}" != 1 ]; then
