@@ -143,6 +143,8 @@ pub struct WorkerMetrics {
     pub client_timeouts: u64,
     /// Responses written more than 10 ms after their deadline.
     pub deadline_misses: u64,
+    /// Access log records dropped, the writer being behind.
+    pub access_log_dropped: u64,
     /// Per-route counters, indexed by the route's metrics slot.
     pub routes: [RouteCounters; MAX_ROUTES],
 }

@@ -79,6 +79,12 @@ timeout_ms = 450
 [steering]
 mode = "auto"                      # "auto" | "ebpf" | "reuseport"; auto = eBPF where it loads, else SO_REUSEPORT
 pin_dir = "/sys/fs/bpf/splitter"   # where the eBPF maps are pinned (bpftool map dump pinned ...)
+
+# One line per request (or a sample), written off the request path; off without this table.
+# [access_log]
+# path = "/var/log/splitter/access.log"
+# format = "json"                  # "json" | "text"
+# sample = 0.01                    # share of requests logged, 0 to 1
 "#;
 
 /// `admin_listen`: loopback, because metrics and health are for the local scraper and
@@ -181,6 +187,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// `[steering]`: how new connections reach a worker.
     pub steering: SteeringConfig,
+    /// `[access_log]`: off when absent.
+    pub access_log: Option<AccessLogConfig>,
 }
 
 /// `[[backend]]`: one upstream that gets every request.
@@ -229,6 +237,35 @@ impl Default for FileSelect {
             floor: None,
         }
     }
+}
+
+/// `[access_log]`: one line per request (or a sample), off when the table is absent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AccessLogConfig {
+    /// `path`: the file lines are appended to (created if missing).
+    pub path: PathBuf,
+    /// `format`: `json` (one object per line) or `text` (`key=value`).
+    pub format: LogFormat,
+    /// `sample`: the share of requests logged, 0 to 1.
+    pub sample: f64,
+}
+
+/// `[access_log]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAccessLog {
+    /// `path`, required.
+    path: Option<PathBuf>,
+    /// `format`.
+    #[serde(default)]
+    format: LogFormat,
+    /// `sample`: every request by default.
+    #[serde(default = "full_sample")]
+    sample: f64,
+}
+
+fn full_sample() -> f64 {
+    1.0
 }
 
 /// `[steering]`: how new connections are spread over the workers (SPEC 7).
@@ -412,6 +449,8 @@ struct FileConfig {
     route: Vec<FileRoute>,
     /// `[steering]`.
     steering: SteeringConfig,
+    /// `[access_log]`.
+    access_log: Option<FileAccessLog>,
 }
 
 impl Default for FileConfig {
@@ -440,6 +479,7 @@ impl Default for FileConfig {
             backend: Vec::new(),
             route: Vec::new(),
             steering: SteeringConfig::default(),
+            access_log: None,
         }
     }
 }
@@ -530,6 +570,34 @@ impl FileConfig {
                 ))
             }
         };
+        let access_log = match self.access_log {
+            None => None,
+            Some(log) => {
+                let path = log.path.ok_or_else(|| {
+                    Invalid::new(
+                        "access_log.path",
+                        "required, e.g. \"/var/log/splitter/access.log\"",
+                    )
+                })?;
+                if !path.is_absolute() {
+                    return Err(Invalid::new(
+                        "access_log.path",
+                        format!("must be an absolute path, got {path:?}"),
+                    ));
+                }
+                if !(0.0..=1.0).contains(&log.sample) {
+                    return Err(Invalid::new(
+                        "access_log.sample",
+                        format!("must be between 0 and 1, got {}", log.sample),
+                    ));
+                }
+                Some(AccessLogConfig {
+                    path,
+                    format: log.format,
+                    sample: log.sample,
+                })
+            }
+        };
         if let Some(path) = &self.health_path {
             health_path(path).map_err(|message| Invalid::new("health_path", message))?;
         }
@@ -583,6 +651,7 @@ impl FileConfig {
             backends,
             routes,
             steering: self.steering,
+            access_log,
         })
     }
 }
@@ -1045,6 +1114,7 @@ timeout_ms = 450
                 backend_idle_timeout: Duration::from_millis(DEFAULT_BACKEND_IDLE_TIMEOUT_MS),
                 dns_refresh: Duration::from_secs(DEFAULT_DNS_REFRESH_S),
                 handover_socket: Some(PathBuf::from(DEFAULT_HANDOVER_SOCKET)),
+                access_log: None,
                 select: Selection {
                     selector: Selector::parse("/price").unwrap(),
                     prefer: Prefer::Max,

@@ -18,12 +18,14 @@
 //!   - [`control`]: the control plane on plain `tokio`: admin HTTP, signals, reload, shutdown.
 //!   - [`metrics`]: per-worker counter cells and their Prometheus rendering.
 //!   - [`steering`]: how new connections reach the workers: the eBPF program, or `SO_REUSEPORT`.
+//! - [`access_log`]: sampled request lines, queued by the workers, written by the control plane.
 //! - Tools that ship with the product: [`mock_backend`], [`demo`]; the command line, [`cli`].
 //!
 //! Only [`cli`] (and the shipped default configuration) is public: the rest is crate-private, so
 //! the compiler reports anything nothing uses. Fuzz builds (`--cfg fuzzing`, which `cargo fuzz`
 //! sets) open the sans-IO core to the fuzz targets.
 
+mod access_log;
 pub mod cli;
 mod config;
 mod control;

@@ -17,6 +17,7 @@ use anyhow::Context as _;
 use splitter_common::{MAX_BACKENDS, MAX_ROUTES};
 use tokio::sync::{oneshot, watch};
 
+use crate::access_log::Writer as AccessLog;
 use crate::config::{Config, IoMode};
 use crate::metrics::Renderer;
 use crate::steering::{self, Steering};
@@ -42,6 +43,8 @@ pub struct Server {
     steering: Steering,
     /// `max_in_flight` for the whole process.
     admission: Admission,
+    /// The access log's writer, flushed and stopped after the workers.
+    _access_log: Option<AccessLog>,
     /// The listening sockets are in systemd's descriptor store: a stop leaves them listening
     /// for the next start, rather than closing them under queued connections.
     stored: bool,
@@ -109,6 +112,7 @@ fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
         ("log_level", old.log_level != new.log_level),
         ("log_format", old.log_format != new.log_format),
         ("steering", old.steering != new.steering),
+        ("access_log", old.access_log != new.access_log),
     ]
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))
@@ -190,9 +194,20 @@ impl Server {
         let (config_tx, config_rx) = watch::channel(Arc::clone(&loaded));
         let (shutdown_tx, shutdown_rx) = watch::channel(Stop::No);
 
+        let (access_log, mut sinks) = match &loaded.config.access_log {
+            Some(log) => {
+                let (writer, sinks) =
+                    AccessLog::start(log, count, renderer.clone()).with_context(|| {
+                        format!("cannot open {} (`access_log.path`)", log.path.display())
+                    })?;
+                (Some(writer), sinks.into_iter().map(Some).collect())
+            }
+            None => (None, Vec::new()),
+        };
+        sinks.resize_with(count, || None);
         let cpus = online_cpus();
         let mut workers = Vec::with_capacity(count);
-        for (index, listener) in listeners.into_iter().enumerate() {
+        for ((index, listener), access_log) in listeners.into_iter().enumerate().zip(sinks) {
             workers.push(worker::spawn(WorkerSpec {
                 index,
                 cpu: (!cpus.is_empty()).then(|| cpus[index % cpus.len()]),
@@ -203,6 +218,7 @@ impl Server {
                 admission: admission.clone(),
                 drain_timeout,
                 uring: io == Shell::Uring,
+                access_log,
             })?);
         }
 
@@ -262,6 +278,7 @@ impl Server {
             steering: steered.mode,
             admission,
             stored,
+            _access_log: access_log,
             _attached: steered.attached,
         })
     }

@@ -82,6 +82,11 @@ impl WorkerCounters {
         );
     }
 
+    /// An access log record was dropped.
+    pub fn access_log_dropped(&self) {
+        bump(unsafe { &raw mut (*self.cell()).access_log_dropped }, 1);
+    }
+
     /// A response left more than 10 ms after its deadline.
     pub fn deadline_miss(&self) {
         bump(unsafe { &raw mut (*self.cell()).deadline_misses }, 1);

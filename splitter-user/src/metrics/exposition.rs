@@ -86,6 +86,12 @@ impl Renderer {
         *self.names.write().expect("metrics names lock") = Names { backends, routes };
     }
 
+    /// The backend name and the route prefix of each slot, as now configured.
+    pub fn names(&self) -> (Vec<Option<String>>, Vec<Option<String>>) {
+        let names = self.names.read().expect("metrics names lock");
+        (names.backends.clone(), names.routes.clone())
+    }
+
     /// A reload was applied (`true`) or refused.
     pub fn reloaded(&self, applied: bool) {
         self.reloads[usize::from(!applied)].fetch_add(1, Ordering::Relaxed);
@@ -402,6 +408,12 @@ impl Collector for Snapshot {
             "splitter_client_timeouts",
             "Client connections closed for sending too slowly or idling too long.",
             t.client_timeouts,
+        )?;
+        counter(
+            &mut enc,
+            "splitter_access_log_dropped",
+            "Access log records dropped because the writer fell behind.",
+            t.access_log_dropped,
         )?;
         counter(
             &mut enc,

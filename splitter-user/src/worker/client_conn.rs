@@ -6,13 +6,14 @@
 //! process drains.
 
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use super::buffers::{self, Shared};
 use super::conn::{Conn, READ_CHUNK};
-use super::fanout::{scatter, Request};
+use super::fanout::{scatter, Request, Scattered};
 use super::guards::{ClientOpen, InFlight};
 use super::{Stop, Worker};
+use crate::access_log::Record;
 use crate::http1::body::{BodyDecoder, BodyLimit};
 use crate::http1::encode::{
     client_response, continue_100, end_head, status_response, Chosen, ConnectionHeader,
@@ -144,7 +145,7 @@ impl ClientConn {
                 floor: route.floor,
                 backends: route.backends,
             };
-            let outcome = scatter(worker, &plan, request).await;
+            let Scattered { outcome, backends } = scatter(worker, &plan, request).await;
             drop(in_flight);
             // A drain that began while the backends were asked still closes this connection,
             // and says so, so the balancer in front does not send another request on it.
@@ -152,6 +153,10 @@ impl ClientConn {
             let conn = conn_header(closing);
 
             let no_content = matches!(outcome, Outcome::NoContent);
+            let (winner, value) = match &outcome {
+                Outcome::Chosen(w) => (Some(plan.backends[w.backend].slot as u8), Some(w.value)),
+                Outcome::NoContent => (None, None),
+            };
             let written = match outcome {
                 Outcome::Chosen(Winner {
                     backend,
@@ -179,6 +184,20 @@ impl ClientConn {
                 Outcome::NoContent => self.respond(worker, 204, conn, Some(started)).await,
             };
             worker.counters.route(route.slot, no_content);
+            if let Some(log) = worker.access_log.as_ref().filter(|log| log.sampled()) {
+                let record = Record {
+                    time: SystemTime::now(),
+                    route: route.slot as u8,
+                    status: if no_content { 204 } else { 200 },
+                    winner,
+                    value,
+                    duration: started.elapsed(),
+                    backends,
+                };
+                if !log.push(record) {
+                    worker.counters.access_log_dropped();
+                }
+            }
             if Instant::now() > started + route.timeout + DEADLINE_SLACK {
                 worker.counters.deadline_miss();
             }

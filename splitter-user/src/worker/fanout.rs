@@ -19,7 +19,9 @@ use super::backend_conn::{exchange, BackendConn, Response};
 use super::backend_pool::{Backend, ConnSource, Options, Route};
 use super::buffers::{self, Shared};
 use super::{Plan, Worker};
-use crate::scatter::exchange::{BackendId, BackendOutcome, Exchange, Outcome, Skip, Winner};
+use crate::scatter::exchange::{
+    BackendId, BackendOutcome, Exchange, Outcome, Skip, Winner, MAX_BACKENDS,
+};
 use crate::scatter::select::Invalid;
 
 /// How long past its request's deadline a late reply may take to arrive and be drained so its
@@ -93,9 +95,17 @@ enum CallEnd {
 /// One backend call, boxed so the pending ones can be handed to another task.
 type Call = Pin<Box<dyn Future<Output = (BackendId, CallEnd)>>>;
 
+/// What became of a scattered request.
+pub struct Scattered {
+    /// What the client gets.
+    pub outcome: Outcome<Response>,
+    /// How each backend of the route did, by metrics slot (for the access log).
+    pub backends: [Option<BackendOutcome>; MAX_BACKENDS],
+}
+
 /// Sends `request` to every backend of `plan` and waits for the answer, at most until its
 /// deadline. Counts each backend's outcome and the win.
-pub async fn scatter(worker: &Rc<Worker>, plan: &Rc<Plan>, request: Request) -> Outcome<Response> {
+pub async fn scatter(worker: &Rc<Worker>, plan: &Rc<Plan>, request: Request) -> Scattered {
     let request = Rc::new(request);
     let mut exchange = Exchange::new(request.deadline, &plan.selection, request.floor);
     let mut calls: Vec<Call> = Vec::with_capacity(plan.backends.len());
@@ -191,22 +201,19 @@ pub async fn scatter(worker: &Rc<Worker>, plan: &Rc<Plan>, request: Request) -> 
 
     let counters = &worker.counters;
     let now = Instant::now();
+    let mut backends = [None; MAX_BACKENDS];
     for (id, b) in plan.backends.iter().enumerate() {
         if request.backends & (1 << id) == 0 || b.options.borrow().shadow {
             continue;
         }
-        count(
-            worker,
-            b,
-            exchange.backend_outcome(id),
-            exchange.invalid_because(id),
-            now,
-        );
+        let how = exchange.backend_outcome(id);
+        backends[b.slot] = Some(how);
+        count(worker, b, how, exchange.invalid_because(id), now);
     }
     if let Outcome::Chosen(Winner { backend, .. }) = &outcome {
         counters.win(plan.backends[*backend].slot);
     }
-    outcome
+    Scattered { outcome, backends }
 }
 
 /// Counts how backend `b` did in one request, and tells its health.

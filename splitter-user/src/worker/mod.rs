@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
+use crate::access_log::Sink;
 use crate::config::Config;
 use crate::http1::limits::Limits;
 use crate::metrics::WorkerCounters;
@@ -126,6 +127,8 @@ pub struct Worker {
     pub scratch: RefCell<Scratch>,
     /// Which shell this worker runs: io_uring, or epoll.
     pub uring: bool,
+    /// Where sampled requests are logged, when the access log is on.
+    pub access_log: Option<Sink>,
 }
 
 /// Everything a worker thread is started with.
@@ -148,6 +151,8 @@ pub struct WorkerSpec {
     pub drain_timeout: Duration,
     /// Run on io_uring (tokio-uring) rather than epoll (tokio).
     pub uring: bool,
+    /// This worker's access log queue, when the log is on.
+    pub access_log: Option<Sink>,
 }
 
 /// The io_uring set-up every worker uses: completions are handled by the worker's own thread
@@ -208,6 +213,7 @@ async fn run(spec: WorkerSpec) {
         drain_timeout,
         uring,
         admission,
+        access_log,
         ..
     } = spec;
     let counters = Rc::new(counters);
@@ -221,6 +227,7 @@ async fn run(spec: WorkerSpec) {
         shutdown: shutdown.clone(),
         scratch: RefCell::new(Scratch::default()),
         uring,
+        access_log,
     });
 
     let reloader = Rc::clone(&worker);
