@@ -9,7 +9,7 @@
 
 use std::io::{self, Write as _};
 use std::path::Path;
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -137,16 +137,11 @@ fn write_loop(
         );
         let (backends, routes) = names.names();
         for queue in &queues {
-            loop {
-                match queue.try_recv() {
-                    Ok(record) => {
-                        line.clear();
-                        render(&mut line, format, &record, &backends, &routes);
-                        if out.write_all(line.as_bytes()).is_err() {
-                            break;
-                        }
-                    }
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            while let Ok(record) = queue.try_recv() {
+                line.clear();
+                render(&mut line, format, &record, &backends, &routes);
+                if out.write_all(line.as_bytes()).is_err() {
+                    break;
                 }
             }
         }
