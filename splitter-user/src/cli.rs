@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::config::{Config, LogFormat};
-use crate::{control, demo, mock_backend};
+use crate::{control, demo, mock_backend, top};
 use clap::{Parser, Subcommand};
 
 /// A scatter-gather HTTP/1.1 server: every request goes to every backend, the best response
@@ -36,6 +36,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// The mock backend used by the demo, the tests and the benchmarks.
     MockBackend(mock_backend::MockArgs),
+    /// Per-worker counters, live, from the pinned BPF metrics map (eBPF steering, root).
+    Top(top::TopArgs),
 }
 
 /// Runs `splitter` with the process's arguments.
@@ -66,6 +68,7 @@ pub fn main() -> ExitCode {
             init_logging("warn", false);
             demo::run(args)
         }
+        Command::Top(args) => top::run(args),
         Command::MockBackend(args) => {
             init_logging("warn", false);
             mock_backend::run(args)

@@ -41,6 +41,7 @@ pub mod scatter;
 #[cfg(not(fuzzing))]
 mod scatter;
 mod steering;
+mod top;
 mod worker;
 
 pub use config::DEFAULT_CONFIG;

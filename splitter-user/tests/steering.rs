@@ -131,6 +131,22 @@ fn bpftool_shows_exactly_the_requests_sent() {
         metrics.contains(&format!("splitter_requests_total {SENT}\n")),
         "/metrics disagrees with bpftool ({cells:?}):\n{metrics}"
     );
+    // And so does `splitter top`, which maps the pinned map as the workers do.
+    let pin_dir = pins.path.to_str().unwrap();
+    let (status, out, err) =
+        SPLITTER.cli(&["top", "--once", "-p", pin_dir], Duration::from_secs(30));
+    assert!(status.success(), "{err}");
+    let all = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("all"))
+        .unwrap_or_default();
+    let total: Vec<&str> = all.split_whitespace().collect();
+    assert_eq!(total.get(1), Some(&SENT.to_string().as_str()), "{out}");
+    assert_eq!(
+        out.lines().count(),
+        4,
+        "a header, two workers, the total: {out}"
+    );
 }
 
 #[test]
