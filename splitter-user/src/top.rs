@@ -124,13 +124,15 @@ mod tests {
 
     #[test]
     fn totals_and_rates() {
-        let mut a = WorkerMetrics::default();
-        a.requests = 10;
-        a.responses[0] = 7;
-        a.responses[1] = 3;
-        a.in_flight = 2;
-        let mut b = a;
-        b.requests = 30;
+        let mut responses = [0; splitter_common::STATUSES.len()];
+        (responses[0], responses[1]) = (7, 3);
+        let a = WorkerMetrics {
+            requests: 10,
+            responses,
+            in_flight: 2,
+            ..Default::default()
+        };
+        let b = WorkerMetrics { requests: 30, ..a };
         let once = table(&[a, b], None);
         let last = once.lines().last().unwrap();
         assert!(last.split_whitespace().take(2).eq(["all", "40"]), "{once}");
