@@ -50,6 +50,28 @@ impl WorkerCounters {
         }
     }
 
+    /// Zeroes backend slot `slot`: it now counts for another backend than before (a reload gave
+    /// a removed backend's slot to a new one), whose counters start at 0.
+    pub fn reset_backend(&self, slot: usize) {
+        let words = size_of::<BackendCounters>() / size_of::<u64>();
+        let base = self.backend(slot).cast::<u64>();
+        for i in 0..words {
+            // SAFETY: in bounds (see `backend`), a run of u64 words; this worker is the only writer.
+            unsafe { AtomicU64::from_ptr(base.add(i)) }.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Zeroes route slot `slot`, now another route's (see `reset_backend`).
+    pub fn reset_route(&self, slot: usize) {
+        debug_assert!(slot < MAX_ROUTES);
+        // SAFETY: in bounds of the cell (slot < MAX_ROUTES is a config invariant).
+        let r = unsafe { (&raw mut (*self.cell()).routes).cast::<u64>().add(slot * 2) };
+        for i in 0..size_of::<RouteCounters>() / size_of::<u64>() {
+            // SAFETY: the route's words; this worker is the only writer.
+            unsafe { AtomicU64::from_ptr(r.add(i)) }.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// A request head was parsed (good or bad).
     pub fn request(&self) {
         bump(unsafe { &raw mut (*self.cell()).requests }, 1);

@@ -47,6 +47,9 @@ pub struct Backend {
     open: Rc<Cell<usize>>,
     /// Idle connections, the most recently used last, with when they went idle.
     idle: RefCell<Vec<(BackendConn, Instant)>>,
+    /// Removed by a reload (or moved to another address): requests still using it close their
+    /// connections instead of pooling them, where no sweep would reach them.
+    retired: Cell<bool>,
     health: RefCell<Health>,
     counters: Rc<WorkerCounters>,
 }
@@ -111,6 +114,7 @@ impl Backend {
             max_connections: Cell::new(config.max_connections),
             open: Rc::new(Cell::new(0)),
             idle: RefCell::new(Vec::new()),
+            retired: Cell::new(false),
             health: RefCell::new(Health::new(config.eject_after)),
             counters: Rc::clone(counters),
         }
@@ -175,10 +179,10 @@ impl Backend {
     }
 
     /// Returns a connection whose exchange ended cleanly. False when it was closed instead
-    /// (the pool is full).
+    /// (the pool is full, or the backend was removed).
     pub fn put(&self, conn: BackendConn, now: Instant) -> bool {
         let mut idle = self.idle.borrow_mut();
-        if idle.len() >= MAX_IDLE {
+        if idle.len() >= MAX_IDLE || self.retired.get() {
             return false;
         }
         idle.push((conn, now));
@@ -221,6 +225,10 @@ impl Backend {
 #[derive(Default)]
 pub struct Backends {
     current: HashMap<(Rc<str>, SocketAddr), Rc<Backend>>,
+    /// The backend name each metrics slot counts for, to zero a slot given to another name.
+    owners: [Option<Rc<str>>; splitter_common::MAX_BACKENDS],
+    /// The same for the route slots, by path prefix.
+    route_owners: [Option<Box<str>>; splitter_common::MAX_ROUTES],
 }
 
 impl Backends {
@@ -237,7 +245,12 @@ impl Backends {
             .iter()
             .zip(slots)
             .map(|(config, &slot)| {
-                let key = (Rc::from(config.name.as_str()), config.address);
+                let name: Rc<str> = Rc::from(config.name.as_str());
+                if self.owners[slot].as_deref() != Some(&*name) {
+                    counters.reset_backend(slot);
+                    self.owners[slot] = Some(Rc::clone(&name));
+                }
+                let key = (name, config.address);
                 let backend = match previous.remove(&key) {
                     Some(kept) if kept.slot == slot => {
                         kept.update(config);
@@ -251,6 +264,7 @@ impl Backends {
             .collect();
         // What is left was removed: its idle connections close now, busy ones when done.
         for gone in previous.values() {
+            gone.retired.set(true);
             gone.idle.borrow_mut().clear();
             gone.counters.pool_idle(gone.slot, 0);
             if gone.health.borrow().is_ejected() {
@@ -258,6 +272,17 @@ impl Backends {
             }
         }
         backends
+    }
+
+    /// Zeroes the counters of route slots given to another route prefix than before.
+    pub fn own_routes(&mut self, routes: &[crate::scatter::route::Route], counters: &WorkerCounters) {
+        for route in routes {
+            let owner = &mut self.route_owners[route.slot];
+            if owner.as_deref() != Some(route.path_prefix.as_str()) {
+                counters.reset_route(route.slot);
+                *owner = Some(route.path_prefix.as_str().into());
+            }
+        }
     }
 
     /// Closes idle connections that are no longer clean or were idle since before `idle_since`.

@@ -90,6 +90,8 @@ impl ClientConn {
     async fn run(&mut self, worker: &Rc<Worker>) {
         loop {
             shrink(&mut self.buf, READ_CHUNK);
+            // The last response is written: its bytes are no longer needed.
+            self.out.clear();
             shrink(&mut self.out, OUT_CAPACITY);
             shrink(&mut self.forward, FORWARD_CAPACITY);
             let Some((head, deadline)) = self.read_head(worker).await else {

@@ -94,6 +94,7 @@ impl Plan {
     /// that stay.
     pub fn new(loaded: &Loaded, backends: &mut Backends, counters: &Rc<WorkerCounters>) -> Plan {
         let c = &loaded.config;
+        backends.own_routes(&c.routes, counters);
         Plan {
             routes: RouteTable::new(c.routes.clone()),
             selection: c.select.clone(),
