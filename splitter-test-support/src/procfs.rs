@@ -39,6 +39,28 @@ pub fn open_fds(pid: u32) -> usize {
         .count()
 }
 
+/// The inodes of the sockets process `pid` has open (its `socket:[INODE]` descriptors).
+pub fn socket_inodes(pid: u32) -> std::collections::HashSet<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|target| {
+            let t = target.to_str()?;
+            t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect()
+}
+
+/// The TCP connections process `pid` has open to port `port`: its sockets whose remote end is
+/// that port, whatever their state (connecting, established, or closed by the other end).
+pub fn connections_to_port(pid: u32, port: u16) -> Vec<TcpSocket> {
+    let mine = socket_inodes(pid);
+    tcp_sockets_to_port(port)
+        .into_iter()
+        .filter(|s| s.inode != 0 && mine.contains(&s.inode))
+        .collect()
+}
+
 /// TCP states as `/proc/net/tcp` numbers them.
 pub mod tcp_state {
     pub const ESTABLISHED: u8 = 0x01;
@@ -143,6 +165,10 @@ mod tests {
         assert!(parse_tcp_line("  sl  local_address rem_address   st").is_none());
     }
 
+    fn free_port() -> u16 {
+        crate::host::free_addr().port()
+    }
+
     #[test]
     fn this_process_has_memory_cpu_and_descriptors() {
         let me = std::process::id();
@@ -157,5 +183,8 @@ mod tests {
             to.iter().any(|s| s.state == tcp_state::ESTABLISHED),
             "{to:?}"
         );
+        let mine = connections_to_port(me, port);
+        assert_eq!(mine.len(), 1, "{mine:?}");
+        assert!(connections_to_port(me, free_port()).is_empty());
     }
 }
