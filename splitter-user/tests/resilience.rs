@@ -16,6 +16,9 @@
 
 mod common;
 
+#[path = "resilience/ejection.rs"]
+mod ejection;
+
 use std::collections::BTreeMap;
 use std::net::Shutdown;
 use std::sync::mpsc;
