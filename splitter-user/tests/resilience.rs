@@ -18,6 +18,8 @@ mod common;
 
 #[path = "resilience/ejection.rs"]
 mod ejection;
+#[path = "resilience/process.rs"]
+mod process;
 
 use std::collections::BTreeMap;
 use std::net::Shutdown;
