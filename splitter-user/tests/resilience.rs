@@ -24,7 +24,7 @@ mod process;
 use std::collections::BTreeMap;
 use std::net::Shutdown;
 use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,16 @@ const WAIT: Duration = Duration::from_secs(5);
 
 /// RSS a splitter under these tests stays below, whatever its backends send.
 const RSS_CEILING: u64 = 64 << 20;
+
+/// Held by the tests that load the machine (hostile streams, hundreds of MB through the
+/// splitter) or time responses against a deadline, so that none of them runs beside another:
+/// on 2 shared cores, one such test's load is enough to make another's deadline look missed.
+static EXCLUSIVE: Mutex<()> = Mutex::new(());
+
+fn exclusive() -> MutexGuard<'static, ()> {
+    // A test that failed holding it poisons it; the others still run.
+    EXCLUSIVE.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Sends `raw` and reads the response: the response and how long it took from the send.
 fn timed(client: &mut Client, raw: &[u8]) -> (Response, Duration) {
@@ -136,7 +146,8 @@ fn a_backend_that_resets_after_part_of_a_reply_gets_each_request_once() {
     );
     assert_each_once("good backend", &received_ids(&good, Duration::ZERO), &ids);
     let m = s.metrics();
-    assert_eq!(outcome(&m, "reset", "error"), 20.0, "{}", m.text);
+    assert_eq!(outcome(&m, "reset", "valid"), 0.0, "{}", m.text);
+    assert!(outcome(&m, "reset", "error") >= 1.0, "{}", m.text);
     assert_eq!(outcome(&m, "good", "valid"), 20.0, "{}", m.text);
 }
 
@@ -192,6 +203,7 @@ fn a_backend_that_closes_a_reused_connection_under_a_request_gets_it_once() {
 
 #[test]
 fn a_reply_in_one_byte_chunks_costs_no_deadline_and_no_memory() {
+    let _exclusive = exclusive();
     let good = SPLITTER.mock_backend("good", &["--price", "1"]);
     // Answers with a chunked body of 1-byte chunks, each its own write, paced, that would win if
     // it ever ended: it does not (2 MB of body).
@@ -242,24 +254,29 @@ fn a_reply_in_one_byte_chunks_costs_no_deadline_and_no_memory() {
     }
     drop(tx);
     let mut late = Vec::new();
+    let mut not_good = Vec::new();
     for _ in 0..CLIENTS * EACH {
         let (id, took, r) = rx
             .recv_timeout(Duration::from_secs(10))
             .expect("every client request is answered");
         let r = r.unwrap_or_else(|e| panic!("{id}: {e}"));
-        r.assert_won(&id);
-        assert_eq!(r.backend(), Some("good"), "{r:?}");
+        if r.status != 200 || r.backend() != Some("good") {
+            not_good.push((id.clone(), r.status, r.backend().map(str::to_string)));
+        } else {
+            r.assert_won(&id);
+        }
         if took > deadline + MARGIN {
             late.push((id, took));
         }
     }
-    assert!(
-        late.is_empty(),
-        "{} of {} responses later than the 100 ms deadline + {MARGIN:?}: {late:?}",
-        late.len(),
-        CLIENTS * EACH
-    );
     let m = s.metrics();
+    assert!(
+        not_good.is_empty() && late.is_empty(),
+        "of {} requests, answered by other than the good backend (id, status, backend): \
+         {not_good:?}; later than the 100 ms deadline + {MARGIN:?}: {late:?}\n{}",
+        CLIENTS * EACH,
+        m.text
+    );
     let total = (CLIENTS * EACH) as f64;
     assert_eq!(outcome(&m, "dribble", "valid"), 0.0, "{}", m.text);
     assert_eq!(
@@ -278,6 +295,7 @@ fn a_reply_in_one_byte_chunks_costs_no_deadline_and_no_memory() {
 
 #[test]
 fn an_endless_head_or_body_is_cut_at_max_response_bytes() {
+    let _exclusive = exclusive();
     let good = SPLITTER.mock_backend("good", &["--price", "1"]);
     // A status line, then header lines for ever (as fast as the splitter takes them).
     let head = RawPeer::start(|mut conn| {
@@ -341,15 +359,20 @@ fn an_endless_head_or_body_is_cut_at_max_response_bytes() {
         .into_iter()
         .flat_map(|t| t.join().expect("client thread"))
         .collect();
+    let m = s.metrics();
     for (id, r, took) in &results {
+        assert!(
+            r.status == 200 && r.backend() == Some("good"),
+            "{id}: the good backend's answer expected, got {r:?}\n{}",
+            m.text
+        );
         r.assert_won(id);
-        assert_eq!(r.backend(), Some("good"), "{r:?}");
         assert!(
             *took <= deadline + MARGIN,
-            "{id} answered after {took:?}, deadline 300 ms"
+            "{id} answered after {took:?}, deadline 300 ms\n{}",
+            m.text
         );
     }
-    let m = s.metrics();
     let total = (CLIENTS * EACH) as f64;
     for hostile in ["head", "body"] {
         assert_eq!(
@@ -368,7 +391,10 @@ fn an_endless_head_or_body_is_cut_at_max_response_bytes() {
 
 #[test]
 fn a_pooled_connection_the_backend_closes_is_not_left_in_close_wait() {
-    // Answers one request, then closes the idle connection 100 ms later and says when.
+    // Answers one request; when the test says so (its connection idle in the splitter's pool),
+    // closes the connection and says when.
+    let (close_tx, close_rx) = mpsc::channel::<()>();
+    let close_rx = Mutex::new(close_rx);
     let (closed_tx, closed_rx) = mpsc::channel::<Instant>();
     let closed_tx = Mutex::new(closed_tx);
     let peer = RawPeer::start(move |mut conn| {
@@ -378,7 +404,7 @@ fn a_pooled_connection_the_backend_closes_is_not_left_in_close_wait() {
         if !conn.write(&http_json(&priced_body("p", &req.req_id(), "1"), "")) {
             return;
         }
-        thread::sleep(Duration::from_millis(100));
+        let _ = close_rx.lock().unwrap().recv_timeout(WAIT);
         let _ = conn.stream().shutdown(Shutdown::Both);
         drop(conn);
         let _ = closed_tx.lock().unwrap().send(Instant::now());
@@ -396,9 +422,12 @@ fn a_pooled_connection_the_backend_closes_is_not_left_in_close_wait() {
         client.request(&bid("/x", &id)).assert_won(&id);
         let pooled = procfs::connections_to_port(s.pid(), port);
         assert!(
-            !pooled.is_empty(),
-            "round {round}: the connection should be pooled, open: {pooled:?}"
+            pooled.len() == 1 && pooled[0].state == procfs::tcp_state::ESTABLISHED,
+            "round {round}: one idle pooled connection expected: {pooled:?}"
         );
+        // Timing condition: idle for 100 ms, then the backend closes it.
+        thread::sleep(Duration::from_millis(100));
+        close_tx.send(()).unwrap();
         let closed_at = closed_rx
             .recv_timeout(WAIT)
             .expect("the peer closes its connection");
@@ -412,6 +441,10 @@ fn a_pooled_connection_the_backend_closes_is_not_left_in_close_wait() {
             "round {round}: 1 s after the backend closed ({:?} ago), the splitter's side is still in CLOSE-WAIT: {:?}",
             closed_at.elapsed(),
             procfs::tcp_sockets_to_port(port)
+        );
+        assert!(
+            procfs::connections_to_port(s.pid(), port).is_empty(),
+            "round {round}: the closed connection left the pool"
         );
     }
     let m = s.metrics();

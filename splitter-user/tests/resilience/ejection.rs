@@ -8,7 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::common::*;
-use super::{outcome, per_backend, timed, MARGIN};
+use super::{exclusive, outcome, per_backend, timed, MARGIN};
 
 /// 300 requests over about 1.5 s beside a dead backend (nothing listens on its port), with
 /// `eject_after`: the metrics at the end.
@@ -83,6 +83,7 @@ fn an_ejected_dead_backend_costs_a_few_connects_not_one_per_request() {
 
 #[test]
 fn when_every_backend_is_ejected_the_client_gets_204_at_once() {
+    let _exclusive = exclusive();
     // Reads requests, never answers: each one costs the whole 400 ms deadline until ejected.
     let hole = RawPeer::start(|mut conn| while conn.next_request().is_some() {});
     let s = SPLITTER.run(&config_with_backend_keys(
@@ -229,6 +230,7 @@ fn an_ejected_backend_is_probed_on_health_path_and_comes_back() {
 
 #[test]
 fn a_backend_at_max_connections_is_overloaded_not_waited_for() {
+    let _exclusive = exclusive();
     let slow = SPLITTER.mock_backend("slow", &["--price", "9", "--delay-ms", "300"]);
     let fast = SPLITTER.mock_backend("fast", &["--price", "1"]);
     let s = SPLITTER.run(&config_with_backend_keys(

@@ -10,7 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::common::*;
-use super::{mib, per_backend, priced_peer, rss, WAIT};
+use super::{exclusive, mib, per_backend, priced_peer, rss, WAIT};
 
 /// Idle connections may grow the splitter's RSS by at most this, whatever they carried.
 const IDLE_GROWTH: u64 = 16 << 20;
@@ -35,6 +35,7 @@ fn open_idle(s: &Splitter, n: usize) -> Vec<Client> {
 
 #[test]
 fn idle_connections_keep_nothing_of_a_large_request() {
+    let _exclusive = exclusive();
     let good = SPLITTER.mock_backend("good", &["--price", "1"]);
     let s = SPLITTER.run(&config(
         "max_request_body = 262144",
@@ -67,6 +68,7 @@ fn idle_connections_keep_nothing_of_a_large_request() {
 
 #[test]
 fn idle_connections_keep_nothing_of_a_large_reply() {
+    let _exclusive = exclusive();
     let big = SPLITTER.mock_backend("big", &["--price", "1", "--body-bytes", "900000"]);
     let s = SPLITTER.run(&config(
         "max_response_bytes = 2000000",
@@ -95,6 +97,7 @@ fn idle_connections_keep_nothing_of_a_large_reply() {
 
 #[test]
 fn a_client_that_never_reads_is_dropped_after_send_timeout() {
+    let _exclusive = exclusive();
     let big = SPLITTER.mock_backend("big", &["--price", "1", "--body-bytes", "900000"]);
     let s = SPLITTER.run(&config(
         "send_timeout_ms = 300\nmax_response_bytes = 2000000",
