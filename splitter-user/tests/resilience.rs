@@ -39,9 +39,10 @@ const WAIT: Duration = Duration::from_secs(5);
 /// RSS a splitter under these tests stays below, whatever its backends send.
 const RSS_CEILING: u64 = 64 << 20;
 
-/// Held by the tests that load the machine (hostile streams, hundreds of MB through the
-/// splitter) or time responses against a deadline, so that none of them runs beside another:
-/// on 2 shared cores, one such test's load is enough to make another's deadline look missed.
+/// Held by every test of this suite, so that they run one at a time: most time responses
+/// against a deadline or measure the process (RSS, CPU), and several load the machine (hostile
+/// streams, hundreds of MB through the splitter); on 2 shared cores one such test beside
+/// another is enough to make a deadline look missed.
 static EXCLUSIVE: Mutex<()> = Mutex::new(());
 
 fn exclusive() -> MutexGuard<'static, ()> {
@@ -114,6 +115,7 @@ fn mib(bytes: u64) -> f64 {
 
 #[test]
 fn a_backend_that_resets_after_part_of_a_reply_gets_each_request_once() {
+    let _exclusive = exclusive();
     let good = priced_peer("good", "1");
     // Reads the request, sends the head and the start of a body, then resets.
     let reset = RawPeer::start(|mut conn| {
@@ -153,6 +155,7 @@ fn a_backend_that_resets_after_part_of_a_reply_gets_each_request_once() {
 
 #[test]
 fn a_backend_that_closes_a_reused_connection_under_a_request_gets_it_once() {
+    let _exclusive = exclusive();
     let good = priced_peer("good", "1");
     // On each connection: the first request is answered (keep-alive), the second is read and
     // the connection closed without a reply.
@@ -391,6 +394,7 @@ fn an_endless_head_or_body_is_cut_at_max_response_bytes() {
 
 #[test]
 fn a_pooled_connection_the_backend_closes_is_not_left_in_close_wait() {
+    let _exclusive = exclusive();
     // Answers one request; when the test says so (its connection idle in the splitter's pool),
     // closes the connection and says when.
     let (close_tx, close_rx) = mpsc::channel::<()>();
@@ -458,6 +462,7 @@ fn a_pooled_connection_the_backend_closes_is_not_left_in_close_wait() {
 
 #[test]
 fn an_idle_pooled_connection_is_closed_after_backend_idle_timeout() {
+    let _exclusive = exclusive();
     // Keep-alive for ever; reports how long after its last reply the splitter closed.
     let (eof_tx, eof_rx) = mpsc::channel::<Duration>();
     let eof_tx = Mutex::new(eof_tx);

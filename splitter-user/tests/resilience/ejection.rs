@@ -37,6 +37,7 @@ fn traffic_beside_a_dead_backend(eject_after: u32) -> Metrics {
 
 #[test]
 fn an_ejected_dead_backend_costs_a_few_connects_not_one_per_request() {
+    let _exclusive = exclusive();
     let m = traffic_beside_a_dead_backend(3);
     let connects = per_backend(&m, "splitter_backend_connects_total", "dead");
     assert!(
@@ -120,6 +121,7 @@ fn when_every_backend_is_ejected_the_client_gets_204_at_once() {
 
 #[test]
 fn an_ejected_backend_is_probed_on_health_path_and_comes_back() {
+    let _exclusive = exclusive();
     // Resets every connection while `healthy` is false; then answers `GET /health` with 200
     // and real requests with a price that wins.
     let healthy = Arc::new(AtomicBool::new(false));

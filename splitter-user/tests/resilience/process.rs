@@ -136,6 +136,7 @@ const NOFILE: libc::rlim_t = 64;
 
 #[test]
 fn out_of_descriptors_it_neither_spins_nor_loses_the_admin_port() {
+    let _exclusive = exclusive();
     let good = SPLITTER.mock_backend("good", &["--price", "1"]);
     let s = SPLITTER.run_with(
         &config("workers = 2", "", &[("good", good.addr)], &[("/", 1000)]),
@@ -236,6 +237,7 @@ fn open_by_metrics(m: &Metrics, backend: &str) -> Option<f64> {
 
 #[test]
 fn backend_connection_counts_stay_exact_across_a_reload_that_removes_a_backend() {
+    let _exclusive = exclusive();
     let a = SPLITTER.mock_backend("a", &["--price", "1"]);
     let b = SPLITTER.mock_backend("b", &["--price", "2", "--delay-ms", "150"]);
     let routes = [("/", 1000)];
@@ -317,6 +319,7 @@ fn backend_connection_counts_stay_exact_across_a_reload_that_removes_a_backend()
 
 #[test]
 fn a_backend_added_by_a_reload_starts_its_counters_at_zero() {
+    let _exclusive = exclusive();
     let a = SPLITTER.mock_backend("a", &["--price", "1"]);
     let b = SPLITTER.mock_backend("b", &["--price", "2"]);
     let c = SPLITTER.mock_backend("c", &["--price", "3"]);
@@ -386,6 +389,7 @@ fn holding_peer() -> (RawPeer, mpsc::Receiver<String>) {
 
 #[test]
 fn max_in_flight_admits_exactly_the_limit_over_two_workers() {
+    let _exclusive = exclusive();
     let (peer, arrived) = holding_peer();
     let s = SPLITTER.run(&config(
         "workers = 2\nmax_in_flight = 4",
@@ -394,6 +398,7 @@ fn max_in_flight_admits_exactly_the_limit_over_two_workers() {
         &[("/", 1000)],
     ));
     for round in 0..3 {
+        let sent = Instant::now();
         let mut busy: Vec<(String, Client)> = (0..4)
             .map(|i| {
                 let id = format!("mif-{round}-{i}");
@@ -423,8 +428,24 @@ fn max_in_flight_admits_exactly_the_limit_over_two_workers() {
             r.status, 503,
             "round {round}: a 5th concurrent request: {r:?}"
         );
-        for (id, c) in &mut busy {
-            c.read_response().assert_won(id);
+        let answers: Vec<_> = busy
+            .iter_mut()
+            .map(|(id, c)| {
+                let r = c.read_response();
+                (id.clone(), r, sent.elapsed())
+            })
+            .collect();
+        if answers.iter().any(|(_, r, _)| r.status != 200) {
+            let summary: Vec<_> = answers.iter().map(|(id, r, t)| (id, r.status, t)).collect();
+            panic!(
+                "round {round}: the 4 admitted requests (backend holds 500 ms, route 1000 ms) \
+                 must each get the backend's 200; got (id, status, answered after): \
+                 {summary:?}\n{}",
+                s.metrics().text
+            );
+        }
+        for (id, r, _) in &answers {
+            r.assert_won(id);
         }
     }
     let m = s.metrics();
@@ -438,6 +459,7 @@ fn max_in_flight_admits_exactly_the_limit_over_two_workers() {
 
 #[test]
 fn an_absolute_form_target_is_routed_by_its_path_and_forwarded_in_origin_form() {
+    let _exclusive = exclusive();
     let peer = priced_peer("p", "1");
     let s = SPLITTER.run(&config("", "", &[("p", peer.addr)], &[("/bid", 1000)]));
     let body = bid_body("abs-1");
