@@ -76,14 +76,32 @@ fn idle_connections_keep_nothing_of_a_large_reply() {
         &[("big", big.addr)],
         &[("/", 5000)],
     ));
-    let mut clients = open_idle(&s, 100);
+    let clients = open_idle(&s, 100);
     let before = rss(&s);
-    for (i, c) in clients.iter_mut().enumerate() {
-        let id = format!("bigrep-{i}");
-        let r = c.request(&bid("/x", &id));
-        r.assert_won(&id);
-        assert!(r.body.len() >= 850_000, "a 900 KB reply: {}", r.body.len());
+    // One request on each connection, by 4 threads of 25 connections (a reply costs the debug
+    // build ~150 ms of CPU: two workers share the work).
+    let mut quarters: Vec<Vec<Client>> = (0..4).map(|_| Vec::new()).collect();
+    for (i, c) in clients.into_iter().enumerate() {
+        quarters[i % 4].push(c);
     }
+    let clients: Vec<Client> = quarters
+        .into_iter()
+        .enumerate()
+        .map(|(q, mut cs)| {
+            thread::spawn(move || {
+                for (i, c) in cs.iter_mut().enumerate() {
+                    let id = format!("bigrep-{q}-{i}");
+                    let r = c.request(&bid("/x", &id));
+                    r.assert_won(&id);
+                    assert!(r.body.len() >= 850_000, "a 900 KB reply: {}", r.body.len());
+                }
+                cs
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .flat_map(|t| t.join().expect("client thread"))
+        .collect();
     thread::sleep(Duration::from_millis(300));
     let after = rss(&s);
     assert!(
