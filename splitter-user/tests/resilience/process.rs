@@ -295,7 +295,10 @@ fn backend_connection_counts_stay_exact_across_a_reload_that_removes_a_backend()
         .into_iter()
         .map(|t| t.join().expect("client thread"))
         .collect();
-    assert!(clients.iter().all(|(_, n)| *n > 2), "traffic flowed");
+    assert!(
+        clients.iter().all(|(_, n)| *n > 0),
+        "every client was served"
+    );
 
     // Settled: b's last replies (150 ms) are in, late replies drained (1 s at most).
     let pid = s.pid();
