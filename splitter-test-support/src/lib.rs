@@ -13,6 +13,7 @@ pub mod http;
 pub mod metrics;
 pub mod peer;
 pub mod process;
+pub mod procfs;
 pub mod splitter;
 
 // The suites import everything at once (`use common::*`), the modules being for this crate's
@@ -21,6 +22,6 @@ pub use client::{assert_serves, Client, IO_TIMEOUT};
 pub use host::{free_addr, repo_path, require_root, require_tool, TempDir};
 pub use http::{bid, bid_body, http_json, post, priced_body, RawRequest, Response};
 pub use metrics::Metrics;
-pub use peer::RawPeer;
+pub use peer::{PeerConn, RawPeer};
 pub use process::{spawn_logged, wait_for, LineLog, ProcGuard, READY_TIMEOUT};
-pub use splitter::{config, Binary, Mock, Splitter};
+pub use splitter::{config, config_with_backend_keys, Binary, Mock, Splitter};

@@ -3,6 +3,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
@@ -31,6 +32,33 @@ impl PeerConn {
     /// Writes `bytes`; false when the splitter has gone.
     pub fn write(&mut self, bytes: &[u8]) -> bool {
         self.stream.write_all(bytes).is_ok()
+    }
+
+    /// Closes the connection with a reset (`SO_LINGER` 0), not a FIN: what a crashing or
+    /// overloaded server does.
+    pub fn reset(self) {
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: a valid `linger` for SO_LINGER on our own socket, which stays open until the
+        // drop below.
+        unsafe {
+            libc::setsockopt(
+                self.stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const linger).cast(),
+                size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+        drop(self);
+    }
+
+    /// The accepted socket itself, for what the methods above do not do (timeouts, buffer
+    /// sizes, half-closes).
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
     }
 }
 

@@ -56,17 +56,23 @@ impl Binary {
     /// Writes `config` to a file, with the I/O shell `SPLITTER_TEST_IO` names unless it picks
     /// one, and starts `splitter run -c FILE` on it; returns once it logs `splitter started`.
     pub fn run(self, config: &str) -> Splitter {
+        self.run_with(config, |_| {})
+    }
+
+    /// [`Binary::run`], with `customize` applied to the command before it is spawned: more
+    /// environment, or a `pre_exec` that lowers a resource limit in the child.
+    pub fn run_with(self, config: &str, customize: impl FnOnce(&mut Command)) -> Splitter {
         let dir = TempDir::new("run");
         let config = with_io_shell(config);
         let config_path = dir.write("splitter.toml", &config);
-        let (proc, logs) = spawn_logged(
-            Command::new(self.0)
-                .arg("run")
-                .arg("-c")
-                .arg(&config_path)
-                .env("RUST_LOG", "info")
-                .env("NO_COLOR", "1"),
-        );
+        let mut cmd = Command::new(self.0);
+        cmd.arg("run")
+            .arg("-c")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1");
+        customize(&mut cmd);
+        let (proc, logs) = spawn_logged(&mut cmd);
         let Some(line) = logs.wait_line(0, READY_TIMEOUT, |l| l.contains("splitter started"))
         else {
             panic!(
@@ -137,6 +143,21 @@ pub fn config(
     backends: &[(&str, SocketAddr)],
     routes: &[(&str, u64)],
 ) -> String {
+    let backends: Vec<(&str, SocketAddr, &str)> = backends
+        .iter()
+        .map(|&(name, addr)| (name, addr, ""))
+        .collect();
+    config_with_backend_keys(top, select, &backends, routes)
+}
+
+/// [`config`], with more lines in each backend's table: `(name, address, lines)`, the lines
+/// (`eject_after = 3\nhealth_path = "/health"`) right after its address; empty for none.
+pub fn config_with_backend_keys(
+    top: &str,
+    select: &str,
+    backends: &[(&str, SocketAddr, &str)],
+    routes: &[(&str, u64)],
+) -> String {
     let mut s = String::from("listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n");
     s.push_str(top);
     s.push('\n');
@@ -145,10 +166,14 @@ pub fn config(
         s.push_str(select);
         s.push('\n');
     }
-    for (name, addr) in backends {
+    for (name, addr, lines) in backends {
         s.push_str(&format!(
             "[[backend]]\nname = \"{name}\"\naddress = \"{addr}\"\n"
         ));
+        if !lines.is_empty() {
+            s.push_str(lines);
+            s.push('\n');
+        }
     }
     for (prefix, ms) in routes {
         s.push_str(&format!(
@@ -189,6 +214,11 @@ pub struct Splitter {
 }
 
 impl Splitter {
+    /// The process id, for `/proc` ([`crate::procfs`]).
+    pub fn pid(&self) -> u32 {
+        self.proc.child.id()
+    }
+
     pub fn client(&self) -> Client {
         Client::connect(self.addr)
     }
@@ -277,5 +307,12 @@ mod tests {
              [[route]]\npath_prefix = \"/x\"\ntimeout_ms = 80\n"
         );
         assert!(!config("", "", &[], &[]).contains("[select]"));
+        let c = config_with_backend_keys("", "", &[("a", a, "eject_after = 3")], &[("/", 80)]);
+        assert_eq!(
+            c,
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n\
+             [[backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\neject_after = 3\n\
+             [[route]]\npath_prefix = \"/\"\ntimeout_ms = 80\n"
+        );
     }
 }

@@ -1,0 +1,517 @@
+//! The process: memory that returns after large messages, clients that do not read, running
+//! out of descriptors, metrics across reloads, `max_in_flight` exactly, and the absolute-form
+//! request target.
+
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::common::*;
+use super::{exclusive, mib, per_backend, priced_peer, rss, WAIT};
+
+/// Idle connections may grow the splitter's RSS by at most this, whatever they carried.
+const IDLE_GROWTH: u64 = 16 << 20;
+
+/// Opens `n` keep-alive connections and waits until the splitter has accepted them all, then a
+/// moment for the process to settle.
+fn open_idle(s: &Splitter, n: usize) -> Vec<Client> {
+    let clients: Vec<Client> = (0..n).map(|_| s.client()).collect();
+    let m = s.wait_metrics(WAIT, |m| {
+        m.get("splitter_client_connections", &[]) == n as f64
+    });
+    assert_eq!(
+        m.get("splitter_client_connections", &[]),
+        n as f64,
+        "{}",
+        m.text
+    );
+    // Timing condition, not synchronisation: let the allocator settle before measuring.
+    thread::sleep(Duration::from_millis(300));
+    clients
+}
+
+#[test]
+fn idle_connections_keep_nothing_of_a_large_request() {
+    let _exclusive = exclusive();
+    let good = SPLITTER.mock_backend("good", &["--price", "1"]);
+    let s = SPLITTER.run(&config(
+        "max_request_body = 262144",
+        "",
+        &[("good", good.addr)],
+        &[("/", 5000)],
+    ));
+    let mut clients = open_idle(&s, 100);
+    let before = rss(&s);
+    // One request with a body of exactly max_request_body on each connection, one after the
+    // other: only what each connection keeps afterwards adds up.
+    for (i, c) in clients.iter_mut().enumerate() {
+        let id = format!("bigreq-{i}");
+        let head = format!(r#"{{"id":"{id}","pad":""#);
+        let body = format!("{head}{}\"}}", "p".repeat(262_144 - head.len() - 2));
+        assert_eq!(body.len(), 262_144);
+        c.request(&post("/x", &id, &body)).assert_won(&id);
+    }
+    thread::sleep(Duration::from_millis(300));
+    let after = rss(&s);
+    assert!(
+        after.saturating_sub(before) < IDLE_GROWTH,
+        "100 idle connections that each carried a 256 KiB request grew RSS from {:.1} to {:.1} \
+         MiB (100 x 256 KiB = 25 MiB if each kept its buffer)",
+        mib(before),
+        mib(after)
+    );
+    drop(clients);
+}
+
+#[test]
+fn idle_connections_keep_nothing_of_a_large_reply() {
+    let _exclusive = exclusive();
+    let big = SPLITTER.mock_backend("big", &["--price", "1", "--body-bytes", "900000"]);
+    let s = SPLITTER.run(&config(
+        "max_response_bytes = 2000000",
+        "",
+        &[("big", big.addr)],
+        &[("/", 5000)],
+    ));
+    let clients = open_idle(&s, 100);
+    let before = rss(&s);
+    // One request on each connection, by 4 threads of 25 connections (a reply costs the debug
+    // build ~150 ms of CPU: two workers share the work).
+    let mut quarters: Vec<Vec<Client>> = (0..4).map(|_| Vec::new()).collect();
+    for (i, c) in clients.into_iter().enumerate() {
+        quarters[i % 4].push(c);
+    }
+    let clients: Vec<Client> = quarters
+        .into_iter()
+        .enumerate()
+        .map(|(q, mut cs)| {
+            thread::spawn(move || {
+                for (i, c) in cs.iter_mut().enumerate() {
+                    let id = format!("bigrep-{q}-{i}");
+                    let r = c.request(&bid("/x", &id));
+                    r.assert_won(&id);
+                    assert!(r.body.len() >= 850_000, "a 900 KB reply: {}", r.body.len());
+                }
+                cs
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .flat_map(|t| t.join().expect("client thread"))
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    let after = rss(&s);
+    assert!(
+        after.saturating_sub(before) < IDLE_GROWTH,
+        "100 idle connections that each carried a 900 KB reply grew RSS from {:.1} to {:.1} MiB",
+        mib(before),
+        mib(after)
+    );
+    drop(clients);
+}
+
+#[test]
+fn a_client_that_never_reads_is_dropped_after_send_timeout() {
+    let _exclusive = exclusive();
+    let big = SPLITTER.mock_backend("big", &["--price", "1", "--body-bytes", "900000"]);
+    let s = SPLITTER.run(&config(
+        "send_timeout_ms = 300\nmax_response_bytes = 2000000",
+        "",
+        &[("big", big.addr)],
+        &[("/", 5000)],
+    ));
+    let mut sink = s.client();
+    sink.request(&bid("/x", "sink-0")).assert_won("sink-0");
+    // 40 pipelined requests for 900 KB replies each (36 MB), and then never a read.
+    let mut all = Vec::new();
+    for i in 1..=40 {
+        all.extend_from_slice(&bid("/x", &format!("sink-{i}")));
+    }
+    sink.send(&all);
+    let t = Instant::now();
+    let m = s.wait_metrics(WAIT, |m| m.get("splitter_client_connections", &[]) == 0.0);
+    assert_eq!(
+        m.get("splitter_client_connections", &[]),
+        0.0,
+        "a client that reads nothing is still connected {:?} later (send_timeout_ms = 300)\n{}",
+        t.elapsed(),
+        m.text
+    );
+    assert!(
+        sink.closed_within(WAIT),
+        "the client's socket must see the end of the connection"
+    );
+    // Others are served.
+    let r = s.request(&bid("/x", "after-sink"));
+    r.assert_won("after-sink");
+}
+
+/// The highest number of descriptors the splitter may open in the test below.
+const NOFILE: libc::rlim_t = 64;
+
+#[test]
+fn out_of_descriptors_it_neither_spins_nor_loses_the_admin_port() {
+    let _exclusive = exclusive();
+    let good = SPLITTER.mock_backend("good", &["--price", "1"]);
+    let s = SPLITTER.run_with(
+        &config("workers = 2", "", &[("good", good.addr)], &[("/", 1000)]),
+        |cmd| {
+            // SAFETY: setrlimit is async-signal-safe, and the closure touches nothing else.
+            unsafe {
+                cmd.pre_exec(|| {
+                    let limit = libc::rlimit {
+                        rlim_cur: NOFILE,
+                        rlim_max: NOFILE,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        },
+    );
+    let pid = s.pid();
+    assert_serves(s.addr, "/x", "fd-before");
+    // 100 connections: the kernel completes them all (the accept queue is long), the splitter
+    // runs out of descriptors accepting them.
+    let held: Vec<TcpStream> = (0..100)
+        .map(|i| {
+            TcpStream::connect_timeout(&s.addr, Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("connection {i}: {e}"))
+        })
+        .collect();
+    let full = wait_for(WAIT, || procfs::open_fds(pid) as u64 >= NOFILE - 4);
+    assert!(
+        full.is_some(),
+        "the splitter should be near its {NOFILE} descriptors, has {}",
+        procfs::open_fds(pid)
+    );
+    // Timing condition: accepts fail with EMFILE all along this window.
+    let cpu = procfs::cpu_time(pid);
+    thread::sleep(Duration::from_secs(2));
+    let spent = procfs::cpu_time(pid) - cpu;
+    assert!(
+        spent < Duration::from_millis(500),
+        "out of descriptors with connections waiting, the process spent {spent:?} of CPU in 2 s: \
+         its accept loops spin"
+    );
+    for path in ["/healthz", "/metrics"] {
+        let r = s.admin_get(path);
+        assert_eq!(
+            r.status, 200,
+            "GET {path} on the admin port while out of descriptors: {r:?}"
+        );
+    }
+    drop(held);
+    // New clients are served again once descriptors are free (the accept loops back off up
+    // to a second).
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let attempt = Client::try_connect(s.addr)
+            .map_err(|e| e.to_string())
+            .and_then(|mut c| {
+                c.try_send(&bid("/x", "fd-after"))
+                    .map_err(|e| e.to_string())?;
+                c.try_read_response_within(Duration::from_secs(3))
+            });
+        let last = match attempt {
+            Ok(r) if r.status == 200 => {
+                r.assert_won("fd-after");
+                break;
+            }
+            Ok(r) => format!("{r:?}"),
+            Err(e) => e,
+        };
+        assert!(
+            Instant::now() < until,
+            "no new client served within 10 s of freeing the descriptors; last: {last}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sends SIGHUP and waits for the reload to be logged as applied.
+fn reload(s: &Splitter, config: &str) {
+    s.rewrite_config(config);
+    let from = s.log_count();
+    s.signal(libc::SIGHUP);
+    let line = s
+        .wait_log(from, Duration::from_secs(10), |l| {
+            l.contains("configuration reloaded") || l.to_ascii_lowercase().contains("refused")
+        })
+        .unwrap_or_else(|| panic!("no reload log line: {:?}", s.log_snapshot()));
+    assert!(line.contains("configuration reloaded"), "{line}");
+}
+
+/// `connects - closed` of `backend` in `m`, if it is in the metrics.
+fn open_by_metrics(m: &Metrics, backend: &str) -> Option<f64> {
+    let connects = m.find("splitter_backend_connects_total", &[("backend", backend)])?;
+    Some(connects - per_backend(m, "splitter_backend_connections_closed_total", backend))
+}
+
+#[test]
+fn backend_connection_counts_stay_exact_across_a_reload_that_removes_a_backend() {
+    let _exclusive = exclusive();
+    let a = SPLITTER.mock_backend("a", &["--price", "1"]);
+    let b = SPLITTER.mock_backend("b", &["--price", "2", "--delay-ms", "150"]);
+    let routes = [("/", 1000)];
+    let s = SPLITTER.run(&config(
+        "workers = 2",
+        "",
+        &[("a", a.addr), ("b", b.addr)],
+        &routes,
+    ));
+    // One client connection idle across the reload, as a balancer keeps some.
+    let mut idle = s.client();
+    idle.request(&bid("/x", "rl-idle")).assert_won("rl-idle");
+    // Four clients sending back to back, before, during and after the reload; their
+    // connections stay open (idle) afterwards too.
+    const CLIENTS: usize = 4;
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let mut client = s.client();
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let id = format!("rl-{c}-{i}");
+                    i += 1;
+                    client.request(&bid("/x", &id)).assert_won(&id);
+                }
+                (client, i)
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+    reload(&s, &config("workers = 2", "", &[("a", a.addr)], &routes));
+    thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    let clients: Vec<(Client, usize)> = threads
+        .into_iter()
+        .map(|t| t.join().expect("client thread"))
+        .collect();
+    assert!(
+        clients.iter().all(|(_, n)| *n > 0),
+        "every client was served"
+    );
+
+    // Settled: b's last replies (150 ms) are in, late replies drained (1 s at most).
+    let pid = s.pid();
+    let settled = |m: &Metrics| {
+        let a_open = procfs::connections_to_port(pid, a.addr.port()).len() as f64;
+        let b_open = procfs::connections_to_port(pid, b.addr.port()).len() as f64;
+        open_by_metrics(m, "a") == Some(a_open)
+            && b_open == 0.0
+            && open_by_metrics(m, "b").is_none_or(|n| n == 0.0)
+    };
+    let m = s.wait_metrics(Duration::from_secs(5), settled);
+    let a_sockets = procfs::connections_to_port(pid, a.addr.port());
+    let b_sockets = procfs::connections_to_port(pid, b.addr.port());
+    assert_eq!(
+        b_sockets.len(),
+        0,
+        "the removed backend b: the splitter still has connections to it: {b_sockets:?}\n{}",
+        m.text
+    );
+    if let Some(open) = open_by_metrics(&m, "b") {
+        assert_eq!(open, 0.0, "b: connects - closed\n{}", m.text);
+    }
+    let a_open = open_by_metrics(&m, "a").expect("a in the metrics");
+    assert_eq!(
+        a_open,
+        a_sockets.len() as f64,
+        "a: connects - closed must be what is open: {a_sockets:?}\n{}",
+        m.text
+    );
+    assert!(
+        (0.0..=CLIENTS as f64).contains(&a_open),
+        "a: {a_open} open for {CLIENTS} concurrent clients\n{}",
+        m.text
+    );
+    idle.request(&bid("/x", "rl-idle-2"))
+        .assert_won("rl-idle-2");
+    drop(clients);
+}
+
+#[test]
+fn a_backend_added_by_a_reload_starts_its_counters_at_zero() {
+    let _exclusive = exclusive();
+    let a = SPLITTER.mock_backend("a", &["--price", "1"]);
+    let b = SPLITTER.mock_backend("b", &["--price", "2"]);
+    let c = SPLITTER.mock_backend("c", &["--price", "3"]);
+    let routes = [("/", 1000)];
+    let s = SPLITTER.run(&config(
+        "workers = 1",
+        "",
+        &[("a", a.addr), ("b", b.addr)],
+        &routes,
+    ));
+    let mut client = s.client();
+    for i in 0..5 {
+        let id = format!("zero-{i}");
+        let r = client.request(&bid("/x", &id));
+        r.assert_won(&id);
+        assert_eq!(r.backend(), Some("b"));
+    }
+    // b goes, c comes: c has answered nothing yet, won nothing, connected nowhere.
+    reload(
+        &s,
+        &config("workers = 1", "", &[("a", a.addr), ("c", c.addr)], &routes),
+    );
+    let m = s.metrics();
+    for (name, labels) in [
+        (
+            "splitter_backend_responses_total",
+            vec![("backend", "c"), ("outcome", "valid")],
+        ),
+        ("splitter_backend_wins_total", vec![("backend", "c")]),
+        ("splitter_backend_connects_total", vec![("backend", "c")]),
+    ] {
+        assert_eq!(
+            m.find(name, &labels),
+            Some(0.0),
+            "{name}{labels:?} of a backend just added, before any request: it must not carry \
+             another backend's counts\n{}",
+            m.text
+        );
+    }
+    let r = client.request(&bid("/x", "zero-c"));
+    r.assert_won("zero-c");
+    assert_eq!(r.backend(), Some("c"));
+    let m = s.metrics();
+    assert_eq!(
+        per_backend(&m, "splitter_backend_wins_total", "c"),
+        1.0,
+        "{}",
+        m.text
+    );
+}
+
+/// A backend that tells the test when each request has arrived, then answers it 500 ms later.
+fn holding_peer() -> (RawPeer, mpsc::Receiver<String>) {
+    let (tx, rx) = mpsc::channel::<String>();
+    let tx = Mutex::new(tx);
+    let peer = RawPeer::start(move |mut conn| {
+        while let Some(req) = conn.next_request() {
+            let _ = tx.lock().unwrap().send(req.req_id());
+            thread::sleep(Duration::from_millis(500));
+            if !conn.write(&http_json(&priced_body("p", &req.req_id(), "1"), "")) {
+                return;
+            }
+        }
+    });
+    (peer, rx)
+}
+
+#[test]
+fn max_in_flight_admits_exactly_the_limit_over_two_workers() {
+    let _exclusive = exclusive();
+    let (peer, arrived) = holding_peer();
+    let s = SPLITTER.run(&config(
+        "workers = 2\nmax_in_flight = 4",
+        "",
+        &[("p", peer.addr)],
+        &[("/", 1000)],
+    ));
+    for round in 0..3 {
+        let sent = Instant::now();
+        let mut busy: Vec<(String, Client)> = (0..4)
+            .map(|i| {
+                let id = format!("mif-{round}-{i}");
+                let mut c = s.client();
+                c.send(&bid("/x", &id));
+                (id, c)
+            })
+            .collect();
+        for n in 0..4 {
+            if arrived.recv_timeout(WAIT).is_err() {
+                let statuses: Vec<_> = busy
+                    .iter_mut()
+                    .map(|(id, c)| {
+                        let r = c.try_read_response_within(Duration::from_millis(100));
+                        (id.clone(), r.map(|r| r.status))
+                    })
+                    .collect();
+                panic!(
+                    "round {round}: only {n} of 4 requests (max_in_flight = 4) reached the \
+                     backend; their answers: {statuses:?}"
+                );
+            }
+        }
+        // Four in flight: the fifth is over the limit.
+        let r = s.request(&bid("/x", &format!("mif-{round}-over")));
+        assert_eq!(
+            r.status, 503,
+            "round {round}: a 5th concurrent request: {r:?}"
+        );
+        let answers: Vec<_> = busy
+            .iter_mut()
+            .map(|(id, c)| {
+                let r = c.read_response();
+                (id.clone(), r, sent.elapsed())
+            })
+            .collect();
+        if answers.iter().any(|(_, r, _)| r.status != 200) {
+            let summary: Vec<_> = answers.iter().map(|(id, r, t)| (id, r.status, t)).collect();
+            panic!(
+                "round {round}: the 4 admitted requests (backend holds 500 ms, route 1000 ms) \
+                 must each get the backend's 200; got (id, status, answered after): \
+                 {summary:?}\n{}",
+                s.metrics().text
+            );
+        }
+        for (id, r, _) in &answers {
+            r.assert_won(id);
+        }
+    }
+    let m = s.metrics();
+    assert_eq!(
+        m.get("splitter_responses_total", &[("status", "503")]),
+        3.0,
+        "{}",
+        m.text
+    );
+}
+
+#[test]
+fn an_absolute_form_target_is_routed_by_its_path_and_forwarded_in_origin_form() {
+    let _exclusive = exclusive();
+    let peer = priced_peer("p", "1");
+    let s = SPLITTER.run(&config("", "", &[("p", peer.addr)], &[("/bid", 1000)]));
+    let body = bid_body("abs-1");
+    let raw = format!(
+        "POST http://example.test/bid?x=1 HTTP/1.1\r\nHost: example.test\r\nX-Req-Id: abs-1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut client = s.client();
+    client.request(raw.as_bytes()).assert_won("abs-1");
+    let got = peer.next_request(WAIT);
+    let head = String::from_utf8_lossy(&got.head).into_owned();
+    assert_eq!(
+        head.split("\r\n").next(),
+        Some("POST /bid?x=1 HTTP/1.1"),
+        "backends get the origin form: {head:?}"
+    );
+    assert_eq!(got.header_all("Host"), ["example.test"], "{head:?}");
+    assert_eq!(got.body, body.as_bytes());
+    // Routed by the path, not the host or the query: no route for /other.
+    for target in ["http://example.test/other", "http://bid/other?next=/bid"] {
+        let host = target["http://".len()..].split('/').next().unwrap();
+        let raw =
+            format!("POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 2\r\n\r\n{{}}");
+        let r = s.request(raw.as_bytes());
+        assert_eq!(r.status, 404, "{target}: {r:?}");
+    }
+    // The connection that carried the absolute form stays in sync.
+    client.request(&bid("/bid", "abs-2")).assert_won("abs-2");
+    assert_eq!(
+        peer.next_request(WAIT).req_id(),
+        "abs-2",
+        "the 404s reached no backend"
+    );
+}
