@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use super::buffers::{self, Shared};
 use super::conn::{Conn, READ_CHUNK};
@@ -108,6 +109,61 @@ pub enum ExchangeError {
     /// The body is malformed, too large, or cut short.
     #[error("bad response body: {0}")]
     Body(#[from] BodyError),
+    /// The reply came in more pieces than any sound sender cuts one into (a byte or a chunk per
+    /// segment), or went on too long past its deadline.
+    #[error("reply trickled in over {0} reads")]
+    Trickle(u32),
+}
+
+/// What one reply may cost besides its size: reads are where a trickling sender makes the
+/// splitter work (a wake-up, a syscall or a ring entry each), however few bytes each brings.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplyLimits {
+    /// Most bytes, on the wire and decoded (`max_response_bytes`).
+    pub max_bytes: usize,
+    /// The backend's deadline: past it, only [`LATE_READS`] more reads.
+    pub deadline: Instant,
+}
+
+/// Most reads for one reply. A whole 1 MiB reply takes about 130 reads of 8 KiB; a sender
+/// that needs thousands is writing a byte at a time, and costs milliseconds of CPU per reply.
+const MAX_READS: u32 = 1024;
+
+/// Most reads after the deadline, while a late reply is drained to keep its connection: a
+/// reply still trickling then is not worth its CPU.
+const LATE_READS: u32 = 64;
+
+/// The reads one reply has taken.
+struct Reads {
+    limits: ReplyLimits,
+    total: u32,
+    late: u32,
+}
+
+impl Reads {
+    fn new(limits: ReplyLimits) -> Self {
+        Reads {
+            limits,
+            total: 0,
+            late: 0,
+        }
+    }
+
+    /// Counts one more read, or refuses it.
+    fn one_more(&mut self) -> Result<(), ExchangeError> {
+        self.total += 1;
+        if self.total > MAX_READS {
+            return Err(ExchangeError::Trickle(self.total));
+        }
+        // Checking the clock only once the reply is long enough to matter.
+        if self.total > 4 && Instant::now() >= self.limits.deadline {
+            self.late += 1;
+            if self.late > LATE_READS {
+                return Err(ExchangeError::Trickle(self.total));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Sends `request` (a whole request, framed by `Content-Length`) and reads the whole response;
@@ -118,10 +174,12 @@ pub async fn exchange(
     conn: &mut BackendConn,
     request: Shared,
     head_request: bool,
-    max_bytes: usize,
+    limits: ReplyLimits,
 ) -> Result<(Response, bool), ExchangeError> {
     conn.stream.write_shared(request).await?;
 
+    let max_bytes = limits.max_bytes;
+    let mut reads = Reads::new(limits);
     let mut raw = buffers::take(READ_CHUNK);
     let mut scanned = 0;
     let head = loop {
@@ -136,6 +194,7 @@ pub async fn exchange(
             return Err(ResponseError::HeadTooLarge.into());
         }
         scanned = raw.len();
+        reads.one_more()?;
         let (n, more) = conn.stream.read(raw).await;
         raw = more;
         if n? == 0 {
@@ -154,6 +213,7 @@ pub async fn exchange(
     let mut body = BodyDecoder::new(framing, limit)?;
     let mut body_end = head.head_len;
     while !body.decode_in_place(&mut raw, &mut body_end)? {
+        reads.one_more()?;
         let (n, more) = conn.stream.read(raw).await;
         raw = more;
         if n? == 0 {

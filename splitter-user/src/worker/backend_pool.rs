@@ -275,7 +275,11 @@ impl Backends {
     }
 
     /// Zeroes the counters of route slots given to another route prefix than before.
-    pub fn own_routes(&mut self, routes: &[crate::scatter::route::Route], counters: &WorkerCounters) {
+    pub fn own_routes(
+        &mut self,
+        routes: &[crate::scatter::route::Route],
+        counters: &WorkerCounters,
+    ) {
         for route in routes {
             let owner = &mut self.route_owners[route.slot];
             if owner.as_deref() != Some(route.path_prefix.as_str()) {

@@ -15,7 +15,7 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use super::backend_conn::{exchange, BackendConn, Response};
+use super::backend_conn::{exchange, BackendConn, ReplyLimits, Response};
 use super::backend_pool::{Backend, ConnSource, Options, Route};
 use super::buffers::{self, Shared};
 use super::{Plan, Worker};
@@ -300,7 +300,11 @@ async fn call(
     };
     let give_up = deadline + LATE_GRACE;
     let bytes = request.bytes_for(&backend.options.borrow());
-    let exchanged = exchange(&mut conn, bytes, request.head, plan.max_response_bytes);
+    let limits = ReplyLimits {
+        max_bytes: plan.max_response_bytes,
+        deadline,
+    };
+    let exchanged = exchange(&mut conn, bytes, request.head, limits);
     match tokio::time::timeout_at(give_up.into(), exchanged).await {
         Ok(Ok((response, reusable))) => {
             let elapsed = request.started.elapsed().as_micros();
@@ -334,7 +338,11 @@ async fn health_check(backend: Rc<Backend>, path: Rc<str>, uring: bool, max_byte
         request.extend_from_slice(b" HTTP/1.1\r\nHost: ");
         request.extend_from_slice(backend.addr.to_string().as_bytes());
         request.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
-        let (response, _) = exchange(&mut conn, Shared::new(request), false, max_bytes)
+        let limits = ReplyLimits {
+            max_bytes,
+            deadline: Instant::now() + HEALTH_CHECK_TIMEOUT,
+        };
+        let (response, _) = exchange(&mut conn, Shared::new(request), false, limits)
             .await
             .ok()?;
         Some(response.head.status)
