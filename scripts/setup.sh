@@ -35,8 +35,8 @@ if [ "${SPLITTER_SKIP_APT:-0}" != 1 ]; then
         apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null \
           || echo "warning: could not install $pkg: the tests that need it will be skipped" >&2
       done
-      # The package also enables and starts a Prometheus server on :9090 (the splitter's default
-      # admin port): only promtool is wanted here, so the server stays off.
+      # The package also enables and starts a Prometheus server (on :9090): only promtool is
+      # wanted here, so the server is stopped and stays off.
       if [[ " ${need[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
         systemctl disable --now prometheus >/dev/null 2>&1 || true
       fi
