@@ -16,6 +16,13 @@ SPLITTER_TEST_IO=epoll cargo test -p splitter-user --test '*'
 have() { for tool; do command -v "$tool" >/dev/null 2>&1 || return 1; done; }
 once=() per_shell=()
 have systemd-analyze haproxy && once+=(--test ops)
+# The alert rules and their unit tests (infra/prometheus), here for their output in the log; the
+# monitoring suite runs them too, checks every dashboard query parses, and checks a scrape.
+if have promtool; then
+  (cd infra/prometheus && promtool check rules splitter.rules.yml \
+    && promtool test rules splitter.rules.test.yml)
+  once+=(--test monitoring)
+fi
 have haproxy && per_shell+=(--test haproxy_failover)
 have wrk && per_shell+=(--test soak --test restart)
 # eBPF steering: root for CAP_BPF and CAP_NET_ADMIN, bpftool to read the map back, and a build

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh Debian 12 machine: the pinned Rust toolchain, the Debian
-# packages the tests and benchmarks use (wrk, haproxy, bpftool, systemd-analyze), and the eBPF
-# toolchain (nightly, bpf-linker). Sourced by ../demo.sh and ../test.sh.
+# packages the tests and benchmarks use (wrk, haproxy, bpftool, systemd-analyze, promtool), and
+# the eBPF toolchain (nightly, bpf-linker). Sourced by ../demo.sh and ../test.sh.
 set -euo pipefail
 
 if ! command -v rustup >/dev/null 2>&1; then
@@ -19,7 +19,9 @@ fi
 # Debian packages the tests and benchmarks drive: tool, then the package that has it.
 if [ "${SPLITTER_SKIP_APT:-0}" != 1 ]; then
   need=()
-  for pair in wrk:wrk haproxy:haproxy bpftool:bpftool systemd-analyze:systemd; do
+  # promtool (checks of infra/prometheus and of /metrics) comes with Debian's Prometheus server.
+  for pair in wrk:wrk haproxy:haproxy bpftool:bpftool systemd-analyze:systemd \
+    promtool:prometheus; do
     tool=${pair%%:*}
     command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || need+=("${pair#*:}")
   done
@@ -33,6 +35,11 @@ if [ "${SPLITTER_SKIP_APT:-0}" != 1 ]; then
         apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null \
           || echo "warning: could not install $pkg: the tests that need it will be skipped" >&2
       done
+      # The package also enables and starts a Prometheus server (on :9090): only promtool is
+      # wanted here, so the server is stopped and stays off.
+      if [[ " ${need[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+        systemctl disable --now prometheus >/dev/null 2>&1 || true
+      fi
     else
       echo "note: ${need[*]} missing and not root: the tests that need them will be skipped" >&2
     fi
