@@ -171,6 +171,29 @@ impl Proc {
         self.status_kib("VmRSS")
     }
 
+    /// Time the child's threads have spent runnable but waiting for a CPU, so far.
+    pub fn run_queue_wait(&self) -> anyhow::Result<Duration> {
+        run_queue_wait(&format!("/proc/{}", self.pid()))
+    }
+
+    /// Open file descriptors: the entries of `/proc/PID/fd`.
+    pub fn fd_count(&self) -> anyhow::Result<usize> {
+        let dir = format!("/proc/{}/fd", self.pid());
+        let entries = std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))?;
+        Ok(entries.count())
+    }
+
+    /// Kills the child at once (SIGKILL, no chance to clean up) and reaps it.
+    pub fn kill(mut self) -> anyhow::Result<()> {
+        if self.child.try_wait()?.is_none() {
+            self.signal(libc::SIGKILL);
+            self.child
+                .wait()
+                .with_context(|| format!("reaping {}", self.name))?;
+        }
+        Ok(())
+    }
+
     fn status_kib(&self, key: &str) -> anyhow::Result<u64> {
         let path = format!("/proc/{}/status", self.pid());
         let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
@@ -204,6 +227,41 @@ impl Drop for Proc {
         self.signal(libc::SIGKILL);
         let _ = self.child.wait();
     }
+}
+
+/// Time the threads of the process at `proc_dir` (`/proc/PID`, `/proc/self`) have spent
+/// runnable but waiting for a CPU: the sum of the second field of each `task/*/schedstat`.
+pub fn run_queue_wait(proc_dir: &str) -> anyhow::Result<Duration> {
+    let dir = format!("{proc_dir}/task");
+    let mut ns = 0u64;
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        // A thread may exit between the listing and the read: it is not counted.
+        let Ok(stat) = std::fs::read_to_string(entry?.path().join("schedstat")) else {
+            continue;
+        };
+        ns += parse_schedstat_wait_ns(&stat).with_context(|| format!("{dir}: bad schedstat"))?;
+    }
+    Ok(Duration::from_nanos(ns))
+}
+
+/// The run-queue wait of a `schedstat` line: `<on cpu ns> <waiting ns> <timeslices>`.
+fn parse_schedstat_wait_ns(stat: &str) -> Option<u64> {
+    stat.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The machine's CPU pressure so far: the total time, in microseconds, that some runnable task
+/// waited for a CPU (`some total=` of `/proc/pressure/cpu`); `None` without PSI.
+pub fn cpu_pressure_us() -> Option<u64> {
+    let psi = std::fs::read_to_string("/proc/pressure/cpu").ok()?;
+    parse_psi_some_total(&psi)
+}
+
+fn parse_psi_some_total(psi: &str) -> Option<u64> {
+    let some = psi.lines().find(|l| l.starts_with("some "))?;
+    some.split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
 }
 
 /// `utime + stime` in clock ticks from a `/proc/PID/stat` line. Fields are counted after the
@@ -263,6 +321,16 @@ mod tests {
     fn cpu_ticks_skip_a_command_name_with_spaces_and_parentheses() {
         let stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 70 30 0 0 20 0 3 0";
         assert_eq!(parse_cpu_ticks(stat), Some(100));
+    }
+
+    #[test]
+    fn schedstat_and_psi() {
+        assert_eq!(parse_schedstat_wait_ns("95079 143739 1\n"), Some(143_739));
+        assert_eq!(parse_schedstat_wait_ns("95079\n"), None);
+        let psi = "some avg10=99.89 avg60=99.58 avg300=98.31 total=1838696815\n\
+                   full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
+        assert_eq!(parse_psi_some_total(psi), Some(1_838_696_815));
+        assert_eq!(parse_psi_some_total("full total=3\n"), None);
     }
 
     #[test]
