@@ -39,6 +39,8 @@ const GIVE_UP: Duration = Duration::from_secs(2);
 /// The splitter's settings the chaos is about, beyond the defaults.
 const EJECT_AFTER: u32 = 5;
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// How far below the soak's nice value the load's threads run: the measuring side first.
+const LOAD_NICE_BELOW: i32 = 5;
 /// Seconds between progress lines.
 const PROGRESS_EVERY_S: u32 = 10;
 
@@ -51,8 +53,9 @@ pub struct Options {
     /// Minutes of load.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=24 * 60))]
     minutes: u32,
-    /// Seconds of load instead of --minutes (at least 36: the warm-up and one chaos cycle).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(i64::from(chaos::WARMUP_S + chaos::CYCLE_S)..))]
+    /// Seconds of load instead of --minutes (at least 60: the warm-up and two chaos cycles, so
+    /// that the steady state and the end are read in different calms).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(60..))]
     seconds: Option<u32>,
     /// Seed of the chaos schedule: which backend gets which fault in each cycle.
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -66,6 +69,11 @@ pub struct Options {
     /// Least milliseconds between two requests of a connection (0: back to back).
     #[arg(long, value_name = "MS", default_value_t = 10)]
     pace_ms: u64,
+    /// Nice value of the soak's own processes (this one, the splitter, the healthy backends;
+    /// the load's threads 5 below): what is judged is the splitter, not the other work of a
+    /// shared machine. Faulty backends run at 19. A negative value needs root (else a warning).
+    #[arg(long, value_name = "N", default_value_t = -10, allow_hyphen_values = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
+    nice: i32,
     /// The route's deadline.
     #[arg(long, value_name = "MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     deadline_ms: u64,
@@ -80,6 +88,8 @@ struct Settings {
     backends: usize,
     connections: usize,
     pace_ms: u64,
+    /// Of this process, the load, the splitter and the healthy backends.
+    nice: i32,
     deadline_ms: u64,
     late_after_ms: u64,
     give_up_after_ms: u64,
@@ -129,6 +139,15 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let late_after_ms = opts.deadline_ms + LATE_SLACK_MS;
     let env = crate::bench::build_env(&root, "xtask-soak")?;
     proc::raise_fd_limit()?;
+    // After the build: only what the soak starts from here on inherits it.
+    if let Err(e) = proc::set_own_nice(opts.nice) {
+        eprintln!(
+            "soak: cannot run at nice {} ({e}); running at {}",
+            opts.nice,
+            proc::own_nice()
+        );
+    }
+    let nice = proc::own_nice();
 
     let mut backends = Backends::start(&env, opts.backends.into())?;
     let named = backends.named_addrs();
@@ -165,6 +184,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         late_after: Duration::from_millis(late_after_ms),
         give_up_after: GIVE_UP,
         pace: Duration::from_millis(opts.pace_ms),
+        nice: Some((nice - LOAD_NICE_BELOW).max(-20)),
         id_prefix: format!("s{}-", std::process::id()),
     })?;
     let names: Vec<String> = named.iter().map(|(n, _)| n.clone()).collect();
@@ -205,6 +225,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             backends: names.len(),
             connections: opts.connections.into(),
             pace_ms: opts.pace_ms,
+            nice,
             deadline_ms: opts.deadline_ms,
             late_after_ms,
             give_up_after_ms: GIVE_UP.as_millis() as u64,

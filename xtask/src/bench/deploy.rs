@@ -143,7 +143,7 @@ pub struct MockSpec<'a> {
     pub listen: SocketAddr,
     pub flags: &'a [&'a str],
     pub cpus: Cpus,
-    /// Run under `nice -n N`.
+    /// Run at nice value N (whatever this process's own is).
     pub nice: Option<i32>,
     /// Append to the log rather than start it anew: a backend restarted many times.
     pub append_log: bool,
@@ -153,10 +153,12 @@ pub struct MockSpec<'a> {
 pub fn spawn_mock(env: &Env, spec: &MockSpec) -> anyhow::Result<(Proc, SocketAddr)> {
     let name = spec.name;
     let mut cmd = match spec.nice {
-        // nice execs the mock: the PID held is the mock's.
+        // nice execs the mock: the PID held is the mock's. Its -n is relative to our own.
         Some(n) => {
             let mut cmd = Command::new("nice");
-            cmd.arg("-n").arg(n.to_string()).arg(&env.splitter_bin);
+            cmd.arg("-n")
+                .arg((n - proc::own_nice()).to_string())
+                .arg(&env.splitter_bin);
             cmd
         }
         None => Command::new(&env.splitter_bin),

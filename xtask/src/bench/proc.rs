@@ -229,6 +229,28 @@ impl Drop for Proc {
     }
 }
 
+/// This thread's nice value; threads and processes started from it inherit it.
+pub fn own_nice() -> i32 {
+    // SAFETY: plain syscall. -1 is also a valid priority: errno tells them apart.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let n = libc::getpriority(libc::PRIO_PROCESS, 0);
+        if n == -1 && *libc::__errno_location() != 0 {
+            return 0;
+        }
+        n
+    }
+}
+
+/// Sets this thread's nice value (a negative one needs CAP_SYS_NICE).
+pub fn set_own_nice(n: i32) -> io::Result<()> {
+    // SAFETY: plain syscall; who = 0 is the calling thread.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, n) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Time the threads of the process at `proc_dir` (`/proc/PID`, `/proc/self`) have spent
 /// runnable but waiting for a CPU: the sum of the second field of each `task/*/schedstat`.
 pub fn run_queue_wait(proc_dir: &str) -> anyhow::Result<Duration> {

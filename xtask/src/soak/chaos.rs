@@ -3,9 +3,10 @@
 //! mock-backend` process on a fixed loopback port that a change of mode replaces ([`Backends`]).
 //!
 //! Every fault is a mock-backend flag: a separate process, like a real backend, whose CPU the
-//! soak can keep from competing with the splitter's (faulty backends run at `nice 19`: a
-//! hostile backend is someone else's machine, its CPU is not this one's), restarted on the same
-//! port the splitter's configuration names.
+//! soak can keep from competing with the splitter's (faulty backends run at nice 19: a hostile
+//! backend is someone else's machine, its CPU is not this one's), restarted on the same port
+//! the splitter's configuration names. Changing a backend's mode kills its process (SIGKILL)
+//! and starts another: its connections are reset, as in a crash and redeploy.
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;

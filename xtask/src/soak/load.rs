@@ -37,6 +37,9 @@ pub struct LoadSpec {
     pub pace: Duration,
     /// Unique to the run, so an id can only match its own request.
     pub id_prefix: String,
+    /// The connections' threads' nice value, if it can be set: the side that measures should
+    /// read a response as soon as it arrives, not when the machine has a moment.
+    pub nice: Option<i32>,
 }
 
 /// Client-side errors, by kind.
@@ -220,6 +223,10 @@ struct Client {
 
 impl Client {
     fn run(self) {
+        if let Some(n) = self.spec.nice {
+            // Without the privilege, the thread keeps the priority it inherited.
+            let _ = crate::bench::proc::set_own_nice(n);
+        }
         let mut seq = 0u64;
         let mut buf = Vec::with_capacity(8192);
         let mut request = Vec::with_capacity(self.body.len() + 256);
