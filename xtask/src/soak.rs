@@ -28,7 +28,7 @@ use crate::bench::proc::{self, Cpus, Proc};
 use crate::bench::record::Machine;
 use chaos::{Backends, Event};
 use load::{Load, LoadSpec};
-use report::{Judge, Row, Sample, Summary};
+use report::{Judge, Outcomes, Row, Sample, Summary};
 
 /// Where the record and the chart go, relative to the root.
 const RESULTS_DIR: &str = "bench/results";
@@ -39,8 +39,14 @@ const GIVE_UP: Duration = Duration::from_secs(2);
 /// The splitter's settings the chaos is about, beyond the defaults.
 const EJECT_AFTER: u32 = 5;
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// Set in the environment of the soak rerun in its own session.
+const SESSION_MARKER: &str = "SPLITTER_SOAK_OWN_SESSION";
 /// How far below the soak's nice value the load's threads run: the measuring side first.
 const LOAD_NICE_BELOW: i32 = 5;
+/// Processes named per second, by the CPU they used.
+const TOP_PROCESSES: usize = 4;
+/// Every process's name and CPU time, by PID.
+type ProcessTimes = std::collections::HashMap<u32, (String, Duration)>;
 /// Seconds between progress lines.
 const PROGRESS_EVERY_S: u32 = 10;
 
@@ -69,9 +75,11 @@ pub struct Options {
     /// Least milliseconds between two requests of a connection (0: back to back).
     #[arg(long, value_name = "MS", default_value_t = 10)]
     pace_ms: u64,
-    /// Nice value of the soak's own processes (this one, the splitter, the healthy backends;
-    /// the load's threads 5 below): what is judged is the splitter, not the other work of a
-    /// shared machine. Faulty backends run at 19. A negative value needs root (else a warning).
+    /// Nice value of the soak: of its scheduling group (it runs in a session of its own, which
+    /// autogroup scheduling makes a group) against the rest of the machine, and of its own
+    /// processes within it (this one, the splitter, the healthy backends; the load's threads 5
+    /// below, faulty backends at 19). What is judged is the splitter, not the other work of a
+    /// shared machine. A negative value needs root (else a warning).
     #[arg(long, value_name = "N", default_value_t = -10, allow_hyphen_values = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
     nice: i32,
     /// The route's deadline.
@@ -105,12 +113,7 @@ struct Settings {
 #[derive(Debug, Serialize)]
 struct BackendMetrics {
     name: String,
-    valid: Option<u64>,
-    invalid: Option<u64>,
-    timeout: Option<u64>,
-    error: Option<u64>,
-    ejected: Option<u64>,
-    overloaded: Option<u64>,
+    outcomes: Option<Outcomes>,
     ejections: Option<u64>,
     wins: Option<u64>,
     connects: Option<u64>,
@@ -133,13 +136,24 @@ struct SoakRecord {
 /// Runs `cargo xtask soak`.
 pub fn run(opts: Options) -> anyhow::Result<()> {
     proc::trap_interrupts().context("installing signal handlers")?;
+    // Its own session, so that its nice value counts against the rest of the machine.
+    if !proc::leads_session() && std::env::var_os(SESSION_MARKER).is_none() {
+        return proc::rerun_in_own_session(SESSION_MARKER);
+    }
     let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let root = crate::workspace_root();
     let run_s = opts.seconds.unwrap_or(opts.minutes * 60);
     let late_after_ms = opts.deadline_ms + LATE_SLACK_MS;
     let env = crate::bench::build_env(&root, "xtask-soak")?;
     proc::raise_fd_limit()?;
-    // After the build: only what the soak starts from here on inherits it.
+    // After the build: only what the soak starts from here on inherits it. The session's
+    // group against the rest of the machine, the thread against the rest of the soak.
+    if let Err(e) = proc::set_session_nice(opts.nice) {
+        eprintln!(
+            "soak: cannot give the soak's scheduling group nice {}: {e:#}",
+            opts.nice
+        );
+    }
     if let Err(e) = proc::set_own_nice(opts.nice) {
         eprintln!(
             "soak: cannot run at nice {} ({e}); running at {}",
@@ -260,7 +274,8 @@ impl Drive<'_> {
     fn run(self, schedule: &[Event]) -> anyhow::Result<(Vec<Sample>, Vec<Event>)> {
         let t0 = self.load.started();
         let mut samples = Vec::with_capacity(self.run_s as usize + 1);
-        samples.push(self.sample());
+        let mut procs = proc::process_cpu_times();
+        samples.push(self.sample(&mut procs));
         let mut done = Vec::with_capacity(schedule.len());
         let mut next = schedule.iter().peekable();
         for second in 1..=self.run_s {
@@ -270,6 +285,9 @@ impl Drive<'_> {
                 match next.peek() {
                     Some(e) if t0 + Duration::from_secs_f64(e.at_s) <= now => {
                         let e = next.next().expect("peeked");
+                        let counts = deploy::scrape_metrics(self.admin)
+                            .ok()
+                            .and_then(|m| outcomes(&m, &self.names[e.backend]));
                         self.backends.set(self.env, e.backend, e.mode)?;
                         let at_s = t0.elapsed().as_secs_f64();
                         eprintln!(
@@ -277,7 +295,11 @@ impl Drive<'_> {
                             self.names[e.backend],
                             e.mode.name()
                         );
-                        done.push(Event { at_s, ..e.clone() });
+                        done.push(Event {
+                            at_s,
+                            counts,
+                            ..e.clone()
+                        });
                     }
                     Some(e) if t0 + Duration::from_secs_f64(e.at_s) < sample_at => {
                         proc::sleep((t0 + Duration::from_secs_f64(e.at_s)) - now)?;
@@ -289,7 +311,7 @@ impl Drive<'_> {
             self.splitter
                 .ensure_running()
                 .context("the splitter died under the soak")?;
-            samples.push(self.sample());
+            samples.push(self.sample(&mut procs));
             if second % PROGRESS_EVERY_S == 0 {
                 let t = self.load.totals();
                 let s = samples.last().cloned().unwrap_or_default();
@@ -310,10 +332,41 @@ impl Drive<'_> {
         Ok((samples, done))
     }
 
-    /// The splitter's RSS, descriptors and ejected backends now; what cannot be read is left out.
-    fn sample(&self) -> Sample {
+    /// The splitter's RSS, descriptors and ejected backends now, and what the machine did since
+    /// `procs` (the processes' CPU times then, replaced by those now); what cannot be read is
+    /// left out.
+    fn sample(&self, procs: &mut ProcessTimes) -> Sample {
+        let at_s = self.load.started().elapsed().as_secs_f64();
+        let now = proc::process_cpu_times();
+        // The soak's own processes by their role; the others by name and PID.
+        let mut roles: std::collections::HashMap<u32, String> = self
+            .backends
+            .pids()
+            .into_iter()
+            .map(|(pid, name)| (pid, format!("soak backend {name}")))
+            .collect();
+        roles.insert(self.splitter.pid(), "soak splitter".into());
+        roles.insert(std::process::id(), "soak load".into());
+        let mut top: Vec<(String, f64)> = now
+            .iter()
+            .map(|(pid, (name, t))| {
+                let before = procs.get(pid).map_or(Duration::ZERO, |p| p.1);
+                let who = roles
+                    .get(pid)
+                    .cloned()
+                    .unwrap_or_else(|| format!("{name}[{pid}]"));
+                (who, t.saturating_sub(before).as_secs_f64() * 1000.0)
+            })
+            .filter(|(_, ms)| *ms > 0.0)
+            .collect();
+        top.sort_by(|a, b| b.1.total_cmp(&a.1));
+        top.truncate(TOP_PROCESSES);
+        *procs = now;
         let metrics = deploy::scrape_metrics(self.admin).ok();
         Sample {
+            at_s,
+            machine: proc::machine_cpu(),
+            top_cpu: top,
             rss_kib: self.splitter.rss_kib().ok(),
             fds: self.splitter.fd_count().ok().map(|n| n as u64),
             cpu: self.splitter.cpu_time().ok(),
@@ -341,32 +394,39 @@ impl Drive<'_> {
     }
 }
 
+/// Backend `name`'s outcomes in the splitter's `/metrics` text.
+fn outcomes(text: &str, name: &str) -> Option<Outcomes> {
+    let get = |o: &str| {
+        let series =
+            format!("splitter_backend_responses_total{{backend=\"{name}\",outcome=\"{o}\"}}");
+        deploy::metric(text, &series)
+    };
+    Some(Outcomes {
+        valid: get("valid")?,
+        invalid: get("invalid")?,
+        timeout: get("timeout")?,
+        error: get("error")?,
+        ejected: get("ejected")?,
+        overloaded: get("overloaded")?,
+    })
+}
+
 /// Each backend's outcomes as the splitter counted them.
 fn backend_metrics(admin: SocketAddr, names: &[String]) -> Vec<BackendMetrics> {
     let text = deploy::scrape_metrics(admin).unwrap_or_default();
-    let get = |metric: &str, name: &str, outcome: Option<&str>| {
-        let series = match outcome {
-            Some(o) => format!("{metric}{{backend=\"{name}\",outcome=\"{o}\"}}"),
-            None => format!("{metric}{{backend=\"{name}\"}}"),
-        };
-        deploy::metric(&text, &series)
+    let get = |metric: &str, name: &str| {
+        deploy::metric(&text, &format!("{metric}{{backend=\"{name}\"}}"))
     };
-    let outcome = |name: &str, o: &str| get("splitter_backend_responses_total", name, Some(o));
     names
         .iter()
         .map(|n| BackendMetrics {
             name: n.clone(),
-            valid: outcome(n, "valid"),
-            invalid: outcome(n, "invalid"),
-            timeout: outcome(n, "timeout"),
-            error: outcome(n, "error"),
-            ejected: outcome(n, "ejected"),
-            overloaded: outcome(n, "overloaded"),
-            ejections: get("splitter_backend_ejections_total", n, None),
-            wins: get("splitter_backend_wins_total", n, None),
-            connects: get("splitter_backend_connects_total", n, None),
-            connections_closed: get("splitter_backend_connections_closed_total", n, None),
-            late_drained: get("splitter_backend_late_drained_total", n, None),
+            outcomes: outcomes(&text, n),
+            ejections: get("splitter_backend_ejections_total", n),
+            wins: get("splitter_backend_wins_total", n),
+            connects: get("splitter_backend_connects_total", n),
+            connections_closed: get("splitter_backend_connections_closed_total", n),
+            late_drained: get("splitter_backend_late_drained_total", n),
         })
         .collect()
 }
@@ -395,18 +455,20 @@ fn publish(record: &SoakRecord, root: &Path) -> anyhow::Result<()> {
     )
     .context("rendering the chart")?;
     println!("{}", report::text(&record.summary));
+    println!("each backend over the whole run, as the splitter counted it:");
     for b in &record.backends {
         let n = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
+        let o = b.outcomes.unwrap_or_default();
         println!(
-            "backend {}: valid {}, invalid {}, timeout {}, error {}, ejected {}, overloaded {}, \
-             ejections {}, wins {}, connects {}",
+            "  {}: valid {}, invalid {}, timeout {}, error {}, not asked (ejected) {}, \
+             overloaded {}; ejections {}, wins {}, connects {}",
             b.name,
-            n(b.valid),
-            n(b.invalid),
-            n(b.timeout),
-            n(b.error),
-            n(b.ejected),
-            n(b.overloaded),
+            o.valid,
+            o.invalid,
+            o.timeout,
+            o.error,
+            o.ejected,
+            o.overloaded,
             n(b.ejections),
             n(b.wins),
             n(b.connects)

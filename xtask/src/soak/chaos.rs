@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::bench::deploy::{self, Env, MockSpec};
 use crate::bench::proc::{self, Cpus, Proc};
+use crate::soak::report::Outcomes;
 
 /// What every backend answers with when healthy: about 2 KB of JSON at a random price (so the
 /// winner changes from request to request), after 1 to 20 ms.
@@ -133,6 +134,9 @@ pub struct Event {
     /// Index into the backends.
     pub backend: usize,
     pub mode: Mode,
+    /// As made: the backend's outcomes as the splitter had counted them just before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counts: Option<Outcomes>,
 }
 
 /// The shape of a chaos cycle, in seconds from its start. One backend each is killed,
@@ -171,6 +175,7 @@ pub fn schedule(run_s: u32, backends: usize, seed: u64) -> Vec<Event> {
                     at_s: f64::from(start + at),
                     backend,
                     mode,
+                    counts: None,
                 });
             }
         }
@@ -257,6 +262,14 @@ impl Backends {
     /// `mode` on the same port.
     pub fn set(&mut self, env: &Env, backend: usize, mode: Mode) -> anyhow::Result<()> {
         self.slots[backend].set(env, mode)
+    }
+
+    /// The PIDs of the backends running now, with their names.
+    pub fn pids(&self) -> Vec<(u32, &str)> {
+        self.slots
+            .iter()
+            .filter_map(|s| Some((s.proc.as_ref()?.pid(), s.name.as_str())))
+            .collect()
     }
 
     /// Fails if a backend that should run has died.

@@ -168,6 +168,16 @@ pub fn render(
             color: RGBColor(31, 119, 180),
             value: |r| r.splitter_cpu_ms,
         },
+        Line {
+            label: "hypervisor steal, ms",
+            color: RGBColor(148, 103, 189),
+            value: |r| r.steal_ms,
+        },
+        Line {
+            label: "sample read late, ms",
+            color: RGBColor(23, 190, 207),
+            value: |r| Some(r.sample_late_ms),
+        },
     ];
     panel(
         &panels[4],
@@ -222,7 +232,7 @@ where
         .x_desc("seconds")
         .draw()?;
     for &(mode, label) in &MARKERS {
-        let style = color(mode).mix(0.35).stroke_width(1);
+        let style = color(mode).mix(0.5).stroke_width(1);
         let xs: Vec<f64> = events
             .iter()
             .filter(|e| std::mem::discriminant(&e.mode) == std::mem::discriminant(&mode))

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::bench::proc::MachineCpu;
 use crate::soak::chaos::{Event, Mode};
 use crate::soak::load::{Errors, Second};
 
@@ -40,6 +41,13 @@ pub struct Sample {
     /// Requests the splitter itself timed at over 200 ms so far (its histogram's buckets are
     /// 100 and 200 ms around the deadline), from the end of the request to the response.
     pub splitter_over_200ms: Option<u64>,
+    /// The machine's CPU time so far.
+    pub machine: Option<MachineCpu>,
+    /// When this sample was read, in seconds since the load started (late when the soak
+    /// itself could not run).
+    pub at_s: f64,
+    /// The processes that used the most CPU since the sample before, with their ms.
+    pub top_cpu: Vec<(String, f64)>,
 }
 
 /// One second of the run, as recorded.
@@ -72,6 +80,14 @@ pub struct Row {
     pub cpu_pressure: Option<f64>,
     /// Requests the splitter itself timed at over 200 ms in this second.
     pub splitter_over_200ms: Option<u64>,
+    /// CPU time the machine spent running anything in this second, all CPUs (2000 is two
+    /// CPUs' worth), and the time the hypervisor took from it.
+    pub machine_busy_ms: Option<f64>,
+    pub steal_ms: Option<f64>,
+    /// How late the sample closing this second was read: the soak itself did not run.
+    pub sample_late_ms: f64,
+    /// The processes that used the most CPU in this second: `name ms`.
+    pub top_cpu: Vec<String>,
 }
 
 /// The rows of a run of `run_s` seconds: `seconds[t]`, with `samples[t + 1]` (read at the end
@@ -115,6 +131,20 @@ pub fn rows(seconds: &[Second], samples: &[Sample], run_s: u32) -> Vec<Row> {
                     .splitter_over_200ms
                     .zip(before.splitter_over_200ms)
                     .map(|(b, a)| b.saturating_sub(a)),
+                machine_busy_ms: delta(
+                    before.machine.map(|m| m.busy),
+                    sample.machine.map(|m| m.busy),
+                ),
+                steal_ms: delta(
+                    before.machine.map(|m| m.steal),
+                    sample.machine.map(|m| m.steal),
+                ),
+                sample_late_ms: ((sample.at_s - f64::from(t + 1)) * 1000.0).max(0.0),
+                top_cpu: sample
+                    .top_cpu
+                    .iter()
+                    .map(|(name, ms)| format!("{name} {ms:.0}"))
+                    .collect(),
                 ejected: sample.ejected,
             }
         })
@@ -185,6 +215,111 @@ fn flatness(
     })
 }
 
+/// One backend's outcomes as the splitter counts them (`splitter_backend_responses_total`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Outcomes {
+    pub valid: u64,
+    pub invalid: u64,
+    pub timeout: u64,
+    pub error: u64,
+    /// Not asked: ejected.
+    pub ejected: u64,
+    /// Not asked: `max_connections` busy.
+    pub overloaded: u64,
+}
+
+impl Outcomes {
+    fn since(&self, before: &Outcomes) -> Outcomes {
+        Outcomes {
+            valid: self.valid.saturating_sub(before.valid),
+            invalid: self.invalid.saturating_sub(before.invalid),
+            timeout: self.timeout.saturating_sub(before.timeout),
+            error: self.error.saturating_sub(before.error),
+            ejected: self.ejected.saturating_sub(before.ejected),
+            overloaded: self.overloaded.saturating_sub(before.overloaded),
+        }
+    }
+
+    fn add(&mut self, o: &Outcomes) {
+        self.valid += o.valid;
+        self.invalid += o.invalid;
+        self.timeout += o.timeout;
+        self.error += o.error;
+        self.ejected += o.ejected;
+        self.overloaded += o.overloaded;
+    }
+}
+
+/// One backend's time in one faulty mode, and what the splitter made of it.
+#[derive(Clone, Debug, Serialize)]
+pub struct FaultWindow {
+    pub backend: String,
+    pub mode: String,
+    pub from_s: f64,
+    pub to_s: f64,
+    /// The backend's outcomes in the window.
+    pub outcomes: Option<Outcomes>,
+}
+
+/// The fault windows of one mode, together.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModeOutcomes {
+    pub mode: String,
+    pub windows: usize,
+    pub seconds: f64,
+    pub outcomes: Outcomes,
+}
+
+/// The windows between each change of a backend to a faulty mode and its next change.
+fn fault_windows(events: &[Event], names: &[String]) -> Vec<FaultWindow> {
+    let mut open: Vec<Option<&Event>> = vec![None; names.len()];
+    let mut windows = Vec::new();
+    for e in events {
+        let Some(slot) = open.get_mut(e.backend) else {
+            continue;
+        };
+        if let Some(start) = slot.take() {
+            windows.push(FaultWindow {
+                backend: names[e.backend].clone(),
+                mode: start.mode.name(),
+                from_s: start.at_s,
+                to_s: e.at_s,
+                outcomes: e.counts.zip(start.counts).map(|(end, s)| end.since(&s)),
+            });
+        }
+        if e.mode != Mode::Healthy {
+            *slot = Some(e);
+        }
+    }
+    windows
+}
+
+/// The windows' outcomes summed per mode, in the order the modes first appear.
+fn by_mode(windows: &[FaultWindow]) -> Vec<ModeOutcomes> {
+    let mut modes: Vec<ModeOutcomes> = Vec::new();
+    for w in windows {
+        let i = match modes.iter().position(|m| m.mode == w.mode) {
+            Some(i) => i,
+            None => {
+                modes.push(ModeOutcomes {
+                    mode: w.mode.clone(),
+                    windows: 0,
+                    seconds: 0.0,
+                    outcomes: Outcomes::default(),
+                });
+                modes.len() - 1
+            }
+        };
+        let m = &mut modes[i];
+        m.windows += 1;
+        m.seconds += w.to_s - w.from_s;
+        if let Some(o) = &w.outcomes {
+            m.outcomes.add(o);
+        }
+    }
+    modes
+}
+
 /// One acceptance item and how the run did.
 #[derive(Clone, Debug, Serialize)]
 pub struct Verdict {
@@ -206,6 +341,10 @@ pub struct Incident {
     pub client_run_queue_ms: Option<f64>,
     pub cpu_pressure: Option<f64>,
     pub splitter_over_200ms: Option<u64>,
+    pub machine_busy_ms: Option<f64>,
+    pub steal_ms: Option<f64>,
+    pub sample_late_ms: f64,
+    pub top_cpu: Vec<String>,
     /// Per backend: workers that had it ejected at the end of the second.
     pub ejected: Vec<u64>,
     /// `backend mode` of every backend not healthy at the start of that second.
@@ -234,6 +373,7 @@ pub struct Summary {
     pub late_cold_start: u64,
     /// The slowest answer after the cold start.
     pub max_ms_after_cold_start: Option<f64>,
+    pub late_split: LateSplit,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub p999_ms: Option<f64>,
@@ -242,6 +382,9 @@ pub struct Summary {
     pub fds: Option<Flatness>,
     pub verdicts: Vec<Verdict>,
     pub incidents: Vec<Incident>,
+    /// What the splitter counted of each faulty backend while it was faulty.
+    pub fault_windows: Vec<FaultWindow>,
+    pub by_mode: Vec<ModeOutcomes>,
 }
 
 impl Summary {
@@ -301,6 +444,7 @@ pub fn summarize(rows: &[Row], seconds: &[Second], judge: &Judge) -> Summary {
             .skip(COLD_START_S as usize)
             .filter_map(|r| r.max_ms)
             .reduce(f64::max),
+        late_split: late_split(rows, judge),
         p50_ms: percentile_ms(&lat, 50.0),
         p99_ms: percentile_ms(&lat, 99.0),
         p999_ms: percentile_ms(&lat, 99.9),
@@ -309,7 +453,10 @@ pub fn summarize(rows: &[Row], seconds: &[Second], judge: &Judge) -> Summary {
         fds: flatness(&fds, rw, ew, FD_SLACK_SHARE, FD_SLACK),
         verdicts: Vec::new(),
         incidents: incidents(rows, judge),
+        fault_windows: fault_windows(judge.events, judge.backend_names),
+        by_mode: Vec::new(),
     };
+    s.by_mode = by_mode(&s.fault_windows);
     s.verdicts = verdicts(&s);
     s
 }
@@ -370,6 +517,48 @@ fn verdicts(s: &Summary) -> Vec<Verdict> {
     ]
 }
 
+/// Every backend's mode at `t` seconds.
+fn modes_at(judge: &Judge, t: f64) -> Vec<Mode> {
+    let mut modes = vec![Mode::Healthy; judge.backend_names.len()];
+    for e in judge.events.iter().filter(|e| e.at_s <= t) {
+        if let Some(m) = modes.get_mut(e.backend) {
+            *m = e.mode;
+        }
+    }
+    modes
+}
+
+/// Whether second `t` was calm: every backend healthy throughout, no change within it.
+fn calm(judge: &Judge, t: u32) -> bool {
+    let (from, to) = (f64::from(t), f64::from(t + 1));
+    modes_at(judge, from).iter().all(|m| *m == Mode::Healthy)
+        && !judge.events.iter().any(|e| e.at_s > from && e.at_s < to)
+}
+
+/// Late answers (after the cold start) in calm seconds and in seconds with chaos: late
+/// answers in calm seconds are not the chaos's doing.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct LateSplit {
+    pub calm_seconds: u32,
+    pub late_in_calm: u64,
+    pub chaos_seconds: u32,
+    pub late_in_chaos: u64,
+}
+
+fn late_split(rows: &[Row], judge: &Judge) -> LateSplit {
+    let mut split = LateSplit::default();
+    for r in rows.iter().skip(COLD_START_S as usize) {
+        if calm(judge, r.t_s) {
+            split.calm_seconds += 1;
+            split.late_in_calm += r.late;
+        } else {
+            split.chaos_seconds += 1;
+            split.late_in_chaos += r.late;
+        }
+    }
+    split
+}
+
 /// The seconds with a late answer, a mismatch or an error, and the chaos around them.
 fn incidents(rows: &[Row], judge: &Judge) -> Vec<Incident> {
     rows.iter()
@@ -377,12 +566,7 @@ fn incidents(rows: &[Row], judge: &Judge) -> Vec<Incident> {
         .map(|r| {
             let t = f64::from(r.t_s);
             let name = |b: usize| judge.backend_names.get(b).map_or("?", |s| s.as_str());
-            let mut modes = vec![Mode::Healthy; judge.backend_names.len()];
-            for e in judge.events.iter().filter(|e| e.at_s <= t) {
-                if let Some(m) = modes.get_mut(e.backend) {
-                    *m = e.mode;
-                }
-            }
+            let modes = modes_at(judge, t);
             Incident {
                 t_s: r.t_s,
                 late: r.late,
@@ -393,6 +577,10 @@ fn incidents(rows: &[Row], judge: &Judge) -> Vec<Incident> {
                 client_run_queue_ms: r.client_run_queue_ms,
                 cpu_pressure: r.cpu_pressure,
                 splitter_over_200ms: r.splitter_over_200ms,
+                machine_busy_ms: r.machine_busy_ms,
+                steal_ms: r.steal_ms,
+                sample_late_ms: r.sample_late_ms,
+                top_cpu: r.top_cpu.clone(),
                 ejected: r.ejected.clone(),
                 faults: modes
                     .iter()
@@ -425,7 +613,8 @@ pub fn text(s: &Summary) -> String {
         "requests {} in {} s ({:.0}/s): 200 {}, 204 {} ({:.2} %), errors {} {:?}\n\
          id mismatches {}\n\
          latency ms: p50 {}, p99 {}, p99.9 {} (deadline {}), max {}\n\
-         answered later than deadline + {} ms: {} (and {} in the first {} s, not judged)\n\
+         answered later than deadline + {} ms: {} (and {} in the first {} s, not judged): \
+         {} in {} calm seconds, {} in {} seconds with a backend faulty\n\
          RSS MiB: {}\n\
          open fds: {}\n",
         s.requests,
@@ -446,6 +635,10 @@ pub fn text(s: &Summary) -> String {
         s.late,
         s.late_cold_start,
         COLD_START_S,
+        s.late_split.late_in_calm,
+        s.late_split.calm_seconds,
+        s.late_split.late_in_chaos,
+        s.late_split.chaos_seconds,
         res(&s.rss_mib, "MiB"),
         res(&s.fds, "fds"),
     );
@@ -458,7 +651,8 @@ pub fn text(s: &Summary) -> String {
             out += &format!(
                 "  s {}: late {}, mismatches {}, errors {}, max {} ms; faults [{}]; events [{}]; \
                  ejected {:?}; splitter's own count over 200 ms {}; CPU pressure {} %, \
-                 run-queue wait ms: splitter {}, load {}\n",
+                 run-queue wait ms: splitter {}, load {}; machine busy {} ms, steal {} ms, \
+                 sample {:.0} ms late; top CPU ms [{}]\n",
                 i.t_s,
                 i.late,
                 i.mismatches,
@@ -471,6 +665,29 @@ pub fn text(s: &Summary) -> String {
                 opt(i.cpu_pressure.map(|p| p * 100.0)),
                 opt(i.splitter_run_queue_ms),
                 opt(i.client_run_queue_ms),
+                opt(i.machine_busy_ms),
+                opt(i.steal_ms),
+                i.sample_late_ms,
+                i.top_cpu.join(", "),
+            );
+        }
+    }
+    if !s.by_mode.is_empty() {
+        out += "the faulty backend's outcomes while faulty, as the splitter counted them:\n";
+        for m in &s.by_mode {
+            let o = &m.outcomes;
+            out += &format!(
+                "  {:<22} {:>2} x, {:>4.0} s: valid {}, invalid {}, timeout {}, error {}, \
+                 not asked (ejected) {}, overloaded {}\n",
+                m.mode,
+                m.windows,
+                m.seconds,
+                o.valid,
+                o.invalid,
+                o.timeout,
+                o.error,
+                o.ejected,
+                o.overloaded
             );
         }
     }
@@ -561,16 +778,29 @@ mod tests {
             .map(|&m| sample(m, 50 + m))
             .collect();
         let rows = rows(&seconds, &samples, 6);
+        let counts = |timeout, error| Outcomes {
+            timeout,
+            error,
+            ..Outcomes::default()
+        };
         let events = [
             Event {
                 at_s: 3.0,
                 backend: 1,
                 mode: Mode::Blackhole,
+                counts: Some(counts(1, 0)),
             },
             Event {
                 at_s: 4.0,
                 backend: 0,
                 mode: Mode::Down,
+                counts: None,
+            },
+            Event {
+                at_s: 5.0,
+                backend: 1,
+                mode: Mode::Healthy,
+                counts: Some(counts(6, 2)),
             },
         ];
         let names = ["a".to_string(), "b".to_string()];
@@ -595,6 +825,17 @@ mod tests {
             "fds: 211 is within 16 of 200"
         );
         assert_eq!((s.late, s.late_cold_start), (1, 3));
+        let split = s.late_split;
+        assert_eq!(
+            (split.calm_seconds, split.late_in_calm),
+            (2, 0),
+            "s 1 and 2"
+        );
+        assert_eq!(
+            (split.chaos_seconds, split.late_in_chaos),
+            (3, 1),
+            "s 3, 4 and 5"
+        );
         assert_eq!(s.incidents.len(), 3);
         assert_eq!(s.incidents[1].t_s, 4);
         assert_eq!(s.incidents[1].faults, ["a down", "b blackhole"]);
@@ -603,5 +844,13 @@ mod tests {
             ["3 s: b blackhole", "4 s: a down"]
         );
         assert!(text(&s).contains("FAIL  RSS flat"));
+        // b's blackhole window closed; a is still down at the end, so its window is open.
+        assert_eq!(s.fault_windows.len(), 1);
+        assert_eq!(s.fault_windows[0].mode, "blackhole");
+        assert_eq!(s.fault_windows[0].outcomes, Some(counts(5, 2)));
+        assert_eq!(s.by_mode[0].seconds, 2.0);
+        assert!(text(&s).contains(
+            "blackhole               1 x,    2 s: valid 0, invalid 0, timeout 5, error 2"
+        ));
     }
 }
