@@ -3,11 +3,11 @@
 //! or a Ctrl-C never leaves a backend, a splitter or an HAProxy running.
 
 mod chart;
-mod deploy;
+pub(crate) mod deploy;
 mod idle;
 mod plan;
-mod proc;
-mod record;
+pub(crate) mod proc;
+pub(crate) mod record;
 mod report;
 mod skew;
 mod soak;
@@ -177,8 +177,15 @@ fn prepare(root: &Path, opts: &Options) -> anyhow::Result<Env> {
         opts.idle_connections,
         opts.idle_connections as u64 + FD_HEADROOM
     );
+    build_env(root, "xtask-bench")
+}
+
+/// Builds the release splitter and readies `work` under the target directory, for the
+/// configurations and logs of the processes a run starts.
+pub(crate) fn build_env(root: &Path, work: &str) -> anyhow::Result<Env> {
+    let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
     build_splitter(root)?;
-    let work_dir = target_dir(root).join("xtask-bench");
+    let work_dir = target_dir(root).join(work);
     std::fs::create_dir_all(&work_dir)
         .with_context(|| format!("creating {}", work_dir.display()))?;
     Ok(Env {
@@ -354,7 +361,7 @@ fn ms(us: u64) -> f64 {
 /// Writes the record and the chart, prints the table, and puts it in the README.
 fn publish(record: &Record, root: &Path, update_readme: bool) -> anyhow::Result<()> {
     let dir = root.join(RESULTS_DIR);
-    let path = record::write(record, &dir)?;
+    let path = record::write(record, &record.date, &dir, "")?;
     let chart = dir.join("latest.svg");
     chart::render(&record.medians, &chart).context("rendering the chart")?;
     let markdown = report::markdown(record, &format!("{RESULTS_DIR}/latest.svg"));

@@ -3,6 +3,7 @@
 mod bench;
 mod ebpf;
 mod install;
+mod soak;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +22,9 @@ enum Command {
     Install(install::Options),
     /// Install the eBPF toolchain when missing: the pinned nightly with rust-src, and bpf-linker.
     SetupEbpf(ebpf::Options),
+    /// Minutes of checked load on the splitter, its RSS and descriptors sampled; with --chaos,
+    /// backends killed, blackholed, slowed and made hostile meanwhile (SPEC section 9).
+    Soak(soak::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,6 +32,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(opts) => bench::run(opts),
         Command::Install(opts) => install::run(opts),
         Command::SetupEbpf(opts) => ebpf::run(opts),
+        Command::Soak(opts) => soak::run(opts),
     }
 }
 

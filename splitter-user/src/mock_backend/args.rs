@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 
 /// Longest delay a flag may ask for (a day): keeps `Instant + delay` far from overflow.
 pub(super) const MAX_DELAY_MS: u64 = 86_400_000;
+/// Largest `--chunk-bytes`.
+pub(super) const MAX_CHUNK_BYTES: u32 = 1 << 20;
 
 /// An inclusive range `A..B` from the command line; a single value `N` means `N..N`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -77,6 +79,29 @@ pub struct MockArgs {
     /// backend that still accepts.
     #[arg(long)]
     pub reset: bool,
+    /// Send the body with `Transfer-Encoding: chunked`, N bytes per chunk, each chunk (and the
+    /// head, and the last chunk) in a write of its own: a reply trickled in tiny pieces.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=MAX_CHUNK_BYTES as i64))]
+    pub chunk_bytes: Option<u32>,
+    /// Read requests and never answer them; connections stay open until the client closes them.
+    #[arg(long)]
+    pub blackhole: bool,
+    /// Answer each request with a status line and then header lines without end, until the
+    /// client stops reading or closes.
+    #[arg(long)]
+    pub endless_head: bool,
+    /// Answer each request with a chunked 200 whose JSON body never ends, until the client
+    /// stops reading or closes.
+    #[arg(long)]
+    pub endless_body: bool,
+    /// Write only the first N bytes of each reply, then reset the connection (SO_LINGER 0).
+    // u32 like --chunk-bytes: keeps `MockArgs` small enough to sit in the CLI's command enum.
+    #[arg(long, value_name = "N")]
+    pub reset_after_bytes: Option<u32>,
+    /// Close the connection right after each reply without announcing it (no
+    /// `Connection: close`): a keep-alive connection the client expects to reuse.
+    #[arg(long)]
+    pub close_silently: bool,
 }
 
 impl Default for MockArgs {
@@ -99,6 +124,12 @@ impl Default for MockArgs {
             threads: 1,
             close: false,
             reset: false,
+            chunk_bytes: None,
+            blackhole: false,
+            endless_head: false,
+            endless_body: false,
+            reset_after_bytes: None,
+            close_silently: false,
         }
     }
 }
@@ -245,6 +276,14 @@ mod tests {
             "2",
             "--close",
             "--reset",
+            "--chunk-bytes",
+            "1",
+            "--blackhole",
+            "--endless-head",
+            "--endless-body",
+            "--reset-after-bytes",
+            "30",
+            "--close-silently",
         ]);
         let want = MockArgs {
             name: "b1".into(),
@@ -263,6 +302,12 @@ mod tests {
             threads: 2,
             close: true,
             reset: true,
+            chunk_bytes: Some(1),
+            blackhole: true,
+            endless_head: true,
+            endless_body: true,
+            reset_after_bytes: Some(30),
+            close_silently: true,
             ..MockArgs::default()
         };
         assert_eq!(a, want);
@@ -272,6 +317,8 @@ mod tests {
             &["--threads", "0"],
             &["--late-share", "2"],
             &["--delay-ms", "3..1"],
+            &["--chunk-bytes", "0"],
+            &["--reset-after-bytes", "-1"],
         ] {
             let argv = ["--listen", "127.0.0.1:0"]
                 .into_iter()

@@ -35,12 +35,16 @@ enum After {
     KeepAlive,
     Close,
     Reset,
+    /// Go on writing the endless block until the client stops reading or goes.
+    Endless,
 }
 
 /// A reply that waits for its delay, or for an earlier one that does.
 struct Pending {
     due: Instant,
     bytes: Vec<u8>,
+    /// Offsets in `bytes` where a write of its own begins (`--chunk-bytes`).
+    cuts: Vec<usize>,
     after: After,
 }
 
@@ -59,8 +63,10 @@ pub(super) struct Conn {
     rbuf: Vec<u8>,
     /// Start of the unconsumed bytes in `rbuf`.
     rpos: usize,
-    /// Replies ready to go, written in one call.
+    /// Replies ready to go, written in one call (or one per piece between `cuts`).
     wbuf: Vec<u8>,
+    /// Offsets in `wbuf` where a write of its own begins; empty but with `--chunk-bytes`.
+    cuts: Vec<usize>,
     /// Body scratch, reused.
     body: Vec<u8>,
     /// Where the product's framing code writes what the mock has no use for: the head the
@@ -90,6 +96,7 @@ impl Conn {
             rbuf: Vec::with_capacity(READ_CHUNK),
             rpos: 0,
             wbuf: Vec::with_capacity(4096),
+            cuts: Vec::new(),
             body: Vec::new(),
             discard: Vec::new(),
             id: Vec::new(),
@@ -108,8 +115,7 @@ impl Conn {
             self.process_input();
             self.flush_due();
             if !self.wbuf.is_empty() {
-                self.stream.write_all(&self.wbuf).await?;
-                self.wbuf.clear();
+                self.write_out().await?;
             }
             match self.closing {
                 Some(After::Reset) => {
@@ -118,6 +124,10 @@ impl Conn {
                     return Ok(());
                 }
                 Some(After::Close) => return self.close_gracefully().await,
+                // Ends with the write error once the client has gone.
+                Some(After::Endless) => loop {
+                    self.stream.write_all(self.cfg.endless_block()).await?;
+                },
                 _ => {}
             }
             let reading = !self.stop && !self.eof;
@@ -141,6 +151,21 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Writes `wbuf`: in one call, or one call per piece between `cuts`.
+    async fn write_out(&mut self) -> io::Result<()> {
+        let mut from = 0;
+        for &cut in &self.cuts {
+            if cut > from {
+                self.stream.write_all(&self.wbuf[from..cut]).await?;
+                from = cut;
+            }
+        }
+        self.stream.write_all(&self.wbuf[from..]).await?;
+        self.wbuf.clear();
+        self.cuts.clear();
+        Ok(())
     }
 
     /// Compacts `rbuf` and makes sure a read has room.
@@ -227,7 +252,7 @@ impl Conn {
         };
         // Only while none of the body is here: a client that sent it anyway is not waiting.
         let has_body = head.framing != Framing::Length(0);
-        if head.expect_continue && has_body && self.rpos == self.rbuf.len() {
+        if head.expect_continue && has_body && self.rpos == self.rbuf.len() && !self.cfg.silent() {
             self.emit_now(After::KeepAlive, |out| {
                 out.extend_from_slice(encode::continue_100())
             });
@@ -239,15 +264,30 @@ impl Conn {
         let delay = self.cfg.pick_delay();
         let kind = self.cfg.pick_kind();
         let after = match kind {
+            // No reply, and the connection stays open for more requests to go unanswered.
+            Kind::Silent => return,
             Kind::Reset => After::Reset,
+            _ if self.cfg.reset_after_bytes.is_some() => After::Reset,
+            Kind::EndlessHead | Kind::EndlessBody => After::Endless,
             Kind::Garbage => After::Close,
-            _ if self.cfg.close || !self.meta.keep_alive => After::Close,
+            _ if self.cfg.close || self.cfg.close_silently || !self.meta.keep_alive => After::Close,
             _ => After::KeepAlive,
         };
-        let (mut out, immediate) = self.reply_buffer(delay);
-        self.cfg
-            .render(&mut out, &mut self.body, &self.id, &self.meta, kind);
-        self.commit_reply(out, immediate, delay, after);
+        let (mut out, mut cuts, immediate) = self.reply_buffer(delay);
+        let start = out.len();
+        self.cfg.render(
+            &mut out,
+            &mut cuts,
+            &mut self.body,
+            &self.id,
+            &self.meta,
+            kind,
+        );
+        if let Some(n) = self.cfg.reset_after_bytes {
+            out.truncate(start + n);
+            cuts.retain(|&cut| cut < out.len());
+        }
+        self.commit_reply(out, cuts, immediate, delay, after);
     }
 
     /// Refuses a request that cannot be framed: `status`, then a close, since the rest of the
@@ -260,29 +300,42 @@ impl Conn {
 
     /// Emits a reply of the mock's own that goes out as soon as the replies before it have.
     fn emit_now(&mut self, after: After, write: impl FnOnce(&mut Vec<u8>)) {
-        let (mut out, immediate) = self.reply_buffer(Duration::ZERO);
+        let (mut out, cuts, immediate) = self.reply_buffer(Duration::ZERO);
         write(&mut out);
-        self.commit_reply(out, immediate, Duration::ZERO, after);
+        self.commit_reply(out, cuts, immediate, Duration::ZERO, after);
     }
 
-    /// The buffer to render a reply into: `wbuf` itself (taken, so no copy) when nothing waits
-    /// before it, else a buffer of its own to be queued; and which of the two it is.
-    fn reply_buffer(&mut self, delay: Duration) -> (Vec<u8>, bool) {
+    /// The buffer to render a reply into, with its write offsets: `wbuf` and `cuts` themselves
+    /// (taken, so no copy) when nothing waits before it, else buffers of its own to be queued;
+    /// and which of the two it is.
+    fn reply_buffer(&mut self, delay: Duration) -> (Vec<u8>, Vec<usize>, bool) {
         if delay.is_zero() && self.queue.is_empty() {
-            (std::mem::take(&mut self.wbuf), true)
+            (
+                std::mem::take(&mut self.wbuf),
+                std::mem::take(&mut self.cuts),
+                true,
+            )
         } else {
-            (self.spare.pop().unwrap_or_default(), false)
+            (self.spare.pop().unwrap_or_default(), Vec::new(), false)
         }
     }
 
     /// Puts back a reply from [`Conn::reply_buffer`]: ready in `wbuf`, or queued until `delay`
     /// has passed and earlier replies are out (replies on a connection stay in request order).
-    fn commit_reply(&mut self, out: Vec<u8>, immediate: bool, delay: Duration, after: After) {
+    fn commit_reply(
+        &mut self,
+        out: Vec<u8>,
+        cuts: Vec<usize>,
+        immediate: bool,
+        delay: Duration,
+        after: After,
+    ) {
         if after != After::KeepAlive {
             self.stop = true;
         }
         if immediate {
             self.wbuf = out;
+            self.cuts = cuts;
             if after != After::KeepAlive {
                 self.closing = Some(after);
             }
@@ -290,6 +343,7 @@ impl Conn {
             self.queue.push_back(Pending {
                 due: Instant::now() + delay,
                 bytes: out,
+                cuts,
                 after,
             });
         }
@@ -308,6 +362,8 @@ impl Conn {
             let Some(mut p) = self.queue.pop_front() else {
                 break;
             };
+            let base = self.wbuf.len();
+            self.cuts.extend(p.cuts.iter().map(|cut| base + cut));
             self.wbuf.extend_from_slice(&p.bytes);
             if p.after != After::KeepAlive {
                 self.closing = Some(p.after);

@@ -11,7 +11,10 @@
 //!
 //! Misbehaviour is switchable per flag so tests and benchmarks can model bad backends: random or
 //! fixed delays, a share of late replies, invalid prices, non-JSON or non-HTTP replies, other
-//! status codes, `Connection: close` after each reply, or a reset without a reply.
+//! status codes, `Connection: close` after each reply, or a reset without a reply. And hostile
+//! ones, for `cargo xtask soak --chaos`: a blackhole that never answers, bodies trickled in tiny
+//! chunks (one write each), endless heads and bodies, replies cut short by a reset, and
+//! keep-alive connections closed right after a reply without a word.
 //!
 //! - `args`: the command-line flags and their parsing.
 //! - `reply`: what a reply looks like, drawn per request from the flags.

@@ -4,7 +4,7 @@
 use std::io::Write as _;
 use std::time::Duration;
 
-use super::args::{MockArgs, Span, MAX_DELAY_MS};
+use super::args::{MockArgs, Span, MAX_CHUNK_BYTES, MAX_DELAY_MS};
 use crate::http1::chunked::encode_chunked;
 use crate::http1::encode;
 
@@ -16,6 +16,10 @@ const NOT_JSON: &[u8] = b"<html><body>mock backend: this is not JSON</body></htm
 const GARBAGE: &[u8] = b"\x16\x03\x01\x00\x2a mock backend garbage, not HTTP \xff\xfe\x00\r\n\r\n";
 /// `,"pad":""}`: what the pad field adds around its `x`s (closing brace included).
 const PAD_OVERHEAD: usize = 10;
+/// Bytes of one write of an endless head or body.
+const ENDLESS_BLOCK: usize = 16 * 1024;
+/// One header line of an endless head: `X-Filler: xxx...x` and CRLF, 64 bytes.
+const FILLER_LINE_PAD: usize = 64 - b"X-Filler: \r\n".len();
 
 /// Where the price value of a reply comes from.
 #[derive(Debug, Clone)]
@@ -33,6 +37,12 @@ pub(super) enum Kind {
     NotJson,
     Garbage,
     Reset,
+    /// No reply at all, the connection kept open (`--blackhole`).
+    Silent,
+    /// A status line, then header lines without end (`--endless-head`).
+    EndlessHead,
+    /// A chunked 200 whose body never ends (`--endless-body`).
+    EndlessBody,
 }
 
 /// The validated, preformatted form of [`MockArgs`] that [`serve`](super::serve) runs with.
@@ -57,6 +67,17 @@ pub struct MockConfig {
     /// `Connection: close` and a close after every reply.
     pub(super) close: bool,
     reset: bool,
+    /// `--chunk-bytes`: chunks of this size, each written on its own.
+    chunk_bytes: Option<usize>,
+    blackhole: bool,
+    endless_head: bool,
+    endless_body: bool,
+    /// `--reset-after-bytes`: replies cut to this many bytes, then a reset.
+    pub(super) reset_after_bytes: Option<usize>,
+    /// A close after every reply, without `Connection: close`.
+    pub(super) close_silently: bool,
+    /// What an endless head or body goes on with, one write at a time.
+    endless_block: Vec<u8>,
 }
 
 impl MockConfig {
@@ -94,6 +115,29 @@ impl MockConfig {
             "--body-bytes: over 64 MiB"
         );
         anyhow::ensure!(args.threads >= 1, "--threads: at least 1");
+        if let Some(n) = args.chunk_bytes {
+            anyhow::ensure!(
+                (1..=MAX_CHUNK_BYTES).contains(&n),
+                "--chunk-bytes: not in 1..={MAX_CHUNK_BYTES}"
+            );
+        }
+        let exclusive = [
+            ("--reset", args.reset),
+            ("--blackhole", args.blackhole),
+            ("--endless-head", args.endless_head),
+            ("--endless-body", args.endless_body),
+            ("--reset-after-bytes", args.reset_after_bytes.is_some()),
+        ];
+        let set: Vec<&str> = exclusive
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(name, _)| *name)
+            .collect();
+        anyhow::ensure!(
+            set.len() <= 1,
+            "{} exclude each other: each replaces the reply",
+            set.join(", ")
+        );
 
         let price = match (&args.price_raw, args.price_range) {
             (Some(raw), _) => Price::Bytes(raw.as_bytes().to_vec()),
@@ -130,7 +174,24 @@ impl MockConfig {
             broken_share: args.broken_share,
             close: args.close,
             reset: args.reset,
+            chunk_bytes: args.chunk_bytes.map(|n| n as usize),
+            blackhole: args.blackhole,
+            endless_head: args.endless_head,
+            endless_body: args.endless_body,
+            reset_after_bytes: args.reset_after_bytes.map(|n| n as usize),
+            close_silently: args.close_silently,
+            endless_block: endless_block(args.endless_head, args.endless_body),
         })
+    }
+
+    /// `--blackhole`: nothing is ever answered, not even `100 Continue`.
+    pub(super) fn silent(&self) -> bool {
+        self.blackhole
+    }
+
+    /// What an endless reply goes on with after its first bytes, one write at a time.
+    pub(super) fn endless_block(&self) -> &[u8] {
+        &self.endless_block
     }
 
     /// Draws the delay of one reply.
@@ -146,6 +207,15 @@ impl MockConfig {
     pub(super) fn pick_kind(&self) -> Kind {
         if self.reset {
             return Kind::Reset;
+        }
+        if self.blackhole {
+            return Kind::Silent;
+        }
+        if self.endless_head {
+            return Kind::EndlessHead;
+        }
+        if self.endless_body {
+            return Kind::EndlessBody;
         }
         if self.broken_share > 0.0 {
             let r = fastrand::f64();
@@ -186,10 +256,12 @@ impl MockConfig {
     }
 
     /// Appends the bytes of a `kind` reply to `out` (a whole HTTP response for the JSON and
-    /// not-JSON kinds); `body` is scratch space.
+    /// not-JSON kinds, the start of one for the endless kinds); `body` is scratch space. With
+    /// `--chunk-bytes`, `cuts` gets the offsets in `out` where a write of its own begins.
     pub(super) fn render(
         &self,
         out: &mut Vec<u8>,
+        cuts: &mut Vec<usize>,
         body: &mut Vec<u8>,
         id: &[u8],
         meta: &Meta,
@@ -198,8 +270,10 @@ impl MockConfig {
         match kind {
             Kind::Json | Kind::NotJson => {}
             Kind::Garbage => return out.extend_from_slice(GARBAGE),
-            // No reply at all: the connection is reset instead.
-            Kind::Reset => return,
+            // No reply at all: the connection is reset, or left open, instead.
+            Kind::Reset | Kind::Silent => return,
+            Kind::EndlessHead => return self.render_endless_head(out, id, meta),
+            Kind::EndlessBody => return self.render_endless_body(out, body, id, meta),
         }
         body.clear();
         if !self.bodiless {
@@ -213,17 +287,13 @@ impl MockConfig {
         if !self.bodiless {
             // Not-JSON replies still claim JSON: the splitter must judge the body itself.
             out.extend_from_slice(b"Content-Type: application/json\r\n");
-            if self.chunked {
+            if self.chunked || self.chunk_bytes.is_some() {
                 out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
             } else {
                 let _ = write!(out, "Content-Length: {}\r\n", body.len());
             }
         }
-        if meta.has_id {
-            out.extend_from_slice(b"X-Req-Id: ");
-            out.extend_from_slice(id);
-            out.extend_from_slice(b"\r\n");
-        }
+        self.render_id(out, id, meta);
         if self.close || !meta.keep_alive {
             out.extend_from_slice(b"Connection: close\r\n");
         } else if meta.echo_keep_alive {
@@ -233,13 +303,74 @@ impl MockConfig {
         if self.bodiless || meta.head_only {
             return;
         }
-        if self.chunked {
+        if let Some(size) = self.chunk_bytes {
+            for chunk in body.chunks(size) {
+                cuts.push(out.len());
+                let _ = write!(out, "{:x}\r\n", chunk.len());
+                out.extend_from_slice(chunk);
+                out.extend_from_slice(b"\r\n");
+            }
+            cuts.push(out.len());
+            out.extend_from_slice(b"0\r\n\r\n");
+        } else if self.chunked {
             // Two chunks, so the splitter's de-chunking is exercised across a chunk boundary.
             encode_chunked(body, body.len().div_ceil(2).max(1), out);
         } else {
             out.extend_from_slice(body);
         }
     }
+}
+
+impl MockConfig {
+    /// The status line, then as many header lines as the client takes: the first ones here, the
+    /// rest from [`MockConfig::endless_block`].
+    fn render_endless_head(&self, out: &mut Vec<u8>, id: &[u8], meta: &Meta) {
+        out.extend_from_slice(&self.status_line);
+        out.extend_from_slice(b"Content-Type: application/json\r\n");
+        self.render_id(out, id, meta);
+    }
+
+    /// A chunked 200 head and a first chunk opening the JSON body and its pad string, which
+    /// [`MockConfig::endless_block`] then goes on with, chunk after chunk, never closing it.
+    fn render_endless_body(&self, out: &mut Vec<u8>, body: &mut Vec<u8>, id: &[u8], meta: &Meta) {
+        out.extend_from_slice(&self.status_line);
+        out.extend_from_slice(b"Content-Type: application/json\r\n");
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+        self.render_id(out, id, meta);
+        out.extend_from_slice(b"\r\n");
+        body.clear();
+        body.extend_from_slice(&self.body_prefix);
+        body.extend_from_slice(id);
+        body.extend_from_slice(b"\",\"pad\":\"");
+        let _ = write!(out, "{:x}\r\n", body.len());
+        out.extend_from_slice(body);
+        out.extend_from_slice(b"\r\n");
+    }
+
+    fn render_id(&self, out: &mut Vec<u8>, id: &[u8], meta: &Meta) {
+        if meta.has_id {
+            out.extend_from_slice(b"X-Req-Id: ");
+            out.extend_from_slice(id);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// The block an endless reply repeats: 64-byte header lines, or one chunk of `x`s.
+fn endless_block(head: bool, body: bool) -> Vec<u8> {
+    let mut block = Vec::new();
+    if head {
+        while block.len() < ENDLESS_BLOCK {
+            block.extend_from_slice(b"X-Filler: ");
+            block.resize(block.len() + FILLER_LINE_PAD, b'x');
+            block.extend_from_slice(b"\r\n");
+        }
+    } else if body {
+        let _ = write!(block, "{ENDLESS_BLOCK:x}\r\n");
+        block.resize(block.len() + ENDLESS_BLOCK, b'x');
+        block.extend_from_slice(b"\r\n");
+    }
+    block
 }
 
 /// What the request head said that the reply needs (the id itself is passed alongside).
@@ -321,7 +452,14 @@ mod tests {
             ..Meta::default()
         };
         let (mut out, mut body) = (Vec::new(), Vec::new());
-        cfg.render(&mut out, &mut body, b"c", &meta, Kind::Json);
+        cfg.render(
+            &mut out,
+            &mut Vec::new(),
+            &mut body,
+            b"c",
+            &meta,
+            Kind::Json,
+        );
         let text = std::str::from_utf8(&out).unwrap();
         let (head, chunks) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.contains("Transfer-Encoding: chunked"), "{head}");
@@ -329,5 +467,47 @@ mod tests {
         let (a, b) = json.split_at(json.len().div_ceil(2));
         let want = format!("{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n", a.len(), b.len());
         assert_eq!(chunks, want);
+    }
+
+    #[test]
+    fn chunk_bytes_reply_is_cut_at_every_chunk() {
+        let cfg = MockConfig::new(&test_args(&["--chunk-bytes", "16", "--name", "n"])).unwrap();
+        let meta = Meta {
+            keep_alive: true,
+            ..Meta::default()
+        };
+        let (mut out, mut cuts, mut body) = (b"earlier".to_vec(), Vec::new(), Vec::new());
+        cfg.render(&mut out, &mut cuts, &mut body, b"c", &meta, Kind::Json);
+        let text = std::str::from_utf8(&out).unwrap();
+        let body_start = text.find("\r\n\r\n").unwrap() + 4;
+        // The head, then each chunk, then the last chunk: each a write of its own.
+        let pieces: Vec<&str> = cuts
+            .iter()
+            .zip(cuts.iter().skip(1).chain([&out.len()]))
+            .map(|(&a, &b)| &text[a..b])
+            .collect();
+        assert_eq!(cuts[0], body_start);
+        assert_eq!(
+            pieces,
+            [
+                "10\r\n{\"backend\":\"n\",\"\r\n",
+                "10\r\nreq_id\":\"c\",\"pri\r\n",
+                "6\r\nce\":1}\r\n",
+                "0\r\n\r\n"
+            ]
+        );
+    }
+
+    #[test]
+    fn endless_blocks() {
+        let head = endless_block(true, false);
+        assert_eq!(head.len(), ENDLESS_BLOCK);
+        assert!(head
+            .chunks(64)
+            .all(|l| l.starts_with(b"X-Filler: x") && l.ends_with(b"x\r\n")));
+        let body = endless_block(false, true);
+        assert!(body.starts_with(b"4000\r\nxxx") && body.ends_with(b"x\r\n"));
+        assert_eq!(body.len(), 6 + ENDLESS_BLOCK + 2);
+        assert!(endless_block(false, false).is_empty());
     }
 }

@@ -480,6 +480,171 @@ async fn late_share_delays_replies() {
     .await;
 }
 
+#[tokio::test]
+async fn chunk_bytes_trickles_the_body_in_tiny_chunks() {
+    bounded(async {
+        let addr = start(&["--chunk-bytes", "1", "--body-bytes", "300"]).await;
+        let mut s = connect(addr).await;
+        let mut buf = Vec::new();
+        for id in ["t1", "t2"] {
+            s.write_all(post(id, "{}").as_bytes()).await.unwrap();
+            let r = read_resp(&mut s, &mut buf).await;
+            assert_eq!(r.status, 200);
+            assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+            assert_eq!(r.header("x-req-id"), Some(id));
+            assert_eq!(r.body.len(), 300);
+            assert!(r
+                .text()
+                .starts_with(&format!(r#"{{"backend":"mock","req_id":"{id}""#)));
+        }
+        // On the wire: 300 chunks of one byte each, then the last chunk.
+        s.write_all(post("t3", "{}").as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        while !raw.ends_with(b"0\r\n\r\n") {
+            assert!(s.read_buf(&mut raw).await.unwrap() > 0);
+        }
+        let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert_eq!(
+            raw.len() - head_end,
+            300 * b"1\r\nx\r\n".len() + b"0\r\n\r\n".len()
+        );
+        assert!(raw[head_end..].starts_with(b"1\r\n{\r\n1\r\n\"\r\n"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn blackhole_reads_and_never_answers() {
+    bounded(async {
+        let addr = start(&["--blackhole"]).await;
+        let mut s = connect(addr).await;
+        let mut buf = [0u8; 64];
+        for id in ["h1", "h2"] {
+            s.write_all(post(id, "{}").as_bytes()).await.unwrap();
+            let read = tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await;
+            assert!(read.is_err(), "the blackhole answered: {read:?}");
+        }
+        // Expect: 100-continue gets no 100 either.
+        let head = "POST / HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n\
+                    Content-Length: 5\r\n\r\n";
+        s.write_all(head.as_bytes()).await.unwrap();
+        let read = tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await;
+        assert!(read.is_err(), "the blackhole answered: {read:?}");
+    })
+    .await;
+}
+
+/// Reads from `s` until `want` bytes have arrived; the mock must keep sending.
+async fn read_at_least(s: &mut TcpStream, want: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    while got.len() < want {
+        assert!(
+            s.read_buf(&mut got).await.unwrap() > 0,
+            "EOF after {}",
+            got.len()
+        );
+    }
+    got
+}
+
+#[tokio::test]
+async fn endless_head_never_ends_the_header_block() {
+    bounded(async {
+        let addr = start(&["--endless-head"]).await;
+        let mut s = connect(addr).await;
+        s.write_all(post("eh", "{}").as_bytes()).await.unwrap();
+        let got = read_at_least(&mut s, 256 * 1024).await;
+        assert!(got.starts_with(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                                  X-Req-Id: eh\r\nX-Filler: xxx"
+        ));
+        assert!(!got.windows(4).any(|w| w == b"\r\n\r\n"), "the head ended");
+        let mut hs = [httparse::EMPTY_HEADER; 16];
+        let partial = httparse::Response::new(&mut hs).parse(&got);
+        assert!(
+            matches!(partial, Err(httparse::Error::TooManyHeaders)),
+            "{partial:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn endless_body_never_ends_the_chunked_body() {
+    bounded(async {
+        let addr = start(&["--endless-body", "--name", "eb"]).await;
+        let mut s = connect(addr).await;
+        s.write_all(post("e1", "{}").as_bytes()).await.unwrap();
+        let got = read_at_least(&mut s, 256 * 1024).await;
+        let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = std::str::from_utf8(&got[..head_end]).unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(head.contains("Transfer-Encoding: chunked\r\n"), "{head}");
+        assert!(head.contains("X-Req-Id: e1\r\n"), "{head}");
+        let mut body = Vec::new();
+        let decoded = ChunkedDecoder::new(usize::MAX)
+            .decode(&got[head_end..], &mut body)
+            .expect("well-formed chunks");
+        assert!(!decoded.done, "the body ended");
+        assert!(body.len() > 200 * 1024, "{}", body.len());
+        assert!(body.starts_with(br#"{"backend":"eb","req_id":"e1","pad":"xxxx"#));
+        assert!(body[40..].iter().all(|&b| b == b'x'));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn reset_after_bytes_cuts_the_reply_short() {
+    bounded(async {
+        let addr = start(&["--reset-after-bytes", "20"]).await;
+        let mut s = connect(addr).await;
+        s.write_all(post("rb", "{}").as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let err = loop {
+            match s.read_buf(&mut got).await {
+                Ok(0) => panic!("a FIN, not a reset, after {got:?}"),
+                Ok(_) => {}
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        assert!(b"HTTP/1.1 200 OK\r\nCont".starts_with(&got), "{got:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn close_silently_closes_a_keep_alive_connection_after_one_reply() {
+    bounded(async {
+        let addr = start(&["--close-silently"]).await;
+        let mut s = connect(addr).await;
+        let two = post("q1", "{}") + &post("q2", "{}");
+        s.write_all(two.as_bytes()).await.unwrap();
+        let mut got = read_to_eof(&mut s).await.unwrap();
+        let r = take_resp(&mut got, false).unwrap();
+        assert_eq!(r.header("x-req-id"), Some("q1"));
+        assert_eq!(r.header("connection"), None, "the close is not announced");
+        assert!(got.is_empty(), "nothing after the first reply");
+    })
+    .await;
+}
+
+#[test]
+fn replacing_modes_exclude_each_other() {
+    for pair in [
+        ["--blackhole", "--endless-head"],
+        ["--endless-body", "--reset"],
+        ["--endless-head", "--endless-body"],
+    ] {
+        assert!(MockConfig::new(&test_args(&pair)).is_err(), "{pair:?}");
+    }
+    let err = MockConfig::new(&test_args(&["--blackhole", "--reset-after-bytes", "3"]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--blackhole, --reset-after-bytes"), "{err}");
+    assert!(MockConfig::new(&test_args(&["--chunk-bytes", "1", "--close-silently"])).is_ok());
+}
+
 /// Rough throughput check: `cargo test --release -p splitter-user --lib wrk_load --
 /// --ignored --nocapture` (needs `wrk`). POSTs a 2 KB JSON body over 32 keep-alive
 /// connections for 5 s to a single-threaded mock answering 2 KB bodies.

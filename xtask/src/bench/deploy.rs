@@ -120,21 +120,68 @@ impl Deployment {
 fn start_mocks(env: &Env, count: usize, flags: &[&str], cpus: Cpus) -> anyhow::Result<Vec<Mock>> {
     ["a", "b"][..count]
         .iter()
-        .map(|name| start_mock(env, name, flags, cpus))
+        .map(|name| {
+            let spec = MockSpec {
+                name,
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                flags,
+                cpus,
+                nice: None,
+                append_log: false,
+            };
+            let (proc, addr) = spawn_mock(env, &spec)?;
+            Ok(Mock { proc, addr })
+        })
         .collect()
 }
 
-/// Starts `splitter mock-backend` on a free port and reads back the address it bound.
-fn start_mock(env: &Env, name: &str, flags: &[&str], cpus: Cpus) -> anyhow::Result<Mock> {
-    let mut cmd = Command::new(&env.splitter_bin);
-    cmd.args(["mock-backend", "--listen", "127.0.0.1:0", "--name", name])
-        .args(flags)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log_file(env, &format!("mock-{name}"))?);
-    let mut proc = Proc::spawn(&format!("mock backend {name}"), cmd, cpus)?;
+/// One `splitter mock-backend` process to start.
+pub struct MockSpec<'a> {
+    /// Its `--name`, also naming its log, `mock-NAME.log`.
+    pub name: &'a str,
+    /// Port 0 for any free one.
+    pub listen: SocketAddr,
+    pub flags: &'a [&'a str],
+    pub cpus: Cpus,
+    /// Run at nice value N (whatever this process's own is).
+    pub nice: Option<i32>,
+    /// Append to the log rather than start it anew: a backend restarted many times.
+    pub append_log: bool,
+}
+
+/// Starts `splitter mock-backend` as `spec` says and reads back the address it bound.
+pub fn spawn_mock(env: &Env, spec: &MockSpec) -> anyhow::Result<(Proc, SocketAddr)> {
+    let name = spec.name;
+    let mut cmd = match spec.nice {
+        // nice execs the mock: the PID held is the mock's. Its -n is relative to our own.
+        Some(n) => {
+            let mut cmd = Command::new("nice");
+            cmd.arg("-n")
+                .arg((n - proc::own_nice()).to_string())
+                .arg(&env.splitter_bin);
+            cmd
+        }
+        None => Command::new(&env.splitter_bin),
+    };
+    let log = format!("mock-{name}");
+    let log = match spec.append_log {
+        true => append_log_file(env, &log)?,
+        false => log_file(env, &log)?,
+    };
+    cmd.args([
+        "mock-backend",
+        "--listen",
+        &spec.listen.to_string(),
+        "--name",
+        name,
+    ])
+    .args(spec.flags)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(log);
+    let mut proc = Proc::spawn(&format!("mock backend {name}"), cmd, spec.cpus)?;
     let addr = read_listening_address(&mut proc)?;
-    Ok(Mock { proc, addr })
+    Ok((proc, addr))
 }
 
 /// Waits for the mock's `listening on ADDR` line. A thread reads the pipe, so the wait can be
@@ -171,7 +218,8 @@ fn read_listening_address(proc: &mut Proc) -> anyhow::Result<SocketAddr> {
     }
 }
 
-/// Starts `splitter run` in front of `backends`; returns it with its listen and admin addresses.
+/// Starts `splitter run` in front of `backends` (named `a`, `b`, ...) with `scenario`'s
+/// deadline; returns it with its listen and admin addresses.
 fn start_splitter(
     env: &Env,
     backends: &[SocketAddr],
@@ -180,9 +228,47 @@ fn start_splitter(
     io: &str,
     steering: Option<&Steering>,
 ) -> anyhow::Result<(Proc, SocketAddr, SocketAddr)> {
+    let backends: Vec<(String, SocketAddr)> = ["a", "b"]
+        .iter()
+        .zip(backends)
+        .map(|(name, addr)| (name.to_string(), *addr))
+        .collect();
+    let spec = SplitterSpec {
+        backends: &backends,
+        workers: pinning.target_threads(env.nproc),
+        io,
+        route_timeout_ms: scenario.route_timeout_ms(),
+        steering,
+        extra: "",
+        cpus: pinning.target_cpus(),
+    };
+    launch_splitter(env, &spec)
+}
+
+/// How to run one splitter.
+pub struct SplitterSpec<'a> {
+    /// Names and addresses.
+    pub backends: &'a [(String, SocketAddr)],
+    pub workers: usize,
+    /// `auto`, `uring` or `epoll`.
+    pub io: &'a str,
+    /// The deadline of route `/`, the only one.
+    pub route_timeout_ms: u64,
+    /// The default steering unless set.
+    pub steering: Option<&'a Steering<'a>>,
+    /// More top-level keys, as TOML lines.
+    pub extra: &'a str,
+    pub cpus: Cpus,
+}
+
+/// Starts `splitter run` as `spec` says on free ports; returns it with its listen and admin
+/// addresses, once both accept.
+pub fn launch_splitter(
+    env: &Env,
+    spec: &SplitterSpec,
+) -> anyhow::Result<(Proc, SocketAddr, SocketAddr)> {
     let (listen, admin) = (free_port()?, free_port()?);
-    let workers = pinning.target_threads(env.nproc);
-    let config = splitter_config(listen, admin, workers, io, backends, scenario, steering);
+    let config = splitter_config(listen, admin, spec);
     let path = env.work_dir.join("splitter.toml");
     std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
     let mut cmd = Command::new(&env.splitter_bin);
@@ -193,7 +279,7 @@ fn start_splitter(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file(env, "splitter")?);
-    let mut proc = Proc::spawn("splitter", cmd, pinning.target_cpus())?;
+    let mut proc = Proc::spawn("splitter", cmd, spec.cpus)?;
     for addr in [listen, admin] {
         wait_for_tcp(&mut proc, addr, &log_path(env, "splitter"))?;
     }
@@ -207,29 +293,23 @@ pub struct Steering<'a> {
     pub pin_dir: &'a Path,
 }
 
-/// The splitter's configuration: route `/` with the scenario's deadline, warnings only in the
-/// log so logging stays off the measured path; the default steering unless `steering` says.
-fn splitter_config(
-    listen: SocketAddr,
-    admin: SocketAddr,
-    workers: usize,
-    io: &str,
-    backends: &[SocketAddr],
-    scenario: Scenario,
-    steering: Option<&Steering>,
-) -> String {
+/// The splitter's configuration: route `/` with the spec's deadline, warnings only in the log
+/// so logging stays off the measured path; the default steering unless the spec says.
+fn splitter_config(listen: SocketAddr, admin: SocketAddr, spec: &SplitterSpec) -> String {
+    let (workers, io) = (spec.workers, spec.io);
     let mut config = format!(
         "listen = \"{listen}\"\nadmin_listen = \"{admin}\"\nworkers = {workers}\n\
-         io = \"{io}\"\nlog_level = \"warn\"\n"
+         io = \"{io}\"\nlog_level = \"warn\"\n{}",
+        spec.extra
     );
-    for (name, addr) in ["a", "b"].iter().zip(backends) {
+    for (name, addr) in spec.backends {
         config += &format!("\n[[backend]]\nname = \"{name}\"\naddress = \"{addr}\"\n");
     }
     config += &format!(
         "\n[[route]]\npath_prefix = \"/\"\ntimeout_ms = {}\n",
-        scenario.route_timeout_ms()
+        spec.route_timeout_ms
     );
-    if let Some(s) = steering {
+    if let Some(s) = spec.steering {
         config += &format!(
             "\n[steering]\nmode = \"{}\"\npin_dir = \"{}\"\n",
             s.mode,
@@ -324,6 +404,15 @@ fn log_file(env: &Env, name: &str) -> anyhow::Result<std::fs::File> {
     std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))
 }
 
+fn append_log_file(env: &Env, name: &str) -> anyhow::Result<std::fs::File> {
+    let path = log_path(env, name);
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
 fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -364,11 +453,24 @@ mod tests {
         assert_eq!(metric(text, "splitter_requests_total"), None);
     }
 
+    fn spec<'a>(backends: &'a [(String, SocketAddr)], io: &'a str) -> SplitterSpec<'a> {
+        SplitterSpec {
+            backends,
+            workers: 1,
+            io,
+            route_timeout_ms: Scenario::Deadline.route_timeout_ms(),
+            steering: None,
+            extra: "",
+            cpus: Cpus::Any,
+        }
+    }
+
     #[test]
     fn splitter_config_names_both_backends_and_the_deadline() {
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
-        let c = splitter_config(a, b, 1, "epoll", &[a, b], Scenario::Deadline, None);
+        let backends = [("a".to_string(), a), ("b".to_string(), b)];
+        let c = splitter_config(a, b, &spec(&backends, "epoll"));
         assert!(c.contains("io = \"epoll\""));
         assert!(c.contains("name = \"b\"\naddress = \"127.0.0.1:2\""));
         assert!(c.contains("timeout_ms = 80"));
@@ -382,7 +484,35 @@ mod tests {
             mode: "ebpf",
             pin_dir: Path::new("/sys/fs/bpf/x"),
         };
-        let c = splitter_config(a, a, 2, "auto", &[a], Scenario::Fast, Some(&steering));
+        let backends = [("a".to_string(), a)];
+        let c = splitter_config(
+            a,
+            a,
+            &SplitterSpec {
+                steering: Some(&steering),
+                ..spec(&backends, "auto")
+            },
+        );
         assert!(c.ends_with("[steering]\nmode = \"ebpf\"\npin_dir = \"/sys/fs/bpf/x\"\n"));
+    }
+
+    #[test]
+    fn splitter_config_extra_keys_are_top_level() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let backends = [("x".to_string(), a)];
+        let extra = "eject_after = 5\n";
+        let c = splitter_config(
+            a,
+            a,
+            &SplitterSpec {
+                extra,
+                ..spec(&backends, "auto")
+            },
+        );
+        let (top, _) = c.split_once("[[backend]]").unwrap();
+        assert!(
+            top.ends_with("log_level = \"warn\"\neject_after = 5\n\n"),
+            "{c}"
+        );
     }
 }

@@ -171,6 +171,29 @@ impl Proc {
         self.status_kib("VmRSS")
     }
 
+    /// Time the child's threads have spent runnable but waiting for a CPU, so far.
+    pub fn run_queue_wait(&self) -> anyhow::Result<Duration> {
+        run_queue_wait(&format!("/proc/{}", self.pid()))
+    }
+
+    /// Open file descriptors: the entries of `/proc/PID/fd`.
+    pub fn fd_count(&self) -> anyhow::Result<usize> {
+        let dir = format!("/proc/{}/fd", self.pid());
+        let entries = std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))?;
+        Ok(entries.count())
+    }
+
+    /// Kills the child at once (SIGKILL, no chance to clean up) and reaps it.
+    pub fn kill(mut self) -> anyhow::Result<()> {
+        if self.child.try_wait()?.is_none() {
+            self.signal(libc::SIGKILL);
+            self.child
+                .wait()
+                .with_context(|| format!("reaping {}", self.name))?;
+        }
+        Ok(())
+    }
+
     fn status_kib(&self, key: &str) -> anyhow::Result<u64> {
         let path = format!("/proc/{}/status", self.pid());
         let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
@@ -204,6 +227,168 @@ impl Drop for Proc {
         self.signal(libc::SIGKILL);
         let _ = self.child.wait();
     }
+}
+
+/// Runs this program again, with the same arguments and `marker` set in its environment, in a
+/// session of its own, waits for it and exits with its status. With autogroup scheduling
+/// (Linux's default), a session is a scheduling group: nice values order the threads within a
+/// group only, and groups share the CPUs by their own weight. The parent passes Ctrl-C on as
+/// SIGTERM; the child gets SIGTERM should the parent die.
+pub fn rerun_in_own_session(marker: &str) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("finding this program")?;
+    let mut cmd = Command::new(exe);
+    cmd.args(std::env::args_os().skip(1)).env(marker, "1");
+    // SAFETY: only async-signal-safe system calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .context("starting the soak in its own session")?;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if INTERRUPTED.swap(false, Ordering::Relaxed) {
+            // SAFETY: plain syscall; the child is not reaped yet, so its PID is still its own.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        }
+        std::thread::sleep(POLL);
+    };
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+/// Gives the scheduling group of this process's session (its autogroup) nice value `n`: a
+/// negative one needs CAP_SYS_NICE, and the kernel autogroup support.
+pub fn set_session_nice(n: i32) -> anyhow::Result<()> {
+    std::fs::write("/proc/self/autogroup", n.to_string())
+        .context("writing /proc/self/autogroup")?;
+    Ok(())
+}
+
+/// Whether this process leads its session.
+pub fn leads_session() -> bool {
+    // SAFETY: plain syscalls.
+    unsafe { libc::getsid(0) == libc::getpid() }
+}
+
+/// This thread's nice value; threads and processes started from it inherit it.
+pub fn own_nice() -> i32 {
+    // SAFETY: plain syscall. -1 is also a valid priority: errno tells them apart.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let n = libc::getpriority(libc::PRIO_PROCESS, 0);
+        if n == -1 && *libc::__errno_location() != 0 {
+            return 0;
+        }
+        n
+    }
+}
+
+/// Sets this thread's nice value (a negative one needs CAP_SYS_NICE).
+pub fn set_own_nice(n: i32) -> io::Result<()> {
+    // SAFETY: plain syscall; who = 0 is the calling thread.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, n) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Time the threads of the process at `proc_dir` (`/proc/PID`, `/proc/self`) have spent
+/// runnable but waiting for a CPU: the sum of the second field of each `task/*/schedstat`.
+pub fn run_queue_wait(proc_dir: &str) -> anyhow::Result<Duration> {
+    let dir = format!("{proc_dir}/task");
+    let mut ns = 0u64;
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        // A thread may exit between the listing and the read: it is not counted.
+        let Ok(stat) = std::fs::read_to_string(entry?.path().join("schedstat")) else {
+            continue;
+        };
+        ns += parse_schedstat_wait_ns(&stat).with_context(|| format!("{dir}: bad schedstat"))?;
+    }
+    Ok(Duration::from_nanos(ns))
+}
+
+/// The run-queue wait of a `schedstat` line: `<on cpu ns> <waiting ns> <timeslices>`.
+fn parse_schedstat_wait_ns(stat: &str) -> Option<u64> {
+    stat.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The machine's CPU pressure so far: the total time, in microseconds, that some runnable task
+/// waited for a CPU (`some total=` of `/proc/pressure/cpu`); `None` without PSI.
+pub fn cpu_pressure_us() -> Option<u64> {
+    let psi = std::fs::read_to_string("/proc/pressure/cpu").ok()?;
+    parse_psi_some_total(&psi)
+}
+
+fn parse_psi_some_total(psi: &str) -> Option<u64> {
+    let some = psi.lines().find(|l| l.starts_with("some "))?;
+    some.split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
+}
+
+/// The machine's CPU time so far, all CPUs together (`/proc/stat`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MachineCpu {
+    /// Running anything: user, nice, system, irq and softirq.
+    pub busy: Duration,
+    /// Taken by the hypervisor from this virtual machine while it had work to run.
+    pub steal: Duration,
+}
+
+/// The machine's CPU time so far; `None` if `/proc/stat` cannot be read.
+pub fn machine_cpu() -> Option<MachineCpu> {
+    parse_machine_cpu(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn parse_machine_cpu(stat: &str) -> Option<MachineCpu> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let t: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal ...
+    let busy = t.first()? + t.get(1)? + t.get(2)? + t.get(5)? + t.get(6)?;
+    Some(MachineCpu {
+        busy: ticks_to_duration(busy),
+        steal: ticks_to_duration(*t.get(7)?),
+    })
+}
+
+/// Every process's name and CPU time so far, by PID (those that exit meanwhile are skipped).
+pub fn process_cpu_times() -> std::collections::HashMap<u32, (String, Duration)> {
+    let mut all = std::collections::HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return all;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let name = stat
+            .split_once('(')
+            .and_then(|(_, rest)| rest.rsplit_once(')'))
+            .map_or("?", |(name, _)| name);
+        if let Some(ticks) = parse_cpu_ticks(&stat) {
+            all.insert(pid, (name.to_owned(), ticks_to_duration(ticks)));
+        }
+    }
+    all
 }
 
 /// `utime + stime` in clock ticks from a `/proc/PID/stat` line. Fields are counted after the
@@ -263,6 +448,30 @@ mod tests {
     fn cpu_ticks_skip_a_command_name_with_spaces_and_parentheses() {
         let stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 70 30 0 0 20 0 3 0";
         assert_eq!(parse_cpu_ticks(stat), Some(100));
+    }
+
+    #[test]
+    fn machine_cpu_from_proc_stat() {
+        let stat = "cpu  100 20 30 4000 5 6 7 8 0 0\ncpu0 50 10 15 2000 2 3 3 4 0 0\n";
+        let t = |n: u64| ticks_to_duration(n);
+        assert_eq!(
+            parse_machine_cpu(stat),
+            Some(MachineCpu {
+                busy: t(100 + 20 + 30 + 6 + 7),
+                steal: t(8)
+            })
+        );
+        assert_eq!(parse_machine_cpu("cpu0 1 2 3\n"), None);
+    }
+
+    #[test]
+    fn schedstat_and_psi() {
+        assert_eq!(parse_schedstat_wait_ns("95079 143739 1\n"), Some(143_739));
+        assert_eq!(parse_schedstat_wait_ns("95079\n"), None);
+        let psi = "some avg10=99.89 avg60=99.58 avg300=98.31 total=1838696815\n\
+                   full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
+        assert_eq!(parse_psi_some_total(psi), Some(1_838_696_815));
+        assert_eq!(parse_psi_some_total("full total=3\n"), None);
     }
 
     #[test]
