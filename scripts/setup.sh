@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
-# Idempotent set-up for a fresh Debian 12 machine: the pinned Rust toolchain, the Debian
-# packages the tests and benchmarks use (wrk, haproxy, bpftool, systemd-analyze, promtool), and
-# the eBPF toolchain (nightly, bpf-linker). Sourced by ../demo.sh and ../test.sh.
+# Idempotent set-up for a fresh Debian 12 machine (apt) or Amazon Linux 2023 (dnf): the C
+# toolchain rustc links with, the pinned Rust toolchain, the system packages the tests,
+# benchmarks and `cargo xtask package` use (scripts/packages.sh: one table, per manager), and
+# the eBPF toolchain (nightly, bpf-linker). Only what is missing is installed. Sourced by
+# ../demo.sh and ../test.sh.
+#
+# SPLITTER_SKIP_APT=1 (../demo.sh): only what the build needs, none of the test and packaging
+# tools (the name is older than dnf support; it means either manager). SPLITTER_NO_EBPF=1: no
+# eBPF toolchain.
 set -euo pipefail
+# shellcheck source=scripts/packages.sh
+source "$(dirname "${BASH_SOURCE[0]}")/packages.sh"
+
+# The C toolchain first: rustc links through `cc`, and nothing builds without it.
+splitter_install_missing build
 
 if ! command -v rustup >/dev/null 2>&1; then
   echo "rustup is required: https://rustup.rs" >&2
@@ -16,33 +27,13 @@ if ! rustup run "$toolchain" cargo --version >/dev/null 2>&1 \
   rustup toolchain install "$toolchain" --profile minimal --component clippy,rustfmt --no-self-update
 fi
 
-# Debian packages the tests and benchmarks drive: tool, then the package that has it.
+# The tools the tests, benchmarks and `cargo xtask package` drive.
 if [ "${SPLITTER_SKIP_APT:-0}" != 1 ]; then
-  need=()
-  # promtool (checks of infra/prometheus and of /metrics) comes with Debian's Prometheus server.
-  for pair in wrk:wrk haproxy:haproxy bpftool:bpftool systemd-analyze:systemd \
-    promtool:prometheus; do
-    tool=${pair%%:*}
-    command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || need+=("${pair#*:}")
-  done
-  if [ "${#need[@]}" -gt 0 ]; then
-    if [ "$(id -u)" = 0 ]; then
-      export DEBIAN_FRONTEND=noninteractive
-      apt-get update -qq
-      # One at a time: a package the mirror fails to serve (it happens to bpftool on Debian's
-      # security mirror) costs only the tests that need it, which stay #[ignore]d (skipped).
-      for pkg in "${need[@]}"; do
-        apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null \
-          || echo "warning: could not install $pkg: the tests that need it will be skipped" >&2
-      done
-      # The package also enables and starts a Prometheus server (on :9090): only promtool is
-      # wanted here, so the server is stopped and stays off.
-      if [[ " ${need[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
-        systemctl disable --now prometheus >/dev/null 2>&1 || true
-      fi
-    else
-      echo "note: ${need[*]} missing and not root: the tests that need them will be skipped" >&2
-    fi
+  splitter_install_missing test package
+  # promtool comes with Debian's Prometheus server package, which also enables and starts the
+  # server (on :9090): only promtool is wanted here, so the server is stopped and stays off.
+  if [ -d /run/systemd/system ] && systemctl is-enabled prometheus >/dev/null 2>&1; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
   fi
 fi
 

@@ -3,12 +3,13 @@
 mod bench;
 mod ebpf;
 mod install;
+mod package;
 mod soak;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(about = "splitter's build, benchmark and install tasks")]
+#[command(about = "splitter's build, benchmark, install and package tasks")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,6 +21,8 @@ enum Command {
     Bench(bench::Options),
     /// Build release and install the binary, the systemd unit and a default configuration.
     Install(install::Options),
+    /// Build release and a Debian package (.deb) of the same files; prints its path.
+    Package(package::Options),
     /// Install the eBPF toolchain when missing: the pinned nightly with rust-src, and bpf-linker.
     SetupEbpf(ebpf::Options),
     /// Minutes of checked load on the splitter, its RSS and descriptors sampled; with --chaos,
@@ -31,6 +34,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Bench(opts) => bench::run(opts),
         Command::Install(opts) => install::run(opts),
+        Command::Package(opts) => package::run(opts),
         Command::SetupEbpf(opts) => ebpf::run(opts),
         Command::Soak(opts) => soak::run(opts),
     }
