@@ -99,6 +99,9 @@ impl Shell {
 struct Slots {
     backends: Vec<Option<String>>,
     routes: Vec<Option<String>>,
+    /// Slots that have counted for some name since start.
+    backends_used: Vec<bool>,
+    routes_used: Vec<bool>,
 }
 
 /// The keys a reload cannot change that differ between `old` and `new`: sockets, threads, the
@@ -287,7 +290,12 @@ impl Server {
     /// (and route prefixes) already known.
     fn assign(slots: &mut Slots, renderer: &Renderer, mut config: Config) -> Loaded {
         let names: Vec<&str> = config.backends.iter().map(|b| b.name.as_str()).collect();
-        slots.backends = assign_slots(&slots.backends, &names, MAX_BACKENDS);
+        slots.backends = assign_slots(
+            &slots.backends,
+            &names,
+            MAX_BACKENDS,
+            &mut slots.backends_used,
+        );
         let backend_slots = slot_of(&slots.backends, &names);
         let prefixes: Vec<String> = config
             .routes
@@ -295,7 +303,7 @@ impl Server {
             .map(|r| r.path_prefix.clone())
             .collect();
         let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
-        slots.routes = assign_slots(&slots.routes, &prefixes, MAX_ROUTES);
+        slots.routes = assign_slots(&slots.routes, &prefixes, MAX_ROUTES, &mut slots.routes_used);
         for (route, slot) in config
             .routes
             .iter_mut()
@@ -346,13 +354,11 @@ impl Server {
                 "reload: these changed keys apply only at the next restart"
             );
         }
-        tracing::info!(
-            backends = config.backends.len(),
-            routes = config.routes.len(),
-            "configuration reloaded"
-        );
+        let (backends, routes) = (config.backends.len(), config.routes.len());
         self.apply(config);
         self.renderer.reloaded(true);
+        // Logged once the metrics name the new backends: a reader of the log may scrape next.
+        tracing::info!(backends, routes, "configuration reloaded");
         if let Ok(bytes) = std::fs::read(path) {
             self.renderer.set_config_hash(&bytes);
         }
@@ -464,20 +470,30 @@ fn drain_timeout(config: &Config) -> Duration {
 }
 
 /// The new slot table of `size` slots: names already there keep their slot, names gone free
-/// theirs, new names take the first free one. `names` has at most `size` entries (validated).
-pub fn assign_slots(old: &[Option<String>], names: &[&str], size: usize) -> Vec<Option<String>> {
+/// theirs, new names take a free one, preferring one never used (`used`, updated), whose
+/// counters are still zero in every worker: a slot reused for another name is zeroed by each
+/// worker only when it applies the new configuration, a moment after the new name shows.
+/// `names` has at most `size` entries (validated).
+pub fn assign_slots(
+    old: &[Option<String>],
+    names: &[&str],
+    size: usize,
+    used: &mut Vec<bool>,
+) -> Vec<Option<String>> {
     let mut table: Vec<Option<String>> = old
         .iter()
         .map(|s| s.clone().filter(|s| names.contains(&s.as_str())))
         .collect();
     table.resize(size, None);
+    used.resize(size, false);
     for name in names {
         if !table.iter().any(|s| s.as_deref() == Some(name)) {
-            let free = table
-                .iter()
-                .position(Option::is_none)
+            let free = (0..size)
+                .find(|&i| table[i].is_none() && !used[i])
+                .or_else(|| table.iter().position(Option::is_none))
                 .expect("no more names than slots");
             table[free] = Some(name.to_string());
+            used[free] = true;
         }
     }
     table
@@ -601,13 +617,23 @@ mod tests {
 
     #[test]
     fn slots_stay_with_their_names() {
-        let t = assign_slots(&[], &["a", "b"], MAX_BACKENDS);
+        let mut used = Vec::new();
+        let t = assign_slots(&[], &["a", "b"], MAX_BACKENDS, &mut used);
         assert_eq!(t[0].as_deref(), Some("a"));
         assert_eq!(t[1].as_deref(), Some("b"));
-        // `a` goes, `c` comes: `b` keeps slot 1, `c` takes the freed slot 0.
-        let t = assign_slots(&t, &["b", "c"], MAX_BACKENDS);
-        assert_eq!(t[0].as_deref(), Some("c"));
+        // `a` goes, `c` comes: `b` keeps slot 1, `c` takes a slot never used (its counters are
+        // zero everywhere), not `a`'s.
+        let t = assign_slots(&t, &["b", "c"], MAX_BACKENDS, &mut used);
+        assert_eq!(t[0], None);
         assert_eq!(t[1].as_deref(), Some("b"));
+        assert_eq!(t[2].as_deref(), Some("c"));
         assert_eq!(t.len(), MAX_BACKENDS);
+        // Once every slot has been used, a freed one is taken again.
+        let many: Vec<String> = (0..MAX_BACKENDS).map(|i| format!("n{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let t = assign_slots(&t, &many, MAX_BACKENDS, &mut used);
+        assert!(t.iter().all(Option::is_some));
+        let t = assign_slots(&t, &["fresh"], MAX_BACKENDS, &mut used);
+        assert_eq!(t.iter().flatten().count(), 1);
     }
 }
