@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh Debian 12 machine: the pinned Rust toolchain, the Debian
-# packages the tests and benchmarks use (wrk, haproxy, bpftool, systemd-analyze), and the eBPF
-# toolchain (nightly, bpf-linker). Sourced by ../demo.sh and ../test.sh.
+# packages the tests and benchmarks use (wrk, haproxy, bpftool, systemd-analyze), the eBPF
+# toolchain (nightly, bpf-linker), and with `--fuzz` cargo-fuzz. Sourced by ../demo.sh and
+# ../test.sh (`source scripts/setup.sh --fuzz`).
 set -euo pipefail
 
 if ! command -v rustup >/dev/null 2>&1; then
@@ -46,5 +47,19 @@ if [ "${SPLITTER_NO_EBPF:-0}" != 1 ]; then
   if ! (cd "$(dirname "${BASH_SOURCE[0]}")/.." && cargo xtask setup-ebpf); then
     echo "warning: eBPF toolchain set-up failed: splitter will build without eBPF steering" \
       "(SO_REUSEPORT fallback); see the output above" >&2
+  fi
+fi
+
+# cargo-fuzz, for the bounded fuzz step of ../test.sh (fuzz/run.sh, SPEC 9 "Fuzzed"), so only
+# with `--fuzz`: the demo does without. It runs on the pinned nightly (-Zsanitizer needs one),
+# installed here too when the eBPF set-up above was skipped or failed. Both only when missing.
+if [ "${1:-}" = --fuzz ]; then
+  nightly=$(sed -n 's/^pub const EBPF_TOOLCHAIN: &str = "\(.*\)";/\1/p' \
+    "$(dirname "${BASH_SOURCE[0]}")/../splitter-common/src/lib.rs")
+  if ! rustup run "$nightly" rustc --version >/dev/null 2>&1; then
+    rustup toolchain install "$nightly" --profile minimal --no-self-update
+  fi
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --version 0.13.2 --locked
   fi
 fi
