@@ -219,7 +219,7 @@ fn absolute_form_authority(target: &str) -> Option<&[u8]> {
     }
     let rest = &target[target.find("://")? + 3..];
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    Some(rest[..end].as_bytes())
+    Some(&rest.as_bytes()[..end])
 }
 
 /// Tighter limits turn an answer into 431 or 413, never into anything else.

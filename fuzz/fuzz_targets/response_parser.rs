@@ -66,7 +66,7 @@ fuzz_target!(|input: &[u8]| {
                     .unwrap();
                 assert_eq!(
                     read,
-                    Read::Head(*head, read_end),
+                    Read::Head(Box::new(*head), read_end),
                     "reads ending at {plan:?}"
                 );
             }
@@ -80,8 +80,8 @@ fuzz_target!(|input: &[u8]| {
 
 #[derive(Debug, PartialEq)]
 enum Read {
-    /// The head, found once the buffer held this many bytes.
-    Head(ResponseHead, usize),
+    /// The head (boxed: it is large), found once the buffer held this many bytes.
+    Head(Box<ResponseHead>, usize),
     Failed(ResponseError),
     More,
 }
@@ -94,7 +94,7 @@ fn reader(input: &[u8], cuts: &[usize]) -> Read {
     loop {
         if head_may_end(&raw, scanned) {
             match parse_response(&raw) {
-                Ok(Some(head)) => return Read::Head(head, raw.len()),
+                Ok(Some(head)) => return Read::Head(Box::new(head), raw.len()),
                 Ok(None) => {}
                 Err(error) => return Read::Failed(error),
             }
