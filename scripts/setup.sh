@@ -5,6 +5,8 @@
 # the eBPF toolchain (nightly, bpf-linker). Only what is missing is installed. Sourced by
 # ../demo.sh and ../test.sh.
 #
+# With `--fuzz` (../test.sh: `source scripts/setup.sh --fuzz`), cargo-fuzz too.
+#
 # SPLITTER_SKIP_APT=1 (../demo.sh): only what the build needs, none of the test and packaging
 # tools (the name is older than dnf support; it means either manager). SPLITTER_NO_EBPF=1: no
 # eBPF toolchain.
@@ -44,5 +46,19 @@ if [ "${SPLITTER_NO_EBPF:-0}" != 1 ]; then
   if ! (cd "$(dirname "${BASH_SOURCE[0]}")/.." && cargo xtask setup-ebpf); then
     echo "warning: eBPF toolchain set-up failed: splitter will build without eBPF steering" \
       "(SO_REUSEPORT fallback); see the output above" >&2
+  fi
+fi
+
+# cargo-fuzz, for the bounded fuzz step of ../test.sh (fuzz/run.sh, SPEC 9 "Fuzzed"), so only
+# with `--fuzz`: the demo does without. It runs on the pinned nightly (-Zsanitizer needs one),
+# installed here too when the eBPF set-up above was skipped or failed. Both only when missing.
+if [ "${1:-}" = --fuzz ]; then
+  nightly=$(sed -n 's/^pub const EBPF_TOOLCHAIN: &str = "\(.*\)";/\1/p' \
+    "$(dirname "${BASH_SOURCE[0]}")/../splitter-common/src/lib.rs")
+  if ! rustup run "$nightly" rustc --version >/dev/null 2>&1; then
+    rustup toolchain install "$nightly" --profile minimal --no-self-update
+  fi
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --version 0.13.2 --locked
   fi
 fi
