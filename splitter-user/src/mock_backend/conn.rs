@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::reply::{sanitize_id_into, Kind, Meta, MockConfig};
+use super::reply::{sanitize_id_into, Kind, Meta, MockConfig, Scratch};
 use crate::http1::body::{BodyDecoder, BodyLimit, Framing};
 use crate::http1::encode::{self, ConnectionHeader};
 use crate::http1::limits::Limits;
@@ -63,6 +63,8 @@ pub(super) struct Conn {
     wbuf: Vec<u8>,
     /// Body scratch, reused.
     body: Vec<u8>,
+    /// The rest of the reply scratch (compressors, OpenRTB pad offsets), reused.
+    scratch: Scratch,
     /// Where the product's framing code writes what the mock has no use for: the head the
     /// splitter would forward, the de-chunked body. Reused; never more than one head (at most
     /// `MAX_HEAD`) or one read's worth of body.
@@ -91,6 +93,7 @@ impl Conn {
             rpos: 0,
             wbuf: Vec::with_capacity(4096),
             body: Vec::new(),
+            scratch: Scratch::default(),
             discard: Vec::new(),
             id: Vec::new(),
             meta: Meta::default(),
@@ -245,8 +248,15 @@ impl Conn {
             _ => After::KeepAlive,
         };
         let (mut out, immediate) = self.reply_buffer(delay);
-        self.cfg
-            .render(&mut out, &mut self.body, &self.id, &self.meta, kind);
+        let scratch = &mut self.scratch;
+        self.cfg.render(
+            &mut out,
+            &mut self.body,
+            &self.id,
+            &self.meta,
+            kind,
+            scratch,
+        );
         self.commit_reply(out, immediate, delay, after);
     }
 

@@ -5,6 +5,8 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use super::args::{MockArgs, Span, MAX_DELAY_MS};
+use super::encoding::{Compressors, Encoding, Shares};
+use super::openrtb::Template;
 use crate::http1::chunked::encode_chunked;
 use crate::http1::encode;
 
@@ -57,6 +59,21 @@ pub struct MockConfig {
     /// `Connection: close` and a close after every reply.
     pub(super) close: bool,
     reset: bool,
+    /// `--openrtb`: BidResponse-shaped bodies instead of the flat one.
+    openrtb: Option<Template>,
+    /// `--gzip`, `--deflate`.
+    encodings: Shares,
+}
+
+/// A connection's scratch space for [`MockConfig::render`], besides the body buffer: reused
+/// from reply to reply.
+#[derive(Debug, Default)]
+pub(super) struct Scratch {
+    compressors: Compressors,
+    /// The compressed body, swapped with the plain one.
+    packed: Vec<u8>,
+    /// Where the OpenRTB `adm` pads go.
+    adm_at: Vec<usize>,
 }
 
 impl MockConfig {
@@ -94,6 +111,10 @@ impl MockConfig {
             "--body-bytes: over 64 MiB"
         );
         anyhow::ensure!(args.threads >= 1, "--threads: at least 1");
+        let encodings = Shares::new(args.gzip, args.deflate)?;
+        let openrtb = args
+            .openrtb
+            .map(|shape| Template::new(shape, &args.name, args.body_bytes));
 
         let price = match (&args.price_raw, args.price_range) {
             (Some(raw), _) => Price::Bytes(raw.as_bytes().to_vec()),
@@ -123,13 +144,23 @@ impl MockConfig {
             bodiless: matches!(args.status, 204 | 304),
             chunked: args.chunked,
             body_bytes: args.body_bytes,
-            pad: vec![b'x'; args.body_bytes],
+            // The OpenRTB template has a pad of its own.
+            pad: vec![
+                b'x';
+                if openrtb.is_some() {
+                    0
+                } else {
+                    args.body_bytes
+                }
+            ],
             delay: args.delay_ms,
             late_share: args.late_share,
             late_delay: Duration::from_millis(args.late_delay_ms),
             broken_share: args.broken_share,
             close: args.close,
             reset: args.reset,
+            openrtb,
+            encodings,
         })
     }
 
@@ -167,14 +198,7 @@ impl MockConfig {
         body.push(b'"');
         if let Some(key) = &self.field_key {
             body.extend_from_slice(key);
-            match &self.price {
-                Price::Bytes(b) => body.extend_from_slice(b),
-                Price::Range(lo, hi) => {
-                    let v = lo + fastrand::f64() * (hi - lo);
-                    // Writing to a Vec cannot fail.
-                    let _ = write!(body, "{v}");
-                }
-            }
+            self.write_price(body);
         }
         if self.body_bytes > 0 {
             let n = self.body_bytes.saturating_sub(body.len() + PAD_OVERHEAD);
@@ -185,8 +209,20 @@ impl MockConfig {
         body.push(b'}');
     }
 
+    /// Appends one price value, drawn if it is a range.
+    fn write_price(&self, body: &mut Vec<u8>) {
+        match &self.price {
+            Price::Bytes(b) => body.extend_from_slice(b),
+            Price::Range(lo, hi) => {
+                let v = lo + fastrand::f64() * (hi - lo);
+                // Writing to a Vec cannot fail.
+                let _ = write!(body, "{v}");
+            }
+        }
+    }
+
     /// Appends the bytes of a `kind` reply to `out` (a whole HTTP response for the JSON and
-    /// not-JSON kinds); `body` is scratch space.
+    /// not-JSON kinds); `body` and `scratch` are scratch space.
     pub(super) fn render(
         &self,
         out: &mut Vec<u8>,
@@ -194,6 +230,7 @@ impl MockConfig {
         id: &[u8],
         meta: &Meta,
         kind: Kind,
+        scratch: &mut Scratch,
     ) {
         match kind {
             Kind::Json | Kind::NotJson => {}
@@ -202,17 +239,27 @@ impl MockConfig {
             Kind::Reset => return,
         }
         body.clear();
+        let mut encoding = Encoding::Identity;
         if !self.bodiless {
             if kind == Kind::NotJson {
                 body.extend_from_slice(NOT_JSON);
             } else {
-                self.render_json(body, id);
+                self.render_body(body, id, scratch);
+                encoding = self.encodings.pick();
             }
+        }
+        if encoding != Encoding::Identity {
+            let packed = &mut scratch.packed;
+            scratch.compressors.compress(encoding, body, packed);
+            std::mem::swap(body, packed);
         }
         out.extend_from_slice(&self.status_line);
         if !self.bodiless {
             // Not-JSON replies still claim JSON: the splitter must judge the body itself.
             out.extend_from_slice(b"Content-Type: application/json\r\n");
+            if let Some(line) = encoding.header() {
+                out.extend_from_slice(line);
+            }
             if self.chunked {
                 out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
             } else {
@@ -242,6 +289,23 @@ impl MockConfig {
     }
 }
 
+impl MockConfig {
+    /// The JSON body of a reply: OpenRTB-shaped with `--openrtb`, else the flat one.
+    fn render_body(&self, body: &mut Vec<u8>, id: &[u8], scratch: &mut Scratch) {
+        match &self.openrtb {
+            Some(t) => t.render(
+                body,
+                &mut scratch.adm_at,
+                id,
+                self.field_key.as_deref(),
+                |b| self.write_price(b),
+                self.body_bytes,
+            ),
+            None => self.render_json(body, id),
+        }
+    }
+}
+
 /// What the request head said that the reply needs (the id itself is passed alongside).
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Meta {
@@ -256,7 +320,7 @@ pub(super) struct Meta {
 }
 
 /// JSON string escaping for the configured name and field.
-fn json_escape_into(out: &mut Vec<u8>, s: &[u8]) {
+pub(super) fn json_escape_into(out: &mut Vec<u8>, s: &[u8]) {
     for &b in s {
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
@@ -321,7 +385,8 @@ mod tests {
             ..Meta::default()
         };
         let (mut out, mut body) = (Vec::new(), Vec::new());
-        cfg.render(&mut out, &mut body, b"c", &meta, Kind::Json);
+        let mut scratch = Scratch::default();
+        cfg.render(&mut out, &mut body, b"c", &meta, Kind::Json, &mut scratch);
         let text = std::str::from_utf8(&out).unwrap();
         let (head, chunks) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.contains("Transfer-Encoding: chunked"), "{head}");
