@@ -207,8 +207,9 @@ pub struct Steering<'a> {
     pub pin_dir: &'a Path,
 }
 
-/// The splitter's configuration: route `/` with the scenario's deadline, warnings only in the
-/// log so logging stays off the measured path; the default steering unless `steering` says.
+/// The splitter's configuration: route `/` with the scenario's deadline and selection field,
+/// warnings only in the log so logging stays off the measured path; the default steering
+/// unless `steering` says.
 fn splitter_config(
     listen: SocketAddr,
     admin: SocketAddr,
@@ -222,6 +223,9 @@ fn splitter_config(
         "listen = \"{listen}\"\nadmin_listen = \"{admin}\"\nworkers = {workers}\n\
          io = \"{io}\"\nlog_level = \"warn\"\n"
     );
+    if let Some(field) = scenario.select_field() {
+        config += &format!("\n[select]\nfield = \"{field}\"\n");
+    }
     for (name, addr) in ["a", "b"].iter().zip(backends) {
         config += &format!("\n[[backend]]\nname = \"{name}\"\naddress = \"{addr}\"\n");
     }
@@ -373,6 +377,10 @@ mod tests {
         assert!(c.contains("name = \"b\"\naddress = \"127.0.0.1:2\""));
         assert!(c.contains("timeout_ms = 80"));
         assert!(!c.contains("[steering]"));
+        assert!(!c.contains("[select]"));
+        let c = splitter_config(a, b, 1, "uring", &[a, b], Scenario::OpenRtb, None);
+        assert!(c.contains("[select]\nfield = \"/seatbid/*/bid/*/price\"\n"));
+        assert!(c.contains("timeout_ms = 450"));
     }
 
     #[test]
