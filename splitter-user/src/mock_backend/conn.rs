@@ -248,15 +248,9 @@ impl Conn {
             _ => After::KeepAlive,
         };
         let (mut out, immediate) = self.reply_buffer(delay);
-        let scratch = &mut self.scratch;
-        self.cfg.render(
-            &mut out,
-            &mut self.body,
-            &self.id,
-            &self.meta,
-            kind,
-            scratch,
-        );
+        let (body, scratch) = (&mut self.body, &mut self.scratch);
+        self.cfg
+            .render(&mut out, body, &self.id, &self.meta, kind, scratch);
         self.commit_reply(out, immediate, delay, after);
     }
 

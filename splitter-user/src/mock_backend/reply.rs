@@ -115,6 +115,8 @@ impl MockConfig {
         let openrtb = args
             .openrtb
             .map(|shape| Template::new(shape, &args.name, args.body_bytes));
+        // The OpenRTB template has a pad of its own.
+        let flat_pad = args.body_bytes * usize::from(openrtb.is_none());
 
         let price = match (&args.price_raw, args.price_range) {
             (Some(raw), _) => Price::Bytes(raw.as_bytes().to_vec()),
@@ -144,15 +146,7 @@ impl MockConfig {
             bodiless: matches!(args.status, 204 | 304),
             chunked: args.chunked,
             body_bytes: args.body_bytes,
-            // The OpenRTB template has a pad of its own.
-            pad: vec![
-                b'x';
-                if openrtb.is_some() {
-                    0
-                } else {
-                    args.body_bytes
-                }
-            ],
+            pad: vec![b'x'; flat_pad],
             delay: args.delay_ms,
             late_share: args.late_share,
             late_delay: Duration::from_millis(args.late_delay_ms),
