@@ -15,6 +15,7 @@ use crate::control::Server;
 use crate::http1::body::Framing;
 use crate::http1::response::parse_response;
 use crate::mock_backend::{self, MockArgs, MockConfig};
+use crate::scatter::select::Selector;
 
 /// Options of `splitter demo`.
 #[derive(clap::Args, Debug)]
@@ -25,6 +26,10 @@ pub struct DemoArgs {
     /// Concurrent keep-alive client connections.
     #[arg(long, default_value_t = 32)]
     pub connections: usize,
+    /// OpenRTB traffic: BidRequests in, BidResponses of 3 seats x 2 bids back (half of them
+    /// gzip-compressed), the best of all bids selected with `/seatbid/*/bid/*/price`.
+    #[arg(long)]
+    pub openrtb: bool,
 }
 
 /// Lets the demo build mock backends from the same flags an operator would type.
@@ -63,6 +68,40 @@ const BACKENDS: [(&str, &[&str]); 2] = [
     ),
 ];
 
+/// What `--openrtb` adds to both backends' flags: OpenRTB replies of 3 seats x 2 bids with ad
+/// markup, about 2 KB, half of them gzip-compressed.
+const OPENRTB_FLAGS: &[&str] = &["--openrtb", "3x2", "--body-bytes", "2048", "--gzip", "0.5"];
+/// The selection field of `--openrtb`: the best price of every bid of every seat.
+const OPENRTB_FIELD: &str = "/seatbid/*/bid/*/price";
+
+/// An OpenRTB 2.x BidRequest of about 2 KB: one banner impression with a deal, site, device,
+/// user with consent and an extended id, supply chain, regulations.
+const OPENRTB_REQUEST: &str = concat!(
+    r#"{"id":"demo-auction","imp":[{"id":"1","banner":{"w":300,"h":250,"format":[{"w":300,"h":250},"#,
+    r#"{"w":320,"h":50},{"w":728,"h":90}],"pos":1,"api":[3,5]},"tagid":"homepage-mpu-1","bidfloor":0.5,"#,
+    r#""bidfloorcur":"USD","secure":1,"instl":0,"pmp":{"private_auction":0,"deals":[{"id":"deal-spring-01","#,
+    r#""bidfloor":2.5,"at":1,"wseat":["s1","s2"]}]},"ext":{"gpid":"/1234/homepage/mpu-1","data":"#,
+    r#"{"pbadslot":"/1234/homepage/mpu-1"}}}],"site":{"id":"site-1029","name":"Example News","#,
+    r#""domain":"news.example","cat":["IAB12"],"sectioncat":["IAB12-1"],"#,
+    r#""page":"https://news.example/world/2026/11/26/markets-rally-as-rates-hold.html","#,
+    r#""ref":"https://search.example/?q=markets","publisher":{"id":"pub-88","name":"Example Media","#,
+    r#""domain":"media.example"},"content":{"language":"en","keywords":"markets,rates,economy"},"mobile":0},"#,
+    r#""device":{"ua":"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "#,
+    r#"Chrome/131.0.0.0 Safari/537.36","sua":{"browsers":[{"brand":"Chromium","version":["131","0","0","0"]},"#,
+    r#"{"brand":"Google Chrome","version":["131","0","0","0"]}],"platform":{"brand":"Windows","#,
+    r#""version":["10","0","0"]},"mobile":0,"source":2},"ip":"203.0.113.42","geo":{"lat":51.5072,"#,
+    r#""lon":-0.1276,"country":"GBR","region":"ENG","city":"London","zip":"EC1A","type":2,"utcoffset":0},"#,
+    r#""dnt":0,"lmt":0,"devicetype":2,"make":"","model":"","os":"Windows","osv":"10","js":1,"language":"en","#,
+    r#""connectiontype":2,"w":1920,"h":1080},"user":{"id":"u-5f0c2a9e7b3d4c11","buyeruid":"b-91ad7e22c4f0","#,
+    r#""yob":1984,"gender":"O","consent":"CPzHq4APzHq4AAHABBENC-CgAP_AAH_AAAqIHBtf_X_fb39j-_59__t0eY1f9_7_v-"#,
+    r#"0zjhfdt-8N2f_X_L8X42M7vF36pq4KuR4Eu3LBIQdlHOHcTUmw6okVrzPsbk2cr7NKJ7PEmnMbO2dYGH9_n93TuZKY7_____7z_v-"#,
+    r#"v_v","ext":{"eids":[{"source":"id5-sync.com","uids":[{"id":"ID5*x9bMNpU3Zl1Ww1vQ3sR7kE0a2cTq8yH4","#,
+    r#""atype":1}]}]}},"at":1,"tmax":80,"cur":["USD"],"bcat":["IAB25","IAB26"],"badv":["competitor.example"],"#,
+    r#""source":{"fd":1,"tid":"t-4a8e1c6f-2b7d-4e93-a5f1-0c3b9d8e7f21","schain":{"complete":1,"ver":"1.0","#,
+    r#""nodes":[{"asi":"media.example","sid":"pub-88","hp":1}]}},"regs":{"coppa":0,"gdpr":1,"#,
+    r#""us_privacy":"1---"},"ext":{"prebid":{"channel":{"name":"web","version":"9.0"}}}}"#,
+);
+
 /// A 2 KB JSON body, like the bid requests the splitter is made for.
 fn request_body() -> String {
     let pad = "x".repeat(1900);
@@ -77,12 +116,18 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .build()?;
     let mut config = Config::parse(DEFAULT_CONFIG, "<embedded default>".as_ref())
         .context("the embedded default configuration")?;
+    let extra: &[&str] = if args.openrtb { OPENRTB_FLAGS } else { &[] };
+    if args.openrtb {
+        config.select.selector = Selector::parse(OPENRTB_FIELD)
+            .map_err(|e| anyhow::anyhow!("select.field {OPENRTB_FIELD:?}: {e}"))?;
+    }
     for (backend, (name, flags)) in config.backends.iter_mut().zip(BACKENDS) {
         let listener = backends_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         backend.address = listener.local_addr()?;
         let argv = ["mock-backend", "--listen", "127.0.0.1:0", "--name", name]
             .into_iter()
-            .chain(flags.iter().copied());
+            .chain(flags.iter().copied())
+            .chain(extra.iter().copied());
         let mock = Arc::new(MockConfig::new(&MockCommand::try_parse_from(argv)?.args)?);
         backends_rt.spawn(mock_backend::serve(listener, mock));
     }
@@ -110,12 +155,23 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         args.connections,
         args.seconds,
     );
+    if args.openrtb {
+        println!(
+            "OpenRTB: {} B BidRequests; backends answer BidResponses of 3 seats x 2 bids, half \
+             of them gzip-compressed; select.field = \"{OPENRTB_FIELD}\" (the best of 6 prices)",
+            OPENRTB_REQUEST.len()
+        );
+    }
 
     let load_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let until = Instant::now() + Duration::from_secs(args.seconds);
-    let body = Arc::new(request_body());
+    let body = Arc::new(if args.openrtb {
+        OPENRTB_REQUEST.to_owned()
+    } else {
+        request_body()
+    });
     let started = Instant::now();
     let results = load_rt.block_on(async {
         let clients: Vec<_> = (0..args.connections)
@@ -135,6 +191,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     drop(backends_rt);
     let ok = results.ok;
     results.print(elapsed, metrics.requests);
+    // Slots follow the configuration's order on a first load.
+    for (slot, backend) in config.backends.iter().enumerate() {
+        let c = &metrics.backends[slot];
+        println!(
+            "backend {} replies: {} valid, {} invalid, {} timeout, {} error",
+            backend.name, c.valid, c.invalid, c.timeout, c.error
+        );
+    }
     anyhow::ensure!(ok > 0, "no request succeeded");
     Ok(())
 }
@@ -251,4 +315,22 @@ fn backend_header(head: &[u8]) -> Option<String> {
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case("x-splitter-backend"))
         .map(|h| String::from_utf8_lossy(h.value).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openrtb_request_is_a_2k_bid_request() {
+        let v: serde_json::Value = serde_json::from_str(OPENRTB_REQUEST).unwrap();
+        assert_eq!(v["imp"][0]["id"], "1");
+        assert_eq!(v["tmax"], 80);
+        assert!((1900..2300).contains(&OPENRTB_REQUEST.len()));
+        assert!(Selector::parse(OPENRTB_FIELD).is_ok());
+        let flags = ["mock-backend", "--listen", "127.0.0.1:0"]
+            .into_iter()
+            .chain(OPENRTB_FLAGS.iter().copied());
+        MockConfig::new(&MockCommand::try_parse_from(flags).unwrap().args).unwrap();
+    }
 }

@@ -41,8 +41,9 @@ pub struct Options {
     /// Seconds of load measured per run [default: 8; 2 with --quick].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     seconds: Option<u32>,
-    /// Backend behaviour: fast, deadline or all.
-    #[arg(long, value_name = "NAME", default_value = "all")]
+    /// Backend behaviour: fast, deadline, openrtb, openrtb-plain, a comma-separated list of
+    /// them, or all.
+    #[arg(long, value_name = "NAME[,NAME]", default_value = "all")]
     scenario: Selection<Scenario>,
     /// Process placement: unpinned, pinned or all.
     #[arg(long, value_name = "NAME", default_value = "all")]
@@ -62,7 +63,9 @@ pub struct Options {
     /// README stay as they are.
     #[arg(long)]
     only_skew: bool,
-    /// Do not regenerate the performance table in README.md.
+    /// Leave README.md and what its performance section shows (bench/results/latest.json and
+    /// latest.svg) as they are, e.g. for a partial run; the record is still written, under its
+    /// date.
     #[arg(long)]
     no_readme: bool,
 }
@@ -93,6 +96,17 @@ struct Scripts {
     check: PathBuf,
 }
 
+impl Scripts {
+    /// The scripts `scenario` loads the targets with.
+    fn of(root: &Path, scenario: Scenario) -> Scripts {
+        let (load, check) = scenario.scripts();
+        Scripts {
+            load: root.join(load),
+            check: root.join(check),
+        }
+    }
+}
+
 /// Runs `cargo xtask bench`.
 pub fn run(opts: Options) -> anyhow::Result<()> {
     proc::trap_interrupts().context("installing signal handlers")?;
@@ -110,11 +124,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let scripts = Scripts {
-        load: root.join("bench/post-2k.lua"),
-        check: root.join("bench/post-2k-check.lua"),
-    };
-    let runs = measure_all(&env, &opts, &settings, &scripts)?;
+    let runs = measure_all(&env, &root, &opts, &settings)?;
     let idle = match opts.idle_connections {
         0 => None,
         n => {
@@ -127,7 +137,11 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         0 => None,
         n => {
             eprintln!("memory: {n} s of load, RSS sampled every second");
-            Some(soak::measure(&env, n, scripts.load.clone())?)
+            Some(soak::measure(
+                &env,
+                n,
+                Scripts::of(&root, Scenario::Fast).load,
+            )?)
         }
     };
     let skew = measure_skew(&env, &root, opts.skew_seconds(), settings.repeat)?;
@@ -216,9 +230,9 @@ fn target_dir(root: &Path) -> PathBuf {
 /// Every case, `repeat` times, in the order of [`schedule`].
 fn measure_all(
     env: &Env,
+    root: &Path,
     opts: &Options,
     settings: &Settings,
-    scripts: &Scripts,
 ) -> anyhow::Result<Vec<Run>> {
     let schedule = schedule(opts, settings.repeat);
     let mut runs = Vec::with_capacity(schedule.len());
@@ -230,7 +244,8 @@ fn measure_all(
         } = case;
         let name = format!("{scenario} {pinning} {target}");
         eprint!("[{}/{}] {name} #{repetition}: ", i + 1, schedule.len());
-        let sample = measure_once(env, case, settings, scripts).context(name)?;
+        let scripts = Scripts::of(root, scenario);
+        let sample = measure_once(env, case, settings, &scripts).context(name)?;
         eprintln!(
             "{:.0} req/s, p99 {:.2} ms, {:.1} CPU µs/req",
             sample.requests_per_s, sample.p99_ms, sample.cpu_us_per_request
@@ -244,13 +259,14 @@ fn measure_all(
     Ok(runs)
 }
 
-/// The runs to make, with their repetition number. The targets take turns within a
-/// repetition, so that a slow spell on this shared machine weighs on all of them, not on one.
+/// The runs to make, with their repetition number. The scenarios and targets take turns within
+/// a repetition, so that a slow spell on this shared machine weighs on all of them, not on one
+/// (which matters most where scenarios are compared: `openrtb` against `openrtb-plain`).
 fn schedule(opts: &Options, repeat: u32) -> Vec<(Case, u32)> {
     let mut runs = Vec::new();
-    for &scenario in &opts.scenario.0 {
-        for &pinning in &opts.pinning.0 {
-            for repetition in 1..=repeat {
+    for &pinning in &opts.pinning.0 {
+        for repetition in 1..=repeat {
+            for &scenario in &opts.scenario.0 {
                 for &target in Target::ALL {
                     let case = Case {
                         scenario,
@@ -358,16 +374,18 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
-/// Writes the record and the chart, prints the table, and puts it in the README.
+/// Writes the record, prints the table, and with `update_readme` makes it the latest record,
+/// charts it and puts it in the README.
 fn publish(record: &Record, root: &Path, update_readme: bool) -> anyhow::Result<()> {
     let dir = root.join(RESULTS_DIR);
-    let path = record::write(record, &record.date, &dir, "")?;
-    let chart = dir.join("latest.svg");
-    chart::render(&record.medians, &chart).context("rendering the chart")?;
+    let path = record::write(record, &record.date, &dir, "", update_readme)?;
     let markdown = report::markdown(record, &format!("{RESULTS_DIR}/latest.svg"));
     println!("{markdown}");
-    eprintln!("record: {}\nchart: {}", path.display(), chart.display());
+    eprintln!("record: {}", path.display());
     if update_readme {
+        let chart = dir.join("latest.svg");
+        chart::render(&record.medians, &chart).context("rendering the chart")?;
+        eprintln!("chart: {}", chart.display());
         let readme = root.join("README.md");
         report::update_readme(&readme, &markdown)?;
         eprintln!("updated the performance table in {}", readme.display());

@@ -173,6 +173,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         route_timeout_ms: opts.deadline_ms,
         steering: None,
         extra: &extra,
+        select_field: None,
         cpus: Cpus::Any,
     };
     let (mut splitter, listen, admin) = deploy::launch_splitter(&env, &spec)?;
@@ -434,7 +435,7 @@ fn backend_metrics(admin: SocketAddr, names: &[String]) -> Vec<BackendMetrics> {
 /// Writes the record and the chart, prints the summary, and fails if an item failed.
 fn publish(record: &SoakRecord, root: &Path) -> anyhow::Result<()> {
     let dir = root.join(RESULTS_DIR);
-    let path = crate::bench::record::write(record, &record.date, &dir, "soak-")?;
+    let path = crate::bench::record::write(record, &record.date, &dir, "soak-", true)?;
     let chart = dir.join("soak-latest.svg");
     let s = &record.settings;
     let title = format!(

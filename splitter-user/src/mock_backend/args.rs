@@ -102,6 +102,20 @@ pub struct MockArgs {
     /// `Connection: close`): a keep-alive connection the client expects to reuse.
     #[arg(long)]
     pub close_silently: bool,
+
+    // OpenRTB replies and compression (see `openrtb.rs` and `encoding.rs`).
+    /// Reply with an OpenRTB 2.x BidResponse of SEATS seatbids of BIDS bids each (e.g. 3x2),
+    /// each bid priced by --price/--price-range/--price-raw under --field; the request id is
+    /// echoed as "id" and "ext":{"req_id"}; --body-bytes pads the bids' "adm".
+    #[arg(long, value_name = "SEATSxBIDS", value_parser = super::openrtb::parse_shape)]
+    pub openrtb: Option<super::openrtb::Shape>,
+    /// Share (0..1) of replies sent with `Content-Encoding: gzip`, whatever the request accepts.
+    #[arg(long, value_name = "SHARE", default_value_t = 0.0, value_parser = parse_share)]
+    pub gzip: f64,
+    /// Share (0..1) of replies sent with `Content-Encoding: deflate` (zlib format); with --gzip,
+    /// at most 1 in all.
+    #[arg(long, value_name = "SHARE", default_value_t = 0.0, value_parser = parse_share)]
+    pub deflate: f64,
 }
 
 impl Default for MockArgs {
@@ -130,6 +144,9 @@ impl Default for MockArgs {
             endless_body: false,
             reset_after_bytes: None,
             close_silently: false,
+            openrtb: None,
+            gzip: 0.0,
+            deflate: 0.0,
         }
     }
 }
@@ -319,6 +336,25 @@ mod tests {
             &["--delay-ms", "3..1"],
             &["--chunk-bytes", "0"],
             &["--reset-after-bytes", "-1"],
+        ] {
+            let argv = ["--listen", "127.0.0.1:0"]
+                .into_iter()
+                .chain(bad.iter().copied());
+            assert!(parse_flags(argv).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn args_openrtb_and_compression() {
+        let a = test_args(&["--openrtb", "3x2", "--gzip", "0.5", "--deflate", "0.25"]);
+        let shape = crate::mock_backend::openrtb::Shape { seats: 3, bids: 2 };
+        assert_eq!(a.openrtb, Some(shape));
+        assert_eq!((a.gzip, a.deflate), (0.5, 0.25));
+        for bad in [
+            &["--openrtb", "3"][..],
+            &["--openrtb", "0x2"],
+            &["--gzip", "1.1"],
+            &["--deflate", "-0.5"],
         ] {
             let argv = ["--listen", "127.0.0.1:0"]
                 .into_iter()

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::reply::{sanitize_id_into, Kind, Meta, MockConfig};
+use super::reply::{sanitize_id_into, Kind, Meta, MockConfig, Scratch};
 use crate::http1::body::{BodyDecoder, BodyLimit, Framing};
 use crate::http1::encode::{self, ConnectionHeader};
 use crate::http1::limits::Limits;
@@ -69,6 +69,8 @@ pub(super) struct Conn {
     cuts: Vec<usize>,
     /// Body scratch, reused.
     body: Vec<u8>,
+    /// The rest of the reply scratch (compressors, OpenRTB pad offsets), reused.
+    scratch: Scratch,
     /// Where the product's framing code writes what the mock has no use for: the head the
     /// splitter would forward, the de-chunked body. Reused; never more than one head (at most
     /// `MAX_HEAD`) or one read's worth of body.
@@ -98,6 +100,7 @@ impl Conn {
             wbuf: Vec::with_capacity(4096),
             cuts: Vec::new(),
             body: Vec::new(),
+            scratch: Scratch::default(),
             discard: Vec::new(),
             id: Vec::new(),
             meta: Meta::default(),
@@ -275,13 +278,9 @@ impl Conn {
         };
         let (mut out, mut cuts, immediate) = self.reply_buffer(delay);
         let start = out.len();
+        let (body, scratch) = (&mut self.body, &mut self.scratch);
         self.cfg.render(
-            &mut out,
-            &mut cuts,
-            &mut self.body,
-            &self.id,
-            &self.meta,
-            kind,
+            &mut out, &mut cuts, body, &self.id, &self.meta, kind, scratch,
         );
         if let Some(n) = self.cfg.reset_after_bytes {
             out.truncate(start + n);

@@ -18,6 +18,8 @@
 //!
 //! - `args`: the command-line flags and their parsing.
 //! - `reply`: what a reply looks like, drawn per request from the flags.
+//! - `openrtb`: `--openrtb`, OpenRTB 2.x BidResponse bodies; `encoding`: `--gzip`/`--deflate`,
+//!   compressed replies.
 //! - `server`: the accept loop; `conn`: one connection's reads, delays, order and close.
 
 use std::io::{self, Write as _};
@@ -28,6 +30,8 @@ use anyhow::Context as _;
 
 mod args;
 mod conn;
+mod encoding;
+mod openrtb;
 mod reply;
 mod server;
 #[cfg(test)]

@@ -5,6 +5,8 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use super::args::{MockArgs, Span, MAX_CHUNK_BYTES, MAX_DELAY_MS};
+use super::encoding::{Compressors, Encoding, Shares};
+use super::openrtb::Template;
 use crate::http1::chunked::encode_chunked;
 use crate::http1::encode;
 
@@ -78,6 +80,21 @@ pub struct MockConfig {
     pub(super) close_silently: bool,
     /// What an endless head or body goes on with, one write at a time.
     endless_block: Vec<u8>,
+    /// `--openrtb`: BidResponse-shaped bodies instead of the flat one.
+    openrtb: Option<Template>,
+    /// `--gzip`, `--deflate`.
+    encodings: Shares,
+}
+
+/// A connection's scratch space for [`MockConfig::render`], besides the body buffer: reused
+/// from reply to reply.
+#[derive(Debug, Default)]
+pub(super) struct Scratch {
+    compressors: Compressors,
+    /// The compressed body, swapped with the plain one.
+    packed: Vec<u8>,
+    /// Where the OpenRTB `adm` pads go.
+    adm_at: Vec<usize>,
 }
 
 impl MockConfig {
@@ -138,6 +155,12 @@ impl MockConfig {
             "{} exclude each other: each replaces the reply",
             set.join(", ")
         );
+        let encodings = Shares::new(args.gzip, args.deflate)?;
+        let openrtb = args
+            .openrtb
+            .map(|shape| Template::new(shape, &args.name, args.body_bytes));
+        // The OpenRTB template has a pad of its own.
+        let flat_pad = args.body_bytes * usize::from(openrtb.is_none());
 
         let price = match (&args.price_raw, args.price_range) {
             (Some(raw), _) => Price::Bytes(raw.as_bytes().to_vec()),
@@ -167,7 +190,7 @@ impl MockConfig {
             bodiless: matches!(args.status, 204 | 304),
             chunked: args.chunked,
             body_bytes: args.body_bytes,
-            pad: vec![b'x'; args.body_bytes],
+            pad: vec![b'x'; flat_pad],
             delay: args.delay_ms,
             late_share: args.late_share,
             late_delay: Duration::from_millis(args.late_delay_ms),
@@ -181,6 +204,8 @@ impl MockConfig {
             reset_after_bytes: args.reset_after_bytes.map(|n| n as usize),
             close_silently: args.close_silently,
             endless_block: endless_block(args.endless_head, args.endless_body),
+            openrtb,
+            encodings,
         })
     }
 
@@ -237,14 +262,7 @@ impl MockConfig {
         body.push(b'"');
         if let Some(key) = &self.field_key {
             body.extend_from_slice(key);
-            match &self.price {
-                Price::Bytes(b) => body.extend_from_slice(b),
-                Price::Range(lo, hi) => {
-                    let v = lo + fastrand::f64() * (hi - lo);
-                    // Writing to a Vec cannot fail.
-                    let _ = write!(body, "{v}");
-                }
-            }
+            self.write_price(body);
         }
         if self.body_bytes > 0 {
             let n = self.body_bytes.saturating_sub(body.len() + PAD_OVERHEAD);
@@ -255,9 +273,24 @@ impl MockConfig {
         body.push(b'}');
     }
 
+    /// Appends one price value, drawn if it is a range.
+    fn write_price(&self, body: &mut Vec<u8>) {
+        match &self.price {
+            Price::Bytes(b) => body.extend_from_slice(b),
+            Price::Range(lo, hi) => {
+                let v = lo + fastrand::f64() * (hi - lo);
+                // Writing to a Vec cannot fail.
+                let _ = write!(body, "{v}");
+            }
+        }
+    }
+
     /// Appends the bytes of a `kind` reply to `out` (a whole HTTP response for the JSON and
-    /// not-JSON kinds, the start of one for the endless kinds); `body` is scratch space. With
-    /// `--chunk-bytes`, `cuts` gets the offsets in `out` where a write of its own begins.
+    /// not-JSON kinds, the start of one for the endless kinds); `body` and `scratch` are scratch
+    /// space. With `--chunk-bytes`, `cuts` gets the offsets in `out` where a write of its own begins.
+    // The reply's bytes and where its writes cut, the request's id and head, and two scratch
+    // buffers: bundling them would only rename the arguments.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn render(
         &self,
         out: &mut Vec<u8>,
@@ -266,6 +299,7 @@ impl MockConfig {
         id: &[u8],
         meta: &Meta,
         kind: Kind,
+        scratch: &mut Scratch,
     ) {
         match kind {
             Kind::Json | Kind::NotJson => {}
@@ -276,17 +310,27 @@ impl MockConfig {
             Kind::EndlessBody => return self.render_endless_body(out, body, id, meta),
         }
         body.clear();
+        let mut encoding = Encoding::Identity;
         if !self.bodiless {
             if kind == Kind::NotJson {
                 body.extend_from_slice(NOT_JSON);
             } else {
-                self.render_json(body, id);
+                self.render_body(body, id, scratch);
+                encoding = self.encodings.pick();
             }
+        }
+        if encoding != Encoding::Identity {
+            let packed = &mut scratch.packed;
+            scratch.compressors.compress(encoding, body, packed);
+            std::mem::swap(body, packed);
         }
         out.extend_from_slice(&self.status_line);
         if !self.bodiless {
             // Not-JSON replies still claim JSON: the splitter must judge the body itself.
             out.extend_from_slice(b"Content-Type: application/json\r\n");
+            if let Some(line) = encoding.header() {
+                out.extend_from_slice(line);
+            }
             if self.chunked || self.chunk_bytes.is_some() {
                 out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
             } else {
@@ -354,6 +398,21 @@ impl MockConfig {
             out.extend_from_slice(b"\r\n");
         }
     }
+
+    /// The JSON body of a reply: OpenRTB-shaped with `--openrtb`, else the flat one.
+    fn render_body(&self, body: &mut Vec<u8>, id: &[u8], scratch: &mut Scratch) {
+        match &self.openrtb {
+            Some(t) => t.render(
+                body,
+                &mut scratch.adm_at,
+                id,
+                self.field_key.as_deref(),
+                |b| self.write_price(b),
+                self.body_bytes,
+            ),
+            None => self.render_json(body, id),
+        }
+    }
 }
 
 /// The block an endless reply repeats: 64-byte header lines, or one chunk of `x`s.
@@ -387,7 +446,7 @@ pub(super) struct Meta {
 }
 
 /// JSON string escaping for the configured name and field.
-fn json_escape_into(out: &mut Vec<u8>, s: &[u8]) {
+pub(super) fn json_escape_into(out: &mut Vec<u8>, s: &[u8]) {
     for &b in s {
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
@@ -452,6 +511,7 @@ mod tests {
             ..Meta::default()
         };
         let (mut out, mut body) = (Vec::new(), Vec::new());
+        let mut scratch = Scratch::default();
         cfg.render(
             &mut out,
             &mut Vec::new(),
@@ -459,6 +519,7 @@ mod tests {
             b"c",
             &meta,
             Kind::Json,
+            &mut scratch,
         );
         let text = std::str::from_utf8(&out).unwrap();
         let (head, chunks) = text.split_once("\r\n\r\n").unwrap();
@@ -477,7 +538,15 @@ mod tests {
             ..Meta::default()
         };
         let (mut out, mut cuts, mut body) = (b"earlier".to_vec(), Vec::new(), Vec::new());
-        cfg.render(&mut out, &mut cuts, &mut body, b"c", &meta, Kind::Json);
+        cfg.render(
+            &mut out,
+            &mut cuts,
+            &mut body,
+            b"c",
+            &meta,
+            Kind::Json,
+            &mut Scratch::default(),
+        );
         let text = std::str::from_utf8(&out).unwrap();
         let body_start = text.find("\r\n\r\n").unwrap() + 4;
         // The head, then each chunk, then the last chunk: each a write of its own.

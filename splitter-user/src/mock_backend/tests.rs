@@ -17,6 +17,8 @@ use super::server::bind;
 use super::{serve, MockConfig};
 use crate::http1::chunked::ChunkedDecoder;
 
+mod openrtb;
+
 /// Every network test is bounded by this; nothing waits on sleeps.
 const BOUND: Duration = Duration::from_secs(10);
 

@@ -240,6 +240,7 @@ fn start_splitter(
         route_timeout_ms: scenario.route_timeout_ms(),
         steering,
         extra: "",
+        select_field: scenario.select_field(),
         cpus: pinning.target_cpus(),
     };
     launch_splitter(env, &spec)
@@ -258,6 +259,8 @@ pub struct SplitterSpec<'a> {
     pub steering: Option<&'a Steering<'a>>,
     /// More top-level keys, as TOML lines.
     pub extra: &'a str,
+    /// `[select] field`, when not the default.
+    pub select_field: Option<&'a str>,
     pub cpus: Cpus,
 }
 
@@ -293,7 +296,7 @@ pub struct Steering<'a> {
     pub pin_dir: &'a Path,
 }
 
-/// The splitter's configuration: route `/` with the spec's deadline, warnings only in the log
+/// The splitter's configuration: route `/` with the spec's deadline and selection field, warnings only in the log
 /// so logging stays off the measured path; the default steering unless the spec says.
 fn splitter_config(listen: SocketAddr, admin: SocketAddr, spec: &SplitterSpec) -> String {
     let (workers, io) = (spec.workers, spec.io);
@@ -302,6 +305,9 @@ fn splitter_config(listen: SocketAddr, admin: SocketAddr, spec: &SplitterSpec) -
          io = \"{io}\"\nlog_level = \"warn\"\n{}",
         spec.extra
     );
+    if let Some(field) = spec.select_field {
+        config += &format!("\n[select]\nfield = \"{field}\"\n");
+    }
     for (name, addr) in spec.backends {
         config += &format!("\n[[backend]]\nname = \"{name}\"\naddress = \"{addr}\"\n");
     }
@@ -461,6 +467,7 @@ mod tests {
             route_timeout_ms: Scenario::Deadline.route_timeout_ms(),
             steering: None,
             extra: "",
+            select_field: None,
             cpus: Cpus::Any,
         }
     }
@@ -475,6 +482,15 @@ mod tests {
         assert!(c.contains("name = \"b\"\naddress = \"127.0.0.1:2\""));
         assert!(c.contains("timeout_ms = 80"));
         assert!(!c.contains("[steering]"));
+        assert!(!c.contains("[select]"));
+        let openrtb = SplitterSpec {
+            route_timeout_ms: Scenario::OpenRtb.route_timeout_ms(),
+            select_field: Scenario::OpenRtb.select_field(),
+            ..spec(&backends, "uring")
+        };
+        let c = splitter_config(a, b, &openrtb);
+        assert!(c.contains("[select]\nfield = \"/seatbid/*/bid/*/price\"\n"));
+        assert!(c.contains("timeout_ms = 450"));
     }
 
     #[test]

@@ -11,7 +11,8 @@ pub trait Named: Copy + Sized + 'static {
     fn name(self) -> &'static str;
 }
 
-/// A command-line choice of one value of `T`, or `all` of them.
+/// A command-line choice of values of `T`: one, a comma-separated list (`fast,openrtb`), or
+/// `all` of them; in `T::ALL`'s order, each once.
 #[derive(Clone, Debug)]
 pub struct Selection<T>(pub Vec<T>);
 
@@ -22,13 +23,26 @@ impl<T: Named> FromStr for Selection<T> {
         if s == "all" {
             return Ok(Selection(T::ALL.to_vec()));
         }
-        match T::ALL.iter().find(|v| v.name() == s) {
-            Some(v) => Ok(Selection(vec![*v])),
-            None => {
-                let names: Vec<_> = T::ALL.iter().map(|v| v.name()).collect();
-                Err(format!("expected {} or all", names.join(", ")))
+        let mut picked = vec![false; T::ALL.len()];
+        for name in s.split(',') {
+            match T::ALL.iter().position(|v| v.name() == name.trim()) {
+                Some(i) => picked[i] = true,
+                None => {
+                    let names: Vec<_> = T::ALL.iter().map(|v| v.name()).collect();
+                    return Err(format!(
+                        "expected {}, a list of them, or all",
+                        names.join(", ")
+                    ));
+                }
             }
         }
+        Ok(Selection(
+            T::ALL
+                .iter()
+                .zip(picked)
+                .filter_map(|(v, p)| p.then_some(*v))
+                .collect(),
+        ))
     }
 }
 
@@ -60,12 +74,25 @@ pub enum Scenario {
     Fast,
     /// Backends take 1-76 ms and 5% of replies take 95 ms, past the 80 ms route deadline.
     Deadline,
+    /// OpenRTB: a 2 KB BidRequest, BidResponses of 3 seats x 2 bids (2 KB), half of them
+    /// gzip-compressed, the price selected with `/seatbid/*/bid/*/price`.
+    OpenRtb,
+    /// The same with no reply compressed: the difference to `openrtb` is the gzip share's cost.
+    OpenRtbPlain,
 }
-named!(Scenario { Fast => "fast", Deadline => "deadline" });
+named!(Scenario {
+    Fast => "fast",
+    Deadline => "deadline",
+    OpenRtb => "openrtb",
+    OpenRtbPlain => "openrtb-plain",
+});
+
+/// The selection field of the OpenRTB scenarios: the best price of every bid of every seat.
+pub const OPENRTB_FIELD: &str = "/seatbid/*/bid/*/price";
 
 impl Scenario {
-    /// `splitter mock-backend` flags. Both scenarios reply with about 2 KB of JSON at a random
-    /// price, so the winning backend changes from request to request.
+    /// `splitter mock-backend` flags. Every scenario replies with about 2 KB of JSON at random
+    /// prices, so the winning backend changes from request to request.
     pub fn mock_flags(self) -> &'static [&'static str] {
         match self {
             Scenario::Fast => &["--body-bytes", "2048", "--price-range", "0.1..10"],
@@ -81,14 +108,51 @@ impl Scenario {
                 "--late-delay-ms",
                 "95",
             ],
+            Scenario::OpenRtb => &[
+                "--body-bytes",
+                "2048",
+                "--price-range",
+                "0.1..10",
+                "--openrtb",
+                "3x2",
+                "--gzip",
+                "0.5",
+            ],
+            Scenario::OpenRtbPlain => &[
+                "--body-bytes",
+                "2048",
+                "--price-range",
+                "0.1..10",
+                "--openrtb",
+                "3x2",
+            ],
         }
     }
 
     /// The splitter's deadline for route `/`.
     pub fn route_timeout_ms(self) -> u64 {
         match self {
-            Scenario::Fast => 450,
+            Scenario::Fast | Scenario::OpenRtb | Scenario::OpenRtbPlain => 450,
             Scenario::Deadline => 80,
+        }
+    }
+
+    /// The splitter's `select.field`, when not the default `/price`.
+    pub fn select_field(self) -> Option<&'static str> {
+        match self {
+            Scenario::Fast | Scenario::Deadline => None,
+            Scenario::OpenRtb | Scenario::OpenRtbPlain => Some(OPENRTB_FIELD),
+        }
+    }
+
+    /// The wrk scripts, relative to the workspace root: the load, and the check of every
+    /// response's echoed request id.
+    pub fn scripts(self) -> (&'static str, &'static str) {
+        match self {
+            Scenario::Fast | Scenario::Deadline => ("bench/post-2k.lua", "bench/post-2k-check.lua"),
+            Scenario::OpenRtb | Scenario::OpenRtbPlain => {
+                ("bench/post-ortb.lua", "bench/post-ortb-check.lua")
+            }
         }
     }
 }
@@ -166,13 +230,29 @@ mod tests {
     fn selections_by_name_or_all() {
         assert_eq!(
             "all".parse::<Selection<Scenario>>().unwrap().0,
-            [Scenario::Fast, Scenario::Deadline]
+            [
+                Scenario::Fast,
+                Scenario::Deadline,
+                Scenario::OpenRtb,
+                Scenario::OpenRtbPlain
+            ]
         );
         assert_eq!(
             "pinned".parse::<Selection<Pinning>>().unwrap().0,
             [Pinning::Pinned]
         );
+        assert_eq!(
+            "openrtb-plain,fast,openrtb,fast"
+                .parse::<Selection<Scenario>>()
+                .unwrap()
+                .0,
+            [Scenario::Fast, Scenario::OpenRtb, Scenario::OpenRtbPlain]
+        );
         let err = "slow".parse::<Selection<Scenario>>().unwrap_err();
-        assert_eq!(err, "expected fast, deadline or all");
+        assert_eq!(
+            err,
+            "expected fast, deadline, openrtb, openrtb-plain, a list of them, or all"
+        );
+        assert!("fast,".parse::<Selection<Scenario>>().is_err());
     }
 }

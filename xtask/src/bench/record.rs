@@ -263,19 +263,21 @@ fn first_line_word(cmd: &mut Command, n: usize) -> String {
         .to_owned()
 }
 
-/// Writes `record` as `<dir>/<prefix><date>.json` and `<dir>/<prefix>latest.json`; returns
-/// the first path.
+/// Writes `record` as `<dir>/<prefix><date>.json` and, with `latest`, as
+/// `<dir>/<prefix>latest.json`; returns the first path.
 pub fn write<T: Serialize>(
     record: &T,
     date: &str,
     dir: &Path,
     prefix: &str,
+    latest: bool,
 ) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let json = serde_json::to_string_pretty(record)? + "\n";
     // Colons are legal in Linux file names but awkward in shells and on other systems.
     let path = dir.join(format!("{prefix}{}.json", date.replace(':', "")));
-    for p in [&path, &dir.join(format!("{prefix}latest.json"))] {
+    let latest_path = dir.join(format!("{prefix}latest.json"));
+    for p in std::iter::once(&path).chain(latest.then_some(&latest_path)) {
         std::fs::write(p, &json).with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(path)

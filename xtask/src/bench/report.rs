@@ -1,6 +1,6 @@
 //! The record as Markdown: the README's performance section and the summary printed at the end.
 
-use crate::bench::plan::Target;
+use crate::bench::plan::{Pinning, Scenario, Target, OPENRTB_FIELD};
 use crate::bench::record::{Case, Median, Record, Skew};
 use anyhow::{bail, Context};
 use std::fmt::Write;
@@ -18,6 +18,7 @@ pub fn markdown(record: &Record, chart: &str) -> String {
     describe_setup(&mut md, record);
     medians_table(&mut md, &record.medians);
     headline_table(&mut md, &record.medians);
+    openrtb_table(&mut md, &record.medians);
     if let Some(idle) = &record.idle {
         let _ = writeln!(
             md,
@@ -139,7 +140,7 @@ fn describe_setup(md: &mut String, r: &Record) {
          `unpinned`: everything anywhere, the target with one thread per CPU. `deadline`: \
          backends take 1-76 ms, 5% of replies 95 ms, the splitter's deadline is 80 ms. \
          Mismatches come from a separate {} s splitter run with `-t{} -c{}` checking every \
-         response body's echoed `X-Req-Id` (`bench/post-2k-check.lua`).\n",
+         response body's echoed `X-Req-Id` (`bench/post-2k-check.lua`).{}\n",
         r.date,
         m.cpu_model,
         m.nproc,
@@ -158,7 +159,75 @@ fn describe_setup(md: &mut String, r: &Record) {
         s.check_seconds,
         s.check_connections,
         s.check_connections,
+        if has_openrtb(&r.medians) {
+            format!(
+                " `openrtb`: wrk POSTs a 2.1 KB OpenRTB 2.x BidRequest (`bench/post-ortb.lua`), \
+                 the backends answer 2 KB BidResponses of 3 seats x 2 bids at random prices, half \
+                 of them gzip-compressed (level 1), and the splitter selects with `field = \
+                 \"{OPENRTB_FIELD}\"`; `openrtb-plain`: the same, none compressed. The id \
+                 check reads a compressed reply's echoed `X-Req-Id` header instead of its body."
+            )
+        } else {
+            String::new()
+        },
     );
+}
+
+fn has_openrtb(medians: &[Median]) -> bool {
+    medians
+        .iter()
+        .any(|m| matches!(m.case.scenario, Scenario::OpenRtb | Scenario::OpenRtbPlain))
+}
+
+/// What OpenRTB traffic costs the splitter over `fast`, per pinning and shell: the selection
+/// through wildcards in a nested reply (with a larger request), then the gzip share.
+fn openrtb_table(md: &mut String, medians: &[Median]) {
+    if !has_openrtb(medians) {
+        return;
+    }
+    md.push_str(
+        "| pinning | shell | fast CPU µs/req | openrtb-plain | openrtb | OpenRTB selection \
+         (openrtb-plain - fast) | half of replies gzip (openrtb - openrtb-plain) |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for &pinning in [Pinning::Unpinned, Pinning::Pinned].iter() {
+        for &target in [Target::SplitterUring, Target::SplitterEpoll].iter() {
+            let cpu = |scenario| {
+                cpu_of(
+                    medians,
+                    Case {
+                        scenario,
+                        pinning,
+                        target,
+                    },
+                )
+            };
+            let (fast, plain, gzip) = (
+                cpu(Scenario::Fast),
+                cpu(Scenario::OpenRtbPlain),
+                cpu(Scenario::OpenRtb),
+            );
+            if plain.is_none() && gzip.is_none() {
+                continue;
+            }
+            let us = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
+            let delta = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) => format!("{:+.1} µs ({:+.0} %)", a - b, (a / b - 1.0) * 100.0),
+                _ => "-".into(),
+            };
+            let _ = writeln!(
+                md,
+                "| {pinning} | {} | {} | {} | {} | {} | {} |",
+                target.splitter_io().unwrap_or("-"),
+                us(fast),
+                us(plain),
+                us(gzip),
+                delta(plain, fast),
+                delta(gzip, plain),
+            );
+        }
+    }
+    md.push('\n');
 }
 
 fn medians_table(md: &mut String, medians: &[Median]) {
@@ -277,6 +346,56 @@ mod tests {
         assert_eq!(thousands(999.0), "999");
         assert_eq!(thousands(1234567.8), "1,234,568");
         assert_eq!(thousands(f64::INFINITY), "-");
+    }
+
+    #[test]
+    fn openrtb_costs_per_shell() {
+        let median = |scenario, target, cpu| Median {
+            case: Case {
+                scenario,
+                pinning: Pinning::Unpinned,
+                target,
+            },
+            runs: 1,
+            sample: crate::bench::record::Sample {
+                requests: 1,
+                requests_per_s: 1.0,
+                p50_ms: 1.0,
+                p99_ms: 1.0,
+                p999_ms: 1.0,
+                cpu_us_per_request: cpu,
+                peak_rss_mib: 1.0,
+                socket_errors: 0,
+                non_2xx: 0,
+                responses_204: None,
+                checked: None,
+                mismatches: None,
+            },
+        };
+        let mut md = String::new();
+        openrtb_table(
+            &mut md,
+            &[median(Scenario::Fast, Target::SplitterUring, 16.0)],
+        );
+        assert_eq!(md, "", "no OpenRTB scenario, no table");
+        let medians = [
+            median(Scenario::Fast, Target::SplitterUring, 16.0),
+            median(Scenario::OpenRtb, Target::SplitterUring, 22.0),
+            median(Scenario::OpenRtbPlain, Target::SplitterUring, 20.0),
+            median(Scenario::OpenRtb, Target::SplitterEpoll, 25.0),
+        ];
+        openrtb_table(&mut md, &medians);
+        assert!(
+            md.contains(
+                "| unpinned | uring | 16.0 | 20.0 | 22.0 | +4.0 µs (+25 %) | +2.0 µs (+10 %) |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| unpinned | epoll | - | - | 25.0 | - | - |"),
+            "{md}"
+        );
+        assert!(!md.contains("| pinned |"), "{md}");
     }
 
     #[test]
