@@ -19,7 +19,7 @@ use splitter_fuzz::{
     lines_are_strict, read_plans, split_points, Rng,
 };
 use splitter_user::http1::body::Framing;
-use splitter_user::http1::encode::{client_response, ConnectionHeader};
+use splitter_user::http1::encode::{client_response, Chosen, ConnectionHeader};
 use splitter_user::http1::limits::{MAX_HEADERS, MAX_RESPONSE_BODY, MAX_RESPONSE_HEAD};
 use splitter_user::http1::response::{head_may_end, parse_response, ResponseError, ResponseHead};
 
@@ -200,7 +200,12 @@ fn check_client_response(input: &[u8], head: &ResponseHead, rng: &mut Rng) {
     ][rng.below(3)];
     let body = &input[head.head_len..];
     let mut out = b"left alone".to_vec();
-    client_response(&mut out, input, head, body, "b-1.x_y", conn);
+    let chosen = Chosen {
+        backend: "b-1.x_y",
+        value: 2.5,
+        second: Some(-1.0),
+    };
+    client_response(&mut out, input, head, body, &chosen, conn);
     assert!(out.starts_with(b"left alone"));
     let out = &out[10..];
 
@@ -243,7 +248,11 @@ fn check_client_response(input: &[u8], head: &ResponseHead, rng: &mut Rng) {
             own.push((String::from_utf8_lossy(name).into_owned(), value.to_vec()));
         }
     }
-    let mut expected_own = vec![("X-Splitter-Backend".to_owned(), b"b-1.x_y".to_vec())];
+    let mut expected_own = vec![
+        ("X-Splitter-Backend".to_owned(), b"b-1.x_y".to_vec()),
+        ("X-Splitter-Value".to_owned(), b"2.5".to_vec()),
+        ("X-Splitter-Second".to_owned(), b"-1".to_vec()),
+    ];
     match conn {
         ConnectionHeader::None => {}
         ConnectionHeader::KeepAlive => {

@@ -14,7 +14,24 @@
 
 use libfuzzer_sys::fuzz_target;
 use splitter_fuzz::Rng;
+use splitter_user::http1::response::Coding;
+use splitter_user::scatter::exchange::Reply;
 use splitter_user::scatter::select::{Prefer, Scratch, Selection, Selector};
+
+/// A whole reply of `status` with `body`, not encoded.
+struct Plain<'b>(u16, &'b [u8]);
+
+impl Reply for Plain<'_> {
+    fn status(&self) -> u16 {
+        self.0
+    }
+    fn body(&self) -> &[u8] {
+        self.1
+    }
+    fn coding(&self) -> Coding {
+        Coding::Identity
+    }
+}
 
 fuzz_target!(|input: &[u8]| {
     let (pointer, body) = match input.iter().position(|&b| b == b'\n') {
@@ -27,27 +44,27 @@ fuzz_target!(|input: &[u8]| {
     let bits = |found: Option<f64>| found.map(f64::to_bits);
 
     let mut one = Scratch::default();
-    let found = selector.select(body, &mut one);
+    let found = selector.select(body, Prefer::Max, &mut one);
     assert!(found.is_none_or(f64::is_finite), "{found:?}");
     let mut other = Scratch::default();
     assert_eq!(
-        bits(selector.select(body, &mut other)),
+        bits(selector.select(body, Prefer::Max, &mut other)),
         bits(found),
         "second scratch"
     );
     // Reuse after bodies that leave different leftovers: longer, shorter, not JSON.
     let mut longer = body.to_vec();
     longer.extend_from_slice(b" [1, {\"price\": 2.5}, \"\\u00e9\"]   ");
-    selector.select(&longer, &mut one);
+    selector.select(&longer, Prefer::Max, &mut one);
     assert_eq!(
-        bits(selector.select(body, &mut one)),
+        bits(selector.select(body, Prefer::Max, &mut one)),
         bits(found),
         "after a longer body"
     );
-    selector.select(&body[..body.len() / 2], &mut other);
-    selector.select(b"{\"price\": [1, 2", &mut other);
+    selector.select(&body[..body.len() / 2], Prefer::Max, &mut other);
+    selector.select(b"{\"price\": [1, 2", Prefer::Max, &mut other);
     assert_eq!(
-        bits(selector.select(body, &mut other)),
+        bits(selector.select(body, Prefer::Max, &mut other)),
         bits(found),
         "after a shorter body"
     );
@@ -106,19 +123,21 @@ fn check_judge(
         1 => found.map(|n| n + (rng.below(3) as f64 - 1.0)),
         _ => Some(rng.below(100) as f64 - 50.0),
     };
+    // The best number by this `prefer` (with `*`, the max and the min differ).
+    let found = selector.select(body, prefer, scratch);
     let selection = Selection {
         selector,
         prefer,
-        floor,
+        max_decoded: 1 << 20,
     };
     for status in [199, 201, 204, 404, 500] {
         assert_eq!(
-            selection.judge(status, body, scratch),
+            selection.judge(&Plain(status, body), floor, scratch).ok(),
             None,
             "status {status}"
         );
     }
-    let judged = selection.judge(200, body, scratch);
+    let judged = selection.judge(&Plain(200, body), floor, scratch).ok();
     match judged {
         Some(value) => {
             assert_eq!(Some(value), found);
