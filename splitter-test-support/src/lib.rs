@@ -15,6 +15,7 @@ pub mod peer;
 pub mod process;
 pub mod procfs;
 pub mod splitter;
+pub mod wrk;
 
 // The suites import everything at once (`use common::*`), the modules being for this crate's
 // reader.
@@ -25,3 +26,4 @@ pub use metrics::Metrics;
 pub use peer::{PeerConn, RawPeer};
 pub use process::{spawn_logged, wait_for, LineLog, ProcGuard, READY_TIMEOUT};
 pub use splitter::{config, config_with_backend_keys, Binary, Mock, Splitter};
+pub use wrk::Wrk;

@@ -6,7 +6,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
@@ -105,22 +104,12 @@ fn five_restarts_under_wrk_load_fail_no_request() {
     let config = restart_config(&dir, listen, admin, &[&a, &b]);
     let mut current = SPLITTER.run(&config);
 
-    let child = Command::new(wrk)
-        .args(["-t1", "-c16", "-d25s", "-s"])
-        .arg(&script)
-        .arg(format!("http://{listen}/bid"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn wrk");
-    let mut load = ProcGuard::new(child);
-    let mut out = load.child.stdout.take().unwrap();
-    let reader = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut out, &mut s);
-        s
-    });
+    let load = Wrk::start(
+        &wrk,
+        &["-t1", "-c16", "-d25s"],
+        &script,
+        &format!("http://{listen}/bid"),
+    );
 
     thread::sleep(Duration::from_secs(2));
     for restart in 1..=5 {
@@ -134,22 +123,7 @@ fn five_restarts_under_wrk_load_fail_no_request() {
         thread::sleep(Duration::from_secs(1));
     }
 
-    let status = load
-        .wait_exit(Duration::from_secs(60))
-        .expect("wrk finishes");
-    let text = reader.join().unwrap();
-    assert!(status.success(), "wrk failed: {text}");
+    let (text, requests) = load.finish_clean(Duration::from_secs(60));
     eprintln!("wrk across 5 restarts:\n{text}");
-    assert!(!text.contains("Socket errors"), "socket errors:\n{text}");
-    assert!(
-        !text.contains("Non-2xx or 3xx responses"),
-        "non-2xx responses:\n{text}"
-    );
-    let requests: u64 = text
-        .lines()
-        .find(|l| l.contains("requests in"))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no `requests in` line:\n{text}"));
     assert!(requests > 1000, "{text}");
 }

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -157,38 +156,8 @@ fn wrk_post_2k_has_no_errors() {
         &[("/", 200)],
     ));
     let url = format!("http://{}/bid", s.addr);
-    let child = Command::new(wrk)
-        .args(["-t1", "-c64", "-d3s", "-s"])
-        .arg(&script)
-        .arg(&url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn wrk");
-    let mut guard = ProcGuard::new(child);
-    let mut out = guard.child.stdout.take().unwrap();
-    let reader = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut out, &mut s);
-        s
-    });
-    let status = guard
-        .wait_exit(Duration::from_secs(30))
-        .expect("wrk did not finish in 30 s");
-    let text = reader.join().unwrap();
-    assert!(status.success(), "wrk failed: {text}");
-    assert!(!text.contains("Socket errors"), "socket errors:\n{text}");
-    assert!(
-        !text.contains("Non-2xx or 3xx responses"),
-        "non-2xx responses:\n{text}"
-    );
-    let requests: u64 = text
-        .lines()
-        .find(|l| l.contains("requests in"))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no `requests in` line:\n{text}"));
+    let (text, requests) = Wrk::start(&wrk, &["-t1", "-c64", "-d3s"], &script, &url)
+        .finish_clean(Duration::from_secs(30));
     assert!(requests > 0, "{text}");
     eprintln!("wrk: {requests} requests\n{text}");
     // The splitter counted them all (wrk may leave a few in flight when it stops).
