@@ -11,8 +11,9 @@ use std::rc::Rc;
 const MAX_POOLED: usize = 1024;
 
 /// Buffers bigger than this (an unusually large body) are freed instead of pooled, so one big
-/// request does not pin its memory for the life of the worker.
-const MAX_POOLED_CAPACITY: usize = 64 * 1024;
+/// request does not pin its memory for the life of the worker. Requests and replies of 1-3 KB,
+/// their heads, and a read's room fit many times over.
+pub const MAX_POOLED_CAPACITY: usize = 16 * 1024;
 
 thread_local! {
     static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };

@@ -5,14 +5,15 @@
 //! trusted (any framing error), when the client asked for it, when it is too slow, and when the
 //! process drains.
 
+use std::io;
 use std::rc::Rc;
 use std::time::{Instant, SystemTime};
 
 use super::buffers::{self, Shared};
-use super::conn::{Conn, READ_CHUNK};
+use super::conn::{Conn, Readiness, READ_CHUNK};
 use super::fanout::{scatter, Request, Scattered};
 use super::guards::{ClientOpen, InFlight};
-use super::{Stop, Worker};
+use super::{Plan, Stop, Worker};
 use crate::access_log::Record;
 use crate::http1::body::{BodyDecoder, BodyLimit};
 use crate::http1::encode::{
@@ -20,15 +21,23 @@ use crate::http1::encode::{
 };
 use crate::http1::request::{parse_request, Method, RequestHead, Version};
 use crate::scatter::exchange::{Outcome, Reply as _, Winner};
+use crate::scatter::route::Route;
 
 /// Serves `stream` until it closes.
 pub async fn serve(worker: &Rc<Worker>, stream: Conn) {
     let _open = ClientOpen::new(&worker.counters);
+    // Without it (the epoll set refused the socket) the connection still works: its reads wait
+    // in the ring, with their buffer.
+    let readiness = Readiness::of(&stream).unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "client socket without readiness");
+        None
+    });
     let mut conn = ClientConn {
+        readiness,
         stream,
-        buf: Vec::with_capacity(READ_CHUNK),
-        out: Vec::with_capacity(OUT_CAPACITY),
-        forward: Vec::with_capacity(FORWARD_CAPACITY),
+        buf: Vec::new(),
+        out: Vec::new(),
+        forward: Vec::new(),
         send_timeout: worker.plan.borrow().send_timeout,
     };
     conn.run(worker).await;
@@ -38,25 +47,32 @@ pub async fn serve(worker: &Rc<Worker>, stream: Conn) {
 /// scheduling noise SPEC 3 allows.
 const DEADLINE_SLACK: std::time::Duration = std::time::Duration::from_millis(10);
 
-/// What the response buffer keeps between requests: a bid reply and its head fit.
-const OUT_CAPACITY: usize = 4096;
+/// Gives back what a buffer grew beyond what the worker's pool keeps, keeping what it holds: a
+/// client that pipelines, and so is never idle, does not keep the memory of one large message.
+fn shrink(buf: &mut Vec<u8>) {
+    let keep = buffers::MAX_POOLED_CAPACITY.max(buf.len());
+    if buf.capacity() > keep {
+        buf.shrink_to(keep);
+    }
+}
 
-/// What the forwarded-head buffer keeps between requests.
-const FORWARD_CAPACITY: usize = 1024;
-
-/// Gives back what a buffer grew beyond `keep` for one large message, keeping what it holds: the
-/// memory of a connection between requests does not depend on what it carried before.
-fn shrink(buf: &mut Vec<u8>, keep: usize) {
-    if buf.capacity() > keep.max(buf.len()) {
-        buf.shrink_to(keep.max(buf.len()));
+/// What a response says of the connection: HTTP/1.0 keeps it open only when told.
+fn connection_header(close: bool, version: Version) -> ConnectionHeader {
+    match (close, version) {
+        (true, _) => ConnectionHeader::Close,
+        (false, Version::Http10) => ConnectionHeader::KeepAlive,
+        (false, Version::Http11) => ConnectionHeader::None,
     }
 }
 
 struct ClientConn {
+    /// Declared before `stream`: deregistered before the socket closes.
+    readiness: Option<Readiness>,
     stream: Conn,
     /// How long the client may take to take a response (`send_timeout_ms`).
     send_timeout: std::time::Duration,
     /// Bytes read and not yet consumed: the request being read and any pipelined after it.
+    /// This and the next two are the worker's pool's while the connection is idle.
     buf: Vec<u8>,
     /// The response being written.
     out: Vec<u8>,
@@ -89,11 +105,11 @@ enum Read {
 impl ClientConn {
     async fn run(&mut self, worker: &Rc<Worker>) {
         loop {
-            shrink(&mut self.buf, READ_CHUNK);
             // The last response is written: its bytes are no longer needed.
             self.out.clear();
-            shrink(&mut self.out, OUT_CAPACITY);
-            shrink(&mut self.forward, FORWARD_CAPACITY);
+            shrink(&mut self.buf);
+            shrink(&mut self.out);
+            shrink(&mut self.forward);
             let Some((head, deadline)) = self.read_head(worker).await else {
                 return;
             };
@@ -103,11 +119,7 @@ impl ClientConn {
             self.send_timeout = plan.send_timeout;
             worker.counters.request();
             let closing = !head.keep_alive;
-            let conn_header = |close: bool| match (close, head.version) {
-                (true, _) => ConnectionHeader::Close,
-                (false, Version::Http10) => ConnectionHeader::KeepAlive,
-                (false, Version::Http11) => ConnectionHeader::None,
-            };
+            let conn_header = |close: bool| connection_header(close, head.version);
             let route = plan.routes.lookup(head.path(&self.buf));
             if route.is_none() && head.expect_continue {
                 // Refuse before the body is sent (RFC 9110 §10.1.1); its bytes, if any come,
@@ -126,87 +138,102 @@ impl ClientConn {
                 continue;
             };
 
-            // The deadline starts now: the whole request has been read (SPEC section 3).
-            let started = Instant::now();
-            let closing = closing || *worker.shutdown.borrow() != Stop::No;
-            let conn = conn_header(closing);
-            let Some(permit) = worker.admission.admit() else {
-                if !self.respond(worker, 503, conn, Some(started)).await || closing {
-                    return;
-                }
-                continue;
-            };
-            let in_flight = InFlight::new(&worker.counters, permit);
-            let request = Request {
-                bytes: request,
-                target: head.forward_target.clone(),
-                host: head.forward_host.clone(),
-                head: head.method == Method::Head,
-                started,
-                deadline: started + route.timeout,
-                floor: route.floor,
-                backends: route.backends,
-            };
-            let Scattered { outcome, backends } = scatter(worker, &plan, request).await;
-            drop(in_flight);
-            // A drain that began while the backends were asked still closes this connection,
-            // and says so, so the balancer in front does not send another request on it.
-            let closing = closing || *worker.shutdown.borrow() != Stop::No;
-            let conn = conn_header(closing);
-
-            let no_content = matches!(outcome, Outcome::NoContent);
-            let (winner, value) = match &outcome {
-                Outcome::Chosen(w) => (Some(plan.backends[w.backend].slot as u8), Some(w.value)),
-                Outcome::NoContent => (None, None),
-            };
-            let written = match outcome {
-                Outcome::Chosen(Winner {
-                    backend,
-                    reply,
-                    value,
-                    second,
-                }) => {
-                    self.out.clear();
-                    let chosen = Chosen {
-                        backend: &plan.backends[backend].name,
-                        value,
-                        second,
-                    };
-                    client_response(
-                        &mut self.out,
-                        reply.raw_head(),
-                        &reply.head,
-                        reply.body(),
-                        &chosen,
-                        conn,
-                    );
-                    drop(reply);
-                    self.write_out(worker, 200, Some(started)).await
-                }
-                Outcome::NoContent => self.respond(worker, 204, conn, Some(started)).await,
-            };
-            worker.counters.route(route.slot, no_content);
-            if let Some(log) = worker.access_log.as_ref().filter(|log| log.sampled()) {
-                let record = Record {
-                    time: SystemTime::now(),
-                    route: route.slot as u8,
-                    status: if no_content { 204 } else { 200 },
-                    winner,
-                    value,
-                    duration: started.elapsed(),
-                    backends,
-                };
-                if !log.push(record) {
-                    worker.counters.access_log_dropped();
-                }
-            }
-            if Instant::now() > started + route.timeout + DEADLINE_SLACK {
-                worker.counters.deadline_miss();
-            }
-            if !written || closing {
+            // Boxed: what answering needs (the exchange, the chosen reply) is allocated while a
+            // request is answered, so the task of an idle connection stays small.
+            let answer = self.answer(worker, &plan, &head, route, request, closing);
+            if !Box::pin(answer).await {
                 return;
             }
         }
+    }
+
+    /// Fans `request` out along `route`, answers the client, counts and logs it. False when the
+    /// connection is done.
+    async fn answer(
+        &mut self,
+        worker: &Rc<Worker>,
+        plan: &Rc<Plan>,
+        head: &RequestHead,
+        route: &Route,
+        request: Shared,
+        closing: bool,
+    ) -> bool {
+        let conn_header = |close: bool| connection_header(close, head.version);
+        // The deadline starts now: the whole request has been read (SPEC section 3).
+        let started = Instant::now();
+        let closing = closing || *worker.shutdown.borrow() != Stop::No;
+        let conn = conn_header(closing);
+        let Some(permit) = worker.admission.admit() else {
+            return self.respond(worker, 503, conn, Some(started)).await && !closing;
+        };
+        let in_flight = InFlight::new(&worker.counters, permit);
+        let request = Request {
+            bytes: request,
+            target: head.forward_target.clone(),
+            host: head.forward_host.clone(),
+            head: head.method == Method::Head,
+            started,
+            deadline: started + route.timeout,
+            floor: route.floor,
+            backends: route.backends,
+        };
+        let Scattered { outcome, backends } = scatter(worker, plan, request).await;
+        drop(in_flight);
+        // A drain that began while the backends were asked still closes this connection,
+        // and says so, so the balancer in front does not send another request on it.
+        let closing = closing || *worker.shutdown.borrow() != Stop::No;
+        let conn = conn_header(closing);
+
+        let no_content = matches!(outcome, Outcome::NoContent);
+        let (winner, value) = match &outcome {
+            Outcome::Chosen(w) => (Some(plan.backends[w.backend].slot as u8), Some(w.value)),
+            Outcome::NoContent => (None, None),
+        };
+        let written = match outcome {
+            Outcome::Chosen(Winner {
+                backend,
+                reply,
+                value,
+                second,
+            }) => {
+                self.out.clear();
+                let chosen = Chosen {
+                    backend: &plan.backends[backend].name,
+                    value,
+                    second,
+                };
+                client_response(
+                    &mut self.out,
+                    reply.raw_head(),
+                    &reply.head,
+                    reply.body(),
+                    &chosen,
+                    conn,
+                );
+                drop(reply);
+                self.write_out(worker, 200, Some(started)).await
+            }
+            Outcome::NoContent => self.respond(worker, 204, conn, Some(started)).await,
+        };
+        worker.counters.route(route.slot, no_content);
+        if let Some(log) = worker.access_log.as_ref().filter(|log| log.sampled()) {
+            let record = Record {
+                time: SystemTime::now(),
+                route: route.slot as u8,
+                status: if no_content { 204 } else { 200 },
+                winner,
+                value,
+                duration: started.elapsed(),
+                backends,
+            };
+            if !log.push(record) {
+                worker.counters.access_log_dropped();
+            }
+        }
+        if Instant::now() > started + route.timeout + DEADLINE_SLACK {
+            worker.counters.deadline_miss();
+        }
+        written && !closing
     }
 
     /// Reads until a whole request head is in the buffer. Returns it with the time by which the
@@ -335,29 +362,61 @@ impl ClientConn {
     /// Reads more bytes into the buffer, until `deadline`; between requests (`idle` given) also
     /// stops when the process drains.
     async fn read_until(&mut self, deadline: Instant, idle: Option<&Rc<Worker>>) -> Read {
-        let buf = std::mem::take(&mut self.buf);
-        let timed = tokio::time::timeout_at(deadline.into(), self.stream.read(buf));
-        let result = match idle {
-            Some(worker) => {
-                let mut shutdown = worker.shutdown.clone();
-                tokio::select! {
-                    r = timed => Some(r),
-                    _ = shutdown.wait_for(|&stop| stop == Stop::Drain) => None,
-                }
-            }
-            None => Some(timed.await),
+        let Some(worker) = idle else {
+            let buf = std::mem::take(&mut self.buf);
+            let read = tokio::time::timeout_at(deadline.into(), self.stream.read(buf)).await;
+            return self.took(read);
         };
-        match result {
-            // The read was abandoned with the buffer inside it; the connection ends anyway.
-            None => Read::Draining,
-            Some(Err(_elapsed)) => Read::TimedOut,
-            Some(Ok((res, buf))) => {
+        // Between requests the buffers go back to the worker's pool, and come from it again when
+        // bytes arrive: an idle keep-alive connection holds its socket and its task, no buffer.
+        self.park_buffers();
+        let next = async {
+            self.stream.readable(self.readiness.as_ref()).await?;
+            let buf = buffers::take(READ_CHUNK);
+            io::Result::Ok(self.stream.read_ready(self.readiness.as_ref(), buf).await)
+        };
+        let timed = tokio::time::timeout_at(deadline.into(), next);
+        let mut shutdown = worker.shutdown.clone();
+        let read = tokio::select! {
+            r = timed => r,
+            // The read was abandoned (its buffer, if any, with it); the connection ends anyway.
+            _ = shutdown.wait_for(|&stop| stop == Stop::Drain) => return Read::Draining,
+        };
+        let read = match read {
+            Ok(Ok(done)) => Ok(done),
+            Ok(Err(e)) => Ok((Err(e), Vec::new())),
+            Err(elapsed) => Err(elapsed),
+        };
+        let more = self.took(read);
+        if matches!(more, Read::More) {
+            self.out = buffers::take(0);
+            self.forward = buffers::take(0);
+        }
+        more
+    }
+
+    /// The end of a read: the buffer back in place, and what came of it.
+    fn took(
+        &mut self,
+        read: Result<(io::Result<usize>, Vec<u8>), tokio::time::error::Elapsed>,
+    ) -> Read {
+        match read {
+            // A read abandoned with the buffer inside it; the connection ends anyway.
+            Err(_elapsed) => Read::TimedOut,
+            Ok((res, buf)) => {
                 self.buf = buf;
                 match res {
                     Ok(0) | Err(_) => Read::Closed,
                     Ok(_) => Read::More,
                 }
             }
+        }
+    }
+
+    /// Gives the connection's (empty) buffers to the worker's pool while it waits.
+    fn park_buffers(&mut self) {
+        for buf in [&mut self.buf, &mut self.out, &mut self.forward] {
+            buffers::give(std::mem::take(buf));
         }
     }
 

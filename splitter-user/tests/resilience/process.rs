@@ -113,6 +113,53 @@ fn idle_connections_keep_nothing_of_a_large_reply() {
     drop(clients);
 }
 
+/// SPEC section 8: what an idle keep-alive client connection may cost the splitter.
+const IDLE_CONNECTION_BUDGET: u64 = 4 << 10;
+
+#[test]
+fn an_idle_keep_alive_connection_costs_at_most_4_kib() {
+    let _exclusive = exclusive();
+    let good = SPLITTER.mock_backend("good", &["--price", "1", "--body-bytes", "2048"]);
+    let s = SPLITTER.run(&config("", "", &[("good", good.addr)], &[("/", 5000)]));
+    // Warm up first: the workers' buffer pools, backend connections and allocator arenas are
+    // the process's, not the idle connections'.
+    let mut warm = open_idle(&s, 64);
+    for (i, c) in warm.iter_mut().enumerate() {
+        let id = format!("warm-{i}");
+        c.request(&bid("/x", &id)).assert_won(&id);
+    }
+    let before = rss(&s);
+    // Each new connection carries one 2 KB request and reply, as a balancer's pool would, and
+    // then waits.
+    const IDLE: usize = 2000;
+    let mut idle = Vec::with_capacity(IDLE);
+    for i in 0..IDLE {
+        let mut c = s.client();
+        let id = format!("idle-{i}");
+        c.request(&bid("/x", &id)).assert_won(&id);
+        idle.push(c);
+    }
+    let m = s.wait_metrics(WAIT, |m| {
+        m.get("splitter_client_connections", &[]) == (64 + IDLE) as f64
+    });
+    assert_eq!(
+        m.get("splitter_client_connections", &[]),
+        (64 + IDLE) as f64
+    );
+    // Timing condition, not synchronisation: let the allocator settle before measuring.
+    thread::sleep(Duration::from_millis(300));
+    let after = rss(&s);
+    let per_connection = after.saturating_sub(before) / IDLE as u64;
+    assert!(
+        per_connection <= IDLE_CONNECTION_BUDGET,
+        "{IDLE} idle keep-alive connections grew RSS from {:.1} to {:.1} MiB: {per_connection} \
+         bytes each, over {IDLE_CONNECTION_BUDGET}",
+        mib(before),
+        mib(after)
+    );
+    drop((warm, idle));
+}
+
 #[test]
 fn a_client_that_never_reads_is_dropped_after_send_timeout() {
     let _exclusive = exclusive();
