@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::buffers::{self, Shared};
-use super::conn::{Conn, READ_CHUNK};
+use super::conn::{Conn, Readiness, READ_CHUNK};
 use super::guards::BackendOpen;
 use crate::http1::body::{BodyDecoder, BodyError, BodyLimit, Framing};
 use crate::http1::limits::MAX_RESPONSE_HEAD;
@@ -16,6 +16,8 @@ use crate::scatter::exchange::Reply;
 
 /// One keep-alive connection to a backend.
 pub struct BackendConn {
+    /// Declared before `stream`: deregistered before the socket closes.
+    readiness: Option<Readiness>,
     stream: Conn,
     /// Counts the connection open, and closed when it is dropped.
     _open: BackendOpen,
@@ -26,25 +28,30 @@ impl BackendConn {
     pub async fn connect(addr: SocketAddr, uring: bool, open: BackendOpen) -> io::Result<Self> {
         let stream = Conn::connect(addr, uring).await?;
         Ok(BackendConn {
+            readiness: Readiness::of(&stream)?,
             stream,
             _open: open,
         })
     }
 
-    /// True when nothing is waiting to be read and the backend has not closed: a non-blocking
-    /// peek answers `EAGAIN`.
+    /// True when nothing is waiting to be read and the backend has not closed. Known without a
+    /// system call when no readiness event came since the last reply was read; otherwise a
+    /// non-blocking peek must answer `EAGAIN`.
     pub fn is_clean(&self) -> bool {
-        let mut byte = 0u8;
-        // SAFETY: one valid byte of buffer; the fd belongs to `stream`.
-        let n = unsafe {
-            libc::recv(
-                self.stream.fd(),
-                (&raw mut byte).cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+        let fd = self.stream.fd();
+        self.stream.idle_clean(self.readiness.as_ref(), || {
+            let mut byte = 0u8;
+            // SAFETY: one valid byte of buffer; the fd belongs to `stream`.
+            let n = unsafe {
+                libc::recv(
+                    fd,
+                    (&raw mut byte).cast(),
+                    1,
+                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                )
+            };
+            n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+        })
     }
 }
 
@@ -195,7 +202,7 @@ pub async fn exchange(
         }
         scanned = raw.len();
         reads.one_more()?;
-        let (n, more) = conn.stream.read(raw).await;
+        let (n, more) = conn.stream.read_ready(conn.readiness.as_ref(), raw).await;
         raw = more;
         if n? == 0 {
             return Err(ExchangeError::Closed(raw.len()));
@@ -214,7 +221,7 @@ pub async fn exchange(
     let mut body_end = head.head_len;
     while !body.decode_in_place(&mut raw, &mut body_end)? {
         reads.one_more()?;
-        let (n, more) = conn.stream.read(raw).await;
+        let (n, more) = conn.stream.read_ready(conn.readiness.as_ref(), raw).await;
         raw = more;
         if n? == 0 {
             body.close()?;

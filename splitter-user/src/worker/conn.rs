@@ -81,11 +81,11 @@ impl Conn {
         }
     }
 
-    /// Reads once after [`Conn::readable`], like [`Conn::read`]. An io_uring socket is still
-    /// read through the ring (the bytes are there: the read completes as it is submitted, in
-    /// the batch, where a `recv` would cost a system call of its own; measured, the `recv` cost
-    /// 2-6 µs more per request); a short read means the socket is drained, so its readiness is
-    /// cleared and the next idle wait is for new bytes.
+    /// Reads once when the socket is readable, like [`Conn::read`]. An io_uring socket with a
+    /// [`Readiness`] waits for it first, then is read through the ring (the bytes are there:
+    /// the read completes as it is submitted, in the batch, where a `recv` would cost a system
+    /// call of its own; measured, the `recv` cost 2-6 µs more per request); a short read means
+    /// the socket is drained, so its readiness is cleared and what comes next is a new event.
     pub async fn read_ready(
         &self,
         readiness: Option<&Readiness>,
@@ -107,6 +107,18 @@ impl Conn {
                 (res, slice.into_inner())
             }
             _ => self.read(buf).await,
+        }
+    }
+
+    /// Whether an idle socket is still as its last read left it: no byte and no end of stream
+    /// since. True at once, with no system call, when no readiness event came since that read
+    /// drained it; otherwise `peek` asks the socket (the event may be the last reply's own),
+    /// and a clean answer clears the readiness. Without a [`Readiness`] `peek` always decides.
+    pub fn idle_clean(&self, readiness: Option<&Readiness>, peek: impl FnOnce() -> bool) -> bool {
+        match (self, readiness) {
+            (Conn::Epoll(s), _) => idle_clean(s, peek),
+            (Conn::Uring(_), Some(r)) => idle_clean(&r.0, peek),
+            (Conn::Uring(_), None) => peek(),
         }
     }
 
@@ -180,10 +192,28 @@ async fn recv_when_ready<T: AsRawFd>(
     }
 }
 
-/// The epoll readiness of an io_uring client socket, so that an idle keep-alive connection
-/// waits for its next request without a buffer posted to the ring (io_uring's own answer, a
-/// provided-buffer ring, is out of tokio-uring's reach). Registered once per connection;
-/// dropped before the socket closes.
+/// [`Conn::idle_clean`] for one registration. The guard is taken before `peek`, so an event
+/// the reactor notes after it is never cleared by it.
+fn idle_clean<T: AsRawFd>(s: &AsyncFd<T>, peek: impl FnOnce() -> bool) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match s.poll_read_ready(&mut cx) {
+        std::task::Poll::Pending => true,
+        std::task::Poll::Ready(Ok(mut guard)) => {
+            let clean = peek();
+            if clean {
+                guard.clear_ready();
+            }
+            clean
+        }
+        std::task::Poll::Ready(Err(_)) => false,
+    }
+}
+
+/// The epoll readiness of an io_uring socket. A client connection waits on it for its next
+/// request without a buffer posted to the ring (io_uring's own answer, a provided-buffer ring,
+/// is out of tokio-uring's reach); a pooled backend connection learns from it, without a system
+/// call, that nothing arrived while it was idle. Registered once per connection; dropped before
+/// the socket closes.
 pub struct Readiness(AsyncFd<Fd>);
 
 impl Readiness {
