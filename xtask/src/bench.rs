@@ -15,7 +15,7 @@ mod wrk;
 
 use anyhow::{ensure, Context};
 use deploy::{Deployment, Env};
-use plan::{Named, Pinning, Scenario, Selection, Target};
+use plan::{Pinning, Scenario, Selection, Target};
 use record::{Case, Machine, Record, Run, Sample, Settings, Skew};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -41,8 +41,9 @@ pub struct Options {
     /// Seconds of load measured per run [default: 8; 2 with --quick].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     seconds: Option<u32>,
-    /// Backend behaviour: fast, deadline, openrtb, openrtb-plain, a comma-separated list of
-    /// them, or all.
+    /// Backend behaviour: fast, deadline, openrtb, openrtb-plain, fanout-2, fanout-4, fanout-8,
+    /// fanout-16 (the splitter alone in front of that many `fast` backends), fanout (all four),
+    /// a comma-separated list of them, or all.
     #[arg(long, value_name = "NAME[,NAME]", default_value = "all")]
     scenario: Selection<Scenario>,
     /// Process placement: unpinned, pinned or all.
@@ -267,7 +268,7 @@ fn schedule(opts: &Options, repeat: u32) -> Vec<(Case, u32)> {
     for &pinning in &opts.pinning.0 {
         for repetition in 1..=repeat {
             for &scenario in &opts.scenario.0 {
-                for &target in Target::ALL {
+                for &target in scenario.targets() {
                     let case = Case {
                         scenario,
                         pinning,
