@@ -2,6 +2,7 @@
 //! section 8 asks. Every process it starts is held by a guard that stops it by PID, so an error
 //! or a Ctrl-C never leaves a backend, a splitter or an HAProxy running.
 
+mod accounting;
 mod chart;
 pub(crate) mod deploy;
 mod idle;
@@ -16,7 +17,7 @@ mod wrk;
 use anyhow::{ensure, Context};
 use deploy::{Deployment, Env};
 use plan::{Pinning, Scenario, Selection, Target};
-use record::{Case, Machine, Record, Run, Sample, Settings, Skew};
+use record::{Accounting, Case, Machine, Record, Run, Sample, Settings, Skew};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -52,6 +53,12 @@ pub struct Options {
     /// Idle keep-alive client connections held open to measure the splitter's memory (0 skips).
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     idle_connections: usize,
+    /// Seconds of the per-request kernel accounting of the `fast` scenario (system calls,
+    /// io_uring submissions, context switches, TCP segments), a separate pass after the
+    /// measured runs, per target and pinning; made when `fast` is among the scenarios (0 skips;
+    /// default 5, or 2 with --quick).
+    #[arg(long, value_name = "N")]
+    accounting_seconds: Option<u32>,
     /// Seconds of one long run sampling the splitter's RSS, to show it does not grow (0 skips;
     /// default 30, or 0 with --quick).
     #[arg(long, value_name = "N")]
@@ -88,6 +95,11 @@ impl Options {
 
     fn skew_seconds(&self) -> u32 {
         self.skew_seconds.unwrap_or(if self.quick { 3 } else { 10 })
+    }
+
+    fn accounting_seconds(&self) -> u32 {
+        self.accounting_seconds
+            .unwrap_or(if self.quick { 2 } else { 5 })
     }
 }
 
@@ -126,6 +138,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         return Ok(());
     }
     let runs = measure_all(&env, &root, &opts, &settings)?;
+    let accounting = measure_accounting(&env, &root, &opts, &settings)?;
     let idle = match opts.idle_connections {
         0 => None,
         n => {
@@ -152,11 +165,29 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         settings,
         medians: record::medians(&runs),
         idle,
+        accounting,
         soak,
         skew,
         runs,
     };
     publish(&record, &root, !opts.no_readme)
+}
+
+/// The kernel accounting pass of the `fast` scenario, for the pinnings selected; `None` when
+/// `fast` is not among the scenarios or its seconds are 0.
+fn measure_accounting(
+    env: &Env,
+    root: &Path,
+    opts: &Options,
+    settings: &Settings,
+) -> anyhow::Result<Option<Accounting>> {
+    let seconds = opts.accounting_seconds();
+    if seconds == 0 || !opts.scenario.0.contains(&Scenario::Fast) {
+        return Ok(None);
+    }
+    eprintln!("accounting: {seconds} s per target of system calls, switches and TCP segments");
+    let script = Scripts::of(root, Scenario::Fast).load;
+    accounting::measure(env, settings, &script, &opts.pinning.0, seconds).map(Some)
 }
 
 /// The skewed measurement, both steering modes `repeat` times; `None` when `seconds` is 0.

@@ -67,6 +67,51 @@ pub struct IdleMemory {
     pub kib_per_connection: f64,
 }
 
+/// What one request costs the kernel, per target: from a separate pass, not the measured runs.
+#[derive(Clone, Debug, Serialize)]
+pub struct Accounting {
+    pub seconds: u32,
+    /// The `perf stat` events counted in the target's threads.
+    pub perf_events: Vec<String>,
+    /// Why some `perf stat` columns are missing, if they are.
+    pub perf_unavailable: Option<String>,
+    /// Why the TCP columns are missing, if they are.
+    pub tcp_unavailable: Option<String>,
+    pub rows: Vec<AccountingRow>,
+}
+
+/// One target's accounting: all but `requests` and `requests_per_s` per request served.
+#[derive(Clone, Debug, Serialize)]
+pub struct AccountingRow {
+    pub pinning: Pinning,
+    pub target: Target,
+    /// wrk's count over the window, the divisor of every other figure.
+    pub requests: u64,
+    pub requests_per_s: f64,
+    /// The target's user and system CPU time (`/proc/PID/stat`), in µs.
+    pub user_us: f64,
+    pub system_us: f64,
+    /// `raw_syscalls:sys_enter` in the target's threads.
+    pub syscalls: Option<f64>,
+    /// `io_uring:io_uring_submit_req`: SQEs the target submitted.
+    pub io_uring_sqes: Option<f64>,
+    /// `io_uring:io_uring_complete`: CQEs posted in the target's threads.
+    pub io_uring_cqes: Option<f64>,
+    /// Summed over the target's threads: voluntary (about one per wake-up) and involuntary.
+    pub voluntary_switches: f64,
+    pub involuntary_switches: f64,
+    /// System-wide (`/proc/net/snmp`, `/proc/net/netstat`), so through the whole loopback path:
+    /// wrk, target and backends. `TcpOutSegs`: TCP segments sent.
+    pub tcp_segments: Option<f64>,
+    /// `TcpExtTCPPureAcks`: pure ACKs (no data) received and taken on TCP's slow path.
+    pub pure_acks: Option<f64>,
+    /// `TcpExtDelayedACKs`: delayed ACKs sent.
+    pub delayed_acks: Option<f64>,
+    /// `TcpExtTCPHPAcks`: ACKs taken on the fast path (header prediction), pure or carrying
+    /// data; the pure ACKs `pure_acks` does not count are among them.
+    pub fast_path_acks: Option<f64>,
+}
+
 /// The splitter's RSS through one long run.
 #[derive(Clone, Debug, Serialize)]
 pub struct SoakMemory {
@@ -162,6 +207,7 @@ pub struct Record {
     pub settings: Settings,
     pub medians: Vec<Median>,
     pub idle: Option<IdleMemory>,
+    pub accounting: Option<Accounting>,
     pub soak: Option<SoakMemory>,
     pub skew: Option<Skew>,
     pub runs: Vec<Run>,

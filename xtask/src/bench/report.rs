@@ -1,7 +1,7 @@
 //! The record as Markdown: the README's performance section and the summary printed at the end.
 
 use crate::bench::plan::{Pinning, Scenario, Target, OPENRTB_FIELD};
-use crate::bench::record::{Case, Median, Record, Skew};
+use crate::bench::record::{Accounting, Case, Median, Record, Skew};
 use anyhow::{bail, Context};
 use std::fmt::Write;
 use std::path::Path;
@@ -19,6 +19,9 @@ pub fn markdown(record: &Record, chart: &str) -> String {
     medians_table(&mut md, &record.medians);
     headline_table(&mut md, &record.medians);
     openrtb_table(&mut md, &record.medians);
+    if let Some(accounting) = &record.accounting {
+        accounting_table(&mut md, accounting, record.settings.warmup_seconds);
+    }
     if let Some(idle) = &record.idle {
         let _ = writeln!(
             md,
@@ -52,6 +55,59 @@ pub fn markdown(record: &Record, chart: &str) -> String {
         "![CPU µs per request and p99 latency per target]({chart})"
     );
     md
+}
+
+/// The per-request kernel accounting table.
+fn accounting_table(md: &mut String, a: &Accounting, warmup_seconds: u32) {
+    let _ = writeln!(
+        md,
+        "Per request, in a separate pass after the measured runs (so tracing cannot skew their \
+         medians): `fast`, the same `wrk` load for {} s per target after {warmup_seconds} s of \
+         warm-up. **user µs** and **sys µs**: the target's CPU time (`/proc/PID/stat`), under \
+         the tracing, so a little above the medians'; **syscalls**, **io_uring \
+         SQEs** and **CQEs**: `raw_syscalls:sys_enter`, `io_uring:io_uring_submit_req` and \
+         `io_uring:io_uring_complete` in the target's threads (`perf stat -p PID`, counting \
+         exactly while `wrk` runs); **ctx switches**: voluntary (about one per wake-up) and \
+         involuntary, summed over the target's threads (`/proc/PID/task/*/status`); **TCP \
+         segments** sent (`TcpOutSegs`), **pure ACKs** received (`TcpExtTCPPureAcks`, which \
+         counts only those taken on TCP's slow path; the record has the fast path's \
+         `TcpExtTCPHPAcks`, pure or not, too) and **delayed ACKs** sent (`TcpExtDelayedACKs`) \
+         are system-wide on loopback, so through the whole path: `wrk`, target and backends. The splitter makes three HTTP exchanges \
+         per request (client, two backends), HAProxy two.\n",
+        a.seconds
+    );
+    md.push_str(
+        "| pinning | target | req/s | user µs | sys µs | syscalls | io_uring SQEs | CQEs | ctx \
+         switches (vol/invol) | TCP segments | pure ACKs | delayed ACKs |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    let count = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+    for r in &a.rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.2} | {:.2} | {} | {} | {} | {:.2} / {:.2} | {} | {} | {} |",
+            r.pinning,
+            r.target,
+            thousands(r.requests_per_s),
+            r.user_us,
+            r.system_us,
+            count(r.syscalls),
+            count(r.io_uring_sqes),
+            count(r.io_uring_cqes),
+            r.voluntary_switches,
+            r.involuntary_switches,
+            count(r.tcp_segments),
+            count(r.pure_acks),
+            count(r.delayed_acks),
+        );
+    }
+    md.push('\n');
+    if let Some(why) = &a.perf_unavailable {
+        let _ = writeln!(md, "A \"-\" from `perf stat`: {why}.\n");
+    }
+    if let Some(why) = &a.tcp_unavailable {
+        let _ = writeln!(md, "No TCP counters: {why}.\n");
+    }
 }
 
 /// The skewed measurement: how evenly each steering mode spread the work over the workers.
@@ -396,6 +452,55 @@ mod tests {
             "{md}"
         );
         assert!(!md.contains("| pinned |"), "{md}");
+    }
+
+    #[test]
+    fn accounting_rows_with_missing_perf_counts() {
+        let row = |target, syscalls, sqes| crate::bench::record::AccountingRow {
+            pinning: Pinning::Pinned,
+            target,
+            requests: 100_000,
+            requests_per_s: 50_000.0,
+            user_us: 5.25,
+            system_us: 10.5,
+            syscalls,
+            io_uring_sqes: sqes,
+            io_uring_cqes: sqes,
+            voluntary_switches: 0.25,
+            involuntary_switches: 0.01,
+            tcp_segments: Some(7.0),
+            pure_acks: Some(1.5),
+            delayed_acks: Some(0.1),
+            fast_path_acks: Some(3.0),
+        };
+        let a = Accounting {
+            seconds: 5,
+            perf_events: vec!["raw_syscalls:sys_enter".into()],
+            perf_unavailable: Some("no tracepoint io_uring:io_uring_submit_req in tracefs".into()),
+            tcp_unavailable: None,
+            rows: vec![
+                row(Target::SplitterUring, Some(2.3), None),
+                row(Target::Haproxy, Some(4.0), None),
+            ],
+        };
+        let mut md = String::new();
+        accounting_table(&mut md, &a, 1);
+        assert!(
+            md.contains(
+                "| pinned | splitter-uring | 50,000 | 5.25 | 10.50 | 2.30 | - | - | 0.25 / 0.01 \
+                 | 7.00 | 1.50 | 0.10 |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("for 5 s per target after 1 s of warm-up"),
+            "{md}"
+        );
+        assert!(
+            md.contains("A \"-\" from `perf stat`: no tracepoint io_uring"),
+            "{md}"
+        );
+        assert!(!md.contains("No TCP counters"), "{md}");
     }
 
     #[test]
