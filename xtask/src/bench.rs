@@ -17,7 +17,7 @@ mod wrk;
 use anyhow::{ensure, Context};
 use deploy::{Deployment, Env};
 use plan::{Pinning, Scenario, Selection, Target};
-use record::{Accounting, Case, Machine, Record, Run, Sample, Settings, Skew};
+use record::{Accounting, Case, IdleNotMeasured, Machine, Record, Run, Sample, Settings, Skew};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -50,9 +50,10 @@ pub struct Options {
     /// Process placement: unpinned, pinned or all.
     #[arg(long, value_name = "NAME", default_value = "all")]
     pinning: Selection<Pinning>,
-    /// Idle keep-alive client connections held open to measure the splitter's memory (0 skips).
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
-    idle_connections: usize,
+    /// Idle keep-alive client connections held open to measure the splitter's memory, a
+    /// comma-separated list of counts, each measured with a splitter of its own (0 skips).
+    #[arg(long, value_name = "N[,N]", default_value = "10000,50000")]
+    idle_connections: idle::Counts,
     /// Seconds of the per-request kernel accounting of the `fast` scenario (system calls,
     /// io_uring submissions, context switches, TCP segments), a separate pass after the
     /// measured runs, per target and pinning; made when `fast` is among the scenarios (0 skips;
@@ -130,7 +131,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         !opts.only_skew || opts.skew_seconds() > 0,
         "--only-skew with --skew-seconds 0 measures nothing"
     );
-    let env = prepare(&root, &opts)?;
+    let (env, fd_limit) = prepare(&root, &opts)?;
     if opts.only_skew {
         if let Some(skew) = measure_skew(&env, &root, opts.skew_seconds(), settings.repeat)? {
             print!("{}", report::skew_markdown(&skew));
@@ -139,13 +140,24 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     }
     let runs = measure_all(&env, &root, &opts, &settings)?;
     let accounting = measure_accounting(&env, &root, &opts, &settings)?;
-    let idle = match opts.idle_connections {
-        0 => None,
-        n => {
-            eprintln!("memory: {n} idle keep-alive connections to the splitter");
-            Some(idle::measure(&env, n)?)
+    let (mut idle, mut idle_not_measured) = (Vec::new(), Vec::new());
+    for &n in &opts.idle_connections.0 {
+        let need = n as u64 + FD_HEADROOM;
+        if need > fd_limit {
+            let why = format!(
+                "needs an open-file limit of {need}, and this process's is {fd_limit} (raising \
+                 the hard limit needs CAP_SYS_RESOURCE; fs.nr_open caps it)"
+            );
+            eprintln!("memory: {n} idle connections not measured: {why}");
+            idle_not_measured.push(IdleNotMeasured {
+                connections: n,
+                why,
+            });
+            continue;
         }
-    };
+        eprintln!("memory: {n} idle keep-alive connections to the splitter");
+        idle.push(idle::measure(&env, n)?);
+    }
     let soak_seconds = opts.soak_seconds.unwrap_or(if opts.quick { 0 } else { 30 });
     let soak = match soak_seconds {
         0 => None,
@@ -165,6 +177,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         settings,
         medians: record::medians(&runs),
         idle,
+        idle_not_measured,
         accounting,
         soak,
         skew,
@@ -203,8 +216,10 @@ fn measure_skew(env: &Env, root: &Path, seconds: u32, repeat: u32) -> anyhow::Re
     skew::measure(env, seconds, repeat, &scripts).map(Some)
 }
 
-/// Checks the tools, builds the splitter and readies the working directory.
-fn prepare(root: &Path, opts: &Options) -> anyhow::Result<Env> {
+/// Checks the tools, raises the open-file limit as far as the idle check asks and this process
+/// may, builds the splitter and readies the working directory; returns the open-file limit
+/// with the environment.
+fn prepare(root: &Path, opts: &Options) -> anyhow::Result<(Env, u64)> {
     let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
     ensure!(
         nproc >= 2 || !opts.pinning.0.contains(&Pinning::Pinned),
@@ -216,14 +231,9 @@ fn prepare(root: &Path, opts: &Options) -> anyhow::Result<Env> {
             .output()
             .with_context(|| format!("running {tool}; install Debian's `{package}` package"))?;
     }
-    let fd_limit = proc::raise_fd_limit()?;
-    ensure!(
-        opts.idle_connections as u64 + FD_HEADROOM <= fd_limit,
-        "--idle-connections {} needs an open-file limit of {} (see `ulimit -Hn`), not {fd_limit}",
-        opts.idle_connections,
-        opts.idle_connections as u64 + FD_HEADROOM
-    );
-    build_env(root, "xtask-bench")
+    let most = opts.idle_connections.0.iter().copied().max().unwrap_or(0) as u64;
+    let fd_limit = proc::raise_fd_limit_to(most + FD_HEADROOM)?;
+    Ok((build_env(root, "xtask-bench")?, fd_limit))
 }
 
 /// Builds the release splitter and readies `work` under the target directory, for the

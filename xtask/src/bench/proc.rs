@@ -488,6 +488,13 @@ fn clock_ticks_per_second() -> f64 {
 /// returns it: the idle connection check holds thousands of sockets, in the benchmark and in
 /// the splitter. (Raising the hard limit itself needs a privilege containers often drop.)
 pub fn raise_fd_limit() -> anyhow::Result<u64> {
+    raise_fd_limit_to(0)
+}
+
+/// [`raise_fd_limit`], and where the hard limit is below `want`, raises the hard limit too, to
+/// `want` (at most the kernel's `fs.nr_open`), when this process may (root, CAP_SYS_RESOURCE).
+/// Returns the open-file limit now in force, which may still be below `want`.
+pub fn raise_fd_limit_to(want: u64) -> anyhow::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -496,6 +503,21 @@ pub fn raise_fd_limit() -> anyhow::Result<u64> {
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return Err(io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
+        }
+        if want > lim.rlim_max {
+            let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(lim.rlim_max);
+            let n = want.min(nr_open).max(lim.rlim_max);
+            let raised = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // Without the privilege this fails, and the hard limit stays as it is.
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return Ok(n);
+            }
         }
         lim.rlim_cur = lim.rlim_max;
         if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {

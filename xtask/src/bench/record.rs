@@ -59,12 +59,21 @@ pub struct Median {
 #[derive(Clone, Debug, Serialize)]
 pub struct IdleMemory {
     pub connections: usize,
+    /// The client side's source addresses, 127.0.0.2 on: one address has too few ports.
+    pub source_addresses: usize,
     /// What the splitter's `splitter_client_connections` gauge said while they were open.
     pub connections_seen: Option<u64>,
     pub rss_before_mib: f64,
     pub rss_idle_mib: f64,
     pub peak_rss_mib: f64,
     pub kib_per_connection: f64,
+}
+
+/// A count of idle connections that could not be measured here, and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct IdleNotMeasured {
+    pub connections: usize,
+    pub why: String,
 }
 
 /// What one request costs the kernel, per target: from a separate pass, not the measured runs.
@@ -206,7 +215,10 @@ pub struct Record {
     pub machine: Machine,
     pub settings: Settings,
     pub medians: Vec<Median>,
-    pub idle: Option<IdleMemory>,
+    /// One measurement per count of idle connections, each with a splitter of its own.
+    pub idle: Vec<IdleMemory>,
+    /// The counts asked for that the open-file limit does not allow.
+    pub idle_not_measured: Vec<IdleNotMeasured>,
     pub accounting: Option<Accounting>,
     pub soak: Option<SoakMemory>,
     pub skew: Option<Skew>,

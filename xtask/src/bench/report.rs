@@ -1,7 +1,7 @@
 //! The record as Markdown: the README's performance section and the summary printed at the end.
 
 use crate::bench::plan::{Pinning, Scenario, Target, OPENRTB_FIELD};
-use crate::bench::record::{Accounting, Case, Median, Record, Skew};
+use crate::bench::record::{Accounting, Case, IdleMemory, IdleNotMeasured, Median, Record, Skew};
 use anyhow::{bail, Context};
 use std::fmt::Write;
 use std::path::Path;
@@ -22,19 +22,7 @@ pub fn markdown(record: &Record, chart: &str) -> String {
     if let Some(accounting) = &record.accounting {
         accounting_table(&mut md, accounting, record.settings.warmup_seconds);
     }
-    if let Some(idle) = &record.idle {
-        let _ = writeln!(
-            md,
-            "Memory: with {} idle keep-alive client connections open (each after one request), \
-             the splitter's RSS is {:.1} MiB ({:.1} MiB before them, {:.1} KiB per connection; \
-             peak {:.1} MiB).\n",
-            thousands(idle.connections as f64),
-            idle.rss_idle_mib,
-            idle.rss_before_mib,
-            idle.kib_per_connection,
-            idle.peak_rss_mib,
-        );
-    }
+    idle_table(&mut md, &record.idle, &record.idle_not_measured);
     if let Some(soak) = &record.soak {
         let _ = writeln!(
             md,
@@ -55,6 +43,44 @@ pub fn markdown(record: &Record, chart: &str) -> String {
         "![CPU µs per request and p99 latency per target]({chart})"
     );
     md
+}
+
+/// The splitter's memory with many idle client connections, per count measured, and the
+/// counts that could not be.
+fn idle_table(md: &mut String, idle: &[IdleMemory], not_measured: &[IdleNotMeasured]) {
+    for n in not_measured {
+        let _ = writeln!(
+            md,
+            "Memory with {} idle connections was not measured: {}.\n",
+            thousands(n.connections as f64),
+            n.why
+        );
+    }
+    if idle.is_empty() {
+        return;
+    }
+    md.push_str(
+        "Memory: the splitter's RSS holding idle keep-alive client connections (each after one \
+         request), a fresh splitter per count; the client sockets are bound to 127.0.0.2, \
+         127.0.0.3, ... (20,000 per address, as one address has too few ephemeral ports).\n\n\
+         | idle connections | seen by the splitter | RSS before MiB | RSS with them MiB \
+         | KiB per connection | peak RSS MiB |\n\
+         | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for m in idle {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.1} | {:.1} | **{:.1}** | {:.1} |",
+            thousands(m.connections as f64),
+            m.connections_seen
+                .map_or("-".into(), |n| thousands(n as f64)),
+            m.rss_before_mib,
+            m.rss_idle_mib,
+            m.kib_per_connection,
+            m.peak_rss_mib,
+        );
+    }
+    md.push('\n');
 }
 
 /// The per-request kernel accounting table.
@@ -501,6 +527,43 @@ mod tests {
             "{md}"
         );
         assert!(!md.contains("No TCP counters"), "{md}");
+    }
+
+    #[test]
+    fn idle_memory_per_count() {
+        let idle = |connections, kib| IdleMemory {
+            connections,
+            source_addresses: 1,
+            connections_seen: Some(connections as u64),
+            rss_before_mib: 5.0,
+            rss_idle_mib: 5.0 + kib * connections as f64 / 1024.0,
+            peak_rss_mib: 6.0 + kib * connections as f64 / 1024.0,
+            kib_per_connection: kib,
+        };
+        let mut md = String::new();
+        idle_table(&mut md, &[], &[]);
+        assert_eq!(md, "");
+        let not_measured = IdleNotMeasured {
+            connections: 100_000,
+            why: "needs an open-file limit of 101024".into(),
+        };
+        idle_table(
+            &mut md,
+            &[idle(10_000, 10.7), idle(50_000, 10.5)],
+            &[not_measured],
+        );
+        assert!(
+            md.starts_with(
+                "Memory with 100,000 idle connections was not measured: needs an open-file \
+                 limit of 101024.\n\n"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 10,000 | 10,000 | 5.0 | 109.5 | **10.7** | 110.5 |"),
+            "{md}"
+        );
+        assert!(md.contains("| 50,000 | 50,000 | 5.0 |"), "{md}");
     }
 
     #[test]
