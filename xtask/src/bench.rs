@@ -72,9 +72,9 @@ pub struct Options {
     /// README stay as they are.
     #[arg(long)]
     only_skew: bool,
-    /// Leave README.md and what its performance section shows (bench/results/latest.json and
-    /// latest.svg) as they are, e.g. for a partial run; the record is still written, under its
-    /// date.
+    /// Leave README.md and what its performance section shows (bench/results/latest.json,
+    /// latest.svg and fanout.svg) as they are, e.g. for a partial run; the record is still
+    /// written, under its date.
     #[arg(long)]
     no_readme: bool,
 }
@@ -421,13 +421,30 @@ fn ms(us: u64) -> f64 {
 fn publish(record: &Record, root: &Path, update_readme: bool) -> anyhow::Result<()> {
     let dir = root.join(RESULTS_DIR);
     let path = record::write(record, &record.date, &dir, "", update_readme)?;
-    let markdown = report::markdown(record, &format!("{RESULTS_DIR}/latest.svg"));
+    let charts = report::Charts {
+        medians: format!("{RESULTS_DIR}/latest.svg"),
+        fanout: format!("{RESULTS_DIR}/fanout.svg"),
+    };
+    let markdown = report::markdown(record, &charts);
     println!("{markdown}");
     eprintln!("record: {}", path.display());
     if update_readme {
         let chart = dir.join("latest.svg");
-        chart::render(&record.medians, &chart).context("rendering the chart")?;
+        // The fan-out series has a chart of its own.
+        let medians: Vec<_> = record
+            .medians
+            .iter()
+            .filter(|m| !m.case.scenario.is_fanout())
+            .cloned()
+            .collect();
+        chart::render(&medians, &chart).context("rendering the chart")?;
         eprintln!("chart: {}", chart.display());
+        let fanout = report::fanout(&record.medians);
+        if !fanout.rows.is_empty() {
+            let chart = dir.join("fanout.svg");
+            chart::render_fanout(&fanout, &chart).context("rendering the fan-out chart")?;
+            eprintln!("chart: {}", chart.display());
+        }
         let readme = root.join("README.md");
         report::update_readme(&readme, &markdown)?;
         eprintln!("updated the performance table in {}", readme.display());

@@ -1,6 +1,6 @@
 //! The record as Markdown: the README's performance section and the summary printed at the end.
 
-use crate::bench::plan::{Pinning, Scenario, Target, OPENRTB_FIELD};
+use crate::bench::plan::{Named, Pinning, Scenario, Target, OPENRTB_FIELD};
 use crate::bench::record::{Accounting, Case, IdleMemory, IdleNotMeasured, Median, Record, Skew};
 use anyhow::{bail, Context};
 use std::fmt::Write;
@@ -12,13 +12,22 @@ pub const END: &str = "<!-- bench:end -->";
 /// Requests/s of one 8-vCPU machine for a cost of 1 CPU µs per request.
 const CPU_US_PER_SECOND_ON_8_VCPUS: f64 = 8_000_000.0;
 
-/// The Markdown of the README's performance section. `chart` is relative to the README.
-pub fn markdown(record: &Record, chart: &str) -> String {
+/// Where the charts are, relative to the README.
+pub struct Charts {
+    /// Of the medians, per scenario and pinning (the fan-out series apart).
+    pub medians: String,
+    /// Of the fan-out series.
+    pub fanout: String,
+}
+
+/// The Markdown of the README's performance section.
+pub fn markdown(record: &Record, charts: &Charts) -> String {
     let mut md = String::new();
     describe_setup(&mut md, record);
     medians_table(&mut md, &record.medians);
     headline_table(&mut md, &record.medians);
     openrtb_table(&mut md, &record.medians);
+    fanout_table(&mut md, &fanout(&record.medians), &charts.fanout);
     if let Some(accounting) = &record.accounting {
         accounting_table(&mut md, accounting, record.settings.warmup_seconds);
     }
@@ -40,7 +49,8 @@ pub fn markdown(record: &Record, chart: &str) -> String {
     }
     let _ = writeln!(
         md,
-        "![CPU µs per request and p99 latency per target]({chart})"
+        "![CPU µs per request and p99 latency per target]({})",
+        charts.medians
     );
     md
 }
@@ -81,6 +91,145 @@ fn idle_table(md: &mut String, idle: &[IdleMemory], not_measured: &[IdleNotMeasu
         );
     }
     md.push('\n');
+}
+
+/// The fan-out series: the splitter's CPU per request by backend count.
+#[derive(Clone, Debug, Default)]
+pub struct FanOut {
+    pub rows: Vec<FanOutRow>,
+    /// HAProxy's CPU µs per request in `fast`, per pinning, where it was measured: the unit of
+    /// the cost per extra backend ("no more than one HAProxy forward").
+    pub units: Vec<(Pinning, f64)>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FanOutRow {
+    pub pinning: Pinning,
+    pub target: Target,
+    pub backends: usize,
+    pub requests_per_s: f64,
+    pub cpu_us: f64,
+    /// (CPU µs at N - CPU µs at 2) / (N - 2); `None` at 2 or without a 2-backend run.
+    pub per_extra_backend_us: Option<f64>,
+    /// `per_extra_backend_us` in units of HAProxy's forward; `None` without the unit.
+    pub per_extra_backend_forwards: Option<f64>,
+}
+
+impl FanOut {
+    pub fn unit(&self, pinning: Pinning) -> Option<f64> {
+        self.units
+            .iter()
+            .find(|(p, _)| *p == pinning)
+            .map(|(_, u)| *u)
+    }
+}
+
+/// The cost of each backend past the first two: `(cpu_n - cpu_2) / (n - 2)`; `None` for
+/// `n <= 2`.
+pub fn cost_per_extra_backend(cpu_n: f64, n: usize, cpu_2: f64) -> Option<f64> {
+    (n > 2).then(|| (cpu_n - cpu_2) / (n - 2) as f64)
+}
+
+/// The fan-out series of `medians`, per pinning, shell and backend count. The 2-backend point
+/// is `fanout-2`, or `fast` (the same deployment) when `fanout-2` was not run.
+pub fn fanout(medians: &[Median]) -> FanOut {
+    let find = |scenario, pinning, target| {
+        medians.iter().find(|m| {
+            m.case
+                == Case {
+                    scenario,
+                    pinning,
+                    target,
+                }
+        })
+    };
+    let mut out = FanOut::default();
+    for &pinning in Pinning::ALL {
+        let unit = find(Scenario::Fast, pinning, Target::Haproxy)
+            .map(|m| m.sample.cpu_us_per_request)
+            .filter(|u| u.is_finite() && *u > 0.0);
+        if let Some(u) = unit {
+            out.units.push((pinning, u));
+        }
+        for &target in &[Target::SplitterUring, Target::SplitterEpoll] {
+            let two = find(Scenario::FanOut2, pinning, target)
+                .or_else(|| find(Scenario::Fast, pinning, target))
+                .map(|m| m.sample.cpu_us_per_request);
+            for &scenario in Scenario::ALL.iter().filter(|s| s.is_fanout()) {
+                let Some(m) = find(scenario, pinning, target) else {
+                    continue;
+                };
+                let (n, cpu) = (scenario.backends(), m.sample.cpu_us_per_request);
+                let per_extra = two.and_then(|two| cost_per_extra_backend(cpu, n, two));
+                out.rows.push(FanOutRow {
+                    pinning,
+                    target,
+                    backends: n,
+                    requests_per_s: m.sample.requests_per_s,
+                    cpu_us: cpu,
+                    per_extra_backend_us: per_extra,
+                    per_extra_backend_forwards: per_extra.zip(unit).map(|(e, u)| e / u),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The fan-out table, with the unit it is measured in and a link to its chart at `chart`.
+fn fanout_table(md: &mut String, fanout: &FanOut, chart: &str) {
+    if fanout.rows.is_empty() {
+        return;
+    }
+    let units: Vec<String> = fanout
+        .units
+        .iter()
+        .map(|(p, u)| format!("{u:.1} µs {p}"))
+        .collect();
+    let _ = writeln!(
+        md,
+        "Fan-out: the splitter alone (no HAProxy or direct runs) in front of 2, 4, 8 and 16 \
+         `fast` backends (`fanout-N`), the same load. **Per extra backend** is (CPU µs/req at N \
+         - CPU µs/req at 2) / (N - 2); **in HAProxy forwards** is that over HAProxy's CPU µs \
+         per request in `fast` of the same run and pinning ({}): SPEC's target is at most 1.00, \
+         each extra backend costing no more than one HAProxy forward.\n",
+        if units.is_empty() {
+            "not measured".to_owned()
+        } else {
+            units.join(", ")
+        }
+    );
+    md.push_str(
+        "| pinning | shell | backends | req/s | CPU µs/req | per extra backend µs | in HAProxy \
+         forwards |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for r in &fanout.rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {:.1} | {} | {} |",
+            r.pinning,
+            r.target.splitter_io().unwrap_or("-"),
+            r.backends,
+            thousands(r.requests_per_s),
+            r.cpu_us,
+            r.per_extra_backend_us
+                .map_or("-".into(), |v| format!("{v:.2}")),
+            r.per_extra_backend_forwards
+                .map_or("-".into(), |v| format!("**{v:.2}**")),
+        );
+    }
+    md.push('\n');
+    let mut pinnings: Vec<Pinning> = fanout.rows.iter().map(|r| r.pinning).collect();
+    pinnings.dedup();
+    for p in pinnings.into_iter().filter(|&p| fanout.unit(p).is_none()) {
+        let _ = writeln!(
+            md,
+            "The unit is missing for {p}: HAProxy's forward was not measured (the `fast` \
+             scenario was not run {p}), so the cost per extra backend is not given in HAProxy \
+             forwards.\n"
+        );
+    }
+    let _ = writeln!(md, "![CPU µs per request by backend count]({chart})\n");
 }
 
 /// The per-request kernel accounting table.
@@ -347,9 +496,10 @@ fn headline_table(md: &mut String, medians: &[Median]) {
         "| scenario | pinning | shell | splitter / HAProxy CPU µs per request | splitter \
          capacity on 8 vCPUs (8,000,000 / CPU µs per request) |\n| --- | --- | --- | ---: | ---: |\n",
     );
+    // The fan-out series has its own table, in units of HAProxy's forward.
     for m in medians
         .iter()
-        .filter(|m| m.case.target.splitter_io().is_some())
+        .filter(|m| m.case.target.splitter_io().is_some() && !m.case.scenario.is_fanout())
     {
         let splitter = m.sample.cpu_us_per_request;
         let haproxy = cpu_of(
@@ -478,6 +628,105 @@ mod tests {
             "{md}"
         );
         assert!(!md.contains("| pinned |"), "{md}");
+    }
+
+    fn median_of(scenario: Scenario, pinning: Pinning, target: Target, cpu: f64) -> Median {
+        Median {
+            case: Case {
+                scenario,
+                pinning,
+                target,
+            },
+            runs: 1,
+            sample: crate::bench::record::Sample {
+                requests: 1,
+                requests_per_s: 1000.0 / cpu,
+                p50_ms: 1.0,
+                p99_ms: 1.0,
+                p999_ms: 1.0,
+                cpu_us_per_request: cpu,
+                peak_rss_mib: 1.0,
+                socket_errors: 0,
+                non_2xx: 0,
+                responses_204: None,
+                checked: None,
+                mismatches: None,
+            },
+        }
+    }
+
+    #[test]
+    fn cost_per_extra_backend_over_two() {
+        assert_eq!(cost_per_extra_backend(20.0, 4, 16.0), Some(2.0));
+        assert_eq!(cost_per_extra_backend(44.0, 16, 16.0), Some(2.0));
+        assert_eq!(cost_per_extra_backend(15.0, 4, 16.0), Some(-0.5));
+        assert_eq!(cost_per_extra_backend(16.0, 2, 16.0), None);
+    }
+
+    #[test]
+    fn fanout_rows_in_units_of_the_haproxy_forward() {
+        use crate::bench::plan::Pinning::{Pinned, Unpinned};
+        use crate::bench::plan::Scenario::{FanOut16, FanOut2, FanOut4, Fast};
+        use crate::bench::plan::Target::{Haproxy, SplitterEpoll, SplitterUring};
+        let medians = [
+            median_of(Fast, Pinned, SplitterUring, 16.0),
+            median_of(Fast, Pinned, Haproxy, 10.0),
+            median_of(FanOut2, Pinned, SplitterUring, 16.5),
+            median_of(FanOut4, Pinned, SplitterUring, 22.5),
+            median_of(FanOut16, Pinned, SplitterUring, 58.5),
+            // No fanout-2 epoll: `fast` is its 2-backend point.
+            median_of(Fast, Pinned, SplitterEpoll, 17.0),
+            median_of(FanOut4, Pinned, SplitterEpoll, 25.0),
+            // Unpinned: no `fast`, so neither a unit nor (for epoll) a 2-backend point.
+            median_of(FanOut2, Unpinned, SplitterUring, 15.0),
+            median_of(FanOut4, Unpinned, SplitterUring, 19.0),
+            median_of(FanOut4, Unpinned, SplitterEpoll, 21.0),
+        ];
+        let f = fanout(&medians);
+        assert_eq!(f.units, [(Pinned, 10.0)]);
+        assert_eq!(f.unit(Unpinned), None);
+        let rows: Vec<_> = f
+            .rows
+            .iter()
+            .map(|r| {
+                (
+                    r.pinning,
+                    r.target,
+                    r.backends,
+                    r.per_extra_backend_us,
+                    r.per_extra_backend_forwards,
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (Unpinned, SplitterUring, 2, None, None),
+                (Unpinned, SplitterUring, 4, Some(2.0), None),
+                (Unpinned, SplitterEpoll, 4, None, None),
+                (Pinned, SplitterUring, 2, None, None),
+                (Pinned, SplitterUring, 4, Some(3.0), Some(0.3)),
+                (Pinned, SplitterUring, 16, Some(3.0), Some(0.3)),
+                (Pinned, SplitterEpoll, 4, Some(4.0), Some(0.4)),
+            ]
+        );
+        let mut md = String::new();
+        fanout_table(&mut md, &f, "fanout.svg");
+        assert!(md.contains("(10.0 µs pinned)"), "{md}");
+        assert!(
+            md.contains("| pinned | uring | 16 | 17 | 58.5 | 3.00 | **0.30** |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| unpinned | epoll | 4 | 48 | 21.0 | - | - |"),
+            "{md}"
+        );
+        assert!(md.contains("The unit is missing for unpinned"), "{md}");
+        assert!(!md.contains("The unit is missing for pinned"), "{md}");
+        assert!(md.ends_with("![CPU µs per request by backend count](fanout.svg)\n\n"));
+        let mut md = String::new();
+        fanout_table(&mut md, &fanout(&medians[..2]), "fanout.svg");
+        assert_eq!(md, "", "no fan-out scenario, no table");
     }
 
     #[test]
