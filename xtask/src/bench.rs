@@ -2,6 +2,7 @@
 //! section 8 asks. Every process it starts is held by a guard that stops it by PID, so an error
 //! or a Ctrl-C never leaves a backend, a splitter or an HAProxy running.
 
+mod accounting;
 mod chart;
 pub(crate) mod deploy;
 mod idle;
@@ -15,8 +16,8 @@ mod wrk;
 
 use anyhow::{ensure, Context};
 use deploy::{Deployment, Env};
-use plan::{Named, Pinning, Scenario, Selection, Target};
-use record::{Case, Machine, Record, Run, Sample, Settings, Skew};
+use plan::{Pinning, Scenario, Selection, Target};
+use record::{Accounting, Case, IdleNotMeasured, Machine, Record, Run, Sample, Settings, Skew};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -41,16 +42,24 @@ pub struct Options {
     /// Seconds of load measured per run [default: 8; 2 with --quick].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     seconds: Option<u32>,
-    /// Backend behaviour: fast, deadline, openrtb, openrtb-plain, a comma-separated list of
-    /// them, or all.
+    /// Backend behaviour: fast, deadline, openrtb, openrtb-plain, fanout-2, fanout-4, fanout-8,
+    /// fanout-16 (the splitter alone in front of that many `fast` backends), fanout (all four),
+    /// a comma-separated list of them, or all.
     #[arg(long, value_name = "NAME[,NAME]", default_value = "all")]
     scenario: Selection<Scenario>,
     /// Process placement: unpinned, pinned or all.
     #[arg(long, value_name = "NAME", default_value = "all")]
     pinning: Selection<Pinning>,
-    /// Idle keep-alive client connections held open to measure the splitter's memory (0 skips).
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
-    idle_connections: usize,
+    /// Idle keep-alive client connections held open to measure the splitter's memory, a
+    /// comma-separated list of counts, each measured with a splitter of its own (0 skips).
+    #[arg(long, value_name = "N[,N]", default_value = "10000,50000")]
+    idle_connections: idle::Counts,
+    /// Seconds of the per-request kernel accounting of the `fast` scenario (system calls,
+    /// io_uring submissions, context switches, TCP segments), a separate pass after the
+    /// measured runs, per target and pinning; made when `fast` is among the scenarios (0 skips;
+    /// default 5, or 2 with --quick).
+    #[arg(long, value_name = "N")]
+    accounting_seconds: Option<u32>,
     /// Seconds of one long run sampling the splitter's RSS, to show it does not grow (0 skips;
     /// default 30, or 0 with --quick).
     #[arg(long, value_name = "N")]
@@ -63,9 +72,9 @@ pub struct Options {
     /// README stay as they are.
     #[arg(long)]
     only_skew: bool,
-    /// Leave README.md and what its performance section shows (bench/results/latest.json and
-    /// latest.svg) as they are, e.g. for a partial run; the record is still written, under its
-    /// date.
+    /// Leave README.md and what its performance section shows (bench/results/latest.json,
+    /// latest.svg and fanout.svg) as they are, e.g. for a partial run; the record is still
+    /// written, under its date.
     #[arg(long)]
     no_readme: bool,
 }
@@ -87,6 +96,11 @@ impl Options {
 
     fn skew_seconds(&self) -> u32 {
         self.skew_seconds.unwrap_or(if self.quick { 3 } else { 10 })
+    }
+
+    fn accounting_seconds(&self) -> u32 {
+        self.accounting_seconds
+            .unwrap_or(if self.quick { 2 } else { 5 })
     }
 }
 
@@ -117,7 +131,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         !opts.only_skew || opts.skew_seconds() > 0,
         "--only-skew with --skew-seconds 0 measures nothing"
     );
-    let env = prepare(&root, &opts)?;
+    let (env, fd_limit) = prepare(&root, &opts)?;
     if opts.only_skew {
         if let Some(skew) = measure_skew(&env, &root, opts.skew_seconds(), settings.repeat)? {
             print!("{}", report::skew_markdown(&skew));
@@ -125,13 +139,25 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         return Ok(());
     }
     let runs = measure_all(&env, &root, &opts, &settings)?;
-    let idle = match opts.idle_connections {
-        0 => None,
-        n => {
-            eprintln!("memory: {n} idle keep-alive connections to the splitter");
-            Some(idle::measure(&env, n)?)
+    let accounting = measure_accounting(&env, &root, &opts, &settings)?;
+    let (mut idle, mut idle_not_measured) = (Vec::new(), Vec::new());
+    for &n in &opts.idle_connections.0 {
+        let need = n as u64 + FD_HEADROOM;
+        if need > fd_limit {
+            let why = format!(
+                "needs an open-file limit of {need}, and this process's is {fd_limit} (raising \
+                 the hard limit needs CAP_SYS_RESOURCE; fs.nr_open caps it)"
+            );
+            eprintln!("memory: {n} idle connections not measured: {why}");
+            idle_not_measured.push(IdleNotMeasured {
+                connections: n,
+                why,
+            });
+            continue;
         }
-    };
+        eprintln!("memory: {n} idle keep-alive connections to the splitter");
+        idle.push(idle::measure(&env, n)?);
+    }
     let soak_seconds = opts.soak_seconds.unwrap_or(if opts.quick { 0 } else { 30 });
     let soak = match soak_seconds {
         0 => None,
@@ -151,11 +177,30 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         settings,
         medians: record::medians(&runs),
         idle,
+        idle_not_measured,
+        accounting,
         soak,
         skew,
         runs,
     };
     publish(&record, &root, !opts.no_readme)
+}
+
+/// The kernel accounting pass of the `fast` scenario, for the pinnings selected; `None` when
+/// `fast` is not among the scenarios or its seconds are 0.
+fn measure_accounting(
+    env: &Env,
+    root: &Path,
+    opts: &Options,
+    settings: &Settings,
+) -> anyhow::Result<Option<Accounting>> {
+    let seconds = opts.accounting_seconds();
+    if seconds == 0 || !opts.scenario.0.contains(&Scenario::Fast) {
+        return Ok(None);
+    }
+    eprintln!("accounting: {seconds} s per target of system calls, switches and TCP segments");
+    let script = Scripts::of(root, Scenario::Fast).load;
+    accounting::measure(env, settings, &script, &opts.pinning.0, seconds).map(Some)
 }
 
 /// The skewed measurement, both steering modes `repeat` times; `None` when `seconds` is 0.
@@ -171,8 +216,10 @@ fn measure_skew(env: &Env, root: &Path, seconds: u32, repeat: u32) -> anyhow::Re
     skew::measure(env, seconds, repeat, &scripts).map(Some)
 }
 
-/// Checks the tools, builds the splitter and readies the working directory.
-fn prepare(root: &Path, opts: &Options) -> anyhow::Result<Env> {
+/// Checks the tools, raises the open-file limit as far as the idle check asks and this process
+/// may, builds the splitter and readies the working directory; returns the open-file limit
+/// with the environment.
+fn prepare(root: &Path, opts: &Options) -> anyhow::Result<(Env, u64)> {
     let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
     ensure!(
         nproc >= 2 || !opts.pinning.0.contains(&Pinning::Pinned),
@@ -184,14 +231,9 @@ fn prepare(root: &Path, opts: &Options) -> anyhow::Result<Env> {
             .output()
             .with_context(|| format!("running {tool}; install Debian's `{package}` package"))?;
     }
-    let fd_limit = proc::raise_fd_limit()?;
-    ensure!(
-        opts.idle_connections as u64 + FD_HEADROOM <= fd_limit,
-        "--idle-connections {} needs an open-file limit of {} (see `ulimit -Hn`), not {fd_limit}",
-        opts.idle_connections,
-        opts.idle_connections as u64 + FD_HEADROOM
-    );
-    build_env(root, "xtask-bench")
+    let most = opts.idle_connections.0.iter().copied().max().unwrap_or(0) as u64;
+    let fd_limit = proc::raise_fd_limit_to(most + FD_HEADROOM)?;
+    Ok((build_env(root, "xtask-bench")?, fd_limit))
 }
 
 /// Builds the release splitter and readies `work` under the target directory, for the
@@ -267,7 +309,7 @@ fn schedule(opts: &Options, repeat: u32) -> Vec<(Case, u32)> {
     for &pinning in &opts.pinning.0 {
         for repetition in 1..=repeat {
             for &scenario in &opts.scenario.0 {
-                for &target in Target::ALL {
+                for &target in scenario.targets() {
                     let case = Case {
                         scenario,
                         pinning,
@@ -379,13 +421,30 @@ fn ms(us: u64) -> f64 {
 fn publish(record: &Record, root: &Path, update_readme: bool) -> anyhow::Result<()> {
     let dir = root.join(RESULTS_DIR);
     let path = record::write(record, &record.date, &dir, "", update_readme)?;
-    let markdown = report::markdown(record, &format!("{RESULTS_DIR}/latest.svg"));
+    let charts = report::Charts {
+        medians: format!("{RESULTS_DIR}/latest.svg"),
+        fanout: format!("{RESULTS_DIR}/fanout.svg"),
+    };
+    let markdown = report::markdown(record, &charts);
     println!("{markdown}");
     eprintln!("record: {}", path.display());
     if update_readme {
         let chart = dir.join("latest.svg");
-        chart::render(&record.medians, &chart).context("rendering the chart")?;
+        // The fan-out series has a chart of its own.
+        let medians: Vec<_> = record
+            .medians
+            .iter()
+            .filter(|m| !m.case.scenario.is_fanout())
+            .cloned()
+            .collect();
+        chart::render(&medians, &chart).context("rendering the chart")?;
         eprintln!("chart: {}", chart.display());
+        let fanout = report::fanout(&record.medians);
+        if !fanout.rows.is_empty() {
+            let chart = dir.join("fanout.svg");
+            chart::render_fanout(&fanout, &chart).context("rendering the fan-out chart")?;
+            eprintln!("chart: {}", chart.display());
+        }
         let readme = root.join("README.md");
         report::update_readme(&readme, &markdown)?;
         eprintln!("updated the performance table in {}", readme.display());

@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lines of a process's log quoted when it fails to start.
 const LOG_TAIL_LINES: usize = 20;
+/// The mock backends' names, in order: as many as a route may fan out to.
+const BACKEND_NAMES: [&str; 16] = [
+    "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p",
+];
 
 /// What every deployment needs: the binaries and where to put configurations and logs.
 pub struct Env {
@@ -40,21 +44,37 @@ struct Mock {
 }
 
 impl Deployment {
-    /// Starts `target` for `scenario`: the splitter in front of two backends, HAProxy in
-    /// front of one, or one backend alone.
+    /// Starts `target` for `scenario`: the splitter in front of the scenario's backends,
+    /// HAProxy in front of one, or one backend alone.
     pub fn start(
         env: &Env,
         scenario: Scenario,
         pinning: Pinning,
         target: Target,
     ) -> anyhow::Result<Deployment> {
-        let backends = if target.splitter_io().is_some() { 2 } else { 1 };
+        Deployment::start_with(env, scenario, pinning, target, "")
+    }
+
+    /// [`Deployment::start`], with `extra` top-level keys (TOML lines) in the splitter's
+    /// configuration.
+    pub fn start_with(
+        env: &Env,
+        scenario: Scenario,
+        pinning: Pinning,
+        target: Target,
+        extra: &str,
+    ) -> anyhow::Result<Deployment> {
+        let backends = match target.splitter_io() {
+            Some(_) => scenario.backends(),
+            None => 1,
+        };
         let mocks = start_mocks(env, backends, scenario.mock_flags(), pinning.load_cpus())?;
         let addrs: Vec<SocketAddr> = mocks.iter().map(|m| m.addr).collect();
         let (front, listen, admin) = match target {
             Target::SplitterUring | Target::SplitterEpoll => {
                 let io = target.splitter_io().unwrap_or("auto");
-                let (p, listen, admin) = start_splitter(env, &addrs, scenario, pinning, io, None)?;
+                let (p, listen, admin) =
+                    start_splitter(env, &addrs, scenario, pinning, io, None, extra)?;
                 (Some(p), listen, Some(admin))
             }
             Target::Haproxy => {
@@ -87,6 +107,7 @@ impl Deployment {
             Pinning::Unpinned,
             "auto",
             Some(steering),
+            "",
         )?;
         Ok(Deployment {
             front: Some(front),
@@ -116,9 +137,12 @@ impl Deployment {
     }
 }
 
-/// Starts `count` mock backends, named `a`, `b`, ...
+/// Starts `count` mock backends (at most 16), named `a`, `b`, ... `p`.
 fn start_mocks(env: &Env, count: usize, flags: &[&str], cpus: Cpus) -> anyhow::Result<Vec<Mock>> {
-    ["a", "b"][..count]
+    let names = BACKEND_NAMES
+        .get(..count)
+        .with_context(|| format!("{count} backends: at most {}", BACKEND_NAMES.len()))?;
+    names
         .iter()
         .map(|name| {
             let spec = MockSpec {
@@ -218,8 +242,8 @@ fn read_listening_address(proc: &mut Proc) -> anyhow::Result<SocketAddr> {
     }
 }
 
-/// Starts `splitter run` in front of `backends` (named `a`, `b`, ...) with `scenario`'s
-/// deadline; returns it with its listen and admin addresses.
+/// Starts `splitter run` in front of `backends` (named `a`, `b`, ... as the mocks are) with
+/// `scenario`'s deadline; returns it with its listen and admin addresses.
 fn start_splitter(
     env: &Env,
     backends: &[SocketAddr],
@@ -227,23 +251,31 @@ fn start_splitter(
     pinning: Pinning,
     io: &str,
     steering: Option<&Steering>,
+    extra: &str,
 ) -> anyhow::Result<(Proc, SocketAddr, SocketAddr)> {
-    let backends: Vec<(String, SocketAddr)> = ["a", "b"]
-        .iter()
-        .zip(backends)
-        .map(|(name, addr)| (name.to_string(), *addr))
-        .collect();
+    let backends = named_backends(backends);
     let spec = SplitterSpec {
         backends: &backends,
         workers: pinning.target_threads(env.nproc),
         io,
         route_timeout_ms: scenario.route_timeout_ms(),
         steering,
-        extra: "",
+        extra,
         select_field: scenario.select_field(),
         cpus: pinning.target_cpus(),
     };
     launch_splitter(env, &spec)
+}
+
+/// The backends' addresses with their names, `a`, `b`, ...; at most 16, as [`start_mocks`]
+/// starts.
+fn named_backends(addrs: &[SocketAddr]) -> Vec<(String, SocketAddr)> {
+    assert!(addrs.len() <= BACKEND_NAMES.len(), "at most 16 backends");
+    BACKEND_NAMES
+        .iter()
+        .zip(addrs)
+        .map(|(name, addr)| (name.to_string(), *addr))
+        .collect()
 }
 
 /// How to run one splitter.
@@ -491,6 +523,20 @@ mod tests {
         let c = splitter_config(a, b, &openrtb);
         assert!(c.contains("[select]\nfield = \"/seatbid/*/bid/*/price\"\n"));
         assert!(c.contains("timeout_ms = 450"));
+    }
+
+    #[test]
+    fn splitter_config_lists_all_sixteen_backends() {
+        let addrs: Vec<SocketAddr> = (1..=16)
+            .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+            .collect();
+        let backends = named_backends(&addrs);
+        assert_eq!(backends.len(), 16);
+        let c = splitter_config(addrs[0], addrs[1], &spec(&backends, "uring"));
+        assert_eq!(c.matches("[[backend]]").count(), 16);
+        assert!(c.contains("name = \"a\"\naddress = \"127.0.0.1:1\""));
+        assert!(c.contains("name = \"p\"\naddress = \"127.0.0.1:16\""));
+        assert_eq!(named_backends(&addrs[..4]).last().unwrap().0, "d");
     }
 
     #[test]

@@ -5,14 +5,17 @@ use serde::Serialize;
 use std::fmt;
 use std::str::FromStr;
 
-/// A closed set of named values, selectable one by one or as `all` on the command line.
-pub trait Named: Copy + Sized + 'static {
+/// A closed set of named values, selectable one by one, by group or as `all` on the command
+/// line.
+pub trait Named: Copy + PartialEq + Sized + 'static {
     const ALL: &'static [Self];
+    /// Names that select several values at once (`fanout`), with the values they select.
+    const GROUPS: &'static [(&'static str, &'static [Self])] = &[];
     fn name(self) -> &'static str;
 }
 
-/// A command-line choice of values of `T`: one, a comma-separated list (`fast,openrtb`), or
-/// `all` of them; in `T::ALL`'s order, each once.
+/// A command-line choice of values of `T`: one, a group, a comma-separated list of them
+/// (`fast,fanout`), or `all` of them; in `T::ALL`'s order, each once.
 #[derive(Clone, Debug)]
 pub struct Selection<T>(pub Vec<T>);
 
@@ -24,16 +27,25 @@ impl<T: Named> FromStr for Selection<T> {
             return Ok(Selection(T::ALL.to_vec()));
         }
         let mut picked = vec![false; T::ALL.len()];
-        for name in s.split(',') {
-            match T::ALL.iter().position(|v| v.name() == name.trim()) {
-                Some(i) => picked[i] = true,
-                None => {
-                    let names: Vec<_> = T::ALL.iter().map(|v| v.name()).collect();
-                    return Err(format!(
-                        "expected {}, a list of them, or all",
-                        names.join(", ")
-                    ));
+        for name in s.split(',').map(str::trim) {
+            if let Some(i) = T::ALL.iter().position(|v| v.name() == name) {
+                picked[i] = true;
+            } else if let Some((_, members)) = T::GROUPS.iter().find(|(g, _)| *g == name) {
+                for member in members.iter() {
+                    if let Some(i) = T::ALL.iter().position(|v| v == member) {
+                        picked[i] = true;
+                    }
                 }
+            } else {
+                let names: Vec<_> = T::ALL
+                    .iter()
+                    .map(|v| v.name())
+                    .chain(T::GROUPS.iter().map(|(g, _)| *g))
+                    .collect();
+                return Err(format!(
+                    "expected {}, a list of them, or all",
+                    names.join(", ")
+                ));
             }
         }
         Ok(Selection(
@@ -47,9 +59,12 @@ impl<T: Named> FromStr for Selection<T> {
 }
 
 macro_rules! named {
-    ($t:ty { $($v:ident => $s:literal),+ $(,)? }) => {
+    ($t:ty { $($v:ident => $s:literal),+ $(,)? }
+     $(groups { $($g:literal => [$($gv:ident),+ $(,)?]),+ $(,)? })?) => {
         impl Named for $t {
             const ALL: &'static [Self] = &[$(<$t>::$v),+];
+            $(const GROUPS: &'static [(&'static str, &'static [Self])] =
+                &[$(($g, &[$(<$t>::$gv),+])),+];)?
             fn name(self) -> &'static str {
                 match self { $(<$t>::$v => $s),+ }
             }
@@ -79,23 +94,76 @@ pub enum Scenario {
     OpenRtb,
     /// The same with no reply compressed: the difference to `openrtb` is the gzip share's cost.
     OpenRtbPlain,
+    /// `fast`'s backends, 2 of them, measured in the fan-out series (only the splitter runs).
+    FanOut2,
+    /// `fast`'s backends, 4 of them: the cost of fan-out.
+    FanOut4,
+    /// `fast`'s backends, 8 of them.
+    FanOut8,
+    /// `fast`'s backends, 16 of them (the most a route may have).
+    FanOut16,
 }
 named!(Scenario {
     Fast => "fast",
     Deadline => "deadline",
     OpenRtb => "openrtb",
     OpenRtbPlain => "openrtb-plain",
+    FanOut2 => "fanout-2",
+    FanOut4 => "fanout-4",
+    FanOut8 => "fanout-8",
+    FanOut16 => "fanout-16",
+} groups {
+    "fanout" => [FanOut2, FanOut4, FanOut8, FanOut16],
 });
+
+/// The splitter targets: the only ones of the fan-out scenarios.
+const SPLITTERS: &[Target] = &[Target::SplitterUring, Target::SplitterEpoll];
 
 /// The selection field of the OpenRTB scenarios: the best price of every bid of every seat.
 pub const OPENRTB_FIELD: &str = "/seatbid/*/bid/*/price";
 
 impl Scenario {
+    /// Mock backends behind the splitter (HAProxy and `direct` always have one).
+    pub fn backends(self) -> usize {
+        match self {
+            Scenario::Fast
+            | Scenario::Deadline
+            | Scenario::OpenRtb
+            | Scenario::OpenRtbPlain
+            | Scenario::FanOut2 => 2,
+            Scenario::FanOut4 => 4,
+            Scenario::FanOut8 => 8,
+            Scenario::FanOut16 => 16,
+        }
+    }
+
+    /// Whether this is one of the fan-out series, `fanout-N`.
+    pub fn is_fanout(self) -> bool {
+        matches!(
+            self,
+            Scenario::FanOut2 | Scenario::FanOut4 | Scenario::FanOut8 | Scenario::FanOut16
+        )
+    }
+
+    /// The targets measured: the fan-out series measures only the splitter, whose unit (one
+    /// HAProxy forward) comes from the `fast` scenario of the same run.
+    pub fn targets(self) -> &'static [Target] {
+        if self.is_fanout() {
+            SPLITTERS
+        } else {
+            Target::ALL
+        }
+    }
+
     /// `splitter mock-backend` flags. Every scenario replies with about 2 KB of JSON at random
     /// prices, so the winning backend changes from request to request.
     pub fn mock_flags(self) -> &'static [&'static str] {
         match self {
-            Scenario::Fast => &["--body-bytes", "2048", "--price-range", "0.1..10"],
+            Scenario::Fast
+            | Scenario::FanOut2
+            | Scenario::FanOut4
+            | Scenario::FanOut8
+            | Scenario::FanOut16 => &["--body-bytes", "2048", "--price-range", "0.1..10"],
             Scenario::Deadline => &[
                 "--body-bytes",
                 "2048",
@@ -132,16 +200,16 @@ impl Scenario {
     /// The splitter's deadline for route `/`.
     pub fn route_timeout_ms(self) -> u64 {
         match self {
-            Scenario::Fast | Scenario::OpenRtb | Scenario::OpenRtbPlain => 450,
             Scenario::Deadline => 80,
+            _ => 450,
         }
     }
 
     /// The splitter's `select.field`, when not the default `/price`.
     pub fn select_field(self) -> Option<&'static str> {
         match self {
-            Scenario::Fast | Scenario::Deadline => None,
             Scenario::OpenRtb | Scenario::OpenRtbPlain => Some(OPENRTB_FIELD),
+            _ => None,
         }
     }
 
@@ -149,10 +217,10 @@ impl Scenario {
     /// response's echoed request id.
     pub fn scripts(self) -> (&'static str, &'static str) {
         match self {
-            Scenario::Fast | Scenario::Deadline => ("bench/post-2k.lua", "bench/post-2k-check.lua"),
             Scenario::OpenRtb | Scenario::OpenRtbPlain => {
                 ("bench/post-ortb.lua", "bench/post-ortb-check.lua")
             }
+            _ => ("bench/post-2k.lua", "bench/post-2k-check.lua"),
         }
     }
 }
@@ -227,14 +295,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn selections_by_name_or_all() {
+    fn selections_by_name_group_or_all() {
         assert_eq!(
             "all".parse::<Selection<Scenario>>().unwrap().0,
             [
                 Scenario::Fast,
                 Scenario::Deadline,
                 Scenario::OpenRtb,
-                Scenario::OpenRtbPlain
+                Scenario::OpenRtbPlain,
+                Scenario::FanOut2,
+                Scenario::FanOut4,
+                Scenario::FanOut8,
+                Scenario::FanOut16,
             ]
         );
         assert_eq!(
@@ -251,8 +323,50 @@ mod tests {
         let err = "slow".parse::<Selection<Scenario>>().unwrap_err();
         assert_eq!(
             err,
-            "expected fast, deadline, openrtb, openrtb-plain, a list of them, or all"
+            "expected fast, deadline, openrtb, openrtb-plain, fanout-2, fanout-4, fanout-8, \
+             fanout-16, fanout, a list of them, or all"
         );
         assert!("fast,".parse::<Selection<Scenario>>().is_err());
+        let err = "fanout".parse::<Selection<Pinning>>().unwrap_err();
+        assert_eq!(err, "expected unpinned, pinned, a list of them, or all");
+    }
+
+    #[test]
+    fn the_fanout_group_selects_the_series_once_in_order() {
+        assert_eq!(
+            "fanout-8, fanout,fast"
+                .parse::<Selection<Scenario>>()
+                .unwrap()
+                .0,
+            [
+                Scenario::Fast,
+                Scenario::FanOut2,
+                Scenario::FanOut4,
+                Scenario::FanOut8,
+                Scenario::FanOut16,
+            ]
+        );
+        assert_eq!(
+            "fanout-16".parse::<Selection<Scenario>>().unwrap().0,
+            [Scenario::FanOut16]
+        );
+    }
+
+    #[test]
+    fn fanout_scenarios_are_fast_backends_in_number_behind_the_splitter_alone() {
+        let counts: Vec<usize> = Scenario::ALL.iter().map(|s| s.backends()).collect();
+        assert_eq!(counts, [2, 2, 2, 2, 2, 4, 8, 16]);
+        for &s in Scenario::ALL {
+            assert_eq!(s.is_fanout(), s.name().starts_with("fanout-"), "{s}");
+            if s.is_fanout() {
+                assert_eq!(s.targets(), [Target::SplitterUring, Target::SplitterEpoll]);
+                assert_eq!(s.mock_flags(), Scenario::Fast.mock_flags());
+                assert_eq!(s.route_timeout_ms(), Scenario::Fast.route_timeout_ms());
+                assert_eq!(s.scripts(), Scenario::Fast.scripts());
+                assert_eq!(s.select_field(), None);
+            } else {
+                assert_eq!(s.targets(), Target::ALL);
+            }
+        }
     }
 }

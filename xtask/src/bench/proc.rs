@@ -141,6 +141,33 @@ impl Proc {
             .with_context(|| format!("{path}: no utime and stime"))
     }
 
+    /// User and system CPU time, apart, of all the child's threads so far.
+    pub fn user_system_time(&self) -> anyhow::Result<(Duration, Duration)> {
+        let path = format!("/proc/{}/stat", self.pid());
+        let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        let (user, system) = parse_user_system_ticks(&stat)
+            .with_context(|| format!("{path}: no utime and stime"))?;
+        Ok((ticks_to_duration(user), ticks_to_duration(system)))
+    }
+
+    /// Voluntary and involuntary context switches of the child's threads so far, summed over
+    /// `/proc/PID/task/*/status` (a thread that exits takes its counts with it).
+    pub fn context_switches(&self) -> anyhow::Result<ContextSwitches> {
+        let dir = format!("/proc/{}/task", self.pid());
+        let mut sum = ContextSwitches::default();
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+            // A thread may exit between the listing and the read: it is not counted.
+            let Ok(status) = std::fs::read_to_string(entry?.path().join("status")) else {
+                continue;
+            };
+            let t = parse_context_switches(&status)
+                .with_context(|| format!("{dir}: no context switch counts"))?;
+            sum.voluntary += t.voluntary;
+            sum.involuntary += t.involuntary;
+        }
+        Ok(sum)
+    }
+
     /// User plus system CPU time of each of the child's threads so far, with its name.
     pub fn thread_cpu_times(&self) -> anyhow::Result<Vec<(String, Duration)>> {
         let dir = format!("/proc/{}/task", self.pid());
@@ -391,14 +418,52 @@ pub fn process_cpu_times() -> std::collections::HashMap<u32, (String, Duration)>
     all
 }
 
-/// `utime + stime` in clock ticks from a `/proc/PID/stat` line. Fields are counted after the
-/// command name's closing parenthesis, since the name itself may hold spaces.
+/// `utime + stime` in clock ticks from a `/proc/PID/stat` line.
 fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    parse_user_system_ticks(stat).map(|(utime, stime)| utime + stime)
+}
+
+/// `utime` and `stime` in clock ticks from a `/proc/PID/stat` line. Fields are counted after
+/// the command name's closing parenthesis, since the name itself may hold spaces.
+fn parse_user_system_ticks(stat: &str) -> Option<(u64, u64)> {
     let (_, rest) = stat.rsplit_once(')')?;
     let mut fields = rest.split_whitespace().skip(11); // field 14 of proc(5) is utime
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
+}
+
+/// Context switches of a thread or, summed, of a process's threads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ContextSwitches {
+    /// The thread gave the CPU up, waiting for something: about one per wake-up.
+    pub voluntary: u64,
+    /// The scheduler took the CPU from it.
+    pub involuntary: u64,
+}
+
+impl ContextSwitches {
+    /// What happened between `before` and `self`.
+    pub fn since(self, before: ContextSwitches) -> ContextSwitches {
+        ContextSwitches {
+            voluntary: self.voluntary.saturating_sub(before.voluntary),
+            involuntary: self.involuntary.saturating_sub(before.involuntary),
+        }
+    }
+}
+
+/// The `voluntary_ctxt_switches` and `nonvoluntary_ctxt_switches` of a `/proc/.../status`.
+fn parse_context_switches(status: &str) -> Option<ContextSwitches> {
+    let value = |key: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Some(ContextSwitches {
+        voluntary: value("voluntary_ctxt_switches")?,
+        involuntary: value("nonvoluntary_ctxt_switches")?,
+    })
 }
 
 /// The value of a `Key:   1234 kB` line of `/proc/PID/status`.
@@ -423,6 +488,13 @@ fn clock_ticks_per_second() -> f64 {
 /// returns it: the idle connection check holds thousands of sockets, in the benchmark and in
 /// the splitter. (Raising the hard limit itself needs a privilege containers often drop.)
 pub fn raise_fd_limit() -> anyhow::Result<u64> {
+    raise_fd_limit_to(0)
+}
+
+/// [`raise_fd_limit`], and where the hard limit is below `want`, raises the hard limit too, to
+/// `want` (at most the kernel's `fs.nr_open`), when this process may (root, CAP_SYS_RESOURCE).
+/// Returns the open-file limit now in force, which may still be below `want`.
+pub fn raise_fd_limit_to(want: u64) -> anyhow::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -431,6 +503,21 @@ pub fn raise_fd_limit() -> anyhow::Result<u64> {
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return Err(io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
+        }
+        if want > lim.rlim_max {
+            let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(lim.rlim_max);
+            let n = want.min(nr_open).max(lim.rlim_max);
+            let raised = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // Without the privilege this fails, and the hard limit stays as it is.
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return Ok(n);
+            }
         }
         lim.rlim_cur = lim.rlim_max;
         if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
@@ -472,6 +559,42 @@ mod tests {
                    full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
         assert_eq!(parse_psi_some_total(psi), Some(1_838_696_815));
         assert_eq!(parse_psi_some_total("full total=3\n"), None);
+    }
+
+    #[test]
+    fn user_and_system_ticks_apart() {
+        let stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 70 30 0 0 20 0 3 0";
+        assert_eq!(parse_user_system_ticks(stat), Some((70, 30)));
+        assert_eq!(parse_user_system_ticks("42 (x) S 1"), None);
+    }
+
+    #[test]
+    fn context_switches_from_status() {
+        let status = "Name:\tsplitter\nvoluntary_ctxt_switches:\t1234\n\
+                      nonvoluntary_ctxt_switches:\t56\n";
+        let t = parse_context_switches(status).unwrap();
+        assert_eq!(
+            t,
+            ContextSwitches {
+                voluntary: 1234,
+                involuntary: 56
+            }
+        );
+        let before = ContextSwitches {
+            voluntary: 1000,
+            involuntary: 60,
+        };
+        assert_eq!(
+            t.since(before),
+            ContextSwitches {
+                voluntary: 234,
+                involuntary: 0
+            }
+        );
+        assert_eq!(
+            parse_context_switches("voluntary_ctxt_switches:\t1\n"),
+            None
+        );
     }
 
     #[test]

@@ -59,12 +59,66 @@ pub struct Median {
 #[derive(Clone, Debug, Serialize)]
 pub struct IdleMemory {
     pub connections: usize,
+    /// The client side's source addresses, 127.0.0.2 on: one address has too few ports.
+    pub source_addresses: usize,
     /// What the splitter's `splitter_client_connections` gauge said while they were open.
     pub connections_seen: Option<u64>,
     pub rss_before_mib: f64,
     pub rss_idle_mib: f64,
     pub peak_rss_mib: f64,
     pub kib_per_connection: f64,
+}
+
+/// A count of idle connections that could not be measured here, and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct IdleNotMeasured {
+    pub connections: usize,
+    pub why: String,
+}
+
+/// What one request costs the kernel, per target: from a separate pass, not the measured runs.
+#[derive(Clone, Debug, Serialize)]
+pub struct Accounting {
+    pub seconds: u32,
+    /// The `perf stat` events counted in the target's threads.
+    pub perf_events: Vec<String>,
+    /// Why some `perf stat` columns are missing, if they are.
+    pub perf_unavailable: Option<String>,
+    /// Why the TCP columns are missing, if they are.
+    pub tcp_unavailable: Option<String>,
+    pub rows: Vec<AccountingRow>,
+}
+
+/// One target's accounting: all but `requests` and `requests_per_s` per request served.
+#[derive(Clone, Debug, Serialize)]
+pub struct AccountingRow {
+    pub pinning: Pinning,
+    pub target: Target,
+    /// wrk's count over the window, the divisor of every other figure.
+    pub requests: u64,
+    pub requests_per_s: f64,
+    /// The target's user and system CPU time (`/proc/PID/stat`), in µs.
+    pub user_us: f64,
+    pub system_us: f64,
+    /// `raw_syscalls:sys_enter` in the target's threads.
+    pub syscalls: Option<f64>,
+    /// `io_uring:io_uring_submit_req`: SQEs the target submitted.
+    pub io_uring_sqes: Option<f64>,
+    /// `io_uring:io_uring_complete`: CQEs posted in the target's threads.
+    pub io_uring_cqes: Option<f64>,
+    /// Summed over the target's threads: voluntary (about one per wake-up) and involuntary.
+    pub voluntary_switches: f64,
+    pub involuntary_switches: f64,
+    /// System-wide (`/proc/net/snmp`, `/proc/net/netstat`), so through the whole loopback path:
+    /// wrk, target and backends. `TcpOutSegs`: TCP segments sent.
+    pub tcp_segments: Option<f64>,
+    /// `TcpExtTCPPureAcks`: pure ACKs (no data) received and taken on TCP's slow path.
+    pub pure_acks: Option<f64>,
+    /// `TcpExtDelayedACKs`: delayed ACKs sent.
+    pub delayed_acks: Option<f64>,
+    /// `TcpExtTCPHPAcks`: ACKs taken on the fast path (header prediction), pure or carrying
+    /// data; the pure ACKs `pure_acks` does not count are among them.
+    pub fast_path_acks: Option<f64>,
 }
 
 /// The splitter's RSS through one long run.
@@ -161,7 +215,11 @@ pub struct Record {
     pub machine: Machine,
     pub settings: Settings,
     pub medians: Vec<Median>,
-    pub idle: Option<IdleMemory>,
+    /// One measurement per count of idle connections, each with a splitter of its own.
+    pub idle: Vec<IdleMemory>,
+    /// The counts asked for that the open-file limit does not allow.
+    pub idle_not_measured: Vec<IdleNotMeasured>,
+    pub accounting: Option<Accounting>,
     pub soak: Option<SoakMemory>,
     pub skew: Option<Skew>,
     pub runs: Vec<Run>,

@@ -1,7 +1,7 @@
 //! The record as Markdown: the README's performance section and the summary printed at the end.
 
-use crate::bench::plan::{Pinning, Scenario, Target, OPENRTB_FIELD};
-use crate::bench::record::{Case, Median, Record, Skew};
+use crate::bench::plan::{Named, Pinning, Scenario, Target, OPENRTB_FIELD};
+use crate::bench::record::{Accounting, Case, IdleMemory, IdleNotMeasured, Median, Record, Skew};
 use anyhow::{bail, Context};
 use std::fmt::Write;
 use std::path::Path;
@@ -12,26 +12,26 @@ pub const END: &str = "<!-- bench:end -->";
 /// Requests/s of one 8-vCPU machine for a cost of 1 CPU µs per request.
 const CPU_US_PER_SECOND_ON_8_VCPUS: f64 = 8_000_000.0;
 
-/// The Markdown of the README's performance section. `chart` is relative to the README.
-pub fn markdown(record: &Record, chart: &str) -> String {
+/// Where the charts are, relative to the README.
+pub struct Charts {
+    /// Of the medians, per scenario and pinning (the fan-out series apart).
+    pub medians: String,
+    /// Of the fan-out series.
+    pub fanout: String,
+}
+
+/// The Markdown of the README's performance section.
+pub fn markdown(record: &Record, charts: &Charts) -> String {
     let mut md = String::new();
     describe_setup(&mut md, record);
     medians_table(&mut md, &record.medians);
     headline_table(&mut md, &record.medians);
     openrtb_table(&mut md, &record.medians);
-    if let Some(idle) = &record.idle {
-        let _ = writeln!(
-            md,
-            "Memory: with {} idle keep-alive client connections open (each after one request), \
-             the splitter's RSS is {:.1} MiB ({:.1} MiB before them, {:.1} KiB per connection; \
-             peak {:.1} MiB).\n",
-            thousands(idle.connections as f64),
-            idle.rss_idle_mib,
-            idle.rss_before_mib,
-            idle.kib_per_connection,
-            idle.peak_rss_mib,
-        );
+    fanout_table(&mut md, &fanout(&record.medians), &charts.fanout);
+    if let Some(accounting) = &record.accounting {
+        accounting_table(&mut md, accounting, record.settings.warmup_seconds);
     }
+    idle_table(&mut md, &record.idle, &record.idle_not_measured);
     if let Some(soak) = &record.soak {
         let _ = writeln!(
             md,
@@ -49,9 +49,240 @@ pub fn markdown(record: &Record, chart: &str) -> String {
     }
     let _ = writeln!(
         md,
-        "![CPU µs per request and p99 latency per target]({chart})"
+        "![CPU µs per request and p99 latency per target]({})",
+        charts.medians
     );
     md
+}
+
+/// The splitter's memory with many idle client connections, per count measured, and the
+/// counts that could not be.
+fn idle_table(md: &mut String, idle: &[IdleMemory], not_measured: &[IdleNotMeasured]) {
+    for n in not_measured {
+        let _ = writeln!(
+            md,
+            "Memory with {} idle connections was not measured: {}.\n",
+            thousands(n.connections as f64),
+            n.why
+        );
+    }
+    if idle.is_empty() {
+        return;
+    }
+    md.push_str(
+        "Memory: the splitter's RSS holding idle keep-alive client connections (each after one \
+         request), a fresh splitter per count; the client sockets are bound to 127.0.0.2, \
+         127.0.0.3, ... (20,000 per address, as one address has too few ephemeral ports).\n\n\
+         | idle connections | seen by the splitter | RSS before MiB | RSS with them MiB \
+         | KiB per connection | peak RSS MiB |\n\
+         | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for m in idle {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.1} | {:.1} | **{:.1}** | {:.1} |",
+            thousands(m.connections as f64),
+            m.connections_seen
+                .map_or("-".into(), |n| thousands(n as f64)),
+            m.rss_before_mib,
+            m.rss_idle_mib,
+            m.kib_per_connection,
+            m.peak_rss_mib,
+        );
+    }
+    md.push('\n');
+}
+
+/// The fan-out series: the splitter's CPU per request by backend count.
+#[derive(Clone, Debug, Default)]
+pub struct FanOut {
+    pub rows: Vec<FanOutRow>,
+    /// HAProxy's CPU µs per request in `fast`, per pinning, where it was measured: the unit of
+    /// the cost per extra backend ("no more than one HAProxy forward").
+    pub units: Vec<(Pinning, f64)>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FanOutRow {
+    pub pinning: Pinning,
+    pub target: Target,
+    pub backends: usize,
+    pub requests_per_s: f64,
+    pub cpu_us: f64,
+    /// (CPU µs at N - CPU µs at 2) / (N - 2); `None` at 2 or without a 2-backend run.
+    pub per_extra_backend_us: Option<f64>,
+    /// `per_extra_backend_us` in units of HAProxy's forward; `None` without the unit.
+    pub per_extra_backend_forwards: Option<f64>,
+}
+
+impl FanOut {
+    pub fn unit(&self, pinning: Pinning) -> Option<f64> {
+        self.units
+            .iter()
+            .find(|(p, _)| *p == pinning)
+            .map(|(_, u)| *u)
+    }
+}
+
+/// The cost of each backend past the first two: `(cpu_n - cpu_2) / (n - 2)`; `None` for
+/// `n <= 2`.
+pub fn cost_per_extra_backend(cpu_n: f64, n: usize, cpu_2: f64) -> Option<f64> {
+    (n > 2).then(|| (cpu_n - cpu_2) / (n - 2) as f64)
+}
+
+/// The fan-out series of `medians`, per pinning, shell and backend count. The 2-backend point
+/// is `fanout-2`, or `fast` (the same deployment) when `fanout-2` was not run.
+pub fn fanout(medians: &[Median]) -> FanOut {
+    let find = |scenario, pinning, target| {
+        medians.iter().find(|m| {
+            m.case
+                == Case {
+                    scenario,
+                    pinning,
+                    target,
+                }
+        })
+    };
+    let mut out = FanOut::default();
+    for &pinning in Pinning::ALL {
+        let unit = find(Scenario::Fast, pinning, Target::Haproxy)
+            .map(|m| m.sample.cpu_us_per_request)
+            .filter(|u| u.is_finite() && *u > 0.0);
+        if let Some(u) = unit {
+            out.units.push((pinning, u));
+        }
+        for &target in &[Target::SplitterUring, Target::SplitterEpoll] {
+            let two = find(Scenario::FanOut2, pinning, target)
+                .or_else(|| find(Scenario::Fast, pinning, target))
+                .map(|m| m.sample.cpu_us_per_request);
+            for &scenario in Scenario::ALL.iter().filter(|s| s.is_fanout()) {
+                let Some(m) = find(scenario, pinning, target) else {
+                    continue;
+                };
+                let (n, cpu) = (scenario.backends(), m.sample.cpu_us_per_request);
+                let per_extra = two.and_then(|two| cost_per_extra_backend(cpu, n, two));
+                out.rows.push(FanOutRow {
+                    pinning,
+                    target,
+                    backends: n,
+                    requests_per_s: m.sample.requests_per_s,
+                    cpu_us: cpu,
+                    per_extra_backend_us: per_extra,
+                    per_extra_backend_forwards: per_extra.zip(unit).map(|(e, u)| e / u),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The fan-out table, with the unit it is measured in and a link to its chart at `chart`.
+fn fanout_table(md: &mut String, fanout: &FanOut, chart: &str) {
+    if fanout.rows.is_empty() {
+        return;
+    }
+    let units: Vec<String> = fanout
+        .units
+        .iter()
+        .map(|(p, u)| format!("{u:.1} µs {p}"))
+        .collect();
+    let _ = writeln!(
+        md,
+        "Fan-out: the splitter alone (no HAProxy or direct runs) in front of 2, 4, 8 and 16 \
+         `fast` backends (`fanout-N`), the same load. **Per extra backend** is (CPU µs/req at N \
+         - CPU µs/req at 2) / (N - 2); **in HAProxy forwards** is that over HAProxy's CPU µs \
+         per request in `fast` of the same run and pinning ({}): SPEC's target is at most 1.00, \
+         each extra backend costing no more than one HAProxy forward.\n",
+        if units.is_empty() {
+            "not measured".to_owned()
+        } else {
+            units.join(", ")
+        }
+    );
+    md.push_str(
+        "| pinning | shell | backends | req/s | CPU µs/req | per extra backend µs | in HAProxy \
+         forwards |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for r in &fanout.rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {:.1} | {} | {} |",
+            r.pinning,
+            r.target.splitter_io().unwrap_or("-"),
+            r.backends,
+            thousands(r.requests_per_s),
+            r.cpu_us,
+            r.per_extra_backend_us
+                .map_or("-".into(), |v| format!("{v:.2}")),
+            r.per_extra_backend_forwards
+                .map_or("-".into(), |v| format!("**{v:.2}**")),
+        );
+    }
+    md.push('\n');
+    let mut pinnings: Vec<Pinning> = fanout.rows.iter().map(|r| r.pinning).collect();
+    pinnings.dedup();
+    for p in pinnings.into_iter().filter(|&p| fanout.unit(p).is_none()) {
+        let _ = writeln!(
+            md,
+            "The unit is missing for {p}: HAProxy's forward was not measured (the `fast` \
+             scenario was not run {p}), so the cost per extra backend is not given in HAProxy \
+             forwards.\n"
+        );
+    }
+    let _ = writeln!(md, "![CPU µs per request by backend count]({chart})\n");
+}
+
+/// The per-request kernel accounting table.
+fn accounting_table(md: &mut String, a: &Accounting, warmup_seconds: u32) {
+    let _ = writeln!(
+        md,
+        "Per request, in a separate pass after the measured runs (so tracing cannot skew their \
+         medians): `fast`, the same `wrk` load for {} s per target after {warmup_seconds} s of \
+         warm-up. **user µs** and **sys µs**: the target's CPU time (`/proc/PID/stat`), under \
+         the tracing, so a little above the medians'; **syscalls**, **io_uring \
+         SQEs** and **CQEs**: `raw_syscalls:sys_enter`, `io_uring:io_uring_submit_req` and \
+         `io_uring:io_uring_complete` in the target's threads (`perf stat -p PID`, counting \
+         exactly while `wrk` runs); **ctx switches**: voluntary (about one per wake-up) and \
+         involuntary, summed over the target's threads (`/proc/PID/task/*/status`); **TCP \
+         segments** sent (`TcpOutSegs`), **pure ACKs** received (`TcpExtTCPPureAcks`, which \
+         counts only those taken on TCP's slow path; the record has the fast path's \
+         `TcpExtTCPHPAcks`, pure or not, too) and **delayed ACKs** sent (`TcpExtDelayedACKs`) \
+         are system-wide on loopback, so through the whole path: `wrk`, target and backends. The splitter makes three HTTP exchanges \
+         per request (client, two backends), HAProxy two.\n",
+        a.seconds
+    );
+    md.push_str(
+        "| pinning | target | req/s | user µs | sys µs | syscalls | io_uring SQEs | CQEs | ctx \
+         switches (vol/invol) | TCP segments | pure ACKs | delayed ACKs |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    let count = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+    for r in &a.rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.2} | {:.2} | {} | {} | {} | {:.2} / {:.2} | {} | {} | {} |",
+            r.pinning,
+            r.target,
+            thousands(r.requests_per_s),
+            r.user_us,
+            r.system_us,
+            count(r.syscalls),
+            count(r.io_uring_sqes),
+            count(r.io_uring_cqes),
+            r.voluntary_switches,
+            r.involuntary_switches,
+            count(r.tcp_segments),
+            count(r.pure_acks),
+            count(r.delayed_acks),
+        );
+    }
+    md.push('\n');
+    if let Some(why) = &a.perf_unavailable {
+        let _ = writeln!(md, "A \"-\" from `perf stat`: {why}.\n");
+    }
+    if let Some(why) = &a.tcp_unavailable {
+        let _ = writeln!(md, "No TCP counters: {why}.\n");
+    }
 }
 
 /// The skewed measurement: how evenly each steering mode spread the work over the workers.
@@ -265,9 +496,10 @@ fn headline_table(md: &mut String, medians: &[Median]) {
         "| scenario | pinning | shell | splitter / HAProxy CPU µs per request | splitter \
          capacity on 8 vCPUs (8,000,000 / CPU µs per request) |\n| --- | --- | --- | ---: | ---: |\n",
     );
+    // The fan-out series has its own table, in units of HAProxy's forward.
     for m in medians
         .iter()
-        .filter(|m| m.case.target.splitter_io().is_some())
+        .filter(|m| m.case.target.splitter_io().is_some() && !m.case.scenario.is_fanout())
     {
         let splitter = m.sample.cpu_us_per_request;
         let haproxy = cpu_of(
@@ -396,6 +628,191 @@ mod tests {
             "{md}"
         );
         assert!(!md.contains("| pinned |"), "{md}");
+    }
+
+    fn median_of(scenario: Scenario, pinning: Pinning, target: Target, cpu: f64) -> Median {
+        Median {
+            case: Case {
+                scenario,
+                pinning,
+                target,
+            },
+            runs: 1,
+            sample: crate::bench::record::Sample {
+                requests: 1,
+                requests_per_s: 1000.0 / cpu,
+                p50_ms: 1.0,
+                p99_ms: 1.0,
+                p999_ms: 1.0,
+                cpu_us_per_request: cpu,
+                peak_rss_mib: 1.0,
+                socket_errors: 0,
+                non_2xx: 0,
+                responses_204: None,
+                checked: None,
+                mismatches: None,
+            },
+        }
+    }
+
+    #[test]
+    fn cost_per_extra_backend_over_two() {
+        assert_eq!(cost_per_extra_backend(20.0, 4, 16.0), Some(2.0));
+        assert_eq!(cost_per_extra_backend(44.0, 16, 16.0), Some(2.0));
+        assert_eq!(cost_per_extra_backend(15.0, 4, 16.0), Some(-0.5));
+        assert_eq!(cost_per_extra_backend(16.0, 2, 16.0), None);
+    }
+
+    #[test]
+    fn fanout_rows_in_units_of_the_haproxy_forward() {
+        use crate::bench::plan::Pinning::{Pinned, Unpinned};
+        use crate::bench::plan::Scenario::{FanOut16, FanOut2, FanOut4, Fast};
+        use crate::bench::plan::Target::{Haproxy, SplitterEpoll, SplitterUring};
+        let medians = [
+            median_of(Fast, Pinned, SplitterUring, 16.0),
+            median_of(Fast, Pinned, Haproxy, 10.0),
+            median_of(FanOut2, Pinned, SplitterUring, 16.5),
+            median_of(FanOut4, Pinned, SplitterUring, 22.5),
+            median_of(FanOut16, Pinned, SplitterUring, 58.5),
+            // No fanout-2 epoll: `fast` is its 2-backend point.
+            median_of(Fast, Pinned, SplitterEpoll, 17.0),
+            median_of(FanOut4, Pinned, SplitterEpoll, 25.0),
+            // Unpinned: no `fast`, so neither a unit nor (for epoll) a 2-backend point.
+            median_of(FanOut2, Unpinned, SplitterUring, 15.0),
+            median_of(FanOut4, Unpinned, SplitterUring, 19.0),
+            median_of(FanOut4, Unpinned, SplitterEpoll, 21.0),
+        ];
+        let f = fanout(&medians);
+        assert_eq!(f.units, [(Pinned, 10.0)]);
+        assert_eq!(f.unit(Unpinned), None);
+        let rows: Vec<_> = f
+            .rows
+            .iter()
+            .map(|r| {
+                (
+                    r.pinning,
+                    r.target,
+                    r.backends,
+                    r.per_extra_backend_us,
+                    r.per_extra_backend_forwards,
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (Unpinned, SplitterUring, 2, None, None),
+                (Unpinned, SplitterUring, 4, Some(2.0), None),
+                (Unpinned, SplitterEpoll, 4, None, None),
+                (Pinned, SplitterUring, 2, None, None),
+                (Pinned, SplitterUring, 4, Some(3.0), Some(0.3)),
+                (Pinned, SplitterUring, 16, Some(3.0), Some(0.3)),
+                (Pinned, SplitterEpoll, 4, Some(4.0), Some(0.4)),
+            ]
+        );
+        let mut md = String::new();
+        fanout_table(&mut md, &f, "fanout.svg");
+        assert!(md.contains("(10.0 µs pinned)"), "{md}");
+        assert!(
+            md.contains("| pinned | uring | 16 | 17 | 58.5 | 3.00 | **0.30** |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| unpinned | epoll | 4 | 48 | 21.0 | - | - |"),
+            "{md}"
+        );
+        assert!(md.contains("The unit is missing for unpinned"), "{md}");
+        assert!(!md.contains("The unit is missing for pinned"), "{md}");
+        assert!(md.ends_with("![CPU µs per request by backend count](fanout.svg)\n\n"));
+        let mut md = String::new();
+        fanout_table(&mut md, &fanout(&medians[..2]), "fanout.svg");
+        assert_eq!(md, "", "no fan-out scenario, no table");
+    }
+
+    #[test]
+    fn accounting_rows_with_missing_perf_counts() {
+        let row = |target, syscalls, sqes| crate::bench::record::AccountingRow {
+            pinning: Pinning::Pinned,
+            target,
+            requests: 100_000,
+            requests_per_s: 50_000.0,
+            user_us: 5.25,
+            system_us: 10.5,
+            syscalls,
+            io_uring_sqes: sqes,
+            io_uring_cqes: sqes,
+            voluntary_switches: 0.25,
+            involuntary_switches: 0.01,
+            tcp_segments: Some(7.0),
+            pure_acks: Some(1.5),
+            delayed_acks: Some(0.1),
+            fast_path_acks: Some(3.0),
+        };
+        let a = Accounting {
+            seconds: 5,
+            perf_events: vec!["raw_syscalls:sys_enter".into()],
+            perf_unavailable: Some("no tracepoint io_uring:io_uring_submit_req in tracefs".into()),
+            tcp_unavailable: None,
+            rows: vec![
+                row(Target::SplitterUring, Some(2.3), None),
+                row(Target::Haproxy, Some(4.0), None),
+            ],
+        };
+        let mut md = String::new();
+        accounting_table(&mut md, &a, 1);
+        assert!(
+            md.contains(
+                "| pinned | splitter-uring | 50,000 | 5.25 | 10.50 | 2.30 | - | - | 0.25 / 0.01 \
+                 | 7.00 | 1.50 | 0.10 |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("for 5 s per target after 1 s of warm-up"),
+            "{md}"
+        );
+        assert!(
+            md.contains("A \"-\" from `perf stat`: no tracepoint io_uring"),
+            "{md}"
+        );
+        assert!(!md.contains("No TCP counters"), "{md}");
+    }
+
+    #[test]
+    fn idle_memory_per_count() {
+        let idle = |connections, kib| IdleMemory {
+            connections,
+            source_addresses: 1,
+            connections_seen: Some(connections as u64),
+            rss_before_mib: 5.0,
+            rss_idle_mib: 5.0 + kib * connections as f64 / 1024.0,
+            peak_rss_mib: 6.0 + kib * connections as f64 / 1024.0,
+            kib_per_connection: kib,
+        };
+        let mut md = String::new();
+        idle_table(&mut md, &[], &[]);
+        assert_eq!(md, "");
+        let not_measured = IdleNotMeasured {
+            connections: 100_000,
+            why: "needs an open-file limit of 101024".into(),
+        };
+        idle_table(
+            &mut md,
+            &[idle(10_000, 10.7), idle(50_000, 10.5)],
+            &[not_measured],
+        );
+        assert!(
+            md.starts_with(
+                "Memory with 100,000 idle connections was not measured: needs an open-file \
+                 limit of 101024.\n\n"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 10,000 | 10,000 | 5.0 | 109.5 | **10.7** | 110.5 |"),
+            "{md}"
+        );
+        assert!(md.contains("| 50,000 | 50,000 | 5.0 |"), "{md}");
     }
 
     #[test]

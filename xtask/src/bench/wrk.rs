@@ -48,7 +48,25 @@ pub struct Check {
 /// Runs `load` against `url` on `cpus`, returning the script's summary and, for the check
 /// script, its id check.
 pub fn run(load: &Load, url: &str, cpus: Cpus) -> anyhow::Result<(Summary, Option<Check>)> {
-    let mut cmd = Command::new("wrk");
+    run_under(&[], load, url, cpus)
+}
+
+/// [`run`], with wrk started by the command `prefix` (such as `perf stat ... --`), which must
+/// run it and exit with its status; an empty `prefix` starts wrk itself.
+pub fn run_under(
+    prefix: &[String],
+    load: &Load,
+    url: &str,
+    cpus: Cpus,
+) -> anyhow::Result<(Summary, Option<Check>)> {
+    let mut cmd = match prefix.split_first() {
+        Some((program, args)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).arg("wrk");
+            cmd
+        }
+        None => Command::new("wrk"),
+    };
     cmd.arg(format!("-t{}", load.threads))
         .arg(format!("-c{}", load.connections))
         .arg(format!("-d{}s", load.seconds))
