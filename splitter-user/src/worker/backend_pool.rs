@@ -2,11 +2,13 @@
 //! open, and its health. Nothing here is shared with another worker.
 //!
 //! A connection goes back to the pool only after its response was read to the end with no byte
-//! beyond it. Before reuse it is probed without blocking: any byte waiting on an idle
-//! connection, or its end, closes it (pingora's rule), so a late or unsolicited reply can never
-//! be read as another request's answer. A sweep every [`SWEEP_EVERY`] closes idle connections the
-//! backend closed (so none lingers in CLOSE-WAIT) and those idle past `backend_idle_timeout_ms`
-//! (so the splitter, not the backend, closes them, never under a request).
+//! beyond it. Before reuse it is checked: any byte waiting on an idle connection, or its end,
+//! closes it (pingora's rule), so a late or unsolicited reply can never be read as another
+//! request's answer. The check is its epoll readiness, free; a non-blocking peek asks the socket
+//! only when an event came while it was idle. A sweep every [`SWEEP_EVERY`] closes idle
+//! connections the backend closed (so none lingers in CLOSE-WAIT) and those idle past
+//! `backend_idle_timeout_ms` (so the splitter, not the backend, closes them, never under a
+//! request).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -24,8 +26,8 @@ use crate::scatter::health::{Admit, Change, Health};
 /// beyond it, connections are closed rather than hoarded.
 const MAX_IDLE: usize = 1024;
 
-/// How often idle connections are checked. A check is one non-blocking peek per idle
-/// connection; the pools are LIFO, so the busy ones are rarely idle when it runs.
+/// How often idle connections are checked (a peek only for those with a readiness event since
+/// their last reply); the pools are LIFO, so the busy ones are rarely idle when it runs.
 pub const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 /// One backend, on one worker.
