@@ -582,28 +582,7 @@ mod tests {
 
     #[test]
     fn openrtb_costs_per_shell() {
-        let median = |scenario, target, cpu| Median {
-            case: Case {
-                scenario,
-                pinning: Pinning::Unpinned,
-                target,
-            },
-            runs: 1,
-            sample: crate::bench::record::Sample {
-                requests: 1,
-                requests_per_s: 1.0,
-                p50_ms: 1.0,
-                p99_ms: 1.0,
-                p999_ms: 1.0,
-                cpu_us_per_request: cpu,
-                peak_rss_mib: 1.0,
-                socket_errors: 0,
-                non_2xx: 0,
-                responses_204: None,
-                checked: None,
-                mismatches: None,
-            },
-        };
+        let median = |scenario, target, cpu| median_of(scenario, Pinning::Unpinned, target, cpu);
         let mut md = String::new();
         openrtb_table(
             &mut md,
