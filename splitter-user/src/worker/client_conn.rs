@@ -242,10 +242,17 @@ impl ClientConn {
         let header_timeout = worker.plan.borrow().header_timeout;
         // A request already (partly) buffered started arriving no later than now.
         let mut deadline = (!self.buf.is_empty()).then(|| Instant::now() + header_timeout);
+        // Bytes already looked at: a head is parsed again only once a line has ended in the new
+        // bytes (or it is over the limit), so a head sent a byte at a time costs a parse per
+        // line, not one per byte.
+        let mut scanned = 0;
         loop {
             let plan = Rc::clone(&worker.plan.borrow());
             let started = !self.buf.is_empty();
-            if started {
+            let line_ended = self.buf[scanned..].contains(&b'\n')
+                || self.buf.len() > plan.limits.max_header_bytes;
+            scanned = self.buf.len();
+            if started && line_ended {
                 match parse_request(&self.buf, &plan.limits, &mut self.forward) {
                     Ok(Some(head)) => {
                         let deadline = deadline.unwrap_or_else(|| Instant::now() + header_timeout);
