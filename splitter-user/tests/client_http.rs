@@ -240,6 +240,40 @@ fn head_over_max_header_bytes_gets_431_and_close() {
     client.request(raw.as_bytes()).assert_won("small");
 }
 
+/// Sends `bytes` in writes of `piece` bytes, a moment apart, so the splitter reads them in
+/// pieces (shaping the input, not synchronising).
+fn send_in_pieces(client: &mut Client, bytes: &[u8], piece: usize) {
+    for chunk in bytes.chunks(piece) {
+        if client.try_send(chunk).is_err() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_head_in_pieces_is_parsed_whole_and_judged_at_its_limit() {
+    let (_a, s) = one_mock_splitter("max_header_bytes = 1024", &[("/", 2000)]);
+    // A byte at a time: the same answer as in one write.
+    let mut client = s.client();
+    send_in_pieces(&mut client, &bid("/x", "bytewise"), 1);
+    client.read_response().assert_won("bytewise");
+    // A bad head (Host twice), a byte at a time: 400.
+    let mut client = s.client();
+    send_in_pieces(
+        &mut client,
+        b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        1,
+    );
+    client.expect_status_then_close(400, Duration::from_secs(3));
+    // A header line past max_header_bytes that never ends: 431 once it is over the limit, not
+    // 408 when header_timeout_ms (10 s) runs out.
+    let mut client = s.client();
+    let endless = format!("GET /x HTTP/1.1\r\nHost: h\r\nX-Big: {}", "v".repeat(2000));
+    send_in_pieces(&mut client, endless.as_bytes(), 100);
+    client.expect_status_then_close(431, Duration::from_secs(3));
+}
+
 #[test]
 fn body_over_max_request_body_gets_413_and_exactly_the_limit_is_accepted() {
     let (_a, s) = one_mock_splitter("max_request_body = 1000", &[("/", 2000)]);
