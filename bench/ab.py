@@ -32,8 +32,9 @@ for i in range(backends):
     p = subprocess.Popen(load_cpu + [mock, 'mock-backend', '--listen', '127.0.0.1:0', '--name', chr(97+i), '--body-bytes', '2048', '--price-range', '0.1..10'], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = p.stdout.readline(); addrs.append(line.split()[-1]); mocks.append(p)
 def cpu(pid):
+    """User and system CPU seconds of `pid`, all threads."""
     f = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()
-    return (int(f[11]) + int(f[12])) / HZ
+    return int(f[11]) / HZ, int(f[12]) / HZ
 def free_port():
     while True:
         with socket.socket() as a, socket.socket() as b:
@@ -41,7 +42,7 @@ def free_port():
             try:
                 b.bind(('127.0.0.1', port + 1)); return port
             except OSError: continue
-def run(bin):
+def run(name, bin):
     # A fresh port per run: a process that used io_uring can hold its listener a little while
     # after it exits, and the next contestant must not race it.
     port = free_port()
@@ -49,6 +50,8 @@ def run(bin):
     for i, a in enumerate(addrs):
         cfg += f'[[backend]]\nname = "{chr(97+i)}"\naddress = "{a}"\n'
     cfg += '[[route]]\npath_prefix = "/"\ntimeout_ms = 450\n'
+    # More configuration for one contestant, e.g. AB_EXTRA_new='[steering]\nmode = "reuseport"'.
+    cfg += os.environ.get(f'AB_EXTRA_{name}', '').replace('\\n', '\n') + '\n'
     open('/tmp/ab.toml', 'w').write(cfg)
     if bin == 'haproxy':
         threads = 1 if mode == 'pinned' else 2
@@ -80,14 +83,16 @@ def run(bin):
         sys.exit(f'{bin}: wrk measured nothing:\n{out}{ran.stderr}\n' + open('/tmp/ab-target.log').read() + subprocess.run(['ss', '-ltnp'], capture_output=True, text=True).stdout)
     n = int(done.group(1))
     p.terminate(); p.wait()
-    return (c1 - c0) * 1e6 / n, n / secs
+    user, sys_ = ((b - a) * 1e6 / n for a, b in zip(c0, c1))
+    return user + sys_, user, n / secs
 res = {k: [] for k in bins}
+users = {k: [] for k in bins}
 try:
   for r in range(rounds):
     for k, b in (bins.items() if r % 2 == 0 else reversed(list(bins.items()))):
-        us, rps = run(b); res[k].append(us)
-        print(f'round {r} {k}: {us:.1f} µs/req {rps:.0f} req/s', flush=True)
+        us, user, rps = run(k, b); res[k].append(us); users[k].append(user)
+        print(f'round {r} {k}: {us:.1f} µs/req (user {user:.1f}) {rps:.0f} req/s', flush=True)
   for k, v in res.items():
-    print(f'{k}: median {statistics.median(v):.1f} µs/req  runs {[round(x,1) for x in v]}')
+    print(f'{k}: median {statistics.median(v):.1f} µs/req (user {statistics.median(users[k]):.1f})  runs {[round(x,1) for x in v]}')
 finally:
   for m in mocks: m.terminate()
