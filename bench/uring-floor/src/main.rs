@@ -16,7 +16,10 @@
 //! io_uring features are flags, independent of each other, so each can be measured alone:
 //! - `--defer`: `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN`;
 //! - `--multishot`: one multishot recv per socket, on a provided-buffer ring per worker;
-//! - `--fixed`: every client and backend socket in the ring's registered file table.
+//! - `--fixed`: every client and backend socket in the ring's registered file table;
+//! - `--poll`: the real server's I/O pattern: one multishot `POLLIN` poll per socket, and a
+//!   single-shot recv submitted only once a poll says the socket is readable (so it completes
+//!   inline, at submission), never posted ahead of the bytes. Not with `--multishot`.
 
 mod bufring;
 mod http;
@@ -54,6 +57,9 @@ enum Cmd {
         /// Sockets in a registered (fixed) file table.
         #[arg(long)]
         fixed: bool,
+        /// A multishot POLLIN poll per socket; a recv is submitted only once it is readable.
+        #[arg(long)]
+        poll: bool,
     },
 }
 
@@ -63,6 +69,7 @@ pub struct Mode {
     pub defer: bool,
     pub multishot: bool,
     pub fixed: bool,
+    pub poll: bool,
 }
 
 /// The part of the splitter's config the floor reads; serde skips the other keys.
@@ -87,7 +94,13 @@ fn main() -> Result<()> {
         defer,
         multishot,
         fixed,
+        poll,
     } = Cli::parse().cmd;
+    if poll && multishot {
+        bail!(
+            "--poll and --multishot do not combine: --poll submits single-shot recvs on readiness"
+        );
+    }
     let text = std::fs::read_to_string(&config)
         .with_context(|| format!("reading {}", config.display()))?;
     let config: Config =
@@ -99,6 +112,7 @@ fn main() -> Result<()> {
         defer,
         multishot,
         fixed,
+        poll,
     };
     let backends: Vec<SocketAddr> = config.backend.iter().map(|b| b.address).collect();
     raise_nofile_limit();

@@ -3,6 +3,11 @@
 //! The loop is `submit_and_wait(1)`, then every completion is handled, each pushing the SQEs it
 //! leads to; they all go to the kernel in the next `io_uring_enter`, so the sends of one request
 //! to every backend share one submission.
+//!
+//! With `--poll` every socket also has a multishot `POLLIN` poll for its life, and a recv is
+//! submitted only when a poll completion (or a recv that filled all it was offered) says bytes
+//! are there, as the real server does; a multishot poll fires on new wakeups only, so a socket's
+//! `ready` remembers an event no recv has followed yet.
 
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -27,6 +32,10 @@ enum Op {
     Accept,
     Recv,
     Send,
+    /// `--poll`: the socket's multishot poll.
+    Poll,
+    /// `--poll`: the cancellation of a closing socket's poll (not counted in `inflight`).
+    Cancel,
 }
 
 /// `user_data`: connection slot (32 bits) | its generation (16) | socket role (8: 0 is the
@@ -52,6 +61,12 @@ struct Sock {
     price: f64,
     body: usize,
     end: usize,
+    /// A single-shot recv is in flight, offered `offered` bytes.
+    recving: bool,
+    offered: u32,
+    /// `--poll`: bytes may be waiting that no recv has been submitted for since: a poll event
+    /// came while no recv was wanted or one was in flight, or the last recv filled its offer.
+    ready: bool,
 }
 
 /// A client connection and its backend connections, a slot of the slab.
@@ -214,12 +229,35 @@ impl Worker {
                 opcode::RecvMulti::new(fd, bufring::GROUP).build()
             });
         }
-        let buf = &mut self.conns[slot as usize].socks[role].buf;
-        buf.reserve(READ_BUF / 4);
-        let spare = buf.spare_capacity_mut();
+        let sock = &mut self.conns[slot as usize].socks[role];
+        sock.buf.reserve(READ_BUF / 4);
+        let spare = sock.buf.spare_capacity_mut();
         let (ptr, len) = (spare.as_mut_ptr().cast::<u8>(), spare.len() as u32);
+        (sock.recving, sock.offered, sock.ready) = (true, len, false);
         self.op(slot, role, Op::Recv, |fd| {
             opcode::Recv::new(fd, ptr, len).build()
+        });
+    }
+
+    /// A message on the socket is incomplete: without `--multishot`, receive more; with
+    /// `--poll`, only if bytes may be waiting, else the next poll event will say when.
+    fn recv_more(&mut self, slot: u32, role: usize) {
+        if self.mode.multishot {
+            return; // the multishot recv stays armed
+        }
+        let sock = &self.conns[slot as usize].socks[role];
+        if self.mode.poll && (sock.recving || !sock.ready) {
+            return;
+        }
+        self.arm_recv(slot, role);
+    }
+
+    /// `--poll`: the socket's multishot readiness poll.
+    fn arm_poll(&mut self, slot: u32, role: usize) {
+        self.op(slot, role, Op::Poll, |fd| {
+            opcode::PollAdd::new(fd, libc::POLLIN as u32)
+                .multi(true)
+                .build()
         });
     }
 
@@ -238,6 +276,9 @@ impl Worker {
     fn complete(&mut self, user_data: u64, res: i32, flags: u32) {
         if user_data == ACCEPT {
             return self.accepted(res, flags);
+        }
+        if user_data as u8 == Op::Cancel as u8 {
+            return; // the poll's own last completion is what counts
         }
         let (slot, gen, role) = (
             (user_data >> 32) as u32,
@@ -260,10 +301,10 @@ impl Worker {
             give_back(&mut self.bufs);
             return self.maybe_free(slot);
         }
-        if user_data as u8 == Op::Send as u8 {
-            self.sent(slot, role as usize, res);
-        } else {
-            self.received(slot, role as usize, res, flags, buffer);
+        match user_data as u8 {
+            op if op == Op::Send as u8 => self.sent(slot, role as usize, res),
+            op if op == Op::Poll as u8 => self.polled(slot, role as usize, res, flags),
+            _ => self.received(slot, role as usize, res, flags, buffer),
         }
     }
 
@@ -322,9 +363,16 @@ impl Worker {
         let conn = &mut self.conns[slot as usize];
         for (sock, fd) in conn.socks.iter_mut().zip(fds) {
             sock.fd = fd.into_raw_fd();
-            sock.awaiting = false;
+            (sock.awaiting, sock.recving, sock.ready) = (false, false, false);
         }
         (conn.live, conn.pending, conn.replying) = (true, 0, false);
+        if self.mode.poll {
+            // Receives wait for readiness.
+            for role in 0..=self.backends.len() {
+                self.arm_poll(slot, role);
+            }
+            return Ok(());
+        }
         // Multishot recvs stay armed on every socket for the connection's life; single-shot
         // ones are armed when a message is expected.
         let sockets = if self.mode.multishot {
@@ -343,10 +391,14 @@ impl Worker {
             // The buffer ring ran dry (buffers go back as soon as they are copied): re-arm.
             return self.arm_recv(slot, role);
         }
+        let sock = &mut self.conns[slot as usize].socks[role];
+        sock.recving = false;
         if res <= 0 {
             return self.close(slot); // end of stream or error
         }
-        let buf = &mut self.conns[slot as usize].socks[role].buf;
+        // All it was offered: more may be queued, with no new wakeup to come for it.
+        sock.ready |= res as u32 == sock.offered;
+        let buf = &mut sock.buf;
         match (&mut self.bufs, buffer) {
             (Some(bufs), Some(bid)) => {
                 buf.extend_from_slice(bufs.get(bid, res as usize));
@@ -376,8 +428,7 @@ impl Worker {
         }
         match http::backend_request(&conn.socks[0].buf, &self.host, &mut conn.out) {
             Err(http::Bad) => self.close(slot),
-            Ok(None) if self.mode.multishot => {}
-            Ok(None) => self.arm_recv(slot, 0),
+            Ok(None) => self.recv_more(slot, 0),
             Ok(Some(length)) => {
                 conn.socks[0].buf.drain(..length);
                 conn.pending = 2 * self.backends.len();
@@ -386,8 +437,12 @@ impl Worker {
                 }
                 for role in 1..=self.backends.len() {
                     self.send(slot, role);
-                    if !self.mode.multishot {
-                        self.arm_recv(slot, role);
+                    match self.mode.poll {
+                        // Only if an event came while the backend was idle: its response
+                        // comes with a new one.
+                        true => self.recv_more(slot, role),
+                        false if !self.mode.multishot => self.arm_recv(slot, role),
+                        false => {}
                     }
                 }
             }
@@ -422,8 +477,7 @@ impl Worker {
         }
         match http::response(&sock.buf) {
             Err(http::Bad) => self.close(slot),
-            Ok(None) if self.mode.multishot => {}
-            Ok(None) => self.arm_recv(slot, role),
+            Ok(None) => self.recv_more(slot, role),
             Ok(Some(response)) => {
                 let body = &sock.buf[response.body..response.end];
                 let price = match response.status {
@@ -434,6 +488,32 @@ impl Worker {
                 (sock.awaiting, sock.body, sock.end) = (false, response.body, response.end);
                 self.progress(slot);
             }
+        }
+    }
+
+    /// `--poll`: a poll event on socket `role`. If the socket is readable (or hung up or in
+    /// error: a recv then says which), a message is wanted on it and no recv is in flight, one
+    /// recv is submitted; otherwise the event is remembered in `ready`.
+    fn polled(&mut self, slot: u32, role: usize, res: i32, flags: u32) {
+        if res < 0 {
+            return self.close(slot);
+        }
+        if !cqueue::more(flags) {
+            self.arm_poll(slot, role); // the kernel ended the multishot poll
+        }
+        let readable = (libc::POLLIN | libc::POLLHUP | libc::POLLERR) as i32;
+        if res & readable == 0 {
+            return;
+        }
+        let conn = &mut self.conns[slot as usize];
+        let wanted = match role {
+            0 => conn.pending == 0 && !conn.replying,
+            _ => conn.socks[role].awaiting,
+        };
+        let sock = &mut conn.socks[role];
+        sock.ready = true;
+        if wanted && !sock.recving {
+            self.arm_recv(slot, role);
         }
     }
 
@@ -458,7 +538,11 @@ impl Worker {
     }
 
     /// Closes a connection: shutting its sockets down ends the ops still in flight (a pending
-    /// recv completes with 0), and the slot is freed when the last has completed.
+    /// recv completes with 0), and the slot is freed when the last has completed. A multishot
+    /// poll outlives the shutdown (it reports the hangup with F_MORE and stays armed), so it is
+    /// cancelled. ASYNC_CANCEL, not POLL_REMOVE: the shutdown's own wakeup has usually just
+    /// queued the poll's task work, and POLL_REMOVE then fails with -EALREADY (seen under
+    /// `--defer`, leaking every connection); a cancel marks it and its task work ends it.
     fn close(&mut self, slot: u32) {
         let conn = &mut self.conns[slot as usize];
         if conn.closing {
@@ -468,6 +552,15 @@ impl Worker {
         for sock in &conn.socks {
             // SAFETY: the connection's own descriptor, still open.
             unsafe { libc::shutdown(sock.fd, libc::SHUT_RDWR) };
+        }
+        if self.mode.poll {
+            let gen = conn.gen;
+            for role in 0..=self.backends.len() {
+                // Not found (-ENOENT) if the kernel has just ended it: it is not re-armed now.
+                let poll = user_data(slot, gen, role, Op::Poll);
+                let cancel = opcode::AsyncCancel::new(poll).build();
+                self.push(cancel.user_data(user_data(slot, gen, role, Op::Cancel)));
+            }
         }
         self.maybe_free(slot);
     }
