@@ -389,6 +389,56 @@ fn an_endless_head_or_body_is_cut_at_max_response_bytes() {
     assert!(rss < RSS_CEILING, "RSS {:.1} MiB", mib(rss));
 }
 
+#[test]
+fn a_late_reply_that_trickles_for_ever_is_closed_after_the_grace() {
+    let _exclusive = exclusive();
+    let good = priced_peer("good", "1");
+    // A valid head, a byte every 50 ms, never ending: slow enough that it is not the read count
+    // past the deadline (64 reads, over 3 s) that stops it, only the late reply's grace (one
+    // second past the request's deadline). Reports how long the connection lived.
+    let (closed_tx, closed_rx) = mpsc::channel();
+    let closed_tx = Mutex::new(closed_tx);
+    let trickle = RawPeer::start(move |mut conn| {
+        if conn.next_request().is_none() {
+            return;
+        }
+        let asked = Instant::now();
+        let head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n".iter();
+        let pad = b"X-Pad: p\r\n".iter().cycle();
+        for byte in head.chain(pad) {
+            if !conn.write(&[*byte]) || asked.elapsed() > 2 * WAIT {
+                break;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = closed_tx.lock().unwrap().send(asked.elapsed());
+    });
+    let s = SPLITTER.run(&config(
+        "workers = 1",
+        "",
+        &[("good", good.addr), ("trickle", trickle.addr)],
+        &[("/", 100)],
+    ));
+    let mut client = s.client();
+    let (r, took) = timed(&mut client, &bid("/x", "trickle-1"));
+    r.assert_won("trickle-1");
+    assert_eq!(r.backend(), Some("good"), "{r:?}");
+    assert!(
+        took < Duration::from_millis(100) + MARGIN,
+        "answered after {took:?}"
+    );
+    // Deadline (100 ms) + grace (1 s), and the few writes it takes the peer to see the close.
+    let lived = closed_rx
+        .recv_timeout(WAIT)
+        .expect("the late reply's connection was never closed");
+    assert!(
+        lived < Duration::from_millis(2500),
+        "the late reply's connection lived {lived:?}, past its grace"
+    );
+    let m = s.metrics();
+    assert_eq!(outcome(&m, "trickle", "timeout"), 1.0, "{}", m.text);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Backend pools.
 

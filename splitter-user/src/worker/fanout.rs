@@ -7,6 +7,10 @@
 //! keeps the best reply, and says when and what to answer. When the request has its answer before
 //! every call is done, the unfinished calls move to a task of their own: a late reply is read to
 //! its end there and its connection returned to the pool, or closed after [`LATE_GRACE`].
+//!
+//! A call has no timer of its own: while the request waits, the request's timer bounds it; once
+//! late, the late task's one timer does (a shadow call, on a task of its own, has its own). Timers
+//! are a wheel operation each way, and a request would otherwise arm one per backend.
 
 use std::future::{poll_fn, Future};
 use std::ops::Range;
@@ -85,8 +89,8 @@ enum CallEnd {
     Reply { response: Response, kept: bool },
     /// Connect failure, reset, or not HTTP: answered, invalid, at once.
     Failed,
-    /// Nothing in time: the connect or the exchange outlived its time (a timeout for the
-    /// request, if it is still waiting).
+    /// Nothing in time: the connect outlived the backend's deadline, or a shadow call its grace
+    /// (a timeout for the request, if it is still waiting).
     GaveUp,
     /// Not asked at all.
     Skipped(Skip),
@@ -128,7 +132,10 @@ pub async fn scatter(worker: &Rc<Worker>, plan: &Rc<Plan>, request: Request) -> 
             let plan = Rc::clone(plan);
             let floor = request.floor;
             tokio::task::spawn_local(async move {
-                let (id, end) = call.await;
+                let give_up = (deadline + LATE_GRACE).into();
+                let (id, end) = tokio::time::timeout_at(give_up, call)
+                    .await
+                    .unwrap_or((id, CallEnd::GaveUp));
                 shadow_outcome(&worker, &plan, id, end, deadline, floor);
             });
             continue;
@@ -180,7 +187,15 @@ pub async fn scatter(worker: &Rc<Worker>, plan: &Rc<Plan>, request: Request) -> 
     if !calls.is_empty() {
         let counters = Rc::clone(&worker.counters);
         let plan = Rc::clone(plan);
+        // Every call's deadline is the request's at the latest. Past the grace, the calls still
+        // reading are dropped, and their connections closed with them.
+        let mut give_up = Box::pin(tokio::time::sleep_until(
+            (request.deadline + LATE_GRACE).into(),
+        ));
         tokio::task::spawn_local(poll_fn(move |cx| {
+            if give_up.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
             calls.retain_mut(|call| match call.as_mut().poll(cx) {
                 Poll::Pending => true,
                 Poll::Ready((id, end)) => {
@@ -298,15 +313,14 @@ async fn call(
             }
         }
     };
-    let give_up = deadline + LATE_GRACE;
     let bytes = request.bytes_for(&backend.options.borrow());
     let limits = ReplyLimits {
         max_bytes: plan.max_response_bytes,
         deadline,
     };
-    let exchanged = exchange(&mut conn, bytes, request.head, limits);
-    match tokio::time::timeout_at(give_up.into(), exchanged).await {
-        Ok(Ok((response, reusable))) => {
+    // Bounded by whoever polls it (see the module's documentation).
+    match exchange(&mut conn, bytes, request.head, limits).await {
+        Ok((response, reusable)) => {
             let elapsed = request.started.elapsed().as_micros();
             worker
                 .counters
@@ -314,11 +328,10 @@ async fn call(
             let kept = reusable && backend.put(conn, Instant::now());
             (id, CallEnd::Reply { response, kept })
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             tracing::debug!(backend = %backend.name, error = %e, "backend exchange failed");
             (id, CallEnd::Failed)
         }
-        Err(_elapsed) => (id, CallEnd::GaveUp),
     }
 }
 
