@@ -3,6 +3,7 @@
 //! - [`request`]: client request heads, parsed strictly, and the head forwarded to backends.
 //! - [`response`]: backend response heads and how their bodies are framed.
 //! - [`body`]: how a body is delimited, and the one body decoder both roles use.
+//! - [`reply`]: one backend reply read to its end, within its byte and read budgets.
 //! - [`chunked`]: the chunked transfer coding, both ways.
 //! - [`encode`]: what the splitter writes to clients, and which fields are hop-by-hop.
 //! - [`limits`]: every size bound.
@@ -15,6 +16,7 @@ pub mod chunked;
 pub mod encode;
 mod fields;
 pub mod limits;
+pub mod reply;
 pub mod request;
 pub mod response;
 

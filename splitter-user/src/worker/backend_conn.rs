@@ -1,6 +1,6 @@
-//! One connection to a backend, and one HTTP exchange on it: the request written, the whole
-//! response read (framed by its `Content-Length`, chunked coding or the connection's end), with
-//! every byte the backend sends counted against `max_response_bytes`.
+//! One connection to a backend, and one HTTP exchange on it: the request written, then reads
+//! until [`ReplyReader`] (sans IO, in `http1::reply`) has the whole response, framed by its
+//! `Content-Length`, chunked coding or the connection's end, within its byte and read budgets.
 
 use std::io;
 use std::net::SocketAddr;
@@ -9,9 +9,8 @@ use std::time::Instant;
 use super::buffers::{self, Shared};
 use super::conn::{Conn, Readiness, READ_CHUNK};
 use super::guards::BackendOpen;
-use crate::http1::body::{BodyDecoder, BodyError, BodyLimit, Framing};
-use crate::http1::limits::MAX_RESPONSE_HEAD;
-use crate::http1::response::{head_may_end, parse_response, Coding, ResponseError, ResponseHead};
+use crate::http1::reply::{ReplyError, ReplyLimits, ReplyReader, Step};
+use crate::http1::response::{Coding, ResponseHead};
 use crate::scatter::exchange::Reply;
 
 /// One keep-alive connection to a backend.
@@ -107,70 +106,9 @@ pub enum ExchangeError {
     /// Socket error while writing or reading.
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
-    /// The backend closed the connection before the response head was whole.
-    #[error("connection closed after {0} bytes of the response head")]
-    Closed(usize),
-    /// The head is not a valid HTTP/1.1 response, or too large.
-    #[error("bad response head: {0}")]
-    Head(#[from] ResponseError),
-    /// The body is malformed, too large, or cut short.
-    #[error("bad response body: {0}")]
-    Body(#[from] BodyError),
-    /// The reply came in more pieces than any sound sender cuts one into (a byte or a chunk per
-    /// segment), or went on too long past its deadline.
-    #[error("reply trickled in over {0} reads")]
-    Trickle(u32),
-}
-
-/// What one reply may cost besides its size: reads are where a trickling sender makes the
-/// splitter work (a wake-up, a syscall or a ring entry each), however few bytes each brings.
-#[derive(Clone, Copy, Debug)]
-pub struct ReplyLimits {
-    /// Most bytes, on the wire and decoded (`max_response_bytes`).
-    pub max_bytes: usize,
-    /// The backend's deadline: past it, only [`LATE_READS`] more reads.
-    pub deadline: Instant,
-}
-
-/// Most reads for one reply. A whole 1 MiB reply takes about 130 reads of 8 KiB; a sender
-/// that needs thousands is writing a byte at a time, and costs milliseconds of CPU per reply.
-const MAX_READS: u32 = 1024;
-
-/// Most reads after the deadline, while a late reply is drained to keep its connection: a
-/// reply still trickling then is not worth its CPU.
-const LATE_READS: u32 = 64;
-
-/// The reads one reply has taken.
-struct Reads {
-    limits: ReplyLimits,
-    total: u32,
-    late: u32,
-}
-
-impl Reads {
-    fn new(limits: ReplyLimits) -> Self {
-        Reads {
-            limits,
-            total: 0,
-            late: 0,
-        }
-    }
-
-    /// Counts one more read, or refuses it.
-    fn one_more(&mut self) -> Result<(), ExchangeError> {
-        self.total += 1;
-        if self.total > MAX_READS {
-            return Err(ExchangeError::Trickle(self.total));
-        }
-        // Checking the clock only once the reply is long enough to matter.
-        if self.total > 4 && Instant::now() >= self.limits.deadline {
-            self.late += 1;
-            if self.late > LATE_READS {
-                return Err(ExchangeError::Trickle(self.total));
-            }
-        }
-        Ok(())
-    }
+    /// What the backend sent is not a whole, bounded reply.
+    #[error(transparent)]
+    Reply(#[from] ReplyError),
 }
 
 /// Sends `request` (a whole request, framed by `Content-Length`) and reads the whole response;
@@ -184,56 +122,25 @@ pub async fn exchange(
     limits: ReplyLimits,
 ) -> Result<(Response, bool), ExchangeError> {
     conn.stream.write_shared(request).await?;
-
-    let max_bytes = limits.max_bytes;
-    let mut reads = Reads::new(limits);
+    let mut reader = ReplyReader::new(head_request, limits);
     let mut raw = buffers::take(READ_CHUNK);
-    let mut scanned = 0;
-    let head = loop {
-        // Parse only once a blank line may have arrived: each byte is scanned once, however
-        // the head is cut into reads.
-        if head_may_end(&raw, scanned) {
-            if let Some(head) = parse_response(&raw)? {
-                break head;
+    let mut head = None;
+    let whole = loop {
+        match reader.step(&mut raw, &mut head, Instant::now)? {
+            Step::Done(whole) => break whole,
+            Step::Read => {
+                let (n, more) = conn.stream.read_ready(conn.readiness.as_ref(), raw).await;
+                raw = more;
+                if n? == 0 {
+                    break reader.end_of_stream(&raw)?;
+                }
             }
         }
-        if raw.len() > MAX_RESPONSE_HEAD.min(max_bytes) {
-            return Err(ResponseError::HeadTooLarge.into());
-        }
-        scanned = raw.len();
-        reads.one_more()?;
-        let (n, more) = conn.stream.read_ready(conn.readiness.as_ref(), raw).await;
-        raw = more;
-        if n? == 0 {
-            return Err(ExchangeError::Closed(raw.len()));
-        }
     };
-    let framing = if head_request {
-        Framing::Length(0)
-    } else {
-        head.framing
-    };
-    let limit = BodyLimit {
-        decoded: max_bytes,
-        wire: max_bytes.saturating_sub(head.head_len),
-    };
-    let mut body = BodyDecoder::new(framing, limit)?;
-    let mut body_end = head.head_len;
-    while !body.decode_in_place(&mut raw, &mut body_end)? {
-        reads.one_more()?;
-        let (n, more) = conn.stream.read_ready(conn.readiness.as_ref(), raw).await;
-        raw = more;
-        if n? == 0 {
-            body.close()?;
-            break;
-        }
-    }
-    // A byte beyond the body is a protocol error on the backend's part: never reuse then.
-    let reusable = head.keep_alive && framing != Framing::UntilClose && raw.len() == body_end;
     let response = Response {
         raw,
-        head,
-        body_end,
+        head: head.expect("a whole reply has a head"),
+        body_end: whole.body_end,
     };
-    Ok((response, reusable))
+    Ok((response, whole.reusable))
 }

@@ -19,10 +19,11 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use super::backend_conn::{exchange, BackendConn, ReplyLimits, Response};
+use super::backend_conn::{exchange, BackendConn, Response};
 use super::backend_pool::{Backend, ConnSource, Options, Route};
 use super::buffers::{self, Shared};
 use super::{Plan, Worker};
+use crate::http1::reply::ReplyLimits;
 use crate::scatter::exchange::{
     BackendId, BackendOutcome, Exchange, Outcome, Skip, Winner, MAX_BACKENDS,
 };
