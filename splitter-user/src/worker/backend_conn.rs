@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::buffers::{self, Shared};
-use super::conn::{Conn, Readiness, READ_CHUNK};
+use super::conn::{Conn, READ_CHUNK};
 use super::guards::BackendOpen;
 use crate::http1::reply::{ReplyError, ReplyLimits, ReplyReader, Step};
 use crate::http1::response::{Coding, ResponseHead};
@@ -15,8 +15,6 @@ use crate::scatter::exchange::Reply;
 
 /// One keep-alive connection to a backend.
 pub struct BackendConn {
-    /// Declared before `stream`: deregistered before the socket closes.
-    readiness: Option<Readiness>,
     stream: Conn,
     /// Counts the connection open, and closed when it is dropped.
     _open: BackendOpen,
@@ -27,7 +25,6 @@ impl BackendConn {
     pub async fn connect(addr: SocketAddr, uring: bool, open: BackendOpen) -> io::Result<Self> {
         let stream = Conn::connect(addr, uring).await?;
         Ok(BackendConn {
-            readiness: Readiness::of(&stream)?,
             stream,
             _open: open,
         })
@@ -38,7 +35,7 @@ impl BackendConn {
     /// non-blocking peek must answer `EAGAIN`.
     pub fn is_clean(&self) -> bool {
         let fd = self.stream.fd();
-        self.stream.idle_clean(self.readiness.as_ref(), || {
+        self.stream.idle_clean(|| {
             let mut byte = 0u8;
             // SAFETY: one valid byte of buffer; the fd belongs to `stream`.
             let n = unsafe {
@@ -56,8 +53,8 @@ impl BackendConn {
 
 impl Drop for BackendConn {
     fn drop(&mut self) {
-        // An exchange abandoned past its grace time leaves a read in the ring that keeps the
-        // socket open until the backend sends something; shut it down to close it now.
+        // An exchange abandoned past its grace time may leave a write in the ring, holding the
+        // socket open until its cancellation completes; shut it down to close it now.
         // SAFETY: the fd is owned by `self.stream`, still open.
         unsafe { libc::shutdown(self.stream.fd(), libc::SHUT_RDWR) };
     }
@@ -129,7 +126,7 @@ pub async fn exchange(
         match reader.step(&mut raw, &mut head, Instant::now)? {
             Step::Done(whole) => break whole,
             Step::Read => {
-                let (n, more) = conn.stream.read_ready(conn.readiness.as_ref(), raw).await;
+                let (n, more) = conn.stream.read_ready(raw).await;
                 raw = more;
                 if n? == 0 {
                     break reader.end_of_stream(&raw)?;

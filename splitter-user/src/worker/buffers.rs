@@ -68,22 +68,6 @@ impl Deref for Shared {
     }
 }
 
-// SAFETY: the bytes live in the `Vec` inside the `Rc`, which never moves or changes while any
-// clone exists (nothing mutates a `Shared`), so the pointer stays valid for the whole write.
-unsafe impl tokio_uring::buf::IoBuf for Shared {
-    fn stable_ptr(&self) -> *const u8 {
-        self.0 .0.as_ptr()
-    }
-
-    fn bytes_init(&self) -> usize {
-        self.0 .0.len()
-    }
-
-    fn bytes_total(&self) -> usize {
-        self.0 .0.capacity()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,9 +10,10 @@ use std::rc::Rc;
 use std::time::{Instant, SystemTime};
 
 use super::buffers::{self, Shared};
-use super::conn::{Conn, Readiness, READ_CHUNK};
+use super::conn::{Conn, READ_CHUNK};
 use super::fanout::{scatter, Request, Scattered};
 use super::guards::{ClientOpen, InFlight};
+use super::rt;
 use super::{Plan, Stop, Worker};
 use crate::access_log::Record;
 use crate::http1::body::{BodyDecoder, BodyLimit};
@@ -26,14 +27,7 @@ use crate::scatter::route::Route;
 /// Serves `stream` until it closes.
 pub async fn serve(worker: &Rc<Worker>, stream: Conn) {
     let _open = ClientOpen::new(&worker.counters);
-    // Without it (the epoll set refused the socket) the connection still works: its reads wait
-    // in the ring, with their buffer.
-    let readiness = Readiness::of(&stream).unwrap_or_else(|e| {
-        tracing::debug!(error = %e, "client socket without readiness");
-        None
-    });
     let mut conn = ClientConn {
-        readiness,
         stream,
         buf: Vec::new(),
         out: Vec::new(),
@@ -66,8 +60,6 @@ fn connection_header(close: bool, version: Version) -> ConnectionHeader {
 }
 
 struct ClientConn {
-    /// Declared before `stream`: deregistered before the socket closes.
-    readiness: Option<Readiness>,
     stream: Conn,
     /// How long the client may take to take a response (`send_timeout_ms`).
     send_timeout: std::time::Duration,
@@ -82,9 +74,9 @@ struct ClientConn {
 
 impl Drop for ClientConn {
     fn drop(&mut self) {
-        // A read abandoned on a timeout or a drain is still in the ring and keeps the socket
-        // open until it completes; shutting the socket down completes it, so the client sees
-        // the close now rather than at its next byte.
+        // A read abandoned on a timeout or a drain is cancelled, but asynchronously: until its
+        // completion it holds the socket open in the kernel. Shutting the socket down closes
+        // the connection now, so the client sees the close at once.
         // SAFETY: the fd is owned by `self.stream`, still open.
         unsafe { libc::shutdown(self.stream.fd(), libc::SHUT_RDWR) };
     }
@@ -371,18 +363,18 @@ impl ClientConn {
     async fn read_until(&mut self, deadline: Instant, idle: Option<&Rc<Worker>>) -> Read {
         let Some(worker) = idle else {
             let buf = std::mem::take(&mut self.buf);
-            let read = tokio::time::timeout_at(deadline.into(), self.stream.read(buf)).await;
+            let read = rt::timeout_at(deadline, self.stream.read(buf)).await;
             return self.took(read);
         };
         // Between requests the buffers go back to the worker's pool, and come from it again when
         // bytes arrive: an idle keep-alive connection holds its socket and its task, no buffer.
         self.park_buffers();
         let next = async {
-            self.stream.readable(self.readiness.as_ref()).await?;
+            self.stream.readable().await?;
             let buf = buffers::take(READ_CHUNK);
-            io::Result::Ok(self.stream.read_ready(self.readiness.as_ref(), buf).await)
+            io::Result::Ok(self.stream.read_ready(buf).await)
         };
-        let timed = tokio::time::timeout_at(deadline.into(), next);
+        let timed = rt::timeout_at(deadline, next);
         let mut shutdown = worker.shutdown.clone();
         let read = tokio::select! {
             r = timed => r,
@@ -403,10 +395,7 @@ impl ClientConn {
     }
 
     /// The end of a read: the buffer back in place, and what came of it.
-    fn took(
-        &mut self,
-        read: Result<(io::Result<usize>, Vec<u8>), tokio::time::error::Elapsed>,
-    ) -> Read {
+    fn took(&mut self, read: Result<(io::Result<usize>, Vec<u8>), rt::Elapsed>) -> Read {
         match read {
             // A read abandoned with the buffer inside it; the connection ends anyway.
             Err(_elapsed) => Read::TimedOut,
@@ -463,7 +452,7 @@ impl ClientConn {
     async fn write_raw(&mut self) -> bool {
         let out = std::mem::take(&mut self.out);
         let write = self.stream.write_all(out);
-        match tokio::time::timeout(self.send_timeout, write).await {
+        match rt::timeout(self.send_timeout, write).await {
             Ok((res, out)) => {
                 self.out = out;
                 res.is_ok()

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use super::backend_conn::{exchange, BackendConn, Response};
 use super::backend_pool::{Backend, ConnSource, Options, Route};
 use super::buffers::{self, Shared};
+use super::rt;
 use super::{Plan, Worker};
 use crate::http1::reply::ReplyLimits;
 use crate::scatter::exchange::{
@@ -132,9 +133,9 @@ pub async fn scatter(worker: &Rc<Worker>, plan: &Rc<Plan>, request: Request) -> 
             let worker = Rc::clone(worker);
             let plan = Rc::clone(plan);
             let floor = request.floor;
-            tokio::task::spawn_local(async move {
-                let give_up = (deadline + LATE_GRACE).into();
-                let (id, end) = tokio::time::timeout_at(give_up, call)
+            rt::spawn(async move {
+                let give_up = deadline + LATE_GRACE;
+                let (id, end) = rt::timeout_at(give_up, call)
                     .await
                     .unwrap_or((id, CallEnd::GaveUp));
                 shadow_outcome(&worker, &plan, id, end, deadline, floor);
@@ -146,7 +147,7 @@ pub async fn scatter(worker: &Rc<Worker>, plan: &Rc<Plan>, request: Request) -> 
     }
 
     // The one timer, armed at what the exchange asks for (with backends, always its deadline).
-    let mut timer = pin!(tokio::time::sleep_until(request.deadline.into()));
+    let mut timer = pin!(rt::sleep_until(request.deadline));
     let outcome = poll_fn(|cx| {
         // Each wake-up polls every pending call: there are at most 16, usually 2.
         calls.retain_mut(|call| match call.as_mut().poll(cx) {
@@ -173,8 +174,8 @@ pub async fn scatter(worker: &Rc<Worker>, plan: &Rc<Plan>, request: Request) -> 
             let Some(at) = exchange.poll_timeout() else {
                 unreachable!("an exchange without an outcome waits for a time");
             };
-            if timer.deadline() != at.into() {
-                timer.as_mut().reset(at.into());
+            if timer.deadline() != at {
+                timer.as_mut().reset(at);
             }
             if timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
@@ -190,10 +191,8 @@ pub async fn scatter(worker: &Rc<Worker>, plan: &Rc<Plan>, request: Request) -> 
         let plan = Rc::clone(plan);
         // Every call's deadline is the request's at the latest. Past the grace, the calls still
         // reading are dropped, and their connections closed with them.
-        let mut give_up = Box::pin(tokio::time::sleep_until(
-            (request.deadline + LATE_GRACE).into(),
-        ));
-        tokio::task::spawn_local(poll_fn(move |cx| {
+        let mut give_up = Box::pin(rt::sleep_until(request.deadline + LATE_GRACE));
+        rt::spawn(poll_fn(move |cx| {
             if give_up.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(());
             }
@@ -298,7 +297,7 @@ async fn call(
             if let Some(path) = check {
                 let backend = Rc::clone(backend);
                 let (uring, max_bytes) = (worker.uring, plan.max_response_bytes);
-                tokio::task::spawn_local(health_check(backend, path, uring, max_bytes));
+                rt::spawn(health_check(backend, path, uring, max_bytes));
             }
             return (id, CallEnd::Skipped(Skip::Ejected));
         }
@@ -306,7 +305,7 @@ async fn call(
         Route::Send(ConnSource::Pooled(conn)) => conn,
         Route::Send(ConnSource::New(open)) => {
             let connect = BackendConn::connect(backend.addr, worker.uring, open);
-            match tokio::time::timeout_at(deadline.into(), connect).await {
+            match rt::timeout_at(deadline, connect).await {
                 Ok(Ok(conn)) => conn,
                 Ok(Err(_)) => return (id, CallEnd::Failed),
                 // The deadline passed while connecting: the request counts it as a timeout.
@@ -361,7 +360,7 @@ async fn health_check(backend: Rc<Backend>, path: Rc<str>, uring: bool, max_byte
             .ok()?;
         Some(response.head.status)
     };
-    let status = tokio::time::timeout(HEALTH_CHECK_TIMEOUT, check)
+    let status = rt::timeout(HEALTH_CHECK_TIMEOUT, check)
         .await
         .ok()
         .flatten();

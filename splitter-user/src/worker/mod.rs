@@ -1,5 +1,5 @@
-//! The data plane: one worker thread per CPU, pinned, each its own `tokio-uring` runtime with its
-//! own listener, its own backend connection pools and its own metrics cell. Workers share nothing
+//! The data plane: one worker thread per CPU, pinned, each its own io_uring runtime ([`ring`])
+//! with its own listener, its own backend connection pools and its own metrics cell. Workers share nothing
 //! on the hot path; the control plane reaches them only through two `watch` channels (the
 //! configuration, and shutdown), which they read when those change.
 //!
@@ -13,6 +13,8 @@
 //! - [`backend_conn`]: one connection to a backend, and one exchange on it.
 //! - [`buffers`]: the worker's free list of byte buffers.
 //! - [`conn`]: the sockets of the two I/O shells, io_uring and epoll, behind one type.
+//! - [`ring`]: the io_uring shell's runtime: one ring, one loop, its own timers.
+//! - [`rt`]: spawning and timers, on whichever runtime the worker runs.
 
 pub mod admission;
 pub mod backend_conn;
@@ -23,6 +25,8 @@ pub mod conn;
 pub mod fanout;
 pub mod guards;
 pub mod listener;
+pub mod ring;
+pub mod rt;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -156,18 +160,9 @@ pub struct WorkerSpec {
     pub access_log: Option<Sink>,
 }
 
-/// The io_uring set-up every worker uses: completions are handled by the worker's own thread
-/// only, so the kernel need not interrupt it for them (COOP_TASKRUN) nor lock for other
-/// submitters (SINGLE_ISSUER). Both need Linux 6.0.
-fn ring_builder() -> io_uring::Builder {
-    let mut ring = io_uring::IoUring::builder();
-    ring.setup_coop_taskrun().setup_single_issuer();
-    ring
-}
-
 /// Checks that this process may use io_uring as the workers will; the error says why not.
 pub fn probe_io_uring() -> std::io::Result<()> {
-    ring_builder().build(8).map(drop)
+    ring::driver::builder().build(8).map(drop)
 }
 
 /// Starts a worker thread on the shell `spec.uring` chooses.
@@ -179,10 +174,10 @@ pub fn spawn(spec: WorkerSpec) -> std::io::Result<JoinHandle<()>> {
                 pin_to_cpu(cpu);
             }
             if spec.uring {
-                tokio_uring::builder()
-                    .entries(1024)
-                    .uring_builder(&ring_builder())
-                    .start(run(spec));
+                match ring::Runtime::new(1024) {
+                    Ok(rt) => rt.block_on(run(spec)),
+                    Err(e) => tracing::error!(error = %e, "cannot set up the worker's io_uring"),
+                }
             } else {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -232,7 +227,7 @@ async fn run(spec: WorkerSpec) {
     });
 
     let reloader = Rc::clone(&worker);
-    tokio::task::spawn_local(async move {
+    rt::spawn(async move {
         while config.changed().await.is_ok() {
             let loaded = Arc::clone(&config.borrow_and_update());
             let plan = Plan::new(
@@ -245,11 +240,9 @@ async fn run(spec: WorkerSpec) {
     });
 
     let sweeper = Rc::downgrade(&worker);
-    tokio::task::spawn_local(async move {
-        let mut every = tokio::time::interval(backend_pool::SWEEP_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    rt::spawn(async move {
         loop {
-            every.tick().await;
+            rt::sleep(backend_pool::SWEEP_EVERY).await;
             let Some(worker) = sweeper.upgrade() else {
                 return;
             };
@@ -278,7 +271,7 @@ async fn run(spec: WorkerSpec) {
                     backoff.reset();
                     let worker = Rc::clone(&worker);
                     let open = open.clone();
-                    tokio::task::spawn_local(async move {
+                    rt::spawn(async move {
                         client_conn::serve(&worker, stream).await;
                         drop(open);
                     });
@@ -288,7 +281,7 @@ async fn run(spec: WorkerSpec) {
                     // again later rather than spin on an error that persists.
                     let pause = backoff.next();
                     tracing::warn!(worker = index, error = %e, ?pause, "accept failed");
-                    tokio::time::sleep(pause).await;
+                    rt::sleep(pause).await;
                 }
             },
             _ = shutdown.wait_for(|&stop| stop != Stop::No) => break,
@@ -304,10 +297,7 @@ async fn run(spec: WorkerSpec) {
     // only this process's descriptor goes.
     drop(listener);
     drop(open);
-    if tokio::time::timeout(drain_timeout, drained.recv())
-        .await
-        .is_err()
-    {
+    if rt::timeout(drain_timeout, drained.recv()).await.is_err() {
         tracing::warn!(
             worker = index,
             "drain timed out; closing remaining connections"

@@ -1,0 +1,328 @@
+//! The ring, and every operation in flight: a slab indexed by the submission's `user_data`.
+//!
+//! An operation is awaited by an [`Op`], which owns what the kernel reads or writes (a buffer,
+//! an address). If the `Op` is dropped before its completion, what it owns moves into the slab
+//! and a cancellation is submitted; the slot, and the buffer, are freed at the completion, so
+//! the kernel never writes into freed memory. A socket's readiness poll is an operation too,
+//! multishot: each of its completions marks the socket readable.
+
+use std::any::Any;
+use std::io;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use io_uring::types::{SubmitArgs, Timespec};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use slab::Slab;
+
+use super::net::Readiness;
+use super::with_core;
+
+/// `io_uring_enter` flag: reap completions (and, with `DEFER_TASKRUN`, run the deferred work
+/// that posts them) even when not waiting.
+const ENTER_GETEVENTS: u32 = 1;
+
+/// `user_data` of submissions whose own completion means nothing (cancellations).
+const IGNORED: u64 = u64::MAX;
+
+/// The io_uring set-up of every worker: its completions are only ever reaped by its own thread,
+/// so the kernel neither locks for other submitters (SINGLE_ISSUER) nor interrupts the thread
+/// to post them (DEFER_TASKRUN: they are posted when the thread enters the ring). Linux 6.1.
+pub fn builder() -> io_uring::Builder {
+    let mut ring = IoUring::builder();
+    ring.setup_single_issuer().setup_defer_taskrun();
+    ring
+}
+
+enum State {
+    /// Submitted; the waker of the task that awaits it, and for a read, the readiness of its
+    /// socket and the room it was offered (a short read drained the socket).
+    Waiting(Option<Waker>, Option<(Rc<Readiness>, u32)>),
+    /// Completed, not yet taken: the result.
+    Done(i32),
+    /// Its `Op` was dropped first: what the kernel may still use, kept until the completion.
+    Abandoned { _owned: Option<Box<dyn Any>> },
+    /// A socket's multishot readiness poll.
+    Poll(Rc<Readiness>),
+    /// The read of the runtime's eventfd: a wake-up from another thread.
+    Wakeup,
+}
+
+/// The ring and its operations.
+pub(super) struct Driver {
+    ring: IoUring,
+    ops: Slab<State>,
+    /// The eventfd read's target.
+    wakeup: Box<u64>,
+    eventfd: RawFd,
+    /// The runtime is ending: the eventfd read is not renewed.
+    closing: bool,
+    /// Completions of one turn, taken off the queue before they are handled (handling one may
+    /// submit); kept so a turn allocates nothing.
+    reaped: Vec<cqueue::Entry>,
+}
+
+impl Driver {
+    pub(super) fn new(entries: u32) -> io::Result<Driver> {
+        Ok(Driver {
+            ring: builder().build(entries)?,
+            ops: Slab::with_capacity(entries as usize),
+            wakeup: Box::new(0),
+            eventfd: -1,
+            closing: false,
+            reaped: Vec::with_capacity(entries as usize),
+        })
+    }
+
+    /// Keeps a read of `eventfd` in the ring: its completion is a wake-up from another thread.
+    pub(super) fn watch_eventfd(&mut self, eventfd: RawFd) {
+        self.eventfd = eventfd;
+        self.read_eventfd();
+    }
+
+    fn read_eventfd(&mut self) {
+        let sqe =
+            opcode::Read::new(types::Fd(self.eventfd), (&raw mut *self.wakeup).cast(), 8).build();
+        self.submit(sqe, State::Wakeup);
+    }
+
+    /// Queues `sqe`; it reaches the kernel at the next turn (or now, if the queue is full).
+    fn submit(&mut self, sqe: squeue::Entry, state: State) -> usize {
+        let index = self.ops.insert(state);
+        self.push(sqe.user_data(index as u64));
+        index
+    }
+
+    fn push(&mut self, sqe: squeue::Entry) {
+        // SAFETY: every buffer and address an entry points to is owned by its operation's slot
+        // (or the driver) until the completion.
+        while unsafe { self.ring.submission().push(&sqe) }.is_err() {
+            self.enter(0, None);
+        }
+    }
+
+    /// One entry into the ring: submits what is queued, runs the deferred completions, and
+    /// waits for one if `wait` says so (`Some(None)`: until a completion; `Some(Some(at))`:
+    /// until `at` at the latest); then hands every completion to its operation. True when
+    /// another thread woke the runtime.
+    pub(super) fn turn(&mut self, wait: Option<Option<Instant>>) -> bool {
+        match wait {
+            None => self.enter(0, None),
+            Some(None) => self.enter(1, None),
+            Some(Some(at)) => {
+                let left = at.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    self.enter(0, None);
+                } else {
+                    self.enter(1, Some(left));
+                }
+            }
+        }
+        self.dispatch()
+    }
+
+    fn enter(&mut self, want: usize, timeout: Option<std::time::Duration>) {
+        let pending = self.ring.submission().len() as u32;
+        let submitter = self.ring.submitter();
+        let res = match timeout {
+            Some(left) => {
+                let ts = Timespec::new()
+                    .sec(left.as_secs())
+                    .nsec(left.subsec_nanos());
+                submitter.submit_with_args(want, &SubmitArgs::new().timespec(&ts))
+            }
+            None if want > 0 => submitter.submit_and_wait(want),
+            None => {
+                // SAFETY: a plain submit-and-reap; no argument is passed.
+                unsafe { submitter.enter::<libc::sigset_t>(pending, 0, ENTER_GETEVENTS, None) }
+            }
+        };
+        match res {
+            Ok(_) => {}
+            // The timeout passed, a signal came, or the completion queue is full (reaped next).
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) => {}
+            Err(e) => panic!("io_uring_enter failed: {e}"),
+        }
+    }
+
+    /// Hands each completion to its operation; true when the eventfd was read.
+    fn dispatch(&mut self) -> bool {
+        let mut woke_remote = false;
+        let mut reaped = std::mem::take(&mut self.reaped);
+        reaped.extend(self.ring.completion());
+        for cqe in reaped.drain(..) {
+            let user_data = cqe.user_data();
+            if user_data == IGNORED {
+                continue;
+            }
+            let index = user_data as usize;
+            let res = cqe.result();
+            let more = cqueue::more(cqe.flags());
+            let Some(state) = self.ops.get_mut(index) else {
+                continue;
+            };
+            match state {
+                State::Waiting(waker, drains) => {
+                    if let Some((readiness, room)) = drains {
+                        readiness.read_done(res, *room);
+                    }
+                    let waker = waker.take();
+                    *state = State::Done(res);
+                    if let Some(waker) = waker {
+                        waker.wake();
+                    }
+                }
+                State::Poll(readiness) => {
+                    readiness.event(res, more);
+                    if !more {
+                        self.ops.remove(index);
+                    }
+                }
+                State::Abandoned { .. } => {
+                    if !more {
+                        self.ops.remove(index);
+                    }
+                }
+                State::Wakeup => {
+                    self.ops.remove(index);
+                    woke_remote = true;
+                    if !self.closing {
+                        self.read_eventfd();
+                    }
+                }
+                State::Done(_) => unreachable!("a one-shot operation completed twice"),
+            }
+        }
+        self.reaped = reaped;
+        woke_remote
+    }
+
+    /// Cancels operation `index` (its completion still comes, and frees the slot).
+    fn cancel(&mut self, index: usize) {
+        let sqe = opcode::AsyncCancel::new(index as u64).build();
+        self.push(sqe.user_data(IGNORED));
+    }
+
+    /// At the runtime's end: cancels everything still in flight and waits a little for it to
+    /// complete. What is left then (a kernel that does not answer) is leaked, not freed under it.
+    pub(super) fn shut_down(&mut self) {
+        self.closing = true;
+        let live: Vec<usize> = self.ops.iter().map(|(index, _)| index).collect();
+        for index in live {
+            self.cancel(index);
+        }
+        let until = Instant::now() + std::time::Duration::from_millis(500);
+        while !self.ops.is_empty() && Instant::now() < until {
+            self.enter(1, Some(std::time::Duration::from_millis(10)));
+            self.dispatch();
+            // Completed one-shot operations whose `Op` is gone are freed here.
+            self.ops.retain(|_, state| !matches!(state, State::Done(_)));
+        }
+        for state in self.ops.drain() {
+            std::mem::forget(state);
+        }
+    }
+}
+
+/// The submitting side of an operation: awaits its result, owns `T` (what the kernel uses)
+/// until then, and gives it back with the result.
+pub struct Op<T: 'static> {
+    index: Option<usize>,
+    owned: Option<T>,
+}
+
+impl<T: 'static> Op<T> {
+    /// Submits `sqe`, which points into `owned`.
+    pub(super) fn submit(sqe: squeue::Entry, owned: T) -> Op<T> {
+        Op::submit_state(sqe, owned, State::Waiting(None, None))
+    }
+
+    /// Submits a read on a socket with `readiness`, offering it `room` bytes.
+    pub(super) fn submit_read(
+        sqe: squeue::Entry,
+        owned: T,
+        readiness: Rc<Readiness>,
+        room: u32,
+    ) -> Op<T> {
+        Op::submit_state(sqe, owned, State::Waiting(None, Some((readiness, room))))
+    }
+
+    fn submit_state(sqe: squeue::Entry, owned: T, state: State) -> Op<T> {
+        let index = with_core(|core| core.driver.borrow_mut().submit(sqe, state));
+        Op {
+            index: Some(index),
+            owned: Some(owned),
+        }
+    }
+
+    /// The result (a count, or `-errno`), and what the operation owned.
+    pub fn poll_done(&mut self, cx: &mut Context<'_>) -> Poll<(i32, T)> {
+        let index = self
+            .index
+            .expect("an operation polled after its completion");
+        with_core(|core| {
+            let mut driver = core.driver.borrow_mut();
+            match &mut driver.ops[index] {
+                State::Done(res) => {
+                    let res = *res;
+                    driver.ops.remove(index);
+                    self.index = None;
+                    Poll::Ready((res, self.owned.take().expect("owned until completion")))
+                }
+                State::Waiting(waker, _) => {
+                    match waker {
+                        Some(w) if w.will_wake(cx.waker()) => {}
+                        slot => *slot = Some(cx.waker().clone()),
+                    }
+                    Poll::Pending
+                }
+                _ => unreachable!("an awaited operation is waiting or done"),
+            }
+        })
+    }
+}
+
+impl<T: 'static> Drop for Op<T> {
+    fn drop(&mut self) {
+        let Some(index) = self.index else { return };
+        let owned = self.owned.take().map(|t| Box::new(t) as Box<dyn Any>);
+        let _ = super::CURRENT.try_with(|current| {
+            let current = current.borrow();
+            let Some(core) = current.as_ref() else {
+                // No runtime: the kernel may still write into it; leak rather than free.
+                std::mem::forget(owned);
+                return;
+            };
+            let mut driver = core.driver.borrow_mut();
+            if matches!(driver.ops[index], State::Done(_)) {
+                driver.ops.remove(index);
+            } else {
+                driver.ops[index] = State::Abandoned { _owned: owned };
+                driver.cancel(index);
+            }
+        });
+    }
+}
+
+/// Arms a multishot readiness poll on `fd` for `readiness`; returns its index (to cancel it).
+pub(super) fn poll_readable(fd: RawFd, readiness: Rc<Readiness>) -> usize {
+    let sqe = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+        .multi(true)
+        .build();
+    with_core(|core| core.driver.borrow_mut().submit(sqe, State::Poll(readiness)))
+}
+
+/// Cancels a readiness poll; its last completion frees it.
+pub(super) fn cancel_poll(index: usize) {
+    let _ = super::CURRENT.try_with(|current| {
+        if let Some(core) = &*current.borrow() {
+            core.driver.borrow_mut().cancel(index);
+        }
+    });
+}

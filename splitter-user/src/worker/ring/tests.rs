@@ -1,0 +1,246 @@
+//! The runtime on real sockets and real time (loopback only, each bounded).
+
+use std::cell::{Cell, RefCell};
+use std::io::{Read as _, Write as _};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+fn rt() -> Runtime {
+    Runtime::new(64).expect("io_uring with DEFER_TASKRUN (Linux 6.1)")
+}
+
+/// A connected pair: the ring's end, and a blocking std end for the test to drive.
+fn pair(rt: &Runtime) -> (TcpStream, std::net::TcpStream) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let ours = rt.block_on(TcpStream::connect(addr)).unwrap();
+    let (theirs, _) = listener.accept().unwrap();
+    theirs
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    (ours, theirs)
+}
+
+#[test]
+fn spawned_tasks_run_and_block_on_returns_the_main_output() {
+    let rt = rt();
+    let ran = Rc::new(Cell::new(0));
+    let out = rt.block_on({
+        let ran = Rc::clone(&ran);
+        async move {
+            for _ in 0..3 {
+                let ran = Rc::clone(&ran);
+                spawn(async move { ran.set(ran.get() + 1) });
+            }
+            sleep_until(Instant::now() + Duration::from_millis(5)).await;
+            42
+        }
+    });
+    assert_eq!(out, 42);
+    assert_eq!(ran.get(), 3);
+}
+
+#[test]
+fn sleeps_end_in_deadline_order_and_not_before() {
+    let rt = rt();
+    let order = Rc::new(RefCell::new(Vec::new()));
+    let start = Instant::now();
+    rt.block_on({
+        let order = Rc::clone(&order);
+        async move {
+            for ms in [30u64, 10, 20] {
+                let order = Rc::clone(&order);
+                spawn(async move {
+                    let at = start + Duration::from_millis(ms);
+                    sleep_until(at).await;
+                    assert!(Instant::now() >= at);
+                    order.borrow_mut().push(ms);
+                });
+            }
+            sleep_until(start + Duration::from_millis(60)).await;
+        }
+    });
+    assert_eq!(*order.borrow(), [10, 20, 30]);
+}
+
+#[test]
+fn a_reset_sleep_ends_at_its_new_deadline_and_a_dropped_one_never_wakes() {
+    let rt = rt();
+    let start = Instant::now();
+    rt.block_on(async move {
+        let mut sleep = sleep_until(start + Duration::from_millis(5));
+        // Registered at the first poll.
+        let cx = &mut Context::from_waker(Waker::noop());
+        assert!(Pin::new(&mut sleep).poll(cx).is_pending());
+        sleep.reset(start + Duration::from_millis(40));
+        sleep.await;
+        assert!(start.elapsed() >= Duration::from_millis(40));
+
+        // A dropped sleep's slot is reused by the next: the old deadline must not fire it.
+        let mut early = sleep_until(Instant::now() + Duration::from_millis(5));
+        assert!(Pin::new(&mut early).poll(cx).is_pending());
+        drop(early);
+        let late_at = Instant::now() + Duration::from_millis(40);
+        sleep_until(late_at).await;
+        assert!(Instant::now() >= late_at);
+    });
+}
+
+#[test]
+fn another_thread_wakes_a_waiting_task() {
+    let rt = rt();
+    let (tx, mut rx) = tokio::sync::watch::channel(0);
+    let sender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        tx.send(7).unwrap();
+        // Keep the sender alive until the value is seen.
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    let got = rt.block_on(async move {
+        rx.changed().await.unwrap();
+        *rx.borrow()
+    });
+    assert_eq!(got, 7);
+    sender.join().unwrap();
+}
+
+#[test]
+fn bytes_go_both_ways_and_a_short_read_clears_the_readiness() {
+    let rt = rt();
+    let (ours, mut theirs) = pair(&rt);
+    rt.block_on(async {
+        let (res, _) = ours.write_all(b"ping".to_vec()).await;
+        res.unwrap();
+        let mut got = [0u8; 4];
+        theirs.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping");
+
+        theirs.write_all(b"pong").unwrap();
+        let (res, buf) = ours.read_ready(Vec::with_capacity(64)).await;
+        assert_eq!(res.unwrap(), 4);
+        assert_eq!(buf, b"pong");
+        // Drained: clean without asking the socket.
+        assert!(ours.idle_clean(|| panic!("no event came since the read")));
+
+        // A byte arrives while idle: the poll marks it, and the peek decides.
+        theirs.write_all(b"!").unwrap();
+        ours.readable().await;
+        assert!(!ours.idle_clean(|| false));
+
+        theirs.shutdown(std::net::Shutdown::Write).unwrap();
+        let (res, buf) = ours.read_ready(buf).await;
+        assert_eq!(res.unwrap(), 1);
+        assert_eq!(buf, b"pong!");
+        let (res, _) = ours.read_ready(buf).await;
+        assert_eq!(res.unwrap(), 0, "the end of the stream");
+    });
+}
+
+#[test]
+fn a_read_dropped_in_flight_is_cancelled_and_the_socket_still_works() {
+    let rt = rt();
+    let (ours, mut theirs) = pair(&rt);
+    rt.block_on(async {
+        // Nothing to read: the read waits in the ring until the timeout drops it.
+        let read = ours.read(Vec::with_capacity(64));
+        let deadline = Instant::now() + Duration::from_millis(20);
+        let mut read = std::pin::pin!(read);
+        let mut sleep = sleep_until(deadline);
+        std::future::poll_fn(|cx| {
+            if read.as_mut().poll(cx).is_ready() {
+                panic!("nothing was sent");
+            }
+            Pin::new(&mut sleep).poll(cx)
+        })
+        .await;
+    });
+    rt.block_on(async {
+        theirs.write_all(b"after").unwrap();
+        let (res, buf) = ours.read_ready(Vec::with_capacity(64)).await;
+        assert_eq!(res.unwrap(), 5);
+        assert_eq!(buf, b"after");
+    });
+}
+
+#[test]
+fn a_listener_accepts_and_a_refused_connect_fails() {
+    let rt = rt();
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std_listener.set_nonblocking(true).unwrap();
+    let addr = std_listener.local_addr().unwrap();
+    let listener = TcpListener::from_std(std_listener);
+    rt.block_on(async {
+        let client = std::thread::spawn(move || std::net::TcpStream::connect(addr).unwrap());
+        let accepted = listener.accept().await.unwrap();
+        let client = client.join().unwrap();
+        assert_eq!(accepted.peer_addr().unwrap(), client.local_addr().unwrap());
+
+        // A port nobody listens on (bound, not listening).
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed_addr = closed.local_addr().unwrap();
+        drop(closed);
+        let err = TcpStream::connect(closed_addr).await.err();
+        assert_eq!(
+            err.map(|e| e.kind()),
+            Some(std::io::ErrorKind::ConnectionRefused)
+        );
+    });
+}
+
+#[test]
+fn many_tasks_exchange_on_many_sockets() {
+    let rt = rt();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let echo = std::thread::spawn(move || {
+        let mut peers = Vec::new();
+        for _ in 0..32 {
+            let (mut s, _) = listener.accept().unwrap();
+            peers.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => s.write_all(&buf[..n]).unwrap(),
+                    }
+                }
+            }));
+        }
+        for p in peers {
+            p.join().unwrap();
+        }
+    });
+    let done = Rc::new(Cell::new(0));
+    rt.block_on({
+        let done = Rc::clone(&done);
+        async move {
+            for i in 0..32u8 {
+                let done = Rc::clone(&done);
+                spawn(async move {
+                    let s = TcpStream::connect(addr).await.unwrap();
+                    for round in 0..20u8 {
+                        let msg = vec![i ^ round; 100];
+                        let (res, msg) = s.write_all(msg).await;
+                        res.unwrap();
+                        let mut got = Vec::with_capacity(256);
+                        while got.len() < 100 {
+                            let (res, back) = s.read_ready(got).await;
+                            got = back;
+                            assert!(res.unwrap() > 0);
+                        }
+                        assert_eq!(got, msg);
+                    }
+                    done.set(done.get() + 1);
+                });
+            }
+            let until = Instant::now() + Duration::from_secs(10);
+            while done.get() < 32 && Instant::now() < until {
+                sleep_until(Instant::now() + Duration::from_millis(5)).await;
+            }
+        }
+    });
+    assert_eq!(done.get(), 32);
+    echo.join().unwrap();
+}
