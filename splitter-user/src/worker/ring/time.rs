@@ -36,8 +36,7 @@ fn now_cached() -> Instant {
 }
 
 struct Entry {
-    deadline: Instant,
-    /// Bumped on each reset: heap items of older deadlines are stale.
+    /// Renewed on each reset: heap items of older deadlines are stale.
     version: u64,
     waker: Option<Waker>,
     fired: bool,
@@ -88,7 +87,6 @@ impl Timers {
     fn register(&mut self, deadline: Instant, waker: Waker) -> usize {
         let version = self.version();
         let key = self.entries.insert(Entry {
-            deadline,
             version,
             waker: Some(waker),
             fired: false,
@@ -100,7 +98,6 @@ impl Timers {
     fn reset(&mut self, key: usize, deadline: Instant) {
         let version = self.version();
         let entry = &mut self.entries[key];
-        entry.deadline = deadline;
         entry.version = version;
         entry.fired = false;
         self.heap.push(Reverse((deadline, key, version)));
