@@ -14,7 +14,7 @@
 //!     ([`scatter::select`]), and one request's fan-out state and deadline ([`scatter::exchange`]).
 //!   - [`config`]: TOML to a validated [`config::Config`]; errors name the key and the file.
 //! - Shells:
-//!   - [`worker`]: the data plane, one pinned `tokio-uring` thread per CPU.
+//!   - [`worker`]: the data plane, one pinned io_uring thread per CPU.
 //!   - [`control`]: the control plane on plain `tokio`: admin HTTP, signals, reload, shutdown.
 //!   - [`metrics`]: per-worker counter cells and their Prometheus rendering.
 //!   - [`steering`]: how new connections reach the workers: the eBPF program, or `SO_REUSEPORT`.

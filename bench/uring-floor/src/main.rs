@@ -1,7 +1,7 @@
 //! `uring-floor`: a measurement tool, not the product. It is the leanest fan-out forwarder we
 //! could write on the raw `io-uring` crate (no async runtime, no futures, one thread and one ring
 //! per worker), run on the splitter's load to find the CPU floor per request of an io_uring
-//! worker shell, to be set against the splitter (tokio-uring) and HAProxy.
+//! worker shell, to be set against the splitter and HAProxy.
 //!
 //! Per request it does the splitter's socket work: parse the client's head (httparse) and wait
 //! for the whole body, send one shared request buffer to every backend in one submission, read

@@ -55,7 +55,7 @@ pub struct Server {
 /// The I/O shell of the data plane.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Shell {
-    /// tokio-uring: io_uring completions.
+    /// io_uring: the workers' own ring runtime (`worker::ring`).
     Uring,
     /// tokio: epoll readiness.
     Epoll,

@@ -154,7 +154,7 @@ pub struct WorkerSpec {
     pub admission: Admission,
     /// Longest a draining worker waits for its requests in progress before it gives up on them.
     pub drain_timeout: Duration,
-    /// Run on io_uring (tokio-uring) rather than epoll (tokio).
+    /// Run on io_uring (the worker's own ring runtime) rather than epoll (tokio).
     pub uring: bool,
     /// This worker's access log queue, when the log is on.
     pub access_log: Option<Sink>,
