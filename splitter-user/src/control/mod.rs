@@ -79,13 +79,13 @@ impl Shell {
             (IoMode::Uring, Err(e)) => Err(anyhow::anyhow!(
                 "`io = \"uring\"` but io_uring is not available ({e}). Check \
                  `sysctl kernel.io_uring_disabled` (0 allows it), the container's seccomp \
-                 profile (Docker's default blocks io_uring_setup), and Linux >= 6.0; or set \
+                 profile (Docker's default blocks io_uring_setup), and Linux >= 6.1; or set \
                  `io = \"auto\"` or `\"epoll\"`"
             )),
             (IoMode::Auto, Err(e)) => {
                 tracing::warn!(
                     error = %e,
-                    "io_uring is not available (kernel.io_uring_disabled, seccomp, or Linux < 6.0): \
+                    "io_uring is not available (kernel.io_uring_disabled, seccomp, or Linux < 6.1): \
                      running on epoll"
                 );
                 Ok(Shell::Epoll)
