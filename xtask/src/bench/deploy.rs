@@ -302,7 +302,7 @@ pub fn launch_splitter(
     env: &Env,
     spec: &SplitterSpec,
 ) -> anyhow::Result<(Proc, SocketAddr, SocketAddr)> {
-    let (listen, admin) = (free_port()?, free_port()?);
+    let [listen, admin] = free_ports()?;
     let config = splitter_config(listen, admin, spec);
     let path = env.work_dir.join("splitter.toml");
     std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
@@ -408,8 +408,22 @@ backend mock
 /// A free loopback port. Another process could take it before the target binds it; on this
 /// dedicated benchmark machine that race is not worth a protocol to close.
 fn free_port() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?)
+    let [port] = free_ports()?;
+    Ok(port)
+}
+
+/// `N` distinct free loopback ports: each is held while the next is found, or the kernel may
+/// hand the same one out twice (it did: the splitter then found its admin port taken by its
+/// own listener).
+fn free_ports<const N: usize>() -> anyhow::Result<[SocketAddr; N]> {
+    let held = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").context("finding a free port"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut ports = [SocketAddr::from(([127, 0, 0, 1], 0)); N];
+    for (port, listener) in ports.iter_mut().zip(&held) {
+        *port = listener.local_addr()?;
+    }
+    Ok(ports)
 }
 
 /// Waits until `addr` accepts a connection, failing early (with its log) if `proc` dies.
