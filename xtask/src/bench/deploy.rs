@@ -297,8 +297,25 @@ pub struct SplitterSpec<'a> {
 }
 
 /// Starts `splitter run` as `spec` says on free ports; returns it with its listen and admin
-/// addresses, once both accept.
+/// addresses, once both accept. A port taken between finding it and binding it (by a
+/// connection's ephemeral port) means new ports and another start, twice at most.
 pub fn launch_splitter(
+    env: &Env,
+    spec: &SplitterSpec,
+) -> anyhow::Result<(Proc, SocketAddr, SocketAddr)> {
+    let mut attempt = 1;
+    loop {
+        match try_launch_splitter(env, spec) {
+            Err(e) if attempt < 3 && format!("{e:#}").contains("Address already in use") => {
+                eprintln!("splitter: a port was taken before it bound it; new ports");
+                attempt += 1;
+            }
+            started => return started,
+        }
+    }
+}
+
+fn try_launch_splitter(
     env: &Env,
     spec: &SplitterSpec,
 ) -> anyhow::Result<(Proc, SocketAddr, SocketAddr)> {
