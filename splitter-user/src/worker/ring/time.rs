@@ -2,8 +2,12 @@
 //!
 //! A sleep registers at its first poll that finds it not yet due, and deregisters when dropped;
 //! moving a deadline pushes a new heap item and leaves the old one stale (skipped when it reaches
-//! the top), so a reset costs a push, never a search. The loop fires what is due once per turn
-//! and sleeps in the ring until the earliest deadline.
+//! the top), so a reset costs a push, never a search. Most sleeps are dropped long before their
+//! deadline (a connection's idle timeout ends with its next request), so stale items would pile
+//! up for as long as the longest timeout: the heap is rebuilt from the live entries whenever it
+//! holds more than twice as many items as there are sleeps (plus a slack), which keeps it
+//! bounded at a cost amortised over the pushes that made it grow. The loop fires what is due
+//! once per turn and sleeps in the ring until the earliest deadline.
 
 use std::cell::Cell;
 use std::cmp::Reverse;
@@ -36,11 +40,15 @@ fn now_cached() -> Instant {
 }
 
 struct Entry {
+    deadline: Instant,
     /// Renewed on each reset: heap items of older deadlines are stale.
     version: u64,
     waker: Option<Waker>,
     fired: bool,
 }
+
+/// Stale heap items tolerated beyond twice the live sleeps before a rebuild.
+const COMPACT_SLACK: usize = 1024;
 
 /// A runtime's timers.
 #[derive(Default)]
@@ -87,20 +95,40 @@ impl Timers {
     fn register(&mut self, deadline: Instant, waker: Waker) -> usize {
         let version = self.version();
         let key = self.entries.insert(Entry {
+            deadline,
             version,
             waker: Some(waker),
             fired: false,
         });
         self.heap.push(Reverse((deadline, key, version)));
+        self.compact();
         key
     }
 
     fn reset(&mut self, key: usize, deadline: Instant) {
         let version = self.version();
         let entry = &mut self.entries[key];
+        entry.deadline = deadline;
         entry.version = version;
         entry.fired = false;
         self.heap.push(Reverse((deadline, key, version)));
+        self.compact();
+    }
+
+    /// Rebuilds the heap from the live entries when stale items outnumber them.
+    fn compact(&mut self) {
+        if self.heap.len() <= 2 * self.entries.len() + COMPACT_SLACK {
+            return;
+        }
+        let mut items = std::mem::take(&mut self.heap).into_vec();
+        items.clear();
+        items.extend(
+            self.entries
+                .iter()
+                .filter(|(_, e)| !e.fired)
+                .map(|(key, e)| Reverse((e.deadline, key, e.version))),
+        );
+        self.heap = BinaryHeap::from(items);
     }
 
     fn version(&mut self) -> u64 {
@@ -182,5 +210,47 @@ impl Drop for Sleep {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn sleeps_dropped_before_their_deadline_leave_a_bounded_heap() {
+        let mut timers = Timers::default();
+        let far = Instant::now() + Duration::from_secs(3600);
+        let kept = timers.register(far, Waker::noop().clone());
+        for i in 0..100_000 {
+            let key = timers.register(far + Duration::from_millis(i), Waker::noop().clone());
+            timers.entries.remove(key);
+            assert!(timers.heap.len() <= 2 * (timers.entries.len() + 1) + COMPACT_SLACK);
+        }
+        for i in 0..10_000 {
+            timers.reset(kept, far + Duration::from_millis(i));
+        }
+        assert!(timers.heap.len() <= 2 + COMPACT_SLACK + 1);
+        assert_eq!(
+            timers.next_deadline(),
+            Some(far + Duration::from_millis(9_999))
+        );
+    }
+
+    #[test]
+    fn due_sleeps_fire_once_and_stale_items_do_not_fire_a_reset_one() {
+        let mut timers = Timers::default();
+        let t0 = Instant::now();
+        let a = timers.register(t0 + Duration::from_millis(10), Waker::noop().clone());
+        let b = timers.register(t0 + Duration::from_millis(20), Waker::noop().clone());
+        timers.reset(a, t0 + Duration::from_millis(30));
+        timers.fire_due(t0 + Duration::from_millis(25));
+        assert!(!timers.entries[a].fired, "its old deadline is stale");
+        assert!(timers.entries[b].fired);
+        assert_eq!(timers.next_deadline(), Some(t0 + Duration::from_millis(30)));
+        timers.fire_due(t0 + Duration::from_millis(30));
+        assert!(timers.entries[a].fired);
+        assert_eq!(timers.next_deadline(), None);
     }
 }
