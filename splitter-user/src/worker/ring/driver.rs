@@ -315,7 +315,7 @@ impl<T: 'static> Drop for Op<T> {
 
 /// Arms a multishot readiness poll on `fd` for `readiness`; returns its index (to cancel it).
 pub(super) fn poll_readable(fd: RawFd, readiness: Rc<Readiness>) -> usize {
-    let sqe = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+    let sqe = opcode::PollAdd::new(types::Fd(fd), (libc::POLLIN | libc::POLLRDHUP) as u32)
         .multi(true)
         .build();
     with_core(|core| core.driver.borrow_mut().submit(sqe, State::Poll(readiness)))

@@ -26,6 +26,10 @@ use super::driver::{self, Op};
 pub(crate) struct Readiness {
     /// Bytes (or the end of the stream, or an error) may be waiting.
     ready: Cell<bool>,
+    /// The peer closed (or the socket failed): readable for good. A short read does not clear
+    /// it, since the end of the stream can arrive with the last bytes and raise no event after
+    /// the read that takes them.
+    closed: Cell<bool>,
     /// The poll's slot while it is armed.
     poll: Cell<Option<usize>>,
     /// The task waiting for the socket to become readable.
@@ -36,6 +40,7 @@ impl Readiness {
     fn new() -> Rc<Readiness> {
         Rc::new(Readiness {
             ready: Cell::new(false),
+            closed: Cell::new(false),
             poll: Cell::new(None),
             waiter: RefCell::new(None),
         })
@@ -50,6 +55,10 @@ impl Readiness {
             return;
         }
         // Readable, hung up, in error, or the poll itself failed: the next read will say which.
+        let hung_up = (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) as i32;
+        if res > 0 && res & hung_up != 0 {
+            self.closed.set(true);
+        }
         self.ready.set(true);
         if let Some(waker) = self.waiter.borrow_mut().take() {
             waker.wake();
@@ -59,7 +68,12 @@ impl Readiness {
     /// A read on the socket completed with `res` where `room` bytes were offered: if it came
     /// back short, or found nothing, it drained the socket.
     pub(super) fn read_done(&self, res: i32, room: u32) {
-        if res == -libc::EAGAIN || (res > 0 && (res as u32) < room) {
+        // Nothing there at all: whatever an event said is over (even a hang-up, which leaves
+        // the end of the stream to read, never `EAGAIN`).
+        if res == -libc::EAGAIN {
+            self.ready.set(false);
+            self.closed.set(false);
+        } else if !self.closed.get() && res > 0 && (res as u32) < room {
             self.ready.set(false);
         }
     }

@@ -244,3 +244,33 @@ fn many_tasks_exchange_on_many_sockets() {
     assert_eq!(done.get(), 32);
     echo.join().unwrap();
 }
+
+#[test]
+fn the_end_of_the_stream_that_came_with_the_last_bytes_is_read() {
+    let rt = rt();
+    let (ours, mut theirs) = pair(&rt);
+    // The last bytes and the FIN arrive before any read: the poll reports both at once, and the
+    // short read that takes the bytes must not hide the end of the stream behind it.
+    theirs.write_all(b"last").unwrap();
+    theirs.shutdown(std::net::Shutdown::Write).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    rt.block_on(async {
+        ours.readable().await;
+        let (res, buf) = ours.read_ready(Vec::with_capacity(64)).await;
+        assert_eq!(res.unwrap(), 4);
+        let read = ours.read_ready(buf);
+        let mut read = std::pin::pin!(read);
+        let mut give_up = sleep_until(Instant::now() + Duration::from_secs(2));
+        let n = std::future::poll_fn(|cx| {
+            if let Poll::Ready((res, _)) = read.as_mut().poll(cx) {
+                return Poll::Ready(res.unwrap());
+            }
+            if Pin::new(&mut give_up).poll(cx).is_ready() {
+                panic!("the end of the stream was never read");
+            }
+            Poll::Pending
+        })
+        .await;
+        assert_eq!(n, 0);
+    });
+}
