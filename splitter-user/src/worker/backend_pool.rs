@@ -4,8 +4,8 @@
 //! A connection goes back to the pool only after its response was read to the end with no byte
 //! beyond it. Before reuse it is checked: any byte waiting on an idle connection, or its end,
 //! closes it (pingora's rule), so a late or unsolicited reply can never be read as another
-//! request's answer. The check is its readiness (epoll, or the ring's poll), free; a non-blocking peek asks the socket
-//! only when an event came while it was idle. A sweep every [`SWEEP_EVERY`] closes idle
+//! request's answer. The check is its readiness (epoll, or the ring's poll), free; a
+//! non-blocking peek asks the socket only when an event came while it was idle. A sweep every [`SWEEP_EVERY`] closes idle
 //! connections the backend closed (so none lingers in CLOSE-WAIT) and those idle past
 //! `backend_idle_timeout_ms` (so the splitter, not the backend, closes them, never under a
 //! request).
