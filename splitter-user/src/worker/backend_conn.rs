@@ -4,7 +4,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use super::buffers::{self, Shared};
 use super::conn::{Conn, READ_CHUNK};
@@ -118,12 +117,14 @@ pub async fn exchange(
     head_request: bool,
     limits: ReplyLimits,
 ) -> Result<(Response, bool), ExchangeError> {
-    conn.stream.write_shared(request).await?;
+    // Not waited for: the reply is. A write that fails leaves the socket in error (the read
+    // then fails) or, at worst, the reply missing until the caller's deadline.
+    let mut sent = conn.stream.send_shared(request).await?;
     let mut reader = ReplyReader::new(head_request, limits);
     let mut raw = buffers::take(READ_CHUNK);
     let mut head = None;
     let whole = loop {
-        match reader.step(&mut raw, &mut head, Instant::now)? {
+        match reader.step(&mut raw, &mut head, super::rt::now)? {
             Step::Done(whole) => break whole,
             Step::Read => {
                 let (n, more) = conn.stream.read_ready(raw).await;
@@ -139,5 +140,5 @@ pub async fn exchange(
         head: head.expect("a whole reply has a head"),
         body_end: whole.body_end,
     };
-    Ok((response, whole.reusable))
+    Ok((response, whole.reusable && sent.ended_whole()))
 }

@@ -59,6 +59,12 @@ fn connection_header(close: bool, version: Version) -> ConnectionHeader {
     }
 }
 
+/// Microseconds from `started` to the loop's clock, for the latency histogram.
+fn micros_since(started: Instant) -> u64 {
+    let elapsed = rt::now().saturating_duration_since(started);
+    elapsed.as_micros().min(u64::MAX.into()) as u64
+}
+
 struct ClientConn {
     stream: Conn,
     /// How long the client may take to take a response (`send_timeout_ms`).
@@ -215,7 +221,7 @@ impl ClientConn {
                 status: if no_content { 204 } else { 200 },
                 winner,
                 value,
-                duration: started.elapsed(),
+                duration: rt::now().saturating_duration_since(started),
                 backends,
             };
             if !log.push(record) {
@@ -233,7 +239,7 @@ impl ClientConn {
     async fn read_head(&mut self, worker: &Rc<Worker>) -> Option<(RequestHead, Instant)> {
         let header_timeout = worker.plan.borrow().header_timeout;
         // A request already (partly) buffered started arriving no later than now.
-        let mut deadline = (!self.buf.is_empty()).then(|| Instant::now() + header_timeout);
+        let mut deadline = (!self.buf.is_empty()).then(|| rt::now() + header_timeout);
         // Bytes already looked at: a head is parsed again only once a line has ended in the new
         // bytes (or it is over the limit), so a head sent a byte at a time costs a parse per
         // line, not one per byte.
@@ -247,7 +253,7 @@ impl ClientConn {
             if started && line_ended {
                 match parse_request(&self.buf, &plan.limits, &mut self.forward) {
                     Ok(Some(head)) => {
-                        let deadline = deadline.unwrap_or_else(|| Instant::now() + header_timeout);
+                        let deadline = deadline.unwrap_or_else(|| rt::now() + header_timeout);
                         return Some((head, deadline));
                     }
                     Ok(None) => {}
@@ -263,13 +269,13 @@ impl ClientConn {
             let read = match deadline {
                 Some(at) => self.read_until(at, None).await,
                 None => {
-                    let idle = Instant::now() + plan.idle_timeout;
+                    let idle = rt::now() + plan.idle_timeout;
                     self.read_until(idle, Some(worker)).await
                 }
             };
             match read {
                 Read::More => {
-                    deadline.get_or_insert_with(|| Instant::now() + header_timeout);
+                    deadline.get_or_insert_with(|| rt::now() + header_timeout);
                 }
                 Read::Closed | Read::Draining => return None,
                 Read::TimedOut => {
@@ -439,9 +445,7 @@ impl ClientConn {
         let ok = self.write_raw().await;
         worker.counters.response(status);
         if let Some(started) = started {
-            worker
-                .counters
-                .latency(started.elapsed().as_micros().min(u64::MAX as u128) as u64);
+            worker.counters.latency(micros_since(started));
         }
         ok
     }

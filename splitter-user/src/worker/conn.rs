@@ -114,11 +114,32 @@ impl Conn {
         }
     }
 
-    /// Writes all of a shared buffer (the request every backend gets).
-    pub async fn write_shared(&self, buf: Shared) -> io::Result<()> {
+    /// Writes a shared buffer (the request every backend gets) without waiting for the write to
+    /// end where the shell allows it: on io_uring it is submitted and left in flight, to be
+    /// looked at once the reply is in ([`Sent::ended_whole`]); on epoll it is written here.
+    pub async fn send_shared(&self, buf: Shared) -> io::Result<Sent> {
         match self {
-            Conn::Uring(s) => s.write_all(buf).await.0,
-            Conn::Epoll(s) => epoll_write_all(s, &buf).await,
+            Conn::Uring(s) => Ok(Sent::InFlight(s.start_write(buf))),
+            Conn::Epoll(s) => epoll_write_all(s, &buf).await.map(|()| Sent::Whole),
+        }
+    }
+}
+
+/// A write [`Conn::send_shared`] started.
+pub enum Sent {
+    /// Still in the ring, or ended there; cancelled if dropped unfinished.
+    InFlight(ring::net::Write<Shared>),
+    /// Written.
+    Whole,
+}
+
+impl Sent {
+    /// Whether every byte was sent: false while the write is in flight (a reply came before
+    /// the whole request left) or when it failed. Either way the connection is not reused.
+    pub fn ended_whole(&mut self) -> bool {
+        match self {
+            Sent::InFlight(write) => write.ended_whole(),
+            Sent::Whole => true,
         }
     }
 }

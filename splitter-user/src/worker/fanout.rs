@@ -153,7 +153,7 @@ pub async fn scatter(worker: &Rc<Worker>, plan: &Rc<Plan>, request: Request) -> 
         calls.retain_mut(|call| match call.as_mut().poll(cx) {
             Poll::Pending => true,
             Poll::Ready((id, end)) => {
-                let now = Instant::now();
+                let now = rt::now();
                 match end {
                     CallEnd::Reply { response, .. } => {
                         let scratch = &mut worker.scratch.borrow_mut();
@@ -166,7 +166,7 @@ pub async fn scatter(worker: &Rc<Worker>, plan: &Rc<Plan>, request: Request) -> 
                 false
             }
         });
-        let mut now = Instant::now();
+        let mut now = rt::now();
         loop {
             if let Some(outcome) = exchange.poll_outcome(now) {
                 return Poll::Ready(outcome);
@@ -215,7 +215,7 @@ pub async fn scatter(worker: &Rc<Worker>, plan: &Rc<Plan>, request: Request) -> 
     }
 
     let counters = &worker.counters;
-    let now = Instant::now();
+    let now = rt::now();
     let mut backends = [None; MAX_BACKENDS];
     for (id, b) in plan.backends.iter().enumerate() {
         if request.backends & (1 << id) == 0 || b.options.borrow().shadow {
@@ -259,7 +259,7 @@ fn shadow_outcome(
     deadline: Instant,
     floor: Option<f64>,
 ) {
-    let now = Instant::now();
+    let now = rt::now();
     let (outcome, invalid) = match end {
         CallEnd::Reply { .. } | CallEnd::Failed | CallEnd::GaveUp if now >= deadline => {
             (BackendOutcome::Timeout, None)
@@ -292,7 +292,7 @@ async fn call(
     deadline: Instant,
 ) -> (BackendId, CallEnd) {
     let backend = &plan.backends[id];
-    let mut conn = match backend.route(Instant::now()) {
+    let mut conn = match backend.route(rt::now()) {
         Route::Ejected { check } => {
             if let Some(path) = check {
                 let backend = Rc::clone(backend);
@@ -321,11 +321,13 @@ async fn call(
     // Bounded by whoever polls it (see the module's documentation).
     match exchange(&mut conn, bytes, request.head, limits).await {
         Ok((response, reusable)) => {
-            let elapsed = request.started.elapsed().as_micros();
+            let elapsed = rt::now()
+                .saturating_duration_since(request.started)
+                .as_micros();
             worker
                 .counters
                 .backend_latency(backend.slot, elapsed.min(u64::MAX.into()) as u64);
-            let kept = reusable && backend.put(conn, Instant::now());
+            let kept = reusable && backend.put(conn, rt::now());
             (id, CallEnd::Reply { response, kept })
         }
         Err(e) => {

@@ -44,7 +44,18 @@ pub fn sleep_until(deadline: Instant) -> Sleep {
 
 /// A sleep for `duration`.
 pub fn sleep(duration: Duration) -> Sleep {
-    sleep_until(Instant::now() + duration)
+    sleep_until(now() + duration)
+}
+
+/// The time, for timeouts and measurements: on the ring, the loop's reading at the start of
+/// this turn (a little behind, never ahead: a timeout counted from it ends early by at most a
+/// turn); on tokio, the clock. Deadlines a client is promised count from the clock itself.
+pub fn now() -> Instant {
+    if ring::is_current() {
+        ring::now_cached()
+    } else {
+        Instant::now()
+    }
 }
 
 impl Sleep {
@@ -100,7 +111,7 @@ pub fn timeout_at<F: Future>(deadline: Instant, future: F) -> Timeout<F> {
 
 /// `future`'s output, or [`Elapsed`] if it takes longer than `duration`.
 pub fn timeout<F: Future>(duration: Duration, future: F) -> Timeout<F> {
-    timeout_at(Instant::now() + duration, future)
+    timeout_at(now() + duration, future)
 }
 
 impl<F: Future> Future for Timeout<F> {

@@ -40,6 +40,14 @@ enum State {
     /// Submitted; the waker of the task that awaits it, and for a read, the readiness of its
     /// socket and the room it was offered (a short read drained the socket).
     Waiting(Option<Waker>, Option<(Rc<Readiness>, u32)>),
+    /// A read not yet submitted: the socket's poll submits it when it next reports the socket
+    /// readable, so the task is woken once, by the read's completion, not first by the event.
+    Armed {
+        waker: Option<Waker>,
+        sqe: squeue::Entry,
+        readiness: Rc<Readiness>,
+        room: u32,
+    },
     /// Completed, not yet taken: the result.
     Done(i32),
     /// Its `Op` was dropped first: what the kernel may still use, kept until the completion.
@@ -183,8 +191,12 @@ impl Driver {
                 }
                 State::Poll(readiness) => {
                     readiness.event(res, more);
+                    let armed = readiness.take_armed_read();
                     if !more {
                         self.ops.remove(index);
+                    }
+                    if let Some(read) = armed {
+                        self.submit_armed(read);
                     }
                 }
                 State::Abandoned { .. } => {
@@ -200,10 +212,28 @@ impl Driver {
                     }
                 }
                 State::Done(_) => unreachable!("a one-shot operation completed twice"),
+                State::Armed { .. } => {
+                    unreachable!("an armed read completed before its submission")
+                }
             }
         }
         self.reaped = reaped;
         woke_remote
+    }
+
+    /// Submits the armed read `index`: its socket is readable.
+    fn submit_armed(&mut self, index: usize) {
+        let State::Armed {
+            waker,
+            sqe,
+            readiness,
+            room,
+        } = std::mem::replace(&mut self.ops[index], State::Done(0))
+        else {
+            unreachable!("a socket's armed read is in the armed state");
+        };
+        self.ops[index] = State::Waiting(waker, Some((readiness, room)));
+        self.push(sqe.user_data(index as u64));
     }
 
     /// Cancels operation `index` (its completion still comes, and frees the slot).
@@ -256,6 +286,29 @@ impl<T: 'static> Op<T> {
         Op::submit_state(sqe, owned, State::Waiting(None, Some((readiness, room))))
     }
 
+    /// A read on a socket with `readiness` that is not readable now: submitted by the driver
+    /// when the socket's poll (armed by the caller) next reports it readable.
+    pub(super) fn arm_read(
+        sqe: squeue::Entry,
+        owned: T,
+        readiness: Rc<Readiness>,
+        room: u32,
+    ) -> Op<T> {
+        let index = with_core(|core| {
+            core.driver.borrow_mut().ops.insert(State::Armed {
+                waker: None,
+                sqe,
+                readiness: Rc::clone(&readiness),
+                room,
+            })
+        });
+        readiness.set_armed_read(index);
+        Op {
+            index: Some(index),
+            owned: Some(owned),
+        }
+    }
+
     fn submit_state(sqe: squeue::Entry, owned: T, state: State) -> Op<T> {
         let index = with_core(|core| core.driver.borrow_mut().submit(sqe, state));
         Op {
@@ -278,7 +331,7 @@ impl<T: 'static> Op<T> {
                     self.index = None;
                     Poll::Ready((res, self.owned.take().expect("owned until completion")))
                 }
-                State::Waiting(waker, _) => {
+                State::Waiting(waker, _) | State::Armed { waker, .. } => {
                     match waker {
                         Some(w) if w.will_wake(cx.waker()) => {}
                         slot => *slot = Some(cx.waker().clone()),
@@ -287,6 +340,21 @@ impl<T: 'static> Op<T> {
                 }
                 _ => unreachable!("an awaited operation is waiting or done"),
             }
+        })
+    }
+
+    /// The result and what the operation owned, if it has completed; never registers to be
+    /// woken (a send nobody waits for is looked at when its reply is in).
+    pub fn try_done(&mut self) -> Option<(i32, T)> {
+        let index = self.index?;
+        with_core(|core| {
+            let mut driver = core.driver.borrow_mut();
+            let State::Done(res) = driver.ops[index] else {
+                return None;
+            };
+            driver.ops.remove(index);
+            self.index = None;
+            Some((res, self.owned.take().expect("owned until completion")))
         })
     }
 }
@@ -303,7 +371,11 @@ impl<T: 'static> Drop for Op<T> {
                 return;
             };
             let mut driver = core.driver.borrow_mut();
-            if matches!(driver.ops[index], State::Done(_)) {
+            if let State::Armed { readiness, .. } = &driver.ops[index] {
+                // Never submitted: nothing of it is in the kernel.
+                readiness.take_armed_read();
+                driver.ops.remove(index);
+            } else if matches!(driver.ops[index], State::Done(_)) {
                 driver.ops.remove(index);
             } else {
                 driver.ops[index] = State::Abandoned { _owned: owned };

@@ -35,13 +35,16 @@ use driver::Driver;
 use time::Timers;
 
 pub use net::{TcpListener, TcpStream};
-pub use time::{sleep_until, Sleep};
+pub use time::{now_cached, sleep_until, Sleep};
 
 /// Most tasks polled between two entries into the ring: a flood of wake-ups cannot keep the
 /// loop from submitting and reaping.
 const BUDGET: usize = 256;
 
 type Task = Pin<Box<dyn Future<Output = ()>>>;
+
+/// A task's slot: who wakes it, and, while it is not being polled, its waker and itself.
+type Slot = (Arc<Header>, Option<(Waker, Task)>);
 
 /// What a waker points to: its task, and the way back to its runtime from any thread.
 struct Header {
@@ -103,7 +106,9 @@ impl Remote {
 struct Core {
     driver: RefCell<Driver>,
     timers: RefCell<Timers>,
-    tasks: RefCell<Slab<(Arc<Header>, Option<Task>)>>,
+    /// Each task with its waker, made once (a poll borrows it: no count to touch); the pair is
+    /// out of its slot while the task is polled.
+    tasks: RefCell<Slab<Slot>>,
     run_queue: RefCell<VecDeque<Arc<Header>>>,
     remote: Arc<Remote>,
 }
@@ -139,7 +144,8 @@ pub fn spawn(task: impl Future<Output = ()> + 'static) {
             remote: Arc::clone(&core.remote),
         });
         core.run_queue.borrow_mut().push_back(Arc::clone(&header));
-        entry.insert((header, Some(Box::pin(task))));
+        let waker = Waker::from(Arc::clone(&header));
+        entry.insert((header, Some((waker, Box::pin(task)))));
     });
 }
 
@@ -235,8 +241,9 @@ fn run_task(core: &Core, header: &Arc<Header>) {
             _ => None,
         }
     };
-    let Some(mut task) = task else { return };
-    let waker = Waker::from(Arc::clone(header));
+    let Some((waker, mut task)) = task else {
+        return;
+    };
     let done = task
         .as_mut()
         .poll(&mut Context::from_waker(&waker))
@@ -245,7 +252,7 @@ fn run_task(core: &Core, header: &Arc<Header>) {
     if done {
         tasks.remove(header.slot);
     } else {
-        tasks[header.slot].1 = Some(task);
+        tasks[header.slot].1 = Some((waker, task));
     }
 }
 

@@ -34,6 +34,8 @@ pub(crate) struct Readiness {
     poll: Cell<Option<usize>>,
     /// The task waiting for the socket to become readable.
     waiter: RefCell<Option<Waker>>,
+    /// The read the poll's next event submits (see [`TcpStream::read_ready`]).
+    armed_read: Cell<Option<usize>>,
 }
 
 impl Readiness {
@@ -43,7 +45,16 @@ impl Readiness {
             closed: Cell::new(false),
             poll: Cell::new(None),
             waiter: RefCell::new(None),
+            armed_read: Cell::new(None),
         })
+    }
+
+    pub(super) fn set_armed_read(&self, op: usize) {
+        self.armed_read.set(Some(op));
+    }
+
+    pub(super) fn take_armed_read(&self) -> Option<usize> {
+        self.armed_read.take()
     }
 
     /// A completion of the socket's poll.
@@ -78,16 +89,21 @@ impl Readiness {
         }
     }
 
+    /// Arms the socket's poll if it is not armed.
+    fn arm(self: &Rc<Self>, fd: RawFd) {
+        if self.poll.get().is_none() {
+            self.poll
+                .set(Some(driver::poll_readable(fd, Rc::clone(self))));
+        }
+    }
+
     /// Waits until the socket is readable, arming its poll if it is not armed.
     async fn readable(self: &Rc<Self>, fd: RawFd) {
         poll_fn(|cx| {
             if self.ready.get() {
                 return Poll::Ready(());
             }
-            if self.poll.get().is_none() {
-                self.poll
-                    .set(Some(driver::poll_readable(fd, Rc::clone(self))));
-            }
+            self.arm(fd);
             let mut waiter = self.waiter.borrow_mut();
             match &*waiter {
                 Some(w) if w.will_wake(cx.waker()) => {}
@@ -170,11 +186,16 @@ impl TcpStream {
         self.recv(buf, 0).await
     }
 
-    /// Reads once when the socket is readable (see the module's documentation).
+    /// Reads once when the socket is readable (see the module's documentation). When it is not
+    /// readable yet, the read waits armed in the driver, which submits it at the poll's next
+    /// event: the task is woken once, by the bytes, not first by the event and then by them.
     pub async fn read_ready(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         loop {
-            self.readable().await;
-            let (res, back) = self.recv(buf, libc::MSG_DONTWAIT).await;
+            let (res, back) = if self.readiness.ready.get() {
+                self.recv(buf, libc::MSG_DONTWAIT).await
+            } else {
+                self.recv_armed(buf).await
+            };
             buf = back;
             match res {
                 // The event was older than the last read: wait for the next one.
@@ -184,23 +205,59 @@ impl TcpStream {
         }
     }
 
-    async fn recv(&self, mut buf: Vec<u8>, flags: i32) -> (io::Result<usize>, Vec<u8>) {
+    async fn recv(&self, buf: Vec<u8>, flags: i32) -> (io::Result<usize>, Vec<u8>) {
+        let (sqe, room) = self.recv_sqe(&buf, flags);
+        let op = Op::submit_read(sqe, buf, Rc::clone(&self.readiness), room);
+        Self::received(op).await
+    }
+
+    /// A `MSG_DONTWAIT` receive submitted at the poll's next event.
+    async fn recv_armed(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        self.readiness.arm(self.socket.as_raw_fd());
+        let (sqe, room) = self.recv_sqe(&buf, libc::MSG_DONTWAIT);
+        let op = Op::arm_read(sqe, buf, Rc::clone(&self.readiness), room);
+        Self::received(op).await
+    }
+
+    /// A receive into `buf`'s spare capacity, and the room it offers.
+    fn recv_sqe(&self, buf: &Vec<u8>, flags: i32) -> (io_uring::squeue::Entry, u32) {
         let len = buf.len();
         let room = (buf.capacity() - len).min(u32::MAX as usize) as u32;
-        // SAFETY: `len` is within the allocation; the kernel writes at most `room` bytes after
-        // it, into the spare capacity the operation owns (with `buf`) until the completion.
-        let ptr = unsafe { buf.as_mut_ptr().add(len) };
+        // The kernel writes at most `room` bytes after `len`, into the spare capacity of the
+        // heap allocation the operation owns (with `buf`) until the completion: the pointer is
+        // used by the kernel only, never to make a reference.
+        let ptr = buf.as_ptr().wrapping_add(len).cast_mut();
         let sqe = opcode::Recv::new(types::Fd(self.socket.as_raw_fd()), ptr, room)
             .flags(flags)
             .build();
-        let mut op = Op::submit_read(sqe, buf, Rc::clone(&self.readiness), room);
+        (sqe, room)
+    }
+
+    async fn received(mut op: Op<Vec<u8>>) -> (io::Result<usize>, Vec<u8>) {
         let (res, mut buf) = poll_fn(|cx| op.poll_done(cx)).await;
+        let len = buf.len();
         if res < 0 {
             return (Err(io::Error::from_raw_os_error(-res)), buf);
         }
         // SAFETY: the kernel initialised `res` bytes after `len`.
         unsafe { buf.set_len(len + res as usize) };
         (Ok(res as usize), buf)
+    }
+
+    /// Starts writing all of `buf` and returns at once: the request to a backend is not waited
+    /// for (its task would be woken for nothing), only its reply is. `MSG_WAITALL` has the
+    /// kernel finish a short write itself, so the one completion says whole or failed.
+    pub fn start_write<B: Deref<Target = [u8]> + 'static>(&self, buf: B) -> Write<B> {
+        let len = buf.len().min(u32::MAX as usize) as u32;
+        let sqe = opcode::Send::new(types::Fd(self.socket.as_raw_fd()), buf.as_ptr(), len)
+            .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
+            .build();
+        // The bytes live in `buf`'s heap allocation, which the operation owns.
+        Write {
+            whole: buf.len() == len as usize,
+            len,
+            op: Op::submit(sqe, buf),
+        }
     }
 
     /// Whether the socket is as its last read left it: no byte and no end of stream since. True
@@ -242,6 +299,25 @@ impl TcpStream {
             }
         }
         (Ok(()), buf)
+    }
+}
+
+/// A write in flight, started by [`TcpStream::start_write`]; cancelled if dropped unfinished.
+pub struct Write<B: 'static> {
+    op: Op<B>,
+    len: u32,
+    /// All of the buffer was submitted (it is under 4 GiB).
+    whole: bool,
+}
+
+impl<B: 'static> Write<B> {
+    /// Whether the write has ended, every byte sent; false while it is in flight, or when it
+    /// failed. Never waits, never registers to be woken.
+    pub fn ended_whole(&mut self) -> bool {
+        match self.op.try_done() {
+            Some((res, _buf)) => self.whole && res >= 0 && res as u32 == self.len,
+            None => false,
+        }
     }
 }
 

@@ -274,3 +274,107 @@ fn the_end_of_the_stream_that_came_with_the_last_bytes_is_read() {
         assert_eq!(n, 0);
     });
 }
+
+/// A waker that counts its wake-ups.
+struct Counting(std::sync::atomic::AtomicUsize);
+
+impl Wake for Counting {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn a_read_armed_before_the_bytes_is_submitted_by_the_poll_and_wakes_its_task_once() {
+    let rt = rt();
+    let (ours, mut theirs) = pair(&rt);
+    rt.block_on(async {
+        let wakes = Arc::new(Counting(0.into()));
+        let waker = Waker::from(Arc::clone(&wakes));
+        let read = ours.read_ready(Vec::with_capacity(64));
+        let mut read = std::pin::pin!(read);
+        let cx = &mut Context::from_waker(&waker);
+        assert!(read.as_mut().poll(cx).is_pending(), "nothing was sent");
+        theirs.write_all(b"bytes").unwrap();
+        // Other turns go by (this task sleeps on its own waker) until the read is done.
+        let give_up = Instant::now() + Duration::from_secs(2);
+        while wakes.0.load(Ordering::Relaxed) == 0 {
+            assert!(Instant::now() < give_up, "the armed read never completed");
+            sleep_until(Instant::now() + Duration::from_millis(1)).await;
+        }
+        let Poll::Ready((res, buf)) = read.as_mut().poll(cx) else {
+            panic!("woken before the read completed");
+        };
+        assert_eq!(res.unwrap(), 5);
+        assert_eq!(buf, b"bytes");
+        assert_eq!(
+            wakes.0.load(Ordering::Relaxed),
+            1,
+            "woken by the read only, not first by the poll's event"
+        );
+    });
+}
+
+#[test]
+fn an_armed_read_dropped_before_its_event_leaves_nothing_behind() {
+    let rt = rt();
+    let (ours, mut theirs) = pair(&rt);
+    rt.block_on(async {
+        {
+            let read = ours.read_ready(Vec::with_capacity(64));
+            let mut read = std::pin::pin!(read);
+            let cx = &mut Context::from_waker(Waker::noop());
+            assert!(read.as_mut().poll(cx).is_pending());
+        }
+        // The event that comes now has no read to submit; the next read takes the bytes.
+        theirs.write_all(b"later").unwrap();
+        ours.readable().await;
+        let (res, buf) = ours.read_ready(Vec::with_capacity(64)).await;
+        assert_eq!(res.unwrap(), 5);
+        assert_eq!(buf, b"later");
+    });
+}
+
+#[test]
+fn a_write_nobody_waits_for_ends_whole_past_a_full_socket_buffer() {
+    let rt = rt();
+    let (ours, mut theirs) = pair(&rt);
+    // Far more than the socket buffers hold: the kernel must finish the short write itself.
+    let big: Vec<u8> = (0..8 << 20).map(|i| (i % 251) as u8).collect();
+    let expected = big.clone();
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![0u8; expected.len()];
+        theirs.read_exact(&mut got).unwrap();
+        assert!(got == expected, "the bytes arrive whole and in order");
+        theirs.write_all(b"done").unwrap();
+    });
+    rt.block_on(async {
+        let mut write = ours.start_write(big);
+        assert!(
+            !write.ended_whole(),
+            "still in flight: the peer has not read"
+        );
+        let (res, _) = ours.read_ready(Vec::with_capacity(64)).await;
+        assert_eq!(res.unwrap(), 4);
+        assert!(write.ended_whole());
+    });
+    reader.join().unwrap();
+}
+
+#[test]
+fn a_write_to_a_reset_connection_does_not_end_whole() {
+    let rt = rt();
+    let (ours, theirs) = pair(&rt);
+    // Closed with unread bytes, so the kernel resets the connection.
+    socket2::SockRef::from(&theirs)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(theirs);
+    rt.block_on(async {
+        let mut write = ours.start_write(vec![1u8; 64 << 10]);
+        let (res, _) = ours.read_ready(Vec::with_capacity(64)).await;
+        assert!(matches!(res, Ok(0) | Err(_)), "the read sees the reset");
+        // The write failed as it was submitted, in the turn before the read's.
+        assert!(!write.ended_whole());
+    });
+}

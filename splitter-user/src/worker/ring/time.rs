@@ -35,7 +35,9 @@ pub(super) fn now_fresh() -> Instant {
     now
 }
 
-fn now_cached() -> Instant {
+/// The clock as the loop read it at the start of this turn, after the completions the turn's
+/// tasks handle were reaped: a little behind the time, never ahead, and no clock read.
+pub fn now_cached() -> Instant {
     NOW.with(|n| n.get()).unwrap_or_else(now_fresh)
 }
 
