@@ -375,22 +375,13 @@ impl ClientConn {
         // Between requests the buffers go back to the worker's pool, and come from it again when
         // bytes arrive: an idle keep-alive connection holds its socket and its task, no buffer.
         self.park_buffers();
-        let next = async {
-            self.stream.readable().await?;
-            let buf = buffers::take(READ_CHUNK);
-            io::Result::Ok(self.stream.read_ready(buf).await)
-        };
+        let next = self.stream.read_next(|| buffers::take(READ_CHUNK));
         let timed = rt::timeout_at(deadline, next);
         let mut shutdown = worker.shutdown.clone();
         let read = tokio::select! {
             r = timed => r,
             // The read was abandoned (its buffer, if any, with it); the connection ends anyway.
             _ = shutdown.wait_for(|&stop| stop == Stop::Drain) => return Read::Draining,
-        };
-        let read = match read {
-            Ok(Ok(done)) => Ok(done),
-            Ok(Err(e)) => Ok((Err(e), Vec::new())),
-            Err(elapsed) => Err(elapsed),
         };
         let more = self.took(read);
         if matches!(more, Read::More) {

@@ -92,6 +92,21 @@ impl Conn {
         }
     }
 
+    /// Waits, holding no buffer, until the socket is readable, then reads once, like
+    /// [`Conn::read_ready`], into a buffer `take` gives then (on io_uring, the driver takes it
+    /// as it submits the read: the task is woken once, with the bytes).
+    pub async fn read_next(&self, take: fn() -> Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        match self {
+            Conn::Uring(s) => s.read_next(take).await,
+            Conn::Epoll(_) => {
+                if let Err(e) = self.readable().await {
+                    return (Err(e), Vec::new());
+                }
+                self.read_ready(take()).await
+            }
+        }
+    }
+
     /// Whether an idle socket is still as its last read left it: no byte and no end of stream
     /// since. True at once, with no system call, when no readiness event came since that read
     /// drained it; otherwise `peek` asks the socket (the event may be the last reply's own),

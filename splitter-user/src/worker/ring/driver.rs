@@ -44,10 +44,18 @@ enum State {
     /// readable, so the task is woken once, by the read's completion, not first by the event.
     Armed {
         waker: Option<Waker>,
-        sqe: squeue::Entry,
+        readiness: Rc<Readiness>,
+        read: ArmedRead,
+    },
+    /// A read into a buffer the driver took when the socket became readable, submitted.
+    Reading {
+        waker: Option<Waker>,
         readiness: Rc<Readiness>,
         room: u32,
+        buf: Vec<u8>,
     },
+    /// Such a read, completed: the result and the buffer.
+    Read(i32, Vec<u8>),
     /// Completed, not yet taken: the result.
     Done(i32),
     /// Its `Op` was dropped first: what the kernel may still use, kept until the completion.
@@ -56,6 +64,29 @@ enum State {
     Poll(Rc<Readiness>),
     /// The read of the runtime's eventfd: a wake-up from another thread.
     Wakeup,
+}
+
+/// What an armed read submits when its socket becomes readable.
+pub(super) enum ArmedRead {
+    /// This receive, into a buffer its `Op` owns, offering `room` bytes.
+    Sqe { sqe: squeue::Entry, room: u32 },
+    /// A receive on `fd` into a buffer `take` gives at that moment: a connection waiting for
+    /// its next request holds no buffer, and is woken once, with the bytes.
+    Take { fd: RawFd, take: fn() -> Vec<u8> },
+}
+
+/// A `MSG_DONTWAIT` receive on `fd` into `buf`'s spare capacity, and the room it offers.
+pub(super) fn recv_sqe(fd: RawFd, buf: &[u8], capacity: usize, flags: i32) -> (squeue::Entry, u32) {
+    let len = buf.len();
+    let room = (capacity - len).min(u32::MAX as usize) as u32;
+    // The kernel writes at most `room` bytes after `len`, into the spare capacity of the heap
+    // allocation the operation owns until the completion: the pointer is the kernel's only,
+    // never made into a reference.
+    let ptr = buf.as_ptr().wrapping_add(len).cast_mut();
+    let sqe = opcode::Recv::new(types::Fd(fd), ptr, room)
+        .flags(flags)
+        .build();
+    (sqe, room)
 }
 
 /// The ring and its operations.
@@ -211,7 +242,25 @@ impl Driver {
                         self.read_eventfd();
                     }
                 }
-                State::Done(_) => unreachable!("a one-shot operation completed twice"),
+                State::Reading { .. } => {
+                    let State::Reading {
+                        waker,
+                        readiness,
+                        room,
+                        buf,
+                    } = std::mem::replace(state, State::Done(res))
+                    else {
+                        unreachable!();
+                    };
+                    readiness.read_done(res, room);
+                    *state = State::Read(res, buf);
+                    if let Some(waker) = waker {
+                        waker.wake();
+                    }
+                }
+                State::Done(_) | State::Read(..) => {
+                    unreachable!("a one-shot operation completed twice")
+                }
                 State::Armed { .. } => {
                     unreachable!("an armed read completed before its submission")
                 }
@@ -225,14 +274,29 @@ impl Driver {
     fn submit_armed(&mut self, index: usize) {
         let State::Armed {
             waker,
-            sqe,
             readiness,
-            room,
+            read,
         } = std::mem::replace(&mut self.ops[index], State::Done(0))
         else {
             unreachable!("a socket's armed read is in the armed state");
         };
-        self.ops[index] = State::Waiting(waker, Some((readiness, room)));
+        let sqe = match read {
+            ArmedRead::Sqe { sqe, room } => {
+                self.ops[index] = State::Waiting(waker, Some((readiness, room)));
+                sqe
+            }
+            ArmedRead::Take { fd, take } => {
+                let buf = take();
+                let (sqe, room) = recv_sqe(fd, &buf, buf.capacity(), libc::MSG_DONTWAIT);
+                self.ops[index] = State::Reading {
+                    waker,
+                    readiness,
+                    room,
+                    buf,
+                };
+                sqe
+            }
+        };
         self.push(sqe.user_data(index as u64));
     }
 
@@ -255,7 +319,8 @@ impl Driver {
             self.enter(1, Some(std::time::Duration::from_millis(10)));
             self.dispatch();
             // Completed one-shot operations whose `Op` is gone are freed here.
-            self.ops.retain(|_, state| !matches!(state, State::Done(_)));
+            self.ops
+                .retain(|_, state| !matches!(state, State::Done(_) | State::Read(..)));
         }
         for state in self.ops.drain() {
             std::mem::forget(state);
@@ -288,18 +353,12 @@ impl<T: 'static> Op<T> {
 
     /// A read on a socket with `readiness` that is not readable now: submitted by the driver
     /// when the socket's poll (armed by the caller) next reports it readable.
-    pub(super) fn arm_read(
-        sqe: squeue::Entry,
-        owned: T,
-        readiness: Rc<Readiness>,
-        room: u32,
-    ) -> Op<T> {
+    pub(super) fn arm_read(owned: T, readiness: Rc<Readiness>, read: ArmedRead) -> Op<T> {
         let index = with_core(|core| {
             core.driver.borrow_mut().ops.insert(State::Armed {
                 waker: None,
-                sqe,
                 readiness: Rc::clone(&readiness),
-                room,
+                read,
             })
         });
         readiness.set_armed_read(index);
@@ -331,14 +390,37 @@ impl<T: 'static> Op<T> {
                     self.index = None;
                     Poll::Ready((res, self.owned.take().expect("owned until completion")))
                 }
-                State::Waiting(waker, _) | State::Armed { waker, .. } => {
-                    match waker {
-                        Some(w) if w.will_wake(cx.waker()) => {}
-                        slot => *slot = Some(cx.waker().clone()),
-                    }
+                State::Waiting(waker, _)
+                | State::Armed { waker, .. }
+                | State::Reading { waker, .. } => {
+                    register(waker, cx);
                     Poll::Pending
                 }
                 _ => unreachable!("an awaited operation is waiting or done"),
+            }
+        })
+    }
+
+    /// The result of an [`ArmedRead::Take`] read, and the buffer the driver took for it.
+    pub fn poll_taken(&mut self, cx: &mut Context<'_>) -> Poll<(i32, Vec<u8>)> {
+        let index = self
+            .index
+            .expect("an operation polled after its completion");
+        with_core(|core| {
+            let mut driver = core.driver.borrow_mut();
+            match &mut driver.ops[index] {
+                State::Read(..) => {
+                    let State::Read(res, buf) = driver.ops.remove(index) else {
+                        unreachable!();
+                    };
+                    self.index = None;
+                    Poll::Ready((res, buf))
+                }
+                State::Armed { waker, .. } | State::Reading { waker, .. } => {
+                    register(waker, cx);
+                    Poll::Pending
+                }
+                _ => unreachable!("a taken read is armed, reading or read"),
             }
         })
     }
@@ -362,7 +444,7 @@ impl<T: 'static> Op<T> {
 impl<T: 'static> Drop for Op<T> {
     fn drop(&mut self) {
         let Some(index) = self.index else { return };
-        let owned = self.owned.take().map(|t| Box::new(t) as Box<dyn Any>);
+        let owned = self.owned.take();
         let _ = super::CURRENT.try_with(|current| {
             let current = current.borrow();
             let Some(core) = current.as_ref() else {
@@ -371,17 +453,32 @@ impl<T: 'static> Drop for Op<T> {
                 return;
             };
             let mut driver = core.driver.borrow_mut();
-            if let State::Armed { readiness, .. } = &driver.ops[index] {
-                // Never submitted: nothing of it is in the kernel.
-                readiness.take_armed_read();
-                driver.ops.remove(index);
-            } else if matches!(driver.ops[index], State::Done(_)) {
-                driver.ops.remove(index);
-            } else {
-                driver.ops[index] = State::Abandoned { _owned: owned };
-                driver.cancel(index);
-            }
+            let state = &mut driver.ops[index];
+            let kept: Option<Box<dyn Any>> = match state {
+                State::Armed { readiness, .. } => {
+                    // Never submitted: nothing of it is in the kernel.
+                    readiness.take_armed_read();
+                    driver.ops.remove(index);
+                    return;
+                }
+                State::Done(_) | State::Read(..) => {
+                    driver.ops.remove(index);
+                    return;
+                }
+                State::Reading { buf, .. } => Some(Box::new(std::mem::take(buf))),
+                _ => owned.map(|t| Box::new(t) as Box<dyn Any>),
+            };
+            *state = State::Abandoned { _owned: kept };
+            driver.cancel(index);
         });
+    }
+}
+
+/// Keeps `cx`'s waker in `slot`, unless the one there wakes the same task.
+fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(w) if w.will_wake(cx.waker()) => {}
+        slot => *slot = Some(cx.waker().clone()),
     }
 }
 

@@ -20,7 +20,7 @@ use std::task::{Poll, Waker};
 
 use io_uring::{opcode, types};
 
-use super::driver::{self, Op};
+use super::driver::{self, ArmedRead, Op};
 
 /// A socket's readiness, as its poll reports it.
 pub(crate) struct Readiness {
@@ -215,22 +215,40 @@ impl TcpStream {
     async fn recv_armed(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         self.readiness.arm(self.socket.as_raw_fd());
         let (sqe, room) = self.recv_sqe(&buf, libc::MSG_DONTWAIT);
-        let op = Op::arm_read(sqe, buf, Rc::clone(&self.readiness), room);
+        let read = ArmedRead::Sqe { sqe, room };
+        let op = Op::arm_read(buf, Rc::clone(&self.readiness), read);
         Self::received(op).await
+    }
+
+    /// Waits until the socket is readable holding no buffer, then reads once, like
+    /// [`TcpStream::read_ready`], into a buffer `take` gives at that moment: a connection
+    /// waiting for its next request holds none, and its task is woken once, by the bytes.
+    pub async fn read_next(&self, take: fn() -> Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        loop {
+            if self.readiness.ready.get() {
+                return self.read_ready(take()).await;
+            }
+            let fd = self.socket.as_raw_fd();
+            self.readiness.arm(fd);
+            let read = ArmedRead::Take { fd, take };
+            let mut op = Op::arm_read((), Rc::clone(&self.readiness), read);
+            let (res, mut buf) = poll_fn(|cx| op.poll_taken(cx)).await;
+            return match res {
+                // The event was older than the last read: wait again, holding no buffer.
+                n if n == -libc::EAGAIN => continue,
+                n if n < 0 => (Err(io::Error::from_raw_os_error(-n)), buf),
+                n => {
+                    // SAFETY: the kernel initialised `n` bytes after the buffer's length.
+                    unsafe { buf.set_len(buf.len() + n as usize) };
+                    (Ok(n as usize), buf)
+                }
+            };
+        }
     }
 
     /// A receive into `buf`'s spare capacity, and the room it offers.
     fn recv_sqe(&self, buf: &Vec<u8>, flags: i32) -> (io_uring::squeue::Entry, u32) {
-        let len = buf.len();
-        let room = (buf.capacity() - len).min(u32::MAX as usize) as u32;
-        // The kernel writes at most `room` bytes after `len`, into the spare capacity of the
-        // heap allocation the operation owns (with `buf`) until the completion: the pointer is
-        // used by the kernel only, never to make a reference.
-        let ptr = buf.as_ptr().wrapping_add(len).cast_mut();
-        let sqe = opcode::Recv::new(types::Fd(self.socket.as_raw_fd()), ptr, room)
-            .flags(flags)
-            .build();
-        (sqe, room)
+        driver::recv_sqe(self.socket.as_raw_fd(), buf, buf.capacity(), flags)
     }
 
     async fn received(mut op: Op<Vec<u8>>) -> (io::Result<usize>, Vec<u8>) {

@@ -378,3 +378,56 @@ fn a_write_to_a_reset_connection_does_not_end_whole() {
         assert!(!write.ended_whole());
     });
 }
+
+#[test]
+fn a_connection_waiting_for_its_next_bytes_takes_a_buffer_only_when_they_come() {
+    thread_local! {
+        static TAKEN: Cell<usize> = const { Cell::new(0) };
+    }
+    fn take() -> Vec<u8> {
+        TAKEN.with(|t| t.set(t.get() + 1));
+        Vec::with_capacity(64)
+    }
+    let rt = rt();
+    let (ours, mut theirs) = pair(&rt);
+    rt.block_on(async {
+        let wakes = Arc::new(Counting(0.into()));
+        let waker = Waker::from(Arc::clone(&wakes));
+        let read = ours.read_next(take);
+        let mut read = std::pin::pin!(read);
+        let cx = &mut Context::from_waker(&waker);
+        assert!(read.as_mut().poll(cx).is_pending());
+        // Turns go by with nothing to read: no buffer is taken.
+        sleep_until(Instant::now() + Duration::from_millis(5)).await;
+        assert_eq!(TAKEN.with(Cell::get), 0, "no buffer while nothing came");
+        theirs.write_all(b"next").unwrap();
+        let give_up = Instant::now() + Duration::from_secs(2);
+        while wakes.0.load(Ordering::Relaxed) == 0 {
+            assert!(Instant::now() < give_up, "the read never completed");
+            sleep_until(Instant::now() + Duration::from_millis(1)).await;
+        }
+        let Poll::Ready((res, buf)) = read.as_mut().poll(cx) else {
+            panic!("woken before the read completed");
+        };
+        assert_eq!(res.unwrap(), 4);
+        assert_eq!(buf, b"next");
+        assert_eq!(TAKEN.with(Cell::get), 1);
+        assert_eq!(
+            wakes.0.load(Ordering::Relaxed),
+            1,
+            "woken once, by the bytes"
+        );
+
+        // Dropped while armed: nothing taken, nothing left; the socket reads on.
+        {
+            let read = ours.read_next(take);
+            let mut read = std::pin::pin!(read);
+            assert!(read.as_mut().poll(cx).is_pending());
+        }
+        theirs.write_all(b"more").unwrap();
+        let (res, buf) = ours.read_next(take).await;
+        assert_eq!(res.unwrap(), 4);
+        assert_eq!(buf, b"more");
+        assert_eq!(TAKEN.with(Cell::get), 2);
+    });
+}
