@@ -66,26 +66,69 @@ enum State {
     Wakeup,
 }
 
+/// A socket as an operation names it: its slot in the ring's registered-file table (the kernel
+/// then takes no reference on the file per operation), or its descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sock {
+    Fd(RawFd),
+    Fixed(u32),
+}
+
+/// Builds an entry with `$t` bound to the socket's `types::Fd` or `types::Fixed`.
+macro_rules! on_sock {
+    ($sock:expr, $t:ident => $build:expr) => {
+        match $sock {
+            $crate::worker::ring::driver::Sock::Fd(fd) => {
+                let $t = io_uring::types::Fd(fd);
+                $build
+            }
+            $crate::worker::ring::driver::Sock::Fixed(slot) => {
+                let $t = io_uring::types::Fixed(slot);
+                $build
+            }
+        }
+    };
+}
+pub(crate) use on_sock;
+
+/// The ring's registered-file table: a slot per socket, taken when the socket is made and
+/// given back when it is dropped. A slot given back is reused only after the next submission,
+/// so an entry queued before it was given back never reaches the socket that takes it next.
+struct Files {
+    size: u32,
+    /// Slots never used yet start here.
+    next: u32,
+    free: Vec<u32>,
+    /// Given back since the last submission.
+    quarantined: Vec<u32>,
+}
+
+/// Most registered files per ring; past it (or the open-file limit) sockets go by descriptor.
+const MAX_FILES: u32 = 1 << 16;
+
 /// What an armed read submits when its socket becomes readable.
 pub(super) enum ArmedRead {
     /// This receive, into a buffer its `Op` owns, offering `room` bytes.
     Sqe { sqe: squeue::Entry, room: u32 },
     /// A receive on `fd` into a buffer `take` gives at that moment: a connection waiting for
     /// its next request holds no buffer, and is woken once, with the bytes.
-    Take { fd: RawFd, take: fn() -> Vec<u8> },
+    Take { sock: Sock, take: fn() -> Vec<u8> },
 }
 
-/// A `MSG_DONTWAIT` receive on `fd` into `buf`'s spare capacity, and the room it offers.
-pub(super) fn recv_sqe(fd: RawFd, buf: &[u8], capacity: usize, flags: i32) -> (squeue::Entry, u32) {
+/// A receive on `sock` into `buf`'s spare capacity, and the room it offers.
+pub(super) fn recv_sqe(
+    sock: Sock,
+    buf: &[u8],
+    capacity: usize,
+    flags: i32,
+) -> (squeue::Entry, u32) {
     let len = buf.len();
     let room = (capacity - len).min(u32::MAX as usize) as u32;
     // The kernel writes at most `room` bytes after `len`, into the spare capacity of the heap
     // allocation the operation owns until the completion: the pointer is the kernel's only,
     // never made into a reference.
     let ptr = buf.as_ptr().wrapping_add(len).cast_mut();
-    let sqe = opcode::Recv::new(types::Fd(fd), ptr, room)
-        .flags(flags)
-        .build();
+    let sqe = on_sock!(sock, t => opcode::Recv::new(t, ptr, room).flags(flags).build());
     (sqe, room)
 }
 
@@ -101,6 +144,8 @@ pub(super) struct Driver {
     /// Completions of one turn, taken off the queue before they are handled (handling one may
     /// submit); kept so a turn allocates nothing.
     reaped: Vec<cqueue::Entry>,
+    /// The registered-file table, if the kernel gave one.
+    files: Option<Files>,
 }
 
 impl Driver {
@@ -108,6 +153,23 @@ impl Driver {
         // Room for eight completions per submission slot: a burst of poll events from many
         // idle connections fits without the kernel holding completions back on its overflow list.
         let ring = builder().setup_cqsize(entries * 8).build(entries)?;
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: fills a valid rlimit.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+        let size = limit.rlim_cur.min(u64::from(MAX_FILES)) as u32;
+        let files = ring
+            .submitter()
+            .register_files_sparse(size)
+            .ok()
+            .map(|()| Files {
+                size,
+                next: 0,
+                free: Vec::new(),
+                quarantined: Vec::new(),
+            });
         Ok(Driver {
             ring,
             ops: Slab::with_capacity(entries as usize),
@@ -115,7 +177,36 @@ impl Driver {
             eventfd: -1,
             closing: false,
             reaped: Vec::with_capacity(entries as usize),
+            files,
         })
+    }
+
+    /// Puts `fd` in the registered-file table; its slot, or `None` when the table is full or
+    /// absent (the socket then goes by descriptor).
+    pub(super) fn register_file(&mut self, fd: RawFd) -> Option<u32> {
+        let files = self.files.as_mut()?;
+        let slot = files.free.pop().or_else(|| {
+            (files.next < files.size).then(|| {
+                files.next += 1;
+                files.next - 1
+            })
+        })?;
+        match self.ring.submitter().register_files_update(slot, &[fd]) {
+            Ok(_) => Some(slot),
+            Err(_) => {
+                files.free.push(slot);
+                None
+            }
+        }
+    }
+
+    /// Takes a socket out of the table (the kernel drops its reference once the operations
+    /// that hold it are done); the slot is reused after the next submission.
+    pub(super) fn unregister_file(&mut self, slot: u32) {
+        let _ = self.ring.submitter().register_files_update(slot, &[-1]);
+        if let Some(files) = self.files.as_mut() {
+            files.quarantined.push(slot);
+        }
     }
 
     /// Keeps a read of `eventfd` in the ring: its completion is a wake-up from another thread.
@@ -181,6 +272,13 @@ impl Driver {
                 unsafe { submitter.enter::<libc::sigset_t>(pending, 0, ENTER_GETEVENTS, None) }
             }
         };
+        if let Some(files) = self.files.as_mut() {
+            // Every entry queued before a slot was given back has reached the kernel, which
+            // resolved its file as it took it.
+            if !files.quarantined.is_empty() && self.ring.submission().is_empty() {
+                files.free.append(&mut files.quarantined);
+            }
+        }
         match res {
             Ok(_) => {}
             // The timeout passed, a signal came, or the completion queue is full (reaped next).
@@ -285,9 +383,9 @@ impl Driver {
                 self.ops[index] = State::Waiting(waker, Some((readiness, room)));
                 sqe
             }
-            ArmedRead::Take { fd, take } => {
+            ArmedRead::Take { sock, take } => {
                 let buf = take();
-                let (sqe, room) = recv_sqe(fd, &buf, buf.capacity(), libc::MSG_DONTWAIT);
+                let (sqe, room) = recv_sqe(sock, &buf, buf.capacity(), libc::MSG_DONTWAIT);
                 self.ops[index] = State::Reading {
                     waker,
                     readiness,
@@ -482,11 +580,10 @@ fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
     }
 }
 
-/// Arms a multishot readiness poll on `fd` for `readiness`; returns its index (to cancel it).
-pub(super) fn poll_readable(fd: RawFd, readiness: Rc<Readiness>) -> usize {
-    let sqe = opcode::PollAdd::new(types::Fd(fd), (libc::POLLIN | libc::POLLRDHUP) as u32)
-        .multi(true)
-        .build();
+/// Arms a multishot readiness poll on `sock` for `readiness`; returns its index (to cancel it).
+pub(super) fn poll_readable(sock: Sock, readiness: Rc<Readiness>) -> usize {
+    let events = (libc::POLLIN | libc::POLLRDHUP) as u32;
+    let sqe = on_sock!(sock, t => opcode::PollAdd::new(t, events).multi(true).build());
     with_core(|core| core.driver.borrow_mut().submit(sqe, State::Poll(readiness)))
 }
 

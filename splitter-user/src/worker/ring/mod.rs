@@ -149,6 +149,48 @@ pub fn spawn(task: impl Future<Output = ()> + 'static) {
     });
 }
 
+/// A socket's slot in the registered-file table of the runtime that registered it.
+pub(crate) struct Registered {
+    runtime: usize,
+    slot: u32,
+}
+
+impl Registered {
+    /// Whether this thread runs the runtime whose table holds the slot.
+    fn is_current(&self) -> bool {
+        CURRENT.with(|current| {
+            current
+                .borrow()
+                .as_ref()
+                .is_some_and(|core| core.remote.id == self.runtime)
+        })
+    }
+}
+
+/// Registers `fd` with the current runtime's ring, if there is one and room in its table.
+fn register_file(fd: std::os::fd::RawFd) -> Option<Registered> {
+    CURRENT.with(|current| {
+        let current = current.borrow();
+        let core = current.as_ref()?;
+        let slot = core.driver.borrow_mut().register_file(fd)?;
+        Some(Registered {
+            runtime: core.remote.id,
+            slot,
+        })
+    })
+}
+
+/// Gives a slot back to its runtime's table; nothing if that runtime is gone from this thread.
+fn unregister_file(fixed: Registered) {
+    let _ = CURRENT.try_with(|current| {
+        if let Some(core) = &*current.borrow() {
+            if core.remote.id == fixed.runtime {
+                core.driver.borrow_mut().unregister_file(fixed.slot);
+            }
+        }
+    });
+}
+
 /// A worker's runtime: built on the worker's thread, run with [`Runtime::block_on`].
 pub struct Runtime {
     core: Rc<Core>,

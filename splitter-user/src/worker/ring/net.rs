@@ -20,7 +20,7 @@ use std::task::{Poll, Waker};
 
 use io_uring::{opcode, types};
 
-use super::driver::{self, ArmedRead, Op};
+use super::driver::{self, on_sock, ArmedRead, Op, Sock};
 
 /// A socket's readiness, as its poll reports it.
 pub(crate) struct Readiness {
@@ -90,20 +90,20 @@ impl Readiness {
     }
 
     /// Arms the socket's poll if it is not armed.
-    fn arm(self: &Rc<Self>, fd: RawFd) {
+    fn arm(self: &Rc<Self>, sock: Sock) {
         if self.poll.get().is_none() {
             self.poll
-                .set(Some(driver::poll_readable(fd, Rc::clone(self))));
+                .set(Some(driver::poll_readable(sock, Rc::clone(self))));
         }
     }
 
     /// Waits until the socket is readable, arming its poll if it is not armed.
-    async fn readable(self: &Rc<Self>, fd: RawFd) {
+    async fn readable(self: &Rc<Self>, sock: Sock) {
         poll_fn(|cx| {
             if self.ready.get() {
                 return Poll::Ready(());
             }
-            self.arm(fd);
+            self.arm(sock);
             let mut waiter = self.waiter.borrow_mut();
             match &*waiter {
                 Some(w) if w.will_wake(cx.waker()) => {}
@@ -125,21 +125,36 @@ impl Readiness {
 pub struct TcpStream {
     socket: std::net::TcpStream,
     readiness: Rc<Readiness>,
+    /// Its slot in the registered-file table of the runtime it was made on.
+    fixed: Option<super::Registered>,
 }
 
 impl Drop for TcpStream {
     fn drop(&mut self) {
         // The poll holds the socket open in the kernel until its cancellation completes.
         self.readiness.disarm();
+        if let Some(fixed) = self.fixed.take() {
+            super::unregister_file(fixed);
+        }
     }
 }
 
 impl TcpStream {
-    /// Takes a connected, non-blocking socket.
+    /// Takes a connected, non-blocking socket, registered with the ring when there is room.
     pub fn from_std(socket: std::net::TcpStream) -> TcpStream {
+        let fixed = super::register_file(socket.as_raw_fd());
         TcpStream {
             socket,
             readiness: Readiness::new(),
+            fixed,
+        }
+    }
+
+    /// How operations name the socket: its registered slot on the runtime that registered it.
+    pub(super) fn sock(&self) -> Sock {
+        match &self.fixed {
+            Some(fixed) if fixed.is_current() => Sock::Fixed(fixed.slot),
+            _ => Sock::Fd(self.socket.as_raw_fd()),
         }
     }
 
@@ -177,7 +192,7 @@ impl TcpStream {
 
     /// Waits until a read would find bytes, the end of the stream or an error.
     pub async fn readable(&self) {
-        self.readiness.readable(self.socket.as_raw_fd()).await
+        self.readiness.readable(self.sock()).await
     }
 
     /// Reads once into `buf`'s spare capacity, waiting in the ring for bytes if none are there.
@@ -213,7 +228,7 @@ impl TcpStream {
 
     /// A `MSG_DONTWAIT` receive submitted at the poll's next event.
     async fn recv_armed(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        self.readiness.arm(self.socket.as_raw_fd());
+        self.readiness.arm(self.sock());
         let (sqe, room) = self.recv_sqe(&buf, libc::MSG_DONTWAIT);
         let read = ArmedRead::Sqe { sqe, room };
         let op = Op::arm_read(buf, Rc::clone(&self.readiness), read);
@@ -228,9 +243,9 @@ impl TcpStream {
             if self.readiness.ready.get() {
                 return self.read_ready(take()).await;
             }
-            let fd = self.socket.as_raw_fd();
-            self.readiness.arm(fd);
-            let read = ArmedRead::Take { fd, take };
+            let sock = self.sock();
+            self.readiness.arm(sock);
+            let read = ArmedRead::Take { sock, take };
             let mut op = Op::arm_read((), Rc::clone(&self.readiness), read);
             let (res, mut buf) = poll_fn(|cx| op.poll_taken(cx)).await;
             return match res {
@@ -248,7 +263,7 @@ impl TcpStream {
 
     /// A receive into `buf`'s spare capacity, and the room it offers.
     fn recv_sqe(&self, buf: &Vec<u8>, flags: i32) -> (io_uring::squeue::Entry, u32) {
-        driver::recv_sqe(self.socket.as_raw_fd(), buf, buf.capacity(), flags)
+        driver::recv_sqe(self.sock(), buf, buf.capacity(), flags)
     }
 
     async fn received(mut op: Op<Vec<u8>>) -> (io::Result<usize>, Vec<u8>) {
@@ -267,9 +282,8 @@ impl TcpStream {
     /// kernel finish a short write itself, so the one completion says whole or failed.
     pub fn start_write<B: Deref<Target = [u8]> + 'static>(&self, buf: B) -> Write<B> {
         let len = buf.len().min(u32::MAX as usize) as u32;
-        let sqe = opcode::Send::new(types::Fd(self.socket.as_raw_fd()), buf.as_ptr(), len)
-            .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
-            .build();
+        let flags = libc::MSG_NOSIGNAL | libc::MSG_WAITALL;
+        let sqe = on_sock!(self.sock(), t => opcode::Send::new(t, buf.as_ptr(), len).flags(flags).build());
         // The bytes live in `buf`'s heap allocation, which the operation owns.
         Write {
             whole: buf.len() == len as usize,
@@ -302,9 +316,7 @@ impl TcpStream {
         while sent < buf.len() {
             let rest = &buf[sent..];
             let (ptr, len) = (rest.as_ptr(), rest.len().min(u32::MAX as usize) as u32);
-            let sqe = opcode::Send::new(types::Fd(self.socket.as_raw_fd()), ptr, len)
-                .flags(libc::MSG_NOSIGNAL)
-                .build();
+            let sqe = on_sock!(self.sock(), t => opcode::Send::new(t, ptr, len).flags(libc::MSG_NOSIGNAL).build());
             // The bytes live in `buf`'s heap allocation, which the operation owns and which does
             // not move with it.
             let mut op = Op::submit(sqe, buf);
@@ -365,7 +377,8 @@ impl TcpListener {
     /// The next connection, non-blocking.
     pub async fn accept(&self) -> io::Result<std::net::TcpStream> {
         loop {
-            self.readiness.readable(self.socket.as_raw_fd()).await;
+            let fd = Sock::Fd(self.socket.as_raw_fd());
+            self.readiness.readable(fd).await;
             match self.socket.accept() {
                 Ok((stream, _)) => {
                     stream.set_nonblocking(true)?;

@@ -5,6 +5,7 @@ use std::io::{Read as _, Write as _};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use super::driver::Sock;
 use super::*;
 
 fn rt() -> Runtime {
@@ -430,4 +431,58 @@ fn a_connection_waiting_for_its_next_bytes_takes_a_buffer_only_when_they_come() 
         assert_eq!(buf, b"more");
         assert_eq!(TAKEN.with(Cell::get), 2);
     });
+}
+
+#[test]
+fn sockets_go_by_registered_slots_which_are_reused_only_after_a_submission() {
+    let rt = rt();
+    let (ours, mut theirs) = pair(&rt);
+    rt.block_on(async {
+        let Sock::Fixed(first) = ours.sock() else {
+            panic!("a socket made on the runtime is registered");
+        };
+        let (res, _) = ours.write_all(b"fixed".to_vec()).await;
+        res.unwrap();
+        let mut got = [0u8; 5];
+        theirs.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"fixed");
+        theirs.write_all(b"back").unwrap();
+        let (res, buf) = ours.read_ready(Vec::with_capacity(64)).await;
+        assert_eq!(res.unwrap(), 4);
+        assert_eq!(buf, b"back");
+
+        // Given back: not reused before the next submission, reused after it.
+        drop(ours);
+        let (a, _b) = pair_std();
+        let next = TcpStream::from_std(a);
+        assert!(matches!(next.sock(), Sock::Fixed(slot) if slot != first));
+        sleep_until(Instant::now() + Duration::from_millis(1)).await;
+        let (a, _b) = pair_std();
+        let reused = TcpStream::from_std(a);
+        assert_eq!(reused.sock(), Sock::Fixed(first));
+    });
+}
+
+#[test]
+fn a_socket_made_off_the_runtime_goes_by_its_descriptor() {
+    let rt = rt();
+    let (a, mut b) = pair_std();
+    let ours = TcpStream::from_std(a);
+    assert!(matches!(ours.sock(), Sock::Fd(_)));
+    rt.block_on(async {
+        b.write_all(b"plain").unwrap();
+        let (res, buf) = ours.read_ready(Vec::with_capacity(64)).await;
+        assert_eq!(res.unwrap(), 5);
+        assert_eq!(buf, b"plain");
+    });
+}
+
+/// A connected pair of std sockets, the first non-blocking.
+fn pair_std() -> (std::net::TcpStream, std::net::TcpStream) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    a.set_nonblocking(true).unwrap();
+    let (b, _) = listener.accept().unwrap();
+    b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    (a, b)
 }
