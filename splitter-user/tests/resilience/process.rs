@@ -196,6 +196,38 @@ fn a_client_that_never_reads_is_dropped_after_send_timeout() {
     r.assert_won("after-sink");
 }
 
+#[test]
+fn a_client_that_does_not_read_its_one_large_response_is_dropped_after_send_timeout() {
+    let _exclusive = exclusive();
+    // One reply larger than what the socket buffers between the splitter and the client hold,
+    // so the write cannot end while the client, waiting for nothing else, never reads.
+    let big = SPLITTER.mock_backend("big", &["--price", "1", "--body-bytes", "9000000"]);
+    let s = SPLITTER.run(&config(
+        "send_timeout_ms = 300\nmax_response_bytes = 10000000",
+        "",
+        &[("big", big.addr)],
+        &[("/", 5000)],
+    ));
+    let mut sink = s.client();
+    sink.send(&bid("/x", "sink-0"));
+    let t = Instant::now();
+    let m = s.wait_metrics(WAIT, |m| {
+        m.get("splitter_requests_total", &[]) >= 1.0
+            && m.get("splitter_client_connections", &[]) == 0.0
+    });
+    assert_eq!(
+        m.get("splitter_client_connections", &[]),
+        0.0,
+        "a client that reads nothing is still connected {:?} later (send_timeout_ms = 300)\n{}",
+        t.elapsed(),
+        m.text
+    );
+    assert!(
+        sink.closed_within(WAIT),
+        "the client's socket must see the end of the connection"
+    );
+}
+
 /// The highest number of descriptors the splitter may open in the test below.
 const NOFILE: libc::rlim_t = 64;
 
