@@ -14,6 +14,9 @@ The same mock backends (the splitter's, `MOCK` to name another binary) and the s
 weighs on all); each round reports the splitter's CPU µs per request (/proc/PID/stat) and, with
 PERF=1 in the environment, system calls, io_uring submissions and completions and context
 switches per request (perf stat -p). Medians at the end. Needs wrk, taskset, and perf for PERF=1.
+SCRIPT and CONNS in the environment change the load: `SCRIPT=post-2k-light.lua CONNS=160` has
+each connection pause 20 ms between requests, so every contestant gets the same request rate,
+below what any of them can serve, and is compared at the same batching.
 """
 import os, subprocess, sys, time, socket, re, statistics, shlex
 bins = dict(a.split('=', 1) for a in sys.argv[1].split(','))
@@ -66,7 +69,7 @@ def run(name, bin):
             socket.create_connection(('127.0.0.1', port), 0.2).close(); break
         except OSError: time.sleep(0.05)
     url = f'http://127.0.0.1:{port}/'
-    wrk = load_cpu + ['wrk', '-t1', '-c64', '-s', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'post-2k.lua')]
+    wrk = load_cpu + ['wrk', '-t1', '-c' + os.environ.get('CONNS', '64'), '-s', os.path.join(os.path.dirname(os.path.abspath(__file__)), os.environ.get('SCRIPT', 'post-2k.lua'))]
     subprocess.run(wrk + ['-d1s', url], capture_output=True)
     c0 = cpu(p.pid)
     perf = subprocess.Popen(['perf', 'stat', '-x,', '-e', 'raw_syscalls:sys_enter,io_uring:io_uring_submit_req,io_uring:io_uring_complete,context-switches', '-p', str(p.pid), '--', 'sleep', str(secs)], stderr=subprocess.PIPE, text=True) if os.environ.get('PERF') else None
