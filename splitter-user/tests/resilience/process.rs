@@ -160,59 +160,25 @@ fn an_idle_keep_alive_connection_costs_at_most_4_kib() {
     drop((warm, idle));
 }
 
-#[test]
-fn a_client_that_never_reads_is_dropped_after_send_timeout() {
-    let _exclusive = exclusive();
-    let big = SPLITTER.mock_backend("big", &["--price", "1", "--body-bytes", "900000"]);
-    let s = SPLITTER.run(&config(
-        "send_timeout_ms = 300\nmax_response_bytes = 2000000",
-        "",
-        &[("big", big.addr)],
-        &[("/", 5000)],
-    ));
-    let mut sink = s.client();
-    sink.request(&bid("/x", "sink-0")).assert_won("sink-0");
-    // 40 pipelined requests for 900 KB replies each (36 MB), and then never a read.
-    let mut all = Vec::new();
-    for i in 1..=40 {
-        all.extend_from_slice(&bid("/x", &format!("sink-{i}")));
-    }
-    sink.send(&all);
-    let t = Instant::now();
-    let m = s.wait_metrics(WAIT, |m| m.get("splitter_client_connections", &[]) == 0.0);
-    assert_eq!(
-        m.get("splitter_client_connections", &[]),
-        0.0,
-        "a client that reads nothing is still connected {:?} later (send_timeout_ms = 300)\n{}",
-        t.elapsed(),
-        m.text
-    );
-    assert!(
-        sink.closed_within(WAIT),
-        "the client's socket must see the end of the connection"
-    );
-    // Others are served.
-    let r = s.request(&bid("/x", "after-sink"));
-    r.assert_won("after-sink");
-}
-
-#[test]
-fn a_client_that_does_not_read_its_one_large_response_is_dropped_after_send_timeout() {
-    let _exclusive = exclusive();
-    // One reply larger than what the socket buffers between the splitter and the client hold,
-    // so the write cannot end while the client, waiting for nothing else, never reads.
-    let big = SPLITTER.mock_backend("big", &["--price", "1", "--body-bytes", "9000000"]);
+/// A splitter with `send_timeout_ms = 300` in front of one backend whose replies have
+/// `body_bytes` of body, and the backend.
+fn slow_reader_setup(body_bytes: &str) -> (Splitter, Mock) {
+    let big = SPLITTER.mock_backend("big", &["--price", "1", "--body-bytes", body_bytes]);
     let s = SPLITTER.run(&config(
         "send_timeout_ms = 300\nmax_response_bytes = 10000000",
         "",
         &[("big", big.addr)],
         &[("/", 5000)],
     ));
-    let mut sink = s.client();
-    sink.send(&bid("/x", "sink-0"));
+    (s, big)
+}
+
+/// Waits until `s` has served at least `requests` and holds no client connection, and
+/// `sink`, which never read its responses, sees its connection end.
+fn assert_sink_dropped(s: &Splitter, sink: &mut Client, requests: f64) {
     let t = Instant::now();
     let m = s.wait_metrics(WAIT, |m| {
-        m.get("splitter_requests_total", &[]) >= 1.0
+        m.get("splitter_requests_total", &[]) >= requests
             && m.get("splitter_client_connections", &[]) == 0.0
     });
     assert_eq!(
@@ -226,6 +192,35 @@ fn a_client_that_does_not_read_its_one_large_response_is_dropped_after_send_time
         sink.closed_within(WAIT),
         "the client's socket must see the end of the connection"
     );
+}
+
+#[test]
+fn a_client_that_never_reads_is_dropped_after_send_timeout() {
+    let _exclusive = exclusive();
+    let (s, _big) = slow_reader_setup("900000");
+    let mut sink = s.client();
+    sink.request(&bid("/x", "sink-0")).assert_won("sink-0");
+    // 40 pipelined requests for 900 KB replies each (36 MB), and then never a read.
+    let mut all = Vec::new();
+    for i in 1..=40 {
+        all.extend_from_slice(&bid("/x", &format!("sink-{i}")));
+    }
+    sink.send(&all);
+    assert_sink_dropped(&s, &mut sink, 2.0);
+    // Others are served.
+    let r = s.request(&bid("/x", "after-sink"));
+    r.assert_won("after-sink");
+}
+
+#[test]
+fn a_client_that_does_not_read_its_one_large_response_is_dropped_after_send_timeout() {
+    let _exclusive = exclusive();
+    // One reply larger than what the socket buffers between the splitter and the client hold,
+    // so its write cannot end while the client, waiting for nothing else, never reads.
+    let (s, _big) = slow_reader_setup("9000000");
+    let mut sink = s.client();
+    sink.send(&bid("/x", "sink-0"));
+    assert_sink_dropped(&s, &mut sink, 1.0);
 }
 
 /// The highest number of descriptors the splitter may open in the test below.
