@@ -4,7 +4,7 @@
 //! holds whole bodies anyway. Writers append to the caller's buffer and format numbers by hand; no
 //! I/O, no allocation beyond the caller's `Vec` growing.
 
-use super::response::ResponseHead;
+use super::response::{PassedFields, ResponseHead};
 
 /// Whether a field is hop-by-hop by name (RFC 9110 §7.6.1, plus the `Proxy-*` fields of
 /// RFC 9110 §11.7 and the legacy `Keep-Alive` and `Proxy-Connection`), case-insensitive.
@@ -74,7 +74,7 @@ pub fn client_response(
 ) {
     out.reserve(raw_head.len() + chosen.backend.len() + body.len() + 128);
     status_line(out, head.status);
-    for (name, value) in head.passed.iter(raw_head) {
+    for (name, value) in PassedFields::of_head(raw_head).iter(raw_head) {
         field_line(out, name, value);
     }
     field_line(out, b"X-Splitter-Backend", chosen.backend.as_bytes());

@@ -107,18 +107,15 @@ pub(super) fn named_by_connection(headers: &[Header<'_>], name: &str) -> bool {
 /// `httparse` rejects NUL and bare CR itself but takes a bare LF as a line end (RFC 9112 §2.2
 /// allows that leniency); a front proxy may not, so we refuse all three, whatever `httparse` does.
 pub(super) fn line_endings_are_strict(head: &[u8]) -> bool {
-    let mut previous = 0;
-    for (i, &byte) in head.iter().enumerate() {
-        let bad = match byte {
-            0 => true,
-            b'\r' => head.get(i + 1) != Some(&b'\n'),
-            b'\n' => previous != b'\r',
-            _ => false,
-        };
-        if bad {
+    // Jump from one NUL, CR or LF to the next (memchr searches a vector at a time): each must be
+    // the CR of a CRLF pair, whose LF is then stepped over.
+    let mut at = 0;
+    while let Some(found) = memchr::memchr3(0, b'\r', b'\n', &head[at..]) {
+        let i = at + found;
+        if head[i] != b'\r' || head.get(i + 1) != Some(&b'\n') {
             return false;
         }
-        previous = byte;
+        at = i + 2;
     }
     true
 }
@@ -330,6 +327,38 @@ mod tests {
         ];
         for &(head, expected) in cases {
             assert_eq!(line_endings_are_strict(head), expected, "{head:?}");
+        }
+    }
+
+    /// The rule, one byte at a time.
+    fn strict_by_bytes(head: &[u8]) -> bool {
+        head.iter().enumerate().all(|(i, &b)| match b {
+            0 => false,
+            b'\r' => head.get(i + 1) == Some(&b'\n'),
+            b'\n' => i > 0 && head[i - 1] == b'\r',
+            _ => true,
+        })
+    }
+
+    #[test]
+    fn line_endings_agree_with_the_bytewise_rule_on_every_short_head() {
+        // Every string of up to 8 bytes over {a, CR, LF, NUL}, then the same patterns placed past
+        // a vector's width, where memchr's search is no longer a scalar loop.
+        const ALPHABET: [u8; 4] = [b'a', b'\r', b'\n', 0];
+        let long_prefix = b"x".repeat(70);
+        for len in 0..=8u32 {
+            for mut n in 0..4usize.pow(len) {
+                let mut head = Vec::with_capacity(len as usize);
+                for _ in 0..len {
+                    head.push(ALPHABET[n % 4]);
+                    n /= 4;
+                }
+                assert_eq!(line_endings_are_strict(&head), strict_by_bytes(&head), "{head:?}");
+                let mut long = long_prefix.clone();
+                long.extend_from_slice(&head);
+                long.extend_from_slice(&long_prefix);
+                assert_eq!(line_endings_are_strict(&long), strict_by_bytes(&long), "{long:?}");
+            }
         }
     }
 }

@@ -17,9 +17,6 @@ use super::FramingError;
 pub struct ResponseHead {
     /// The final status code, 200..=599.
     pub status: u16,
-    /// The end-to-end fields of the final head, as offsets into the parsed bytes: what a client
-    /// gets of them if this response wins, without parsing the head again.
-    pub passed: PassedFields,
     /// Its `Content-Encoding`.
     pub coding: Coding,
     /// Bytes of the head, interim responses before it and the final blank line included: the body
@@ -96,7 +93,31 @@ impl PassedFields {
         })
     }
 
-    fn of(buf: &[u8], headers: &[Header<'_>], fields: &Fields) -> Self {
+    /// The passed fields of the final head in `raw_head`, a head [`parse_response`] accepted.
+    ///
+    /// Only the winning reply's are ever wanted, so they are found again when the client's
+    /// response is written rather than kept with every reply (an array of offsets as large as
+    /// [`MAX_HEADERS`] allows, moved with each reply through the exchange).
+    pub fn of_head(raw_head: &[u8]) -> Self {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        match parse_final_head(raw_head, &mut headers) {
+            Ok(Some(head)) => {
+                let headers = &headers[..head.header_count];
+                let names_fields =
+                    Fields::scan(headers, head.minor_version == 0).is_ok_and(|f| f.names_fields);
+                Self::of(raw_head, headers, names_fields)
+            }
+            _ => {
+                debug_assert!(false, "a head parse_response accepted no longer parses");
+                Self {
+                    spans: [[0; 4]; MAX_HEADERS],
+                    len: 0,
+                }
+            }
+        }
+    }
+
+    fn of(buf: &[u8], headers: &[Header<'_>], names_fields: bool) -> Self {
         let offset = |part: &[u8]| (part.as_ptr() as usize - buf.as_ptr() as usize) as u16;
         let mut passed = PassedFields {
             spans: [[0; 4]; MAX_HEADERS],
@@ -109,7 +130,7 @@ impl PassedFields {
                 || name
                     .get(..11)
                     .is_some_and(|p| p.eq_ignore_ascii_case("x-splitter-"))
-                || (fields.names_fields && fields::named_by_connection(headers, name));
+                || (names_fields && fields::named_by_connection(headers, name));
             if !dropped {
                 let (n, v) = (offset(name.as_bytes()), offset(header.value));
                 passed.spans[passed.len] =
@@ -192,7 +213,6 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, ResponseError>
     };
     Ok(Some(ResponseHead {
         status: head.status,
-        passed: PassedFields::of(buf, headers, &fields),
         coding: Coding::of(headers),
         head_len: head.len,
         framing,
@@ -206,9 +226,8 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, ResponseError>
 /// size however it is cut.
 pub fn head_may_end(buf: &[u8], scanned: usize) -> bool {
     let from = scanned.saturating_sub(2);
-    buf[from..].iter().enumerate().any(|(i, &b)| {
-        b == b'\n' && matches!(&buf[from + i + 1..], [b'\n', ..] | [b'\r', b'\n', ..])
-    })
+    memchr::memchr_iter(b'\n', &buf[from..])
+        .any(|i| matches!(&buf[from + i + 1..], [b'\n', ..] | [b'\r', b'\n', ..]))
 }
 
 /// The final (non-`1xx`) head of a response, as `httparse` split it.
@@ -461,7 +480,8 @@ mod tests {
             X-Hop: 1\r\nContent-Length: 2\r\nX-Splitter-Value: 99\r\nx-splitter-backend: f\r\n\
             Keep-Alive: timeout=5\r\nX-Req-Id: 7\r\n\r\nok";
         let head = parse(input);
-        let passed: Vec<(&[u8], &[u8])> = head.passed.iter(input).collect();
+        let passed = PassedFields::of_head(&input[..head.head_len]);
+        let passed: Vec<(&[u8], &[u8])> = passed.iter(input).collect();
         assert_eq!(
             passed,
             [

@@ -83,9 +83,6 @@ impl Request {
 }
 
 /// How one backend call ended.
-// A reply carries its parsed head (about 900 bytes, most of it the passed fields' offsets); it
-// is moved a few times per call, which costs less than boxing it would (an allocation per reply).
-#[allow(clippy::large_enum_variant)]
 enum CallEnd {
     /// A whole response; `kept`: its connection went back to the pool.
     Reply { response: Response, kept: bool },
