@@ -353,11 +353,19 @@ mod tests {
                     head.push(ALPHABET[n % 4]);
                     n /= 4;
                 }
-                assert_eq!(line_endings_are_strict(&head), strict_by_bytes(&head), "{head:?}");
+                assert_eq!(
+                    line_endings_are_strict(&head),
+                    strict_by_bytes(&head),
+                    "{head:?}"
+                );
                 let mut long = long_prefix.clone();
                 long.extend_from_slice(&head);
                 long.extend_from_slice(&long_prefix);
-                assert_eq!(line_endings_are_strict(&long), strict_by_bytes(&long), "{long:?}");
+                assert_eq!(
+                    line_endings_are_strict(&long),
+                    strict_by_bytes(&long),
+                    "{long:?}"
+                );
             }
         }
     }
