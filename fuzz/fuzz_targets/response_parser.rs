@@ -21,7 +21,9 @@ use splitter_fuzz::{
 use splitter_user::http1::body::Framing;
 use splitter_user::http1::encode::{client_response, Chosen, ConnectionHeader};
 use splitter_user::http1::limits::{MAX_HEADERS, MAX_RESPONSE_HEAD};
-use splitter_user::http1::response::{head_may_end, parse_response, ResponseError, ResponseHead};
+use splitter_user::http1::response::{
+    head_may_end, parse_response, PassedFields, ResponseError, ResponseHead,
+};
 
 fuzz_target!(|input: &[u8]| {
     let mut rng = Rng::new(input, 3);
@@ -182,7 +184,7 @@ fn passes(name: &[u8], options: &[Vec<u8>]) -> bool {
 }
 
 fn passed(head: &ResponseHead, raw: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
-    head.passed
+    PassedFields::of_head(&raw[..head.head_len])
         .iter(raw)
         .map(|(name, value)| (name.to_vec(), value.to_vec()))
         .collect()
