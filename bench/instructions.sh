@@ -65,10 +65,10 @@ for _ in $(seq 600); do
 done
 URL="http://127.0.0.1:$PORT/"
 wrk -t1 -c16 -d3s -s "$ROOT/bench/post-2k.lua" "$URL" > /dev/null
-callgrind_control -i on "$VG" > /dev/null
+callgrind_control -i on "$VG" > /dev/null 2>&1
 wrk -t1 -c16 -d10s -s "$ROOT/bench/post-2k.lua" "$URL" > "$DIR/$TAG-wrk.txt"
-callgrind_control -i off "$VG" > /dev/null
-callgrind_control -d "$VG" > /dev/null
+callgrind_control -i off "$VG" > /dev/null 2>&1
+callgrind_control -d "$VG" > /dev/null 2>&1
 REQUESTS=$(awk '/requests in/ {print $1}' "$DIR/$TAG-wrk.txt")
 callgrind_annotate "$DIR/$TAG.out.1" 2>/dev/null | awk -v tag="$TAG" -v n="$REQUESTS" '
     /^Events shown:/ { for (i = 3; i <= NF; i++) names[i - 2] = $i; count = NF - 2 }
