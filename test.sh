@@ -9,6 +9,11 @@ scripts/test-packages.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
+# The release build that is shipped and benchmarked (`cargo xtask build`: an instrumented build,
+# `splitter demo` on it for the profile, the build with the profile; about 6 minutes from
+# scratch), and its demo, which fails when no request succeeds.
+splitter=$(cargo xtask build)
+"$splitter" demo --seconds 2
 SPLITTER_TEST_IO=epoll cargo test -p splitter-user --test '*'
 
 # Tests that need root or a tool a bare machine may lack are #[ignore]d, so that where they

@@ -24,9 +24,11 @@ fi
 # rustup's self-update here can replace the rustup binary with an older one.
 rustup set auto-self-update disable >/dev/null 2>&1 || true
 toolchain=$(sed -n 's/^channel = "\(.*\)"/\1/p' "$(dirname "${BASH_SOURCE[0]}")/../rust-toolchain.toml")
+# llvm-tools: llvm-profdata, which `cargo xtask build` merges the PGO profile with.
+installed=$(rustup component list --toolchain "$toolchain" --installed 2>/dev/null || true)
 if ! rustup run "$toolchain" cargo --version >/dev/null 2>&1 \
-  || ! rustup component list --toolchain "$toolchain" --installed 2>/dev/null | grep -q clippy; then
-  rustup toolchain install "$toolchain" --profile minimal --component clippy,rustfmt --no-self-update
+  || ! grep -q '^clippy' <<<"$installed" || ! grep -q '^llvm-tools' <<<"$installed"; then
+  rustup toolchain install "$toolchain" --profile minimal --component clippy,rustfmt,llvm-tools --no-self-update
 fi
 
 # The tools the tests, benchmarks and `cargo xtask package` drive.

@@ -77,6 +77,8 @@ pub struct Options {
     /// written, under its date.
     #[arg(long)]
     no_readme: bool,
+    #[command(flatten)]
+    build: crate::build::Options,
 }
 
 impl Options {
@@ -173,7 +175,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let skew = measure_skew(&env, &root, opts.skew_seconds(), settings.repeat)?;
     let record = Record {
         date,
-        machine: Machine::probe(&root, env.nproc),
+        machine: Machine::probe(&root, env.nproc, &opts.build),
         settings,
         medians: record::medians(&runs),
         idle,
@@ -233,36 +235,26 @@ fn prepare(root: &Path, opts: &Options) -> anyhow::Result<(Env, u64)> {
     }
     let most = opts.idle_connections.0.iter().copied().max().unwrap_or(0) as u64;
     let fd_limit = proc::raise_fd_limit_to(most + FD_HEADROOM)?;
-    Ok((build_env(root, "xtask-bench")?, fd_limit))
+    Ok((build_env(root, "xtask-bench", &opts.build)?, fd_limit))
 }
 
-/// Builds the release splitter and readies `work` under the target directory, for the
-/// configurations and logs of the processes a run starts.
-pub(crate) fn build_env(root: &Path, work: &str) -> anyhow::Result<Env> {
+/// Builds the release splitter (`cargo xtask build`, as `build` asks) and readies `work` under
+/// the target directory, for the configurations and logs of the processes a run starts.
+pub(crate) fn build_env(
+    root: &Path,
+    work: &str,
+    build: &crate::build::Options,
+) -> anyhow::Result<Env> {
     let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
-    build_splitter(root)?;
+    let splitter_bin = crate::build::release(build)?;
     let work_dir = target_dir(root).join(work);
     std::fs::create_dir_all(&work_dir)
         .with_context(|| format!("creating {}", work_dir.display()))?;
     Ok(Env {
-        splitter_bin: target_dir(root).join("release/splitter"),
+        splitter_bin,
         work_dir,
         nproc,
     })
-}
-
-fn build_splitter(root: &Path) -> anyhow::Result<()> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "-p", "splitter-user"])
-        .current_dir(root)
-        .status()
-        .context("running cargo build")?;
-    ensure!(
-        status.success(),
-        "cargo build --release -p splitter-user: {status}"
-    );
-    Ok(())
 }
 
 fn target_dir(root: &Path) -> PathBuf {

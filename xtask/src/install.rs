@@ -3,7 +3,7 @@
 //!
 //! | installed as                                  | from                        | mode |
 //! | --------------------------------------------- | --------------------------- | ---- |
-//! | `usr/local/bin/splitter`                      | `target/release/splitter`   | 0755 |
+//! | `usr/local/bin/splitter`                      | `cargo xtask build`'s       | 0755 |
 //! | `etc/systemd/system/splitter.service`         | `infra/splitter.service`    | 0644 |
 //! | `usr/local/lib/sysusers.d/splitter.conf`      | `infra/splitter.sysusers`   | 0644 |
 //! | `etc/splitter/splitter.toml` (only if absent) | `infra/splitter.toml`       | 0644 |
@@ -38,9 +38,11 @@ pub struct Options {
     /// Install under this directory instead of `/` (no user is created, systemd is not told).
     #[arg(long, value_name = "DIR", default_value = "/")]
     root: PathBuf,
-    /// Install this `splitter` binary instead of building release (`cargo build --release`).
+    /// Install this `splitter` binary instead of building release (`cargo xtask build`).
     #[arg(long, value_name = "PATH")]
     binary: Option<PathBuf>,
+    #[command(flatten)]
+    build: crate::build::Options,
 }
 
 /// Where each file goes, relative to the root, and who put it there.
@@ -170,7 +172,7 @@ fn check_unit(layout: &Layout, unit: &str) -> anyhow::Result<()> {
 pub fn run(opts: Options) -> anyhow::Result<()> {
     let binary = match opts.binary {
         Some(path) => path,
-        None => build_release()?,
+        None => crate::build::release(&opts.build)?,
     };
     if !binary.is_file() {
         bail!("{}: no such binary", binary.display());
@@ -217,19 +219,6 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// `cargo build --release -p splitter-user`; returns the binary it built.
-pub fn build_release() -> anyhow::Result<PathBuf> {
-    let root = crate::workspace_root();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    run_cmd(Command::new(cargo).current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "splitter-user",
-    ]))?;
-    Ok(target_dir().join("release/splitter"))
 }
 
 /// Cargo's target directory: `$CARGO_TARGET_DIR`, or `target/` in the workspace.

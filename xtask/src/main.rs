@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own tasks, one module per subcommand.
 
 mod bench;
+mod build;
 mod ebpf;
 mod install;
 mod package;
@@ -19,6 +20,9 @@ struct Cli {
 enum Command {
     /// Benchmark the splitter against HAProxy and the bare backend (SPEC section 8).
     Bench(bench::Options),
+    /// Build the release splitter, optimised with the profile of its demo load (PGO); prints
+    /// the binary's path.
+    Build(build::Options),
     /// Build release and install the binary, the systemd unit and a default configuration.
     Install(install::Options),
     /// Build release and a Debian package (.deb) of the same files; prints its path.
@@ -33,6 +37,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Bench(opts) => bench::run(opts),
+        Command::Build(opts) => build::run(opts),
         Command::Install(opts) => install::run(opts),
         Command::Package(opts) => package::run(opts),
         Command::SetupEbpf(opts) => ebpf::run(opts),

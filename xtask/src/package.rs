@@ -37,9 +37,11 @@ use crate::install::{self, PACKAGE};
 /// Options of `cargo xtask package`.
 #[derive(clap::Args)]
 pub struct Options {
-    /// Package this `splitter` binary instead of building release (`cargo build --release`).
+    /// Package this `splitter` binary instead of building release (`cargo xtask build`).
     #[arg(long, value_name = "PATH")]
     binary: Option<PathBuf>,
+    #[command(flatten)]
+    build: crate::build::Options,
     /// Write the .deb into this directory [default: <target dir>/debian].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -63,7 +65,7 @@ const SCRIPTS: [(&str, &str); 3] = [
 pub fn run(opts: Options) -> anyhow::Result<()> {
     let binary = match opts.binary {
         Some(path) => path,
-        None => install::build_release()?,
+        None => crate::build::release(&opts.build)?,
     };
     if !binary.is_file() {
         bail!("{}: no such binary", binary.display());

@@ -85,6 +85,8 @@ pub struct Options {
     /// The route's deadline.
     #[arg(long, value_name = "MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     deadline_ms: u64,
+    #[command(flatten)]
+    build: crate::build::Options,
 }
 
 /// How the run was set up.
@@ -144,7 +146,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let root = crate::workspace_root();
     let run_s = opts.seconds.unwrap_or(opts.minutes * 60);
     let late_after_ms = opts.deadline_ms + LATE_SLACK_MS;
-    let env = crate::bench::build_env(&root, "xtask-soak")?;
+    let env = crate::bench::build_env(&root, "xtask-soak", &opts.build)?;
     proc::raise_fd_limit()?;
     // After the build: only what the soak starts from here on inherits it. The session's
     // group against the rest of the machine, the thread against the rest of the soak.
@@ -232,7 +234,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let summary = report::summarize(&rows, &seconds, &judge);
     let record = SoakRecord {
         date: date.clone(),
-        machine: Machine::probe(&root, env.nproc),
+        machine: Machine::probe(&root, env.nproc, &opts.build),
         settings: Settings {
             chaos: opts.chaos,
             seconds: run_s,

@@ -195,6 +195,8 @@ pub struct Machine {
     pub haproxy: String,
     pub wrk: String,
     pub splitter_commit: String,
+    /// How the splitter was built: `release, PGO` (`cargo xtask build`) or `release`.
+    pub splitter_build: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -278,7 +280,7 @@ pub fn median<T: Copy + PartialOrd>(values: impl Iterator<Item = T>) -> Option<T
 
 impl Machine {
     /// Describes this machine and the versions of the programs measured.
-    pub fn probe(root: &Path, nproc: usize) -> Machine {
+    pub fn probe(root: &Path, nproc: usize, build: &crate::build::Options) -> Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu_model = cpuinfo
             .lines()
@@ -299,6 +301,12 @@ impl Machine {
                     .args(["describe", "--always", "--dirty"]),
                 0,
             ),
+            splitter_build: if build.no_pgo {
+                "release"
+            } else {
+                "release, PGO"
+            }
+            .into(),
         }
     }
 }

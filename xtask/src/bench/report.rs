@@ -360,7 +360,7 @@ fn describe_setup(md: &mut String, r: &Record) {
     let (m, s) = (&r.machine, &r.settings);
     let _ = writeln!(
         md,
-        "Measured {} on {}, {} vCPUs, Linux {}; HAProxy {}, wrk {}, splitter `{}`, by \
+        "Measured {} on {}, {} vCPUs, Linux {}; HAProxy {}, wrk {}, splitter `{}` ({}), by \
          `cargo xtask bench` ([record](bench/results/latest.json)).\n\n\
          {} of {} s (after {} s of warm-up): `wrk -t{} -c{}` POSTing 2 KB of JSON. \
          **CPU µs/req** is the user+system CPU time of the target's process, all threads, \
@@ -379,6 +379,7 @@ fn describe_setup(md: &mut String, r: &Record) {
         m.haproxy,
         m.wrk,
         m.splitter_commit,
+        m.splitter_build,
         match s.repeat {
             1 => "One run".to_owned(),
             n => format!("Medians of {n} runs"),
