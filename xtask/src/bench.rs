@@ -78,7 +78,7 @@ pub struct Options {
     #[arg(long)]
     no_readme: bool,
     #[command(flatten)]
-    build: crate::build::Options,
+    build: crate::build::BuildOptions,
 }
 
 impl Options {
@@ -243,7 +243,7 @@ fn prepare(root: &Path, opts: &Options) -> anyhow::Result<(Env, u64)> {
 pub(crate) fn build_env(
     root: &Path,
     work: &str,
-    build: &crate::build::Options,
+    build: &crate::build::BuildOptions,
 ) -> anyhow::Result<Env> {
     let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
     let splitter_bin = crate::build::release(build)?;

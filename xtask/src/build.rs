@@ -26,7 +26,7 @@ use anyhow::{bail, ensure, Context as _};
 
 /// Build options shared by the tasks that build the release splitter.
 #[derive(clap::Args, Clone, Debug, Default)]
-pub struct Options {
+pub struct BuildOptions {
     /// A plain release build (`target/release/splitter`), without the profiling run.
     #[arg(long)]
     pub no_pgo: bool,
@@ -36,13 +36,13 @@ pub struct Options {
 const PROFILE_LOADS: [(&[&str], &str); 2] = [(&[], "6"), (&["--openrtb"], "3")];
 
 /// Runs `cargo xtask build`: prints the binary's path.
-pub fn run(opts: Options) -> anyhow::Result<()> {
+pub fn run(opts: BuildOptions) -> anyhow::Result<()> {
     println!("{}", release(&opts)?.display());
     Ok(())
 }
 
 /// Builds the release splitter as `opts` asks; returns the binary.
-pub fn release(opts: &Options) -> anyhow::Result<PathBuf> {
+pub fn release(opts: &BuildOptions) -> anyhow::Result<PathBuf> {
     let root = crate::workspace_root();
     let target = crate::install::target_dir();
     if opts.no_pgo {

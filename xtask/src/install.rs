@@ -42,7 +42,7 @@ pub struct Options {
     #[arg(long, value_name = "PATH")]
     binary: Option<PathBuf>,
     #[command(flatten)]
-    build: crate::build::Options,
+    build: crate::build::BuildOptions,
 }
 
 /// Where each file goes, relative to the root, and who put it there.

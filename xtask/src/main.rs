@@ -22,7 +22,7 @@ enum Command {
     Bench(bench::Options),
     /// Build the release splitter, optimised with the profile of its demo load (PGO); prints
     /// the binary's path.
-    Build(build::Options),
+    Build(build::BuildOptions),
     /// Build release and install the binary, the systemd unit and a default configuration.
     Install(install::Options),
     /// Build release and a Debian package (.deb) of the same files; prints its path.
@@ -51,4 +51,16 @@ pub fn workspace_root() -> std::path::PathBuf {
         .parent()
         .expect("xtask is inside the workspace")
         .to_path_buf()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// clap's own checks of the command line (unique names and groups, valid defaults), which
+    /// it otherwise makes only when a command is parsed.
+    #[test]
+    fn command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -41,7 +41,7 @@ pub struct Options {
     #[arg(long, value_name = "PATH")]
     binary: Option<PathBuf>,
     #[command(flatten)]
-    build: crate::build::Options,
+    build: crate::build::BuildOptions,
     /// Write the .deb into this directory [default: <target dir>/debian].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,

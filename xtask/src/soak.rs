@@ -86,7 +86,7 @@ pub struct Options {
     #[arg(long, value_name = "MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     deadline_ms: u64,
     #[command(flatten)]
-    build: crate::build::Options,
+    build: crate::build::BuildOptions,
 }
 
 /// How the run was set up.

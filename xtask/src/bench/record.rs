@@ -280,7 +280,7 @@ pub fn median<T: Copy + PartialOrd>(values: impl Iterator<Item = T>) -> Option<T
 
 impl Machine {
     /// Describes this machine and the versions of the programs measured.
-    pub fn probe(root: &Path, nproc: usize, build: &crate::build::Options) -> Machine {
+    pub fn probe(root: &Path, nproc: usize, build: &crate::build::BuildOptions) -> Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu_model = cpuinfo
             .lines()
