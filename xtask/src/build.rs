@@ -3,12 +3,12 @@
 //! here, so what is measured is what is shipped.
 //!
 //! Why: the hot path's code does not fit the instruction cache (about 800 simulated L1i misses
-//! per request); laid out by a profile it does far better (284), and the user time per request
-//! falls by a sixth (README, "Instructions per request").
+//! per request); laid out by a profile it does far better (about 290), and the user time per
+//! request falls by a sixth (README, "Instructions per request").
 //!
 //! The steps, all under `<target dir>/pgo` but the last:
 //! 1. an instrumented release build (`-Cprofile-generate`; without the eBPF program, which the
-//!    load does not exercise and whose build would inherit the flags);
+//!    demo's load does not exercise: one nested build fewer);
 //! 2. `splitter demo` run on it: two mock backends in the process, the splitter's io_uring
 //!    workers in front, a few seconds of 2 KB JSON and of OpenRTB (gzip, `*` paths) traffic;
 //! 3. the counts merged by `llvm-profdata` (rustup's `llvm-tools` component);
