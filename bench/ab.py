@@ -13,7 +13,7 @@ The same mock backends (the splitter's, `MOCK` to name another binary) and the s
 -c64) for every binary, which take turns (the order reversed every other round, so a slow spell
 weighs on all); each round reports the splitter's CPU µs per request (/proc/PID/stat) and, with
 PERF=1 in the environment, system calls, io_uring submissions and completions and context
-switches per request (perf stat -p). Medians at the end. Needs wrk, taskset, and perf for PERF=1.
+switches per request (perf stat -p); with CPUSTAT=1, how busy each CPU was. Medians at the end. Needs wrk, taskset, and perf for PERF=1.
 SCRIPT and CONNS in the environment change the load: `SCRIPT=post-2k-light.lua CONNS=160` has
 each connection pause 20 ms between requests, so every contestant gets the same request rate,
 below what any of them can serve, and is compared at the same batching.
@@ -38,6 +38,15 @@ def cpu(pid):
     """User and system CPU seconds of `pid`, all threads."""
     f = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()
     return int(f[11]) / HZ, int(f[12]) / HZ
+def cpu_busy():
+    """Busy and total jiffies of each CPU (/proc/stat), for CPUSTAT=1."""
+    out = {}
+    for line in open('/proc/stat'):
+        f = line.split()
+        if re.fullmatch(r'cpu\d+', f[0]):
+            v = [int(x) for x in f[1:9]]
+            out[f[0]] = (sum(v) - v[3] - v[4], sum(v))
+    return out
 def free_port():
     while True:
         with socket.socket() as a, socket.socket() as b:
@@ -73,8 +82,12 @@ def run(name, bin):
     subprocess.run(wrk + ['-d1s', url], capture_output=True)
     c0 = cpu(p.pid)
     perf = subprocess.Popen(['perf', 'stat', '-x,', '-e', 'raw_syscalls:sys_enter,io_uring:io_uring_submit_req,io_uring:io_uring_complete,context-switches', '-p', str(p.pid), '--', 'sleep', str(secs)], stderr=subprocess.PIPE, text=True) if os.environ.get('PERF') else None
+    b0 = cpu_busy()
     ran = subprocess.run(wrk + [f'-d{secs}s', url], capture_output=True, text=True)
     out = ran.stdout
+    if os.environ.get('CPUSTAT'):
+        b1 = cpu_busy()
+        print('    busy', ' '.join(f'{c}={100 * (b1[c][0] - b0[c][0]) / max(1, b1[c][1] - b0[c][1]):.0f}%' for c in b1))
     c1 = cpu(p.pid)
     if perf:
         err = perf.communicate()[1]
