@@ -28,10 +28,18 @@ fn commit() -> String {
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
     };
-    // Rebuild when HEAD moves (the file lives under the git directory, worktrees included).
-    if let Some(head) = git(&["rev-parse", "--git-path", "HEAD"]) {
-        let head = Path::new(env!("CARGO_MANIFEST_DIR")).join(head);
-        println!("cargo::rerun-if-changed={}", head.display());
+    // Rebuild when HEAD moves. On a branch, HEAD only names the branch and a commit changes the
+    // branch's ref instead: a loose file under refs/heads (watched as a directory, so a ref
+    // that appears after `git pack-refs` counts) or a line of packed-refs. Paths come from git,
+    // so worktrees work; only existing ones are watched, as a missing one reruns every build.
+    for path in ["HEAD", "refs/heads", "packed-refs"] {
+        let Some(found) = git(&["rev-parse", "--git-path", path]) else {
+            continue;
+        };
+        let found = Path::new(env!("CARGO_MANIFEST_DIR")).join(found);
+        if found.exists() {
+            println!("cargo::rerun-if-changed={}", found.display());
+        }
     }
     git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into())
 }
