@@ -269,7 +269,7 @@ pub enum Target {
     SplitterEpoll,
     /// HAProxy forwarding to one mock backend: the efficiency yardstick.
     Haproxy,
-    /// One mock backend, directly: shows the backends and wrk are not the bottleneck.
+    /// One mock backend, directly: what a backend's reply costs.
     Direct,
 }
 named!(Target {

@@ -366,8 +366,9 @@ fn describe_setup(md: &mut String, r: &Record) {
          **CPU µs/req** is the user+system CPU time of the target's process, all threads, \
          per request served. `splitter` fans out to two mock backends, `haproxy` \
          forwards to one (keep-alive, `http-reuse always`), `direct` is one backend alone \
-         (its own cost, and proof that wrk and the backends are not the bottleneck). \
-         `pinned`: the target on CPU 0 with one thread, wrk and backends on CPU 1; \
+         (its own cost: what one backend takes per reply). `pinned`: the target on CPU 0 \
+         with one thread, wrk and backends on CPU 1, which the splitter's load (two replies \
+         per request) keeps the busier of the two; \
          `unpinned`: everything anywhere, the target with one thread per CPU. `deadline`: \
          backends take 1-76 ms, 5% of replies 95 ms, the splitter's deadline is 80 ms. \
          Mismatches come from a separate {} s splitter run with `-t{} -c{}` checking every \
