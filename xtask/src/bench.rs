@@ -335,6 +335,7 @@ fn measure_once(
     let before = Counters::read(&dep)?;
     let (summary, _) = wrk::run(&load(settings.seconds), &dep.url(), cpus)?;
     let after = Counters::read(&dep)?;
+    let cpu_busy_percent = proc::busy_percent(&before.cpus, &after.cpus);
     dep.ensure_running()?;
     let peak_rss_kib = dep.measured().peak_rss_kib()?;
     let check = match case.target {
@@ -353,6 +354,7 @@ fn measure_once(
         p999_ms: ms(summary.p999_us),
         cpu_us_per_request: cpu.as_secs_f64() * 1e6 / summary.requests as f64,
         peak_rss_mib: peak_rss_kib as f64 / 1024.0,
+        cpu_busy_percent,
         socket_errors: summary.socket_errors,
         non_2xx: summary.non_2xx,
         responses_204: after
@@ -368,6 +370,8 @@ fn measure_once(
 struct Counters {
     cpu: Duration,
     responses_204: Option<u64>,
+    /// The machine's CPUs, to tell a target short of CPU from one short of load.
+    cpus: Vec<proc::CpuTicks>,
 }
 
 impl Counters {
@@ -381,6 +385,7 @@ impl Counters {
         Ok(Counters {
             cpu: dep.measured().cpu_time()?,
             responses_204,
+            cpus: proc::cpu_ticks(),
         })
     }
 }

@@ -390,6 +390,59 @@ fn parse_machine_cpu(stat: &str) -> Option<MachineCpu> {
     })
 }
 
+/// Each CPU's ticks so far (`/proc/stat`, `cpuN` lines, in CPU order): running anything (user,
+/// nice, system, irq, softirq) and in all (idle, iowait and steal too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuTicks {
+    pub busy: u64,
+    pub total: u64,
+}
+
+/// Each CPU's ticks so far; empty if `/proc/stat` cannot be read.
+pub fn cpu_ticks() -> Vec<CpuTicks> {
+    std::fs::read_to_string("/proc/stat")
+        .map_or_else(|_| Vec::new(), |s| parse_cpu_ticks_per_cpu(&s))
+}
+
+/// How busy each CPU was between two readings of [`cpu_ticks`], in percent of its time.
+pub fn busy_percent(before: &[CpuTicks], after: &[CpuTicks]) -> Vec<f64> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| {
+            let total = a.total.saturating_sub(b.total);
+            let busy = a.busy.saturating_sub(b.busy);
+            if total == 0 {
+                f64::NAN
+            } else {
+                100.0 * busy as f64 / total as f64
+            }
+        })
+        .collect()
+}
+
+fn parse_cpu_ticks_per_cpu(stat: &str) -> Vec<CpuTicks> {
+    stat.lines()
+        .filter(|l| {
+            l.strip_prefix("cpu")
+                .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .map_while(|line| {
+            let t: Vec<u64> = line
+                .split_whitespace()
+                .skip(1)
+                .take(8)
+                .map(|v| v.parse().ok())
+                .collect::<Option<_>>()?;
+            // user nice system idle iowait irq softirq steal
+            Some(CpuTicks {
+                busy: t.first()? + t.get(1)? + t.get(2)? + t.get(5)? + t.get(6)?,
+                total: t.iter().sum(),
+            })
+        })
+        .collect()
+}
+
 /// Every process's name and CPU time so far, by PID (those that exit meanwhile are skipped).
 pub fn process_cpu_times() -> std::collections::HashMap<u32, (String, Duration)> {
     let mut all = std::collections::HashMap::new();
@@ -549,6 +602,40 @@ mod tests {
             })
         );
         assert_eq!(parse_machine_cpu("cpu0 1 2 3\n"), None);
+    }
+
+    #[test]
+    fn each_cpu_from_proc_stat_and_its_busy_share() {
+        let stat = "cpu  100 20 30 4000 5 6 7 8 0 0\n\
+                    cpu0 50 10 15 2000 2 3 3 4 0 0\n\
+                    cpu1 50 10 15 2000 3 3 4 4 0 0\n\
+                    intr 1 2 3\n";
+        let before = parse_cpu_ticks_per_cpu(stat);
+        assert_eq!(
+            before,
+            [
+                CpuTicks {
+                    busy: 50 + 10 + 15 + 3 + 3,
+                    total: 2087
+                },
+                CpuTicks {
+                    busy: 50 + 10 + 15 + 3 + 4,
+                    total: 2089
+                }
+            ]
+        );
+        // CPU 0: 90 of 100 ticks busy; CPU 1: no tick at all.
+        let after = [
+            CpuTicks {
+                busy: before[0].busy + 90,
+                total: before[0].total + 100,
+            },
+            before[1],
+        ];
+        let busy = busy_percent(&before, &after);
+        assert_eq!(busy[0], 90.0);
+        assert!(busy[1].is_nan());
+        assert!(parse_cpu_ticks_per_cpu("cpu  1 2 3\n").is_empty());
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub struct Sample {
     pub cpu_us_per_request: f64,
     /// The target's peak resident set size (VmHWM) after the measured window.
     pub peak_rss_mib: f64,
+    /// How busy each CPU of the machine was over the measured window (all processes), in
+    /// percent: pinned, CPU 0 is the target's and CPU 1 the load's (wrk and the backends).
+    pub cpu_busy_percent: Vec<f64>,
     pub socket_errors: u64,
     /// wrk's count of responses with a status of 400 or above.
     pub non_2xx: u64,
@@ -262,6 +265,19 @@ fn median_sample(s: &[&Sample]) -> Sample {
         p999_ms: f(|x| x.p999_ms),
         cpu_us_per_request: f(|x| x.cpu_us_per_request),
         peak_rss_mib: f(|x| x.peak_rss_mib),
+        cpu_busy_percent: (0..s
+            .iter()
+            .map(|x| x.cpu_busy_percent.len())
+            .max()
+            .unwrap_or(0))
+            .map(|cpu| {
+                median(
+                    s.iter()
+                        .filter_map(|x| x.cpu_busy_percent.get(cpu).copied()),
+                )
+                .unwrap_or(f64::NAN)
+            })
+            .collect(),
         socket_errors: n(|x| x.socket_errors),
         non_2xx: n(|x| x.non_2xx),
         responses_204: opt(|x| x.responses_204),
@@ -362,6 +378,7 @@ mod tests {
             p999_ms: 3.0,
             cpu_us_per_request: cpu,
             peak_rss_mib: 4.0,
+            cpu_busy_percent: vec![cpu, 100.0 - cpu],
             socket_errors: 0,
             non_2xx: 0,
             responses_204: Some(1),
@@ -389,6 +406,8 @@ mod tests {
         let m = medians(&runs);
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].runs, 3);
+        // CPU by CPU, each the median of its own column.
+        assert_eq!(m[0].sample.cpu_busy_percent, [20.0, 80.0]);
         assert_eq!(m[0].sample.cpu_us_per_request, 20.0);
         assert_eq!(m[0].sample.mismatches, Some(2));
     }

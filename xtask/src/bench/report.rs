@@ -364,7 +364,8 @@ fn describe_setup(md: &mut String, r: &Record) {
          `cargo xtask bench` ([record](bench/results/latest.json)).\n\n\
          {} of {} s (after {} s of warm-up): `wrk -t{} -c{}` POSTing 2 KB of JSON. \
          **CPU µs/req** is the user+system CPU time of the target's process, all threads, \
-         per request served. `splitter` fans out to two mock backends, `haproxy` \
+         per request served; **CPUs busy %**, how busy each CPU of the machine was meanwhile \
+         (CPU 0 / CPU 1, every process). `splitter` fans out to two mock backends, `haproxy` \
          forwards to one (keep-alive, `http-reuse always`), `direct` is one backend alone \
          (its own cost: what one backend takes per reply). `pinned`: the target on CPU 0 \
          with one thread, wrk and backends on CPU 1, which the splitter's load (two replies \
@@ -466,14 +467,15 @@ fn openrtb_table(md: &mut String, medians: &[Median]) {
 fn medians_table(md: &mut String, medians: &[Median]) {
     md.push_str(
         "| scenario | pinning | target | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req \
-         | peak RSS MiB | socket errors | non-2xx | 204s | mismatches |\n\
-         | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+         | CPUs busy % | peak RSS MiB | socket errors | non-2xx | 204s | mismatches |\n\
+         | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: \
+         | ---: |\n",
     );
     for m in medians {
         let (c, s) = (&m.case, &m.sample);
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {:.1} | {} | {} | {} | {} |",
             c.scenario,
             c.pinning,
             c.target,
@@ -482,6 +484,7 @@ fn medians_table(md: &mut String, medians: &[Median]) {
             s.p99_ms,
             s.p999_ms,
             s.cpu_us_per_request,
+            busy(&s.cpu_busy_percent),
             s.peak_rss_mib,
             s.socket_errors,
             s.non_2xx,
@@ -529,6 +532,24 @@ fn cpu_of(medians: &[Median], case: Case) -> Option<f64> {
         .iter()
         .find(|m| m.case == case)
         .map(|m| m.sample.cpu_us_per_request)
+}
+
+/// Each CPU's busy share, `88 / 99`; `-` for a record made before it was measured.
+fn busy(percent: &[f64]) -> String {
+    if percent.is_empty() {
+        return "-".into();
+    }
+    let each: Vec<String> = percent
+        .iter()
+        .map(|p| {
+            if p.is_finite() {
+                format!("{p:.0}")
+            } else {
+                "-".into()
+            }
+        })
+        .collect();
+    each.join(" / ")
 }
 
 fn or_dash(v: Option<u64>) -> String {
@@ -627,6 +648,7 @@ mod tests {
                 p999_ms: 1.0,
                 cpu_us_per_request: cpu,
                 peak_rss_mib: 1.0,
+                cpu_busy_percent: Vec::new(),
                 socket_errors: 0,
                 non_2xx: 0,
                 responses_204: None,
