@@ -390,8 +390,8 @@ fn parse_machine_cpu(stat: &str) -> Option<MachineCpu> {
     })
 }
 
-/// Each CPU's ticks so far (`/proc/stat`, `cpuN` lines, in CPU order): running anything (user,
-/// nice, system, irq, softirq) and in all (idle, iowait and steal too).
+/// Each online CPU's ticks so far (`/proc/stat`, `cpuN` lines, in CPU order): running anything
+/// (user, nice, system, irq, softirq) and in all (idle, iowait and steal too).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuTicks {
     pub busy: u64,

@@ -659,6 +659,22 @@ mod tests {
     }
 
     #[test]
+    fn cpus_busy_column_lines_up_with_the_header() {
+        assert_eq!(busy(&[92.6, 98.2]), "93 / 98");
+        assert_eq!(busy(&[f64::NAN, 50.0]), "- / 50");
+        assert_eq!(busy(&[]), "-");
+        let mut m = median_of(Scenario::Fast, Pinning::Pinned, Target::Haproxy, 40.0);
+        m.sample.cpu_busy_percent = vec![95.0, 96.0];
+        let mut md = String::new();
+        medians_table(&mut md, &[m]);
+        let lines: Vec<&str> = md.lines().collect();
+        let cells = |l: &str| l.matches('|').count();
+        assert_eq!(cells(lines[0]), cells(lines[1]));
+        assert_eq!(cells(lines[0]), cells(lines[2]));
+        assert!(lines[2].contains("| 40.0 | 95 / 96 |"), "{}", lines[2]);
+    }
+
+    #[test]
     fn cost_per_extra_backend_over_two() {
         assert_eq!(cost_per_extra_backend(20.0, 4, 16.0), Some(2.0));
         assert_eq!(cost_per_extra_backend(44.0, 16, 16.0), Some(2.0));
