@@ -1006,6 +1006,39 @@ fn backend_timeout_ends_its_wait_early_when_the_others_are_done() {
     assert_eq!(outcome(&m, "slow", "valid"), 0.0, "{}", m.text);
 }
 
+/// A backend's own deadline passes while another is still awaited: the worker goes on waiting
+/// for the other (it once woke again and again at the passed deadline, its CPU at 100 % and
+/// every request it held unanswered).
+#[test]
+fn backend_timeout_passing_while_another_is_awaited_does_not_stall_the_worker() {
+    // Past its own 50 ms, it would win.
+    let tight = delayed_peer("tight", "100", Duration::from_millis(150));
+    let other = delayed_peer("other", "1", Duration::from_millis(120));
+    let cfg = config(
+        "workers = 1",
+        "",
+        &[("tight", tight.addr), ("other", other.addr)],
+        &[("/", 400)],
+    );
+    let s = SPLITTER.run(&backend_keys(&cfg, "tight", "timeout_ms = 50"));
+    let mut client = s.client();
+    for i in 0..3 {
+        let id = format!("stall-{i}");
+        let (r, took) = timed(&mut client, &bid("/x", &id));
+        r.assert_won(&id);
+        assert_priced(&r, "other", "1", None);
+        assert!(
+            took < Duration::from_millis(350),
+            "other answers at 120 ms, the route's deadline is 400 ms: answered after {took:?}"
+        );
+    }
+    // The worker is free: another client is answered too.
+    s.request(&bid("/x", "stall-next")).assert_won("stall-next");
+    let m = s.wait_metrics(WAIT, |m| outcome(m, "tight", "timeout") >= 4.0);
+    assert_eq!(outcome(&m, "tight", "timeout"), 4.0, "{}", m.text);
+    assert_eq!(outcome(&m, "other", "valid"), 4.0, "{}", m.text);
+}
+
 #[test]
 fn backend_timeout_past_the_routes_is_capped_and_one_within_it_can_win() {
     let fast = priced_peer("fast", "1");

@@ -246,14 +246,16 @@ impl<'s, R: Reply> Exchange<'s, R> {
         }
     }
 
-    /// When to call [`poll_outcome`](Self::poll_outcome) if no input comes first: the earliest
-    /// deadline of an awaited backend that has not answered, `None` once the outcome is ready
-    /// or given.
+    /// When to call [`poll_outcome`](Self::poll_outcome) if no input comes first: the latest
+    /// deadline of the awaited backends that have not answered, `None` once the outcome is
+    /// ready or given. At that time `poll_outcome` gives the outcome, so a shell that sleeps
+    /// until it never wakes for nothing. A backend past an earlier deadline of its own needs no
+    /// wake-up: it is a `Timeout` from then on, and the exchange waits for the others.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.decided {
             return None;
         }
-        self.waiting().map(|b| self.deadlines[b]).min()
+        self.waiting().map(|b| self.deadlines[b]).max()
     }
 
     /// The outcome, once: when every awaited backend has answered or passed its deadline.
@@ -856,5 +858,74 @@ mod tests {
         );
         assert_eq!(second(&[Some(2.0), None, Some(2.0)]), (0, 2.0, Some(2.0)));
         assert_eq!(second(&[None, Some(5.0), None]), (1, 5.0, None));
+    }
+
+    /// An exchange with a 100 ms deadline and backends whose own deadlines are `own` (ms).
+    fn with_own_deadlines(c: &Clock, own: &[u64]) -> Exchange {
+        let mut x = c.exchange(0, Prefer::Max);
+        for (b, &ms) in own.iter().enumerate() {
+            x.inner.expect(b, c.at(ms));
+        }
+        x
+    }
+
+    #[test]
+    fn a_backend_past_its_own_deadline_waits_for_the_others_without_waking() {
+        let c = Clock::new();
+        let mut x = with_own_deadlines(&c, &[50, 100]);
+        // The outcome waits for backend 1 (100 ms); nothing to wake for at backend 0's 50 ms.
+        assert_eq!(x.poll_timeout(), Some(c.at(100)));
+        assert_eq!(x.poll_outcome(c.at(50)), None);
+        assert_eq!(x.poll_timeout(), Some(c.at(100)));
+        // Past its own deadline, backend 0's reply no longer counts, however good.
+        assert!(!x.handle_reply(0, Some(9.0), c.at(60)));
+        assert_eq!(x.poll_outcome(c.at(60)), None);
+        x.handle_reply(1, Some(1.0), c.at(70));
+        assert_eq!(x.poll_outcome(c.at(70)), Some(Outcome::Chosen(1)));
+        assert_eq!(outcomes(&x, 2), [Timeout, Valid]);
+    }
+
+    #[test]
+    fn a_backends_own_deadline_ends_the_wait_when_the_others_answered() {
+        let c = Clock::new();
+        let mut x = with_own_deadlines(&c, &[50, 100]);
+        x.handle_reply(1, Some(1.0), c.at(10));
+        assert_eq!(x.poll_outcome(c.at(10)), None);
+        assert_eq!(x.poll_timeout(), Some(c.at(50)));
+        assert_eq!(x.poll_outcome(c.at(50)), Some(Outcome::Chosen(1)));
+        assert_eq!(outcomes(&x, 2), [Timeout, Valid]);
+    }
+
+    /// The shell sleeps until `poll_timeout()` and then asks for the outcome: whatever the
+    /// deadlines and whoever answered, that one wake-up must give it (a time that does not would
+    /// have the shell wake again and again at the same instant).
+    #[test]
+    fn the_wake_up_time_always_gives_the_outcome() {
+        let c = Clock::new();
+        let deadlines = [10, 50, 100];
+        for a in deadlines {
+            for b in deadlines {
+                for d in deadlines {
+                    for answered in 0..8u8 {
+                        let own = [a, b, d];
+                        let mut x = with_own_deadlines(&c, &own);
+                        for (i, &ms) in own.iter().enumerate() {
+                            if answered & (1 << i) != 0 {
+                                x.handle_reply(i, Some(1.0), c.at(ms / 2));
+                            }
+                        }
+                        let at = match x.poll_outcome(c.at(5)) {
+                            Some(_) => continue,
+                            None => x.poll_timeout().expect("no outcome yet: a time to wake"),
+                        };
+                        assert!(
+                            x.poll_outcome(at).is_some(),
+                            "own deadlines {own:?}, answered {answered:03b}: no outcome at {:?}",
+                            at - c.at(0)
+                        );
+                    }
+                }
+            }
+        }
     }
 }
