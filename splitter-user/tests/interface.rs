@@ -366,3 +366,88 @@ fn demo_runs_and_prints_a_summary() {
     assert!(out.contains("requests:"), "{out}");
     assert!(t.elapsed() < Duration::from_secs(60));
 }
+
+/// A second `splitter run` on the port of a running one (no handover) fails on the admin port,
+/// which the first holds, before its listeners join the port's `SO_REUSEPORT` group: it never
+/// takes (and resets) a share of the first one's new connections.
+#[test]
+fn a_start_that_fails_on_the_admin_port_takes_no_connection_of_the_running_one() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let a = SPLITTER.mock_backend("a", &["--price", "1"]);
+    let s = SPLITTER.run(&config(
+        "handover_socket = \"\"",
+        "",
+        &[("a", a.addr)],
+        &[("/", 500)],
+    ));
+    let second = format!(
+        "listen = \"{}\"\nadmin_listen = \"{}\"\nhandover_socket = \"\"\n\
+         [steering]\nmode = \"reuseport\"\n\
+         [[backend]]\nname = \"a\"\naddress = \"{}\"\n[[route]]\npath_prefix = \"/\"\ntimeout_ms = 500\n",
+        s.addr, s.admin, a.addr
+    );
+    let dir = TempDir::new("second-start");
+    let path = dir.write("second.toml", &second);
+
+    // New connections all along, one request each.
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr = s.addr;
+    let load = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let answer = Client::try_connect(addr)
+                    .map_err(|e| e.to_string())
+                    .and_then(|mut c| {
+                        c.try_send(&bid("/x", &format!("fresh-{ok}")))
+                            .map_err(|e| e.to_string())?;
+                        c.try_read_response()
+                    });
+                match answer {
+                    Ok(r) if r.status == 200 => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    // Deterministically, the order: with both ports held by plain sockets (no `SO_REUSEPORT`,
+    // so either bind fails), the admin port is the one named.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held_admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let both_held = dir.write(
+        "held.toml",
+        &second
+            .replacen(
+                &s.addr.to_string(),
+                &held.local_addr().unwrap().to_string(),
+                1,
+            )
+            .replacen(
+                &s.admin.to_string(),
+                &held_admin.local_addr().unwrap().to_string(),
+                1,
+            ),
+    );
+    let (status, _, err) = SPLITTER.cli(&["run", "-c", both_held.to_str().unwrap()], CLI_TIMEOUT);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("`admin_listen`"), "{err}");
+
+    for _ in 0..5 {
+        let (status, _, err) = SPLITTER.cli(&["run", "-c", path.to_str().unwrap()], CLI_TIMEOUT);
+        assert_eq!(status.code(), Some(1), "{err}");
+        assert!(err.contains("admin_listen"), "{err}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = load.join().unwrap();
+    assert!(ok > 0, "the load made no request");
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        ok as usize + failed.len()
+    );
+}

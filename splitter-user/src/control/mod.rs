@@ -164,13 +164,16 @@ impl Server {
                 (listeners, taken.admin, taken.old)
             }
             None => {
-                let listeners = worker::listener::bind_group(config.listen, count)
-                    .with_context(|| format!("cannot listen on {} (`listen`)", config.listen))?;
+                // The admin socket first: a listener joins the `SO_REUSEPORT` group of a running
+                // instance on the same port and takes its share of new connections at once, so a
+                // start that fails on the admin port (that instance holds it) must fail before.
                 let admin_listener = std::net::TcpListener::bind(config.admin_listen)
                     .with_context(|| {
                         format!("cannot listen on {} (`admin_listen`)", config.admin_listen)
                     })?;
                 admin_listener.set_nonblocking(true)?;
+                let listeners = worker::listener::bind_group(config.listen, count)
+                    .with_context(|| format!("cannot listen on {} (`listen`)", config.listen))?;
                 (listeners, admin_listener, None)
             }
         };
