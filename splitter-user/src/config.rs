@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use splitter_common::{MAX_BACKENDS, MAX_ROUTES};
+use splitter_common::{MAX_BACKENDS, MAX_ROUTES, MAX_WORKERS};
 
 use crate::scatter::route::Route;
 use crate::scatter::select::{Prefer, Selection, Selector};
@@ -547,6 +547,27 @@ impl FileConfig {
             .ok_or_else(|| Invalid::new("listen", "required, e.g. `listen = \"0.0.0.0:8080\"`"))?;
         let listen = ip_and_port("listen", &listen)?;
         let admin_listen = ip_and_port("admin_listen", &self.admin_listen)?;
+        // The same port on the same address, or on all addresses for either: one bind fails.
+        let overlap = |a: SocketAddr, b: SocketAddr| {
+            a.port() == b.port()
+                && a.port() != 0
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        };
+        if overlap(admin_listen, listen) {
+            return Err(Invalid::new(
+                "admin_listen",
+                format!("must not overlap `listen`: {admin_listen} and {listen}"),
+            ));
+        }
+        if self.workers > MAX_WORKERS {
+            return Err(Invalid::new(
+                "workers",
+                format!(
+                    "at most {MAX_WORKERS} (the steering program's and the metrics map's size), got {}",
+                    self.workers
+                ),
+            ));
+        }
         at_least_one("max_request_body", self.max_request_body as u64)?;
         at_least_one("max_header_bytes", self.max_header_bytes as u64)?;
         at_least_one("max_in_flight", self.max_in_flight as u64)?;
@@ -1315,6 +1336,32 @@ pin_dir = "/run/splitter"
         for (text, key) in cases {
             assert_error(&text, key, "unknown field");
         }
+    }
+
+    #[test]
+    fn workers_are_bounded_and_the_admin_port_is_not_the_listeners() {
+        assert_eq!(
+            parse(&with_top(&format!("workers = {MAX_WORKERS}")))
+                .unwrap()
+                .workers,
+            MAX_WORKERS
+        );
+        assert_error(
+            &with_top(&format!("workers = {}", MAX_WORKERS + 1)),
+            "workers",
+            &format!("at most {MAX_WORKERS}"),
+        );
+        for admin in ["0.0.0.0:8080", "127.0.0.1:8080", "[::]:8080"] {
+            assert_error(
+                &with_top(&format!("admin_listen = \"{admin}\"")),
+                "admin_listen",
+                "must not overlap `listen`",
+            );
+        }
+        // Another port, or port 0 for both (any free port: a test's), is fine.
+        assert!(parse(&with_top("admin_listen = \"0.0.0.0:8081\"")).is_ok());
+        let zeros = MINIMAL.replace("0.0.0.0:8080", "127.0.0.1:0");
+        assert!(parse(&format!("admin_listen = \"127.0.0.1:0\"\n{zeros}")).is_ok());
     }
 
     #[test]

@@ -116,16 +116,23 @@ fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
         ("log_format", old.log_format != new.log_format),
         ("steering", old.steering != new.steering),
         ("access_log", old.access_log != new.access_log),
+        (
+            "handover_socket",
+            old.handover_socket != new.handover_socket,
+        ),
     ]
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))
     .collect()
 }
 
-/// Number of worker threads for a `workers` setting (0: one per online CPU).
+/// Number of worker threads for a `workers` setting (0: one per online CPU, at most
+/// [`MAX_WORKERS`](splitter_common::MAX_WORKERS), the most a setting may ask for).
 pub fn worker_count(workers: usize) -> usize {
     match workers {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        0 => std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(splitter_common::MAX_WORKERS),
         n => n,
     }
 }
@@ -638,5 +645,38 @@ mod tests {
         assert!(t.iter().all(Option::is_some));
         let t = assign_slots(&t, &["fresh"], MAX_BACKENDS, &mut used);
         assert_eq!(t.iter().flatten().count(), 1);
+    }
+
+    #[test]
+    fn a_reload_names_every_changed_key_only_a_restart_applies() {
+        const BASE: &str = "listen = \"127.0.0.1:8080\"\n[[backend]]\nname = \"a\"\naddress = \"127.0.0.1:9000\"\n[[route]]\npath_prefix = \"/\"\ntimeout_ms = 100\n";
+        // Top-level keys go before the tables, a table of its own after them.
+        let parse = |extra: &str| {
+            let text = match extra.starts_with('[') {
+                true => format!("{BASE}{extra}\n"),
+                false => format!("{extra}\n{BASE}"),
+            };
+            Config::parse(&text, Path::new("t.toml")).unwrap()
+        };
+        let old = parse("");
+        let cases = [
+            ("admin_listen = \"127.0.0.1:9999\"", "admin_listen"),
+            ("workers = 3", "workers"),
+            ("io = \"epoll\"", "io"),
+            ("log_level = \"debug\"", "log_level"),
+            ("log_format = \"json\"", "log_format"),
+            ("[steering]\nmode = \"reuseport\"", "steering"),
+            ("[access_log]\npath = \"/tmp/a.log\"", "access_log"),
+            ("handover_socket = \"/tmp/other.sock\"", "handover_socket"),
+        ];
+        for (extra, key) in cases {
+            assert_eq!(restart_keys(&old, &parse(extra)), [key], "{extra}");
+        }
+        let moved = BASE.replace("127.0.0.1:8080", "127.0.0.1:8081");
+        let moved = Config::parse(&moved, Path::new("t.toml")).unwrap();
+        assert_eq!(restart_keys(&old, &moved), ["listen"]);
+        // What a reload applies is not named.
+        let limits = parse("max_in_flight = 5\nidle_timeout_ms = 5");
+        assert!(restart_keys(&old, &limits).is_empty());
     }
 }
