@@ -251,6 +251,11 @@ impl Splitter {
         }
     }
 
+    /// The file it runs with.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config_path
+    }
+
     pub fn signal(&self, sig: i32) {
         self.proc.signal(sig);
     }

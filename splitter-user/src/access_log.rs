@@ -8,8 +8,10 @@
 //! configuration, formats the lines and appends them to the file.
 
 use std::io::{self, Write as _};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -30,16 +32,18 @@ const DRAIN_EVERY: Duration = Duration::from_millis(100);
 pub struct Record {
     /// When the response was written.
     pub time: SystemTime,
-    /// The route's metrics slot.
-    pub route: u8,
+    /// The route's metrics slot; `None` for a request refused before it had one (a bad or
+    /// unrouted request, a timeout while reading it).
+    pub route: Option<u8>,
     /// The status sent.
     pub status: u16,
     /// The winner's metrics slot, for a 200.
     pub winner: Option<u8>,
     /// The winning number.
     pub value: Option<f64>,
-    /// From the whole request read to the response written.
-    pub duration: Duration,
+    /// From the whole request read to the response written; `None` for a request refused
+    /// before it was whole.
+    pub duration: Option<Duration>,
     /// How each backend did, by metrics slot; `None` for those not on the route.
     pub backends: [Option<BackendOutcome>; MAX_BACKENDS],
 }
@@ -69,6 +73,8 @@ impl Sink {
 pub struct Writer {
     thread: Option<JoinHandle<()>>,
     stop: SyncSender<()>,
+    /// Set by [`Writer::reopen`], taken by the thread at its next drain.
+    reopen: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -90,6 +96,12 @@ impl Writer {
             })
             .unzip();
         let (stop, stopped) = mpsc::sync_channel(1);
+        let reopen = Arc::new(AtomicBool::new(false));
+        let file = LogFile {
+            path: config.path.clone(),
+            out: io::BufWriter::with_capacity(64 * 1024, file),
+            reopen: Arc::clone(&reopen),
+        };
         let format = config.format;
         let thread = std::thread::Builder::new()
             .name("splitter-access".into())
@@ -98,9 +110,16 @@ impl Writer {
             Writer {
                 thread: Some(thread),
                 stop,
+                reopen,
             },
             sinks,
         ))
+    }
+
+    /// Has the writer open the file again by its path before it writes more (on `SIGHUP`): after
+    /// logrotate moved it away, the lines go to a new file, not on into the moved one.
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Relaxed);
     }
 }
 
@@ -120,21 +139,49 @@ fn open(path: &Path) -> io::Result<std::fs::File> {
         .open(path)
 }
 
+/// The file the writer appends to, and how to open it again.
+struct LogFile {
+    path: PathBuf,
+    out: io::BufWriter<std::fs::File>,
+    reopen: Arc<AtomicBool>,
+}
+
+impl LogFile {
+    /// Opens the path again if asked to; on failure the old file stays in use.
+    fn reopen_if_asked(&mut self) {
+        if !self.reopen.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        if let Err(e) = self.out.flush() {
+            tracing::warn!(error = %e, "cannot write the access log");
+        }
+        match open(&self.path) {
+            Ok(file) => self.out = io::BufWriter::with_capacity(64 * 1024, file),
+            Err(e) => tracing::warn!(
+                path = %self.path.display(),
+                error = %e,
+                "cannot open the access log again; writing on to the old file"
+            ),
+        }
+    }
+}
+
 /// Drains the queues until told to stop (then once more), writing a line per record.
 fn write_loop(
-    file: std::fs::File,
+    mut file: LogFile,
     format: LogFormat,
     queues: Vec<Receiver<Record>>,
     names: &Renderer,
     stopped: Receiver<()>,
 ) {
-    let mut out = io::BufWriter::with_capacity(64 * 1024, file);
     let mut line = String::with_capacity(512);
     loop {
         let stop = !matches!(
             stopped.recv_timeout(DRAIN_EVERY),
             Err(mpsc::RecvTimeoutError::Timeout)
         );
+        file.reopen_if_asked();
+        let out = &mut file.out;
         let (backends, routes) = names.names();
         for queue in &queues {
             while let Ok(record) = queue.try_recv() {
@@ -171,9 +218,11 @@ pub fn render(
             .to_owned()
     };
     let time = humantime::format_rfc3339_millis(record.time);
-    let route = name(routes, record.route);
+    let route = record.route.map(|r| name(routes, r));
     let winner = record.winner.map(|w| name(backends, w));
-    let duration_ms = record.duration.as_secs_f64() * 1e3;
+    let duration_ms = record
+        .duration
+        .map(|d| format!("{:.3}", d.as_secs_f64() * 1e3));
     let outcomes = record
         .backends
         .iter()
@@ -184,11 +233,12 @@ pub fn render(
             let _ = write!(
                 line,
                 "{{\"time\":\"{time}\",\"route\":{},\"status\":{},\"winner\":{},\"value\":{},\
-                 \"duration_ms\":{duration_ms:.3},\"backends\":{{",
-                json_str(&route),
+                 \"duration_ms\":{},\"backends\":{{",
+                route.as_deref().map_or("null".into(), json_str),
                 record.status,
                 winner.as_deref().map_or("null".into(), json_str),
                 record.value.map_or("null".into(), |v| v.to_string()),
+                duration_ms.as_deref().unwrap_or("null"),
             );
             for (i, (backend, outcome)) in outcomes.enumerate() {
                 let comma = if i == 0 { "" } else { "," };
@@ -199,10 +249,12 @@ pub fn render(
         LogFormat::Text => {
             let _ = write!(
                 line,
-                "{time} route={route} status={} winner={} value={} duration_ms={duration_ms:.3}",
+                "{time} route={} status={} winner={} value={} duration_ms={}",
+                route.as_deref().unwrap_or("-"),
                 record.status,
                 winner.as_deref().unwrap_or("-"),
                 record.value.map_or("-".into(), |v| v.to_string()),
+                duration_ms.as_deref().unwrap_or("-"),
             );
             for (backend, outcome) in outcomes {
                 let _ = write!(line, " {backend}={outcome}");
@@ -248,11 +300,11 @@ mod tests {
         backends[1] = Some(BackendOutcome::Timeout);
         Record {
             time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_588_000_123),
-            route: 0,
+            route: Some(0),
             status: 200,
             winner: Some(0),
             value: Some(2.5),
-            duration: Duration::from_micros(12_345),
+            duration: Some(Duration::from_micros(12_345)),
             backends,
         }
     }
@@ -277,6 +329,32 @@ mod tests {
             line,
             "2025-12-01T11:20:00.123Z route=/bid status=204 winner=- value=- \
              duration_ms=12.345 a=valid b=timeout\n"
+        );
+    }
+
+    #[test]
+    fn a_refused_request_has_no_route_duration_or_backends() {
+        let refused = Record {
+            route: None,
+            status: 400,
+            winner: None,
+            value: None,
+            duration: None,
+            backends: [None; MAX_BACKENDS],
+            ..record()
+        };
+        let mut line = String::new();
+        render(&mut line, LogFormat::Json, &refused, &[], &[]);
+        assert_eq!(
+            line,
+            "{\"time\":\"2025-12-01T11:20:00.123Z\",\"route\":null,\"status\":400,\
+             \"winner\":null,\"value\":null,\"duration_ms\":null,\"backends\":{}}\n"
+        );
+        line.clear();
+        render(&mut line, LogFormat::Text, &refused, &[], &[]);
+        assert_eq!(
+            line,
+            "2025-12-01T11:20:00.123Z route=- status=400 winner=- value=- duration_ms=-\n"
         );
     }
 

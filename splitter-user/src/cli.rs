@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::config::{Config, LogFormat};
-use crate::{control, demo, mock_backend, top};
+use crate::{control, demo, mock_backend, reload, top};
 use clap::{Parser, Subcommand};
 
 /// A scatter-gather HTTP/1.1 server: every request goes to every backend, the best response
@@ -32,6 +32,9 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Check FILE, send SIGHUP to PID (a splitter running with FILE) and wait until it reports
+    /// the reload applied (exit 0) or refused (exit 1): systemd's `ExecReload`.
+    Reload(reload::ReloadArgs),
     /// Two in-process mock backends, the splitter in front, a short load, a summary.
     Demo(demo::DemoArgs),
     /// The mock backend used by the demo, the tests and the benchmarks.
@@ -69,6 +72,7 @@ pub fn main() -> ExitCode {
             demo::run(args)
         }
         Command::Top(args) => top::run(args),
+        Command::Reload(args) => reload::run(args),
         Command::MockBackend(args) => {
             init_logging("warn", false);
             mock_backend::run(args)

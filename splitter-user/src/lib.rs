@@ -19,7 +19,8 @@
 //!   - [`metrics`]: per-worker counter cells and their Prometheus rendering.
 //!   - [`steering`]: how new connections reach the workers: the eBPF program, or `SO_REUSEPORT`.
 //! - [`access_log`]: sampled request lines, queued by the workers, written by the control plane.
-//! - Tools that ship with the product: [`mock_backend`], [`demo`]; the command line, [`cli`].
+//! - Tools that ship with the product: [`mock_backend`], [`demo`], [`reload`] (systemd's reload
+//!   that waits for the outcome); the command line, [`cli`].
 //!
 //! Only [`cli`] (and the shipped default configuration) is public: the rest is crate-private, so
 //! the compiler reports anything nothing uses. Fuzz builds (`--cfg fuzzing`, which `cargo fuzz`
@@ -36,6 +37,7 @@ pub mod http1;
 mod http1;
 mod metrics;
 mod mock_backend;
+mod reload;
 #[cfg(fuzzing)]
 pub mod scatter;
 #[cfg(not(fuzzing))]

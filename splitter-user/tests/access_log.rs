@@ -127,3 +127,97 @@ fn check_names_the_access_log_keys() {
         assert!(err.contains(&format!("`{key}`")), "{table}: {err}");
     }
 }
+
+/// Every request gets its line, not only those fanned out: refused ones too (no route, bad
+/// framing, too large, over `max_in_flight`), with the status they got.
+#[test]
+fn refused_requests_have_their_lines_too() {
+    let slow = SPLITTER.mock_backend("slow", &["--price", "1", "--delay-ms", "600"]);
+    let dir = TempDir::new("access-refused");
+    let path = dir.path.join("access.log");
+    let mut cfg = config(
+        "max_in_flight = 1\nmax_request_body = 16",
+        "",
+        &[("slow", slow.addr)],
+        &[("/bid", 2000)],
+    );
+    cfg.push_str(&format!(
+        "[access_log]\npath = \"{}\"\nformat = \"json\"\n",
+        path.display()
+    ));
+    let s = SPLITTER.run(&cfg);
+    assert_eq!(s.request(&post("/nowhere", "r404", "{}")).status, 404);
+    assert_eq!(s.request(b"POST /bid HTTP/1.1\r\n\r\n").status, 400);
+    assert_eq!(
+        s.request(&post("/bid", "r413", &"x".repeat(17))).status,
+        413
+    );
+    // One request in flight (the backend takes 600 ms): the next is over the limit.
+    let mut first = s.client();
+    first.send(&post("/bid", "held", "{}"));
+    let busy = wait_for(Duration::from_secs(5), || {
+        s.metrics().get("splitter_in_flight", &[]) >= 1.0
+    });
+    assert!(busy.is_some(), "the first request never got in flight");
+    assert_eq!(s.request(&post("/bid", "r503", "{}")).status, 503);
+    assert_eq!(first.read_response().status, 200);
+
+    let got = lines(&path, 5);
+    let mut statuses: Vec<u64> = got
+        .iter()
+        .map(|line| {
+            let v: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            let status = v["status"].as_u64().unwrap();
+            match status {
+                503 => {
+                    assert_eq!(v["route"], "/bid", "{line}");
+                    assert!(v["duration_ms"].as_f64().is_some(), "{line}");
+                }
+                200 => assert_eq!(v["winner"], "slow", "{line}"),
+                _ => {
+                    assert!(v["route"].is_null(), "{line}");
+                    assert!(v["duration_ms"].is_null(), "{line}");
+                    assert_eq!(v["backends"], serde_json::json!({}), "{line}");
+                }
+            }
+            status
+        })
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 400, 404, 413, 503], "{got:?}");
+}
+
+/// logrotate's way: move the file away, SIGHUP; the lines after the signal go to a new file at
+/// the configured path, none are lost, none go on into the moved one.
+#[test]
+fn sighup_reopens_the_file_after_it_was_moved() {
+    let a = SPLITTER.mock_backend("a", &["--price", "1"]);
+    let dir = TempDir::new("access-rotate");
+    let path = dir.path.join("access.log");
+    let moved = dir.path.join("access.log.1");
+    let s = SPLITTER.run(&with_log(
+        &format!(
+            "[access_log]\npath = \"{}\"\nformat = \"text\"\n",
+            path.display()
+        ),
+        &[("a", a.addr)],
+    ));
+    assert_eq!(s.request(&post("/bid", "before", "{}")).status, 200);
+    assert_eq!(lines(&path, 1).len(), 1);
+    std::fs::rename(&path, &moved).unwrap();
+    let from = s.log_count();
+    s.signal(libc::SIGHUP);
+    s.wait_log(from, Duration::from_secs(10), |l| {
+        l.contains("configuration reloaded")
+    })
+    .expect("the reload is logged");
+    // The writer reopens at its next drain, before writing what is queued then: a request
+    // answered after the signal is written to the new file, whenever the drain comes.
+    assert_eq!(s.request(&post("/bid", "after", "{}")).status, 200);
+    let new = lines(&path, 1);
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert!(new[0].contains("status=200"), "{new:?}");
+    let old = std::fs::read_to_string(&moved).unwrap();
+    assert_eq!(old.lines().count(), 1, "{old}");
+}

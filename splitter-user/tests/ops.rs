@@ -119,9 +119,14 @@ fn unit_has_the_settings_operations_rely_on() {
         "/usr/local/bin/splitter run -c /etc/splitter/splitter.toml"
     );
     assert_eq!(
-        s["ExecReload"].last().unwrap(),
-        "/bin/kill -HUP $MAINPID",
-        "reload is SIGHUP"
+        one("ExecReload"),
+        "/usr/local/bin/splitter reload -c /etc/splitter/splitter.toml --pid $MAINPID",
+        "reload checks, signals and waits for the outcome"
+    );
+    assert_eq!(
+        one("LogsDirectory"),
+        "splitter",
+        "a writable /var/log/splitter"
     );
     assert_eq!(one("Restart"), "on-failure");
     assert_eq!(one("User"), "splitter", "a dedicated user, not root");

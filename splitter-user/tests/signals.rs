@@ -258,3 +258,46 @@ fn healthz_turns_503_while_draining() {
     let status = s.proc.wait_exit(Duration::from_secs(10)).expect("exit");
     assert_eq!(status.code(), Some(0));
 }
+
+/// `splitter reload` (the unit's `ExecReload`) returns once the process has applied the file:
+/// the very next request runs under it, with no wait in between. A file that fails the check
+/// fails the command, and the process is not signalled.
+#[test]
+fn reload_command_returns_once_applied_and_refuses_a_bad_file() {
+    let a = SPLITTER.mock_backend("a", &["--price", "1"]);
+    let b = SPLITTER.mock_backend("b", &["--price", "2"]);
+    let s = SPLITTER.run(&config("", "", &[("a", a.addr)], &[("/", 2000)]));
+    let path = s.config_path().to_str().unwrap().to_owned();
+    let pid = s.pid().to_string();
+    let reload = || SPLITTER.cli(&["reload", "-c", &path, "--pid", &pid], RELOAD_WAIT);
+    let mut client = s.client();
+    assert_eq!(client.request(&bid("/x", "one")).backend(), Some("a"));
+
+    // The command finds the admin port in the file: the one the process bound, not port 0.
+    let two = config("", "", &[("a", a.addr), ("b", b.addr)], &[("/", 2000)]);
+    let two = two.replacen(
+        "admin_listen = \"127.0.0.1:0\"",
+        &format!("admin_listen = \"{}\"", s.admin),
+        1,
+    );
+    s.rewrite_config(&two);
+    let (status, out, err) = reload();
+    assert_eq!(status.code(), Some(0), "stdout {out} stderr {err}");
+    assert!(out.contains("reloaded"), "{out}");
+    let r = client.request(&bid("/x", "two"));
+    r.assert_won("two");
+    assert_eq!(r.backend(), Some("b"), "b bids more and is configured now");
+
+    let applied = |m: &Metrics| m.get("splitter_reloads_total", &[("result", "success")]);
+    let before = applied(&s.metrics());
+    s.rewrite_config("listen = oops");
+    let (status, _, err) = reload();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("listen"), "{err}");
+    let m = s.metrics();
+    assert_eq!(applied(&m), before);
+    assert_eq!(
+        m.get("splitter_reloads_total", &[("result", "failure")]),
+        0.0
+    );
+}

@@ -96,11 +96,7 @@ fn build(binary: &Path, out: &Path, compression: &str) -> anyhow::Result<PathBuf
     }
     install::write_file(&work, "debian/control", b"", 0o644)?;
 
-    let unit = files
-        .iter()
-        .find(|f| f.rel == PACKAGE.unit)
-        .expect("the unit");
-    let depends = depends(&work, &PACKAGE, &String::from_utf8_lossy(&unit.contents))?;
+    let depends = depends(&work, &PACKAGE)?;
     let control = control(version, &arch, &depends, &files);
     install::write_file(&tree, "DEBIAN/control", control.as_bytes(), 0o644)?;
     let conffiles: String = files
@@ -149,10 +145,10 @@ fn architecture() -> anyhow::Result<String> {
 }
 
 /// `Depends:`: the shared libraries the binary links, as dpkg-shlibdeps names their packages
-/// and minimum versions; `passwd` (postinst's useradd, when there is no systemd-sysusers); and
-/// `procps` when the unit runs `/bin/kill` (its ExecReload=), which Debian 12 has there only
-/// with procps (Priority: important, not in a minimal system).
-fn depends(work: &Path, layout: &install::Layout, unit: &str) -> anyhow::Result<String> {
+/// and minimum versions, and `passwd` (postinst's useradd, when there is no systemd-sysusers).
+/// The unit runs nothing but the binary (its ExecReload= is `splitter reload`, not `/bin/kill`,
+/// which Debian 12 has only with procps).
+fn depends(work: &Path, layout: &install::Layout) -> anyhow::Result<String> {
     let out = Command::new("dpkg-shlibdeps")
         .current_dir(work)
         .args(["-O", "-e"])
@@ -171,15 +167,7 @@ fn depends(work: &Path, layout: &install::Layout, unit: &str) -> anyhow::Result<
         .lines()
         .find_map(|l| l.strip_prefix("shlibs:Depends="))
         .with_context(|| format!("dpkg-shlibdeps printed no shlibs:Depends: {stdout}"))?;
-    let kill = unit
-        .lines()
-        .filter_map(|l| l.trim_start().strip_prefix("Exec"))
-        .filter_map(|l| l.split_once('='))
-        .any(|(_, cmd)| cmd.split_whitespace().next() == Some("/bin/kill"));
-    Ok(format!(
-        "{libs}, passwd{}",
-        if kill { ", procps" } else { "" }
-    ))
+    Ok(format!("{libs}, passwd"))
 }
 
 /// The `DEBIAN/control` file.

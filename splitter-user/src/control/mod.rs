@@ -44,7 +44,7 @@ pub struct Server {
     /// `max_in_flight` for the whole process.
     admission: Admission,
     /// The access log's writer, flushed and stopped after the workers.
-    _access_log: Option<AccessLog>,
+    access_log: Option<AccessLog>,
     /// The listening sockets are in systemd's descriptor store: a stop leaves them listening
     /// for the next start, rather than closing them under queued connections.
     stored: bool,
@@ -291,7 +291,7 @@ impl Server {
             steering: steered.mode,
             admission,
             stored,
-            _access_log: access_log,
+            access_log,
             _attached: steered.attached,
         })
     }
@@ -371,6 +371,13 @@ impl Server {
         tracing::info!(backends, routes, "configuration reloaded");
         if let Ok(bytes) = std::fs::read(path) {
             self.renderer.set_config_hash(&bytes);
+        }
+    }
+
+    /// Has the access log, if any, opened again by its path (logrotate moved it away).
+    pub fn reopen_logs(&self) {
+        if let Some(log) = &self.access_log {
+            log.reopen();
         }
     }
 
@@ -585,6 +592,8 @@ pub fn run(path: &Path, config: Config) -> anyhow::Result<()> {
                     signals::Signal::Reload => {
                         // systemd: `systemctl reload` returns once READY=1 follows.
                         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+                        // Whatever the file says: SIGHUP is also how logrotate has logs reopened.
+                        server.reopen_logs();
                         match Config::load(path) {
                             Ok(config) => {
                                 server.reload(&current, config.clone(), path);

@@ -21,7 +21,7 @@ use crate::http1::encode::{
     client_response, continue_100, end_head, status_response, Chosen, ConnectionHeader,
 };
 use crate::http1::request::{parse_request, Method, RequestHead, Version};
-use crate::scatter::exchange::{Outcome, Reply as _, Winner};
+use crate::scatter::exchange::{BackendOutcome, Outcome, Reply as _, Winner, MAX_BACKENDS};
 use crate::scatter::route::Route;
 
 /// Serves `stream` until it closes.
@@ -63,6 +63,33 @@ fn connection_header(close: bool, version: Version) -> ConnectionHeader {
 fn micros_since(started: Instant) -> u64 {
     let elapsed = rt::now().saturating_duration_since(started);
     elapsed.as_micros().min(u64::MAX.into()) as u64
+}
+
+/// Puts a request's record in the access log, if there is one and the request is sampled.
+fn log(
+    worker: &Worker,
+    status: u16,
+    route: Option<usize>,
+    started: Option<Instant>,
+    winner: Option<u8>,
+    value: Option<f64>,
+    backends: [Option<BackendOutcome>; MAX_BACKENDS],
+) {
+    let Some(log) = worker.access_log.as_ref().filter(|log| log.sampled()) else {
+        return;
+    };
+    let record = Record {
+        time: SystemTime::now(),
+        route: route.map(|slot| slot as u8),
+        status,
+        winner,
+        value,
+        duration: started.map(|started| rt::now().saturating_duration_since(started)),
+        backends,
+    };
+    if !log.push(record) {
+        worker.counters.access_log_dropped();
+    }
 }
 
 struct ClientConn {
@@ -122,7 +149,8 @@ impl ClientConn {
             if route.is_none() && head.expect_continue {
                 // Refuse before the body is sent (RFC 9110 §10.1.1); its bytes, if any come,
                 // cannot be told from a next request, so the connection ends here.
-                self.respond(worker, 404, conn_header(true), None).await;
+                self.refuse(worker, 404, conn_header(true), None, None)
+                    .await;
                 return;
             }
             let max_body = plan.limits.max_body;
@@ -130,7 +158,11 @@ impl ClientConn {
                 return;
             };
             let Some(route) = route else {
-                if !self.respond(worker, 404, conn_header(closing), None).await || closing {
+                if !self
+                    .refuse(worker, 404, conn_header(closing), None, None)
+                    .await
+                    || closing
+                {
                     return;
                 }
                 continue;
@@ -162,7 +194,10 @@ impl ClientConn {
         let closing = closing || *worker.shutdown.borrow() != Stop::No;
         let conn = conn_header(closing);
         let Some(permit) = worker.admission.admit() else {
-            return self.respond(worker, 503, conn, Some(started)).await && !closing;
+            return self
+                .refuse(worker, 503, conn, Some(route.slot), Some(started))
+                .await
+                && !closing;
         };
         let in_flight = InFlight::new(&worker.counters, permit);
         let request = Request {
@@ -214,20 +249,16 @@ impl ClientConn {
             Outcome::NoContent => self.respond(worker, 204, conn, Some(started)).await,
         };
         worker.counters.route(route.slot, no_content);
-        if let Some(log) = worker.access_log.as_ref().filter(|log| log.sampled()) {
-            let record = Record {
-                time: SystemTime::now(),
-                route: route.slot as u8,
-                status: if no_content { 204 } else { 200 },
-                winner,
-                value,
-                duration: rt::now().saturating_duration_since(started),
-                backends,
-            };
-            if !log.push(record) {
-                worker.counters.access_log_dropped();
-            }
-        }
+        let status = if no_content { 204 } else { 200 };
+        log(
+            worker,
+            status,
+            Some(route.slot),
+            Some(started),
+            winner,
+            value,
+            backends,
+        );
         if Instant::now() > started + route.timeout + DEADLINE_SLACK {
             worker.counters.deadline_miss();
         }
@@ -260,7 +291,7 @@ impl ClientConn {
                     Err(e) => {
                         worker.counters.request();
                         tracing::debug!(error = %e, "bad request");
-                        self.respond(worker, e.status(), ConnectionHeader::Close, None)
+                        self.refuse(worker, e.status(), ConnectionHeader::Close, None, None)
                             .await;
                         return None;
                     }
@@ -281,7 +312,7 @@ impl ClientConn {
                 Read::TimedOut => {
                     worker.counters.client_timeout();
                     if started {
-                        self.respond(worker, 408, ConnectionHeader::Close, None)
+                        self.refuse(worker, 408, ConnectionHeader::Close, None, None)
                             .await;
                     }
                     return None;
@@ -308,7 +339,7 @@ impl ClientConn {
             Ok(body) => body,
             Err(e) => {
                 let status = bad_body(e);
-                self.respond(worker, status, ConnectionHeader::Close, None)
+                self.refuse(worker, status, ConnectionHeader::Close, None, None)
                     .await;
                 return None;
             }
@@ -322,7 +353,7 @@ impl ClientConn {
                 Ok(false) => {}
                 Err(e) => {
                     let status = bad_body(e);
-                    self.respond(worker, status, ConnectionHeader::Close, None)
+                    self.refuse(worker, status, ConnectionHeader::Close, None, None)
                         .await;
                     return None;
                 }
@@ -357,7 +388,7 @@ impl ClientConn {
             Read::Closed | Read::Draining => false,
             Read::TimedOut => {
                 worker.counters.client_timeout();
-                self.respond(worker, 408, ConnectionHeader::Close, None)
+                self.refuse(worker, 408, ConnectionHeader::Close, None, None)
                     .await;
                 false
             }
@@ -411,6 +442,29 @@ impl ClientConn {
         for buf in [&mut self.buf, &mut self.out, &mut self.forward] {
             buffers::give(std::mem::take(buf));
         }
+    }
+
+    /// Refuses a request (or what was read of one) with an error `status`: writes, counts and
+    /// logs it. `route` and `started` when the request got that far. False when the write failed.
+    async fn refuse(
+        &mut self,
+        worker: &Rc<Worker>,
+        status: u16,
+        conn: ConnectionHeader,
+        route: Option<usize>,
+        started: Option<Instant>,
+    ) -> bool {
+        let written = self.respond(worker, status, conn, started).await;
+        log(
+            worker,
+            status,
+            route,
+            started,
+            None,
+            None,
+            [None; MAX_BACKENDS],
+        );
+        written
     }
 
     /// Writes a response without backend content. False when the write failed.

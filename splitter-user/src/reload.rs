@@ -1,0 +1,166 @@
+//! `splitter reload -c FILE --pid PID`: reloads a running splitter and waits until it has.
+//!
+//! `SIGHUP` alone returns at once, before the process has read the file; systemd's
+//! `Type=notify-reload`, which waits for `RELOADING=1` and `READY=1`, came in systemd 253, after
+//! Debian 12's. So the unit's `ExecReload` runs this instead of `kill -HUP`: the file is checked
+//! first (a bad one fails the reload here, loudly, and the process is not signalled), then
+//! `SIGHUP` goes to PID, and the command waits for `splitter_reloads_total` on the admin port to
+//! count it, as applied (exit 0) or refused (exit 1). `systemctl reload` then returns once the
+//! new configuration is the running one, or fails.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+use crate::config::Config;
+
+/// How long one scrape of the admin port may take.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the admin port is asked while waiting.
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
+/// `splitter reload` arguments.
+#[derive(clap::Args, Debug)]
+pub struct ReloadArgs {
+    /// The configuration file the process runs with (read for `admin_listen`, and checked).
+    #[arg(short, long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// The process to reload (systemd: `$MAINPID`).
+    #[arg(long)]
+    pub pid: i32,
+    /// How long to wait for the reload to be counted.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub timeout: u64,
+}
+
+/// Reloads the process and waits for the outcome.
+pub fn run(args: ReloadArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args.config)?;
+    let admin = loopback_if_unspecified(config.admin_listen);
+    let before = reloads(admin).with_context(|| format!("reading the metrics of {admin}"))?;
+    // SAFETY: kill(2) with a plain signal number; no memory is involved.
+    if unsafe { libc::kill(args.pid, libc::SIGHUP) } != 0 {
+        let e = std::io::Error::last_os_error();
+        bail!("cannot signal process {}: {e}", args.pid);
+    }
+    let until = Instant::now() + Duration::from_secs(args.timeout);
+    loop {
+        std::thread::sleep(POLL_EVERY);
+        // A scrape may fail while the process is busy: only the deadline ends the wait.
+        if let Ok(now) = reloads(admin) {
+            if now.refused > before.refused {
+                bail!(
+                    "process {} refused {}: its running configuration stays (its log says why)",
+                    args.pid,
+                    args.config.display()
+                );
+            }
+            if now.applied > before.applied {
+                println!("{}: reloaded", args.config.display());
+                return Ok(());
+            }
+        }
+        if Instant::now() > until {
+            bail!(
+                "process {} did not report a reload on {admin} within {} s",
+                args.pid,
+                args.timeout
+            );
+        }
+    }
+}
+
+/// A listener on every address is reached on the loopback one.
+fn loopback_if_unspecified(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => {
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, a.port()))
+        }
+        SocketAddr::V6(a) if a.ip().is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port()))
+        }
+        other => other,
+    }
+}
+
+/// The reload counters of `splitter_reloads_total`.
+#[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
+struct Reloads {
+    applied: u64,
+    refused: u64,
+}
+
+/// Scrapes `/metrics` on the admin port for the reload counters.
+fn reloads(admin: SocketAddr) -> anyhow::Result<Reloads> {
+    let mut stream = TcpStream::connect_timeout(&admin, SCRAPE_TIMEOUT)?;
+    stream.set_read_timeout(Some(SCRAPE_TIMEOUT))?;
+    stream.set_write_timeout(Some(SCRAPE_TIMEOUT))?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: splitter\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    if !text.starts_with("HTTP/1.1 200") && !text.starts_with("HTTP/1.0 200") {
+        bail!(
+            "GET /metrics: {}",
+            text.lines().next().unwrap_or("no answer")
+        );
+    }
+    Ok(parse_reloads(&text))
+}
+
+/// The `success` and `failure` samples of `splitter_reloads_total` in a Prometheus text page.
+fn parse_reloads(text: &str) -> Reloads {
+    let mut r = Reloads::default();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("splitter_reloads_total{result=\"") else {
+            continue;
+        };
+        let Some((result, value)) = rest.split_once("\"} ") else {
+            continue;
+        };
+        let value = value.trim().parse::<f64>().unwrap_or(0.0) as u64;
+        match result {
+            "success" => r.applied = value,
+            "failure" => r.refused = value,
+            _ => {}
+        }
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_read_from_the_page() {
+        let page = "# HELP splitter_reloads_total Reloads\n\
+                    # TYPE splitter_reloads_total counter\n\
+                    splitter_reloads_total{result=\"success\"} 3\n\
+                    splitter_reloads_total{result=\"failure\"} 1\n\
+                    splitter_requests_total 9\n";
+        assert_eq!(
+            parse_reloads(page),
+            Reloads {
+                applied: 3,
+                refused: 1
+            }
+        );
+        assert_eq!(parse_reloads("nothing"), Reloads::default());
+    }
+
+    #[test]
+    fn an_admin_port_on_every_address_is_asked_on_loopback() {
+        let any: SocketAddr = "0.0.0.0:8405".parse().unwrap();
+        assert_eq!(
+            loopback_if_unspecified(any),
+            "127.0.0.1:8405".parse().unwrap()
+        );
+        let any6: SocketAddr = "[::]:8405".parse().unwrap();
+        assert_eq!(loopback_if_unspecified(any6), "[::1]:8405".parse().unwrap());
+        let one: SocketAddr = "10.0.0.1:8405".parse().unwrap();
+        assert_eq!(loopback_if_unspecified(one), one);
+    }
+}
