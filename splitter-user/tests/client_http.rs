@@ -340,6 +340,37 @@ fn slow_client_is_disconnected_after_header_timeout() {
     assert_serves(s.addr, "/x", "after-slow");
 }
 
+/// A connection that never sends a byte is closed after `header_timeout_ms` too, not held for
+/// `idle_timeout_ms` as a keep-alive connection between requests is (what a request timeout
+/// from accept is in HAProxy and nginx).
+#[test]
+fn a_connection_that_says_nothing_is_closed_after_header_timeout() {
+    let (_a, s) = one_mock_splitter(
+        "header_timeout_ms = 300\nidle_timeout_ms = 60000",
+        &[("/", 2000)],
+    );
+    let mut silent = s.client();
+    let t = Instant::now();
+    assert!(
+        silent.closed_within(Duration::from_millis(300 + 2000)),
+        "a silent new connection kept past header_timeout_ms"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(silent.buf.is_empty(), "nothing to answer: {:?}", silent.buf);
+    // After a request, the connection waits for the next one for idle_timeout_ms.
+    let mut kept = s.client();
+    kept.request(&bid("/x", "kept-1")).assert_won("kept-1");
+    assert!(
+        !kept.closed_within(Duration::from_millis(600)),
+        "a keep-alive connection between requests was closed before idle_timeout_ms"
+    );
+    kept.request(&bid("/x", "kept-2")).assert_won("kept-2");
+}
+
 #[test]
 fn dribbling_client_is_disconnected_even_if_it_keeps_sending() {
     // One byte every 100 ms: each read is "recent", but the head as a whole is too slow.

@@ -389,6 +389,42 @@ fn an_endless_head_or_body_is_cut_at_max_response_bytes() {
     assert!(rss < RSS_CEILING, "RSS {:.1} MiB", mib(rss));
 }
 
+/// A reply of the traffic's size written a byte at a time (each byte a segment of its own) is
+/// read a byte at a time, and still counts when it is whole before the deadline: the read budget
+/// bounds what a trickle costs, it does not refuse a trickle that ends in time.
+#[test]
+fn a_3_kb_reply_written_a_byte_at_a_time_wins_in_time() {
+    let _exclusive = exclusive();
+    let cheap = priced_peer("cheap", "1");
+    let trickle = RawPeer::start(|mut conn| {
+        while let Some(req) = conn.next_request() {
+            let pad = "p".repeat(3000);
+            let body = format!(
+                "{{\"price\":9,\"id\":\"{}\",\"pad\":\"{pad}\"}}",
+                req.req_id()
+            );
+            for byte in http_json(&body, "").iter() {
+                if !conn.write(&[*byte]) {
+                    return;
+                }
+                thread::sleep(Duration::from_micros(100));
+            }
+        }
+    });
+    let s = SPLITTER.run(&config(
+        "workers = 1",
+        "",
+        &[("cheap", cheap.addr), ("trickle", trickle.addr)],
+        &[("/", 10_000)],
+    ));
+    let r = s.request(&bid("/x", "bytewise-1"));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.backend(), Some("trickle"), "{r:?}");
+    assert!(r.body_str().contains("bytewise-1"), "{r:?}");
+    let m = s.metrics();
+    assert_eq!(outcome(&m, "trickle", "valid"), 1.0, "{}", m.text);
+}
+
 #[test]
 fn a_late_reply_that_trickles_for_ever_is_closed_after_the_grace() {
     let _exclusive = exclusive();
@@ -508,6 +544,48 @@ fn a_pooled_connection_the_backend_closes_is_not_left_in_close_wait() {
         "every connection the backend closed is counted closed\n{}",
         m.text
     );
+}
+
+/// A pooled connection idle for `backend_idle_timeout_ms` is not taken for a request, even
+/// before the sweep (every 100 ms) comes by to close it: the backend may be closing it just then.
+#[test]
+fn a_connection_idle_past_backend_idle_timeout_is_not_reused_before_the_sweep() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let _exclusive = exclusive();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let peer = {
+        let accepted = Arc::clone(&accepted);
+        RawPeer::start(move |mut conn| {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            while let Some(req) = conn.next_request() {
+                if !conn.write(&http_json(&priced_body("p", &req.req_id(), "1"), "")) {
+                    return;
+                }
+            }
+        })
+    };
+    let s = SPLITTER.run(&config(
+        "workers = 1\nbackend_idle_timeout_ms = 300",
+        "",
+        &[("p", peer.addr)],
+        &[("/", 1000)],
+    ));
+    let mut client = s.client();
+    client.request(&bid("/x", "age-0")).assert_won("age-0");
+    for round in 1..=4 {
+        // Past the timeout since the connection went idle (before this client had the answer),
+        // and most likely before the sweep's next pass.
+        thread::sleep(Duration::from_millis(320));
+        let id = format!("age-{round}");
+        client.request(&bid("/x", &id)).assert_won(&id);
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            round + 1,
+            "request {round}, 320 ms after the last: a connection idle past 300 ms was reused"
+        );
+    }
 }
 
 #[test]

@@ -19,9 +19,10 @@ pub struct ReplyLimits {
     pub deadline: Instant,
 }
 
-/// Most reads for one reply. A whole 1 MiB reply takes about 130 reads of 8 KiB; a sender
-/// that needs thousands is writing a byte at a time, and costs milliseconds of CPU per reply.
-pub const MAX_READS: u32 = 1024;
+/// Most reads for one reply. A whole 1 MiB reply takes about 130 reads of 8 KiB, and a reply
+/// of the traffic's size (1-3 KB) still arrives whole if written a byte at a time; a sender that
+/// needs more is trickling a larger reply, at a few microseconds of CPU per read.
+pub const MAX_READS: u32 = 4096;
 
 /// Most reads after the deadline, while a late reply is drained to keep its connection: a
 /// reply still trickling then is not worth its CPU.
@@ -318,7 +319,7 @@ mod tests {
     #[test]
     fn reads_are_budgeted_in_all_and_past_the_deadline() {
         let (reads, e) = trickle(limits(1 << 20));
-        assert!(matches!(e, Err(ReplyError::Trickle(1025))), "{e:?}");
+        assert!(matches!(e, Err(ReplyError::Trickle(4097))), "{e:?}");
         assert_eq!(reads, MAX_READS);
 
         // Past the deadline: 4 reads free, then 64 more.

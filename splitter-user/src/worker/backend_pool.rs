@@ -135,9 +135,11 @@ impl Backend {
         }
     }
 
-    /// How a request at `now` goes to this backend. With a `health_path`, the probe of an
-    /// ejected backend is a health check the caller starts ([`Backend::health_check_due`]).
-    pub fn route(&self, now: Instant) -> Route {
+    /// How a request at `now` goes to this backend; a pooled connection idle for
+    /// `idle_timeout` or longer is not used (the sweep may not have come by yet). With a
+    /// `health_path`, the probe of an ejected backend is a health check the caller starts
+    /// ([`Backend::health_check_due`]).
+    pub fn route(&self, now: Instant, idle_timeout: Duration) -> Route {
         let admit = self.health.borrow_mut().admit(now);
         let probe = match admit {
             Admit::Send => false,
@@ -147,7 +149,7 @@ impl Backend {
                 None => true,
             },
         };
-        if let Some(conn) = self.take() {
+        if let Some(conn) = self.take(now.checked_sub(idle_timeout)) {
             return Route::Send(ConnSource::Pooled(conn));
         }
         if self.open.get() >= self.max_connections.get() {
@@ -166,12 +168,13 @@ impl Backend {
         BackendOpen::new(Rc::clone(&self.counters), self.slot, Rc::clone(&self.open))
     }
 
-    /// An idle connection that is still clean, if any; dirty ones are closed.
-    fn take(&self) -> Option<BackendConn> {
+    /// An idle connection that is still clean and went idle at or after `idle_since`, if any;
+    /// the others are closed (the most recent is last: once one is too old, all are).
+    fn take(&self, idle_since: Option<Instant>) -> Option<BackendConn> {
         let mut idle = self.idle.borrow_mut();
         let mut found = None;
-        while let Some((conn, _)) = idle.pop() {
-            if conn.is_clean() {
+        while let Some((conn, since)) = idle.pop() {
+            if idle_since.is_none_or(|at| since >= at) && conn.is_clean() {
                 found = Some(conn);
                 break;
             }

@@ -129,15 +129,17 @@ enum Read {
 
 impl ClientConn {
     async fn run(&mut self, worker: &Rc<Worker>) {
+        let mut first = true;
         loop {
             // The last response is written: its bytes are no longer needed.
             self.out.clear();
             shrink(&mut self.buf);
             shrink(&mut self.out);
             shrink(&mut self.forward);
-            let Some((head, deadline)) = self.read_head(worker).await else {
+            let Some((head, deadline)) = self.read_head(worker, first).await else {
                 return;
             };
+            first = false;
             // Taken once the head is in, not before waiting for it: a reload that happened
             // while this connection was idle applies to its next request.
             let plan = Rc::clone(&worker.plan.borrow());
@@ -266,8 +268,14 @@ impl ClientConn {
     }
 
     /// Reads until a whole request head is in the buffer. Returns it with the time by which the
-    /// whole request must have arrived, or `None` when the connection is done.
-    async fn read_head(&mut self, worker: &Rc<Worker>) -> Option<(RequestHead, Instant)> {
+    /// whole request must have arrived, or `None` when the connection is done. The `first` on a
+    /// connection must begin within `header_timeout_ms` too: a client that connects and says
+    /// nothing holds a connection no longer than one that trickles its head.
+    async fn read_head(
+        &mut self,
+        worker: &Rc<Worker>,
+        first: bool,
+    ) -> Option<(RequestHead, Instant)> {
         let header_timeout = worker.plan.borrow().header_timeout;
         // A request already (partly) buffered started arriving no later than now.
         let mut deadline = (!self.buf.is_empty()).then(|| rt::now() + header_timeout);
@@ -300,8 +308,11 @@ impl ClientConn {
             let read = match deadline {
                 Some(at) => self.read_until(at, None).await,
                 None => {
-                    let idle = rt::now() + plan.idle_timeout;
-                    self.read_until(idle, Some(worker)).await
+                    let wait = match first {
+                        true => plan.idle_timeout.min(header_timeout),
+                        false => plan.idle_timeout,
+                    };
+                    self.read_until(rt::now() + wait, Some(worker)).await
                 }
             };
             match read {
@@ -362,7 +373,7 @@ impl ClientConn {
                 asked_to_continue = true;
                 self.out.clear();
                 self.out.extend_from_slice(continue_100());
-                if !self.write_raw().await {
+                if !self.write_raw(worker).await {
                     return None;
                 }
             }
@@ -487,7 +498,7 @@ impl ClientConn {
         status: u16,
         started: Option<Instant>,
     ) -> bool {
-        let ok = self.write_raw().await;
+        let ok = self.write_raw(worker).await;
         worker.counters.response(status);
         if let Some(started) = started {
             worker.counters.latency(micros_since(started));
@@ -496,9 +507,10 @@ impl ClientConn {
     }
 
     /// Writes `out`; false when the write failed, or the client did not take it within
-    /// `send_timeout` (the connection is then closed: a client that does not read only pins
-    /// kernel buffers).
-    async fn write_raw(&mut self) -> bool {
+    /// `send_timeout`. Such a client is counted as timed out and its connection reset, not
+    /// closed: a graceful close would keep what it did not read queued in the kernel
+    /// (FIN-WAIT-1) for as long as it goes on not reading.
+    async fn write_raw(&mut self, worker: &Worker) -> bool {
         let out = std::mem::take(&mut self.out);
         let write = self.stream.write_all(out);
         match rt::timeout(self.send_timeout, write).await {
@@ -508,6 +520,22 @@ impl ClientConn {
             }
             Err(_elapsed) => {
                 tracing::debug!("client did not take its response in time");
+                worker.counters.client_timeout();
+                let linger = libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                // SAFETY: a valid `linger` of its size, for the fd `self.stream` owns; the close
+                // that follows (when the connection is dropped) then resets it.
+                unsafe {
+                    libc::setsockopt(
+                        self.stream.fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_LINGER,
+                        (&raw const linger).cast(),
+                        std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                    )
+                };
                 false
             }
         }

@@ -289,7 +289,7 @@ async fn call(
     deadline: Instant,
 ) -> (BackendId, CallEnd) {
     let backend = &plan.backends[id];
-    let mut conn = match backend.route(rt::now()) {
+    let mut conn = match backend.route(rt::now(), plan.backend_idle_timeout) {
         Route::Ejected { check } => {
             if let Some(path) = check {
                 let backend = Rc::clone(backend);

@@ -192,6 +192,33 @@ fn assert_sink_dropped(s: &Splitter, sink: &mut Client, requests: f64) {
         sink.closed_within(WAIT),
         "the client's socket must see the end of the connection"
     );
+    assert!(
+        m.get("splitter_client_timeouts_total", &[]) >= 1.0,
+        "a client dropped for not reading is a client timeout\n{}",
+        m.text
+    );
+    // Reset, not closed: what it did not read is not left queued in the kernel, in a socket
+    // in FIN-WAIT-1 for as long as the client goes on not reading.
+    let lingering = fin_wait_1(s.addr.port());
+    assert!(
+        lingering.is_empty(),
+        "closed gracefully, still queued: {lingering:?}"
+    );
+}
+
+/// The lines of `/proc/net/tcp` for sockets on local port `port` in FIN-WAIT-1.
+fn fin_wait_1(port: u16) -> Vec<String> {
+    let local = format!(":{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&local) && f[3] == "04"
+        })
+        .map(str::to_owned)
+        .collect()
 }
 
 #[test]
