@@ -282,6 +282,26 @@ fn missing_or_repeated_host_in_http11_gets_400() {
     r.assert_won("good-after-v10");
 }
 
+/// RFC 9112 §3.2: a Host with an invalid value gets 400 too; a backend must never get a Host
+/// it could read as another host (a list, a path, userinfo), nor an absolute-form authority
+/// that is not `host[:port]`.
+#[test]
+fn invalid_host_gets_400() {
+    let f = fixture();
+    for host in ["x, y", "a b", "a/b", "x@y", "x:abc", "[::1"] {
+        let raw = format!("GET /x HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        f.rejects(raw.as_bytes(), 400, &format!("Host: {host}"));
+    }
+    f.rejects(
+        b"GET http://y:99x/x HTTP/1.1\r\nHost: y\r\n\r\n",
+        400,
+        "absolute-form authority with a bad port",
+    );
+    let mut c = f.s.client();
+    let r = c.request(b"GET /x HTTP/1.1\r\nHost: [::1]:8080\r\nX-Req-Id: v6-host\r\n\r\n");
+    r.assert_won("v6-host");
+}
+
 #[test]
 fn bad_input_then_a_good_client_is_served() {
     let f = fixture();

@@ -102,6 +102,10 @@ pub enum RequestError {
     /// More than one `Host` (RFC 9112 §3.2).
     #[error("more than one Host")]
     DuplicateHost,
+    /// A `Host`, or the authority of an absolute-form target, that is not `host[:port]`
+    /// (RFC 9112 §3.2: "a Host header field with an invalid field value" gets 400).
+    #[error("invalid Host")]
+    InvalidHost,
     /// Framing fields that disagree or that the splitter cannot decode.
     #[error(transparent)]
     Framing(#[from] FramingError),
@@ -222,6 +226,9 @@ pub fn parse_request(
             || name.eq_ignore_ascii_case("expect")
             || (fields.names_fields && !is_host && fields::named_by_connection(headers, name));
         if is_host {
+            if !is_authority(header.value) {
+                return Err(RequestError::InvalidHost);
+            }
             // An absolute-form target's authority replaces Host (RFC 9112 §3.2.2).
             let value = target.authority.map_or(header.value, str::as_bytes);
             forward_host = host_line(forward, name.as_bytes(), value);
@@ -249,6 +256,48 @@ pub fn parse_request(
         forward_host,
         expect_continue: version == Version::Http11 && fields.expect_continue,
     }))
+}
+
+/// Whether `value` is `uri-host [":" port]` (RFC 3986 §3.2.2, §3.2.3): an IP literal in
+/// brackets, or a registered name or IPv4 address (unreserved, percent-encoded and sub-delims
+/// characters, possibly none), then digits after a colon. No userinfo, no whitespace, no path:
+/// what a backend could read as another host than the one checked here is refused.
+fn is_authority(value: &[u8]) -> bool {
+    let (host, port) = match value.first() {
+        Some(b'[') => match value.iter().position(|&b| b == b']') {
+            Some(end) => {
+                let literal = &value[1..end];
+                let ip_literal = !literal.is_empty()
+                    && literal
+                        .iter()
+                        .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+                if !ip_literal {
+                    return false;
+                }
+                (&[][..], &value[end + 1..])
+            }
+            None => return false,
+        },
+        _ => {
+            let end = value.iter().position(|&b| b == b':').unwrap_or(value.len());
+            (&value[..end], &value[end..])
+        }
+    };
+    let mut rest = host;
+    let reg_name = loop {
+        rest = match rest {
+            [] => break true,
+            [b'%', h, l, tail @ ..] if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => tail,
+            [b, tail @ ..] if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(b) => tail,
+            _ => break false,
+        };
+    };
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    reg_name && port_ok
 }
 
 /// Writes `<name>: value` (the client's spelling of `Host`) and returns where the value is in
@@ -297,8 +346,9 @@ impl<'t> Target<'t> {
             }
             let end = rest.find(['/', '?']).unwrap_or(rest.len());
             let authority = &rest[..end];
-            // RFC 9110 §4.2.4: userinfo is deprecated; a sender must not send it.
-            if authority.is_empty() || authority.contains('@') {
+            // RFC 9110 §4.2.4: userinfo is deprecated; a sender must not send it (and
+            // `is_authority` refuses its `@`).
+            if authority.is_empty() || !is_authority(authority.as_bytes()) {
                 return None;
             }
             (Some(authority), &rest[end..])
@@ -664,11 +714,58 @@ mod tests {
                 b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
                 DuplicateHost,
             ),
+            // A Host that is not host[:port]: two hosts as a list, whitespace, a path, userinfo,
+            // a port that is not a number, a broken IP literal or percent-encoding.
+            (b"GET / HTTP/1.1\r\nHost: x, y\r\n\r\n", InvalidHost),
+            (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", InvalidHost),
+            (b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", InvalidHost),
+            (b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", InvalidHost),
+            (b"GET / HTTP/1.1\r\nHost: a:8o\r\n\r\n", InvalidHost),
+            (b"GET / HTTP/1.1\r\nHost: a:1:2\r\n\r\n", InvalidHost),
+            (b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", InvalidHost),
+            (b"GET / HTTP/1.1\r\nHost: [::1]x\r\n\r\n", InvalidHost),
+            (b"GET / HTTP/1.1\r\nHost: []\r\n\r\n", InvalidHost),
+            (b"GET / HTTP/1.1\r\nHost: a%2\r\n\r\n", InvalidHost),
+            (b"GET / HTTP/1.1\r\nHost: a%zz\r\n\r\n", InvalidHost),
+            (b"GET / HTTP/1.1\r\nHost: a\"b\r\n\r\n", InvalidHost),
+            // The same in an absolute-form target's authority.
+            (
+                b"GET http://y:99x/ HTTP/1.1\r\nHost: y\r\n\r\n",
+                InvalidTarget,
+            ),
+            (
+                b"GET http://[::1/ HTTP/1.1\r\nHost: y\r\n\r\n",
+                InvalidTarget,
+            ),
         ];
         for &(input, why) in cases {
             parse_err(input, why);
             assert_eq!(why.status(), 400);
         }
+    }
+
+    #[test]
+    fn every_host_of_the_uri_grammar_is_accepted() {
+        for host in [
+            "a",
+            "bidder.example:8080",
+            "127.0.0.1",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:8443",
+            "[2001:db8::ffff:1.2.3.4]",
+            "xn--bcher-kva.example",
+            "a_b-c~d.e",
+            "caf%C3%A9.example",
+            "host:",
+            "",
+        ] {
+            let input = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            let (head, forward) = parse(input.as_bytes());
+            assert_eq!(&forward[head.forward_host.clone()], host, "{host:?}");
+        }
+        let (head, forward) = parse(b"GET http://[::1]:8080/x HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(&forward[head.forward_host], "[::1]:8080");
     }
 
     #[test]
