@@ -462,6 +462,15 @@ fn over_max_in_flight_gets_503() {
         "503 must not wait: {:?}",
         t.elapsed()
     );
+    // Over the limit, a request that waits for `100 Continue` gets 503 instead, its body never
+    // asked for, and the connection ends (body bytes could follow).
+    let mut waiting = s.client();
+    waiting.send(
+        b"POST /x HTTP/1.1\r\nHost: h\r\nX-Req-Id: busy-expect\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+    );
+    let r = waiting.read_response();
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(waiting.closed_within(Duration::from_secs(5)));
     first.read_response().assert_won("busy-1");
     // Capacity is back.
     let mut third = s.client();

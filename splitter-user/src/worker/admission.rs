@@ -48,6 +48,13 @@ impl Admission {
     }
 }
 
+impl Admission {
+    /// Whether the process is at its limit now: a request arriving would get 503.
+    pub fn full(&self) -> bool {
+        self.0.in_progress.load(Ordering::Acquire) >= self.0.limit.load(Ordering::Relaxed)
+    }
+}
+
 /// One admitted request: it stops counting when this is dropped.
 #[derive(Debug)]
 pub struct Permit<'a>(&'a Admission);

@@ -148,12 +148,21 @@ impl ClientConn {
             let closing = !head.keep_alive;
             let conn_header = |close: bool| connection_header(close, head.version);
             let route = plan.routes.lookup(head.path(&self.buf));
-            if route.is_none() && head.expect_continue {
-                // Refuse before the body is sent (RFC 9110 §10.1.1); its bytes, if any come,
-                // cannot be told from a next request, so the connection ends here.
-                self.refuse(worker, 404, conn_header(true), None, None)
-                    .await;
-                return;
+            if head.expect_continue {
+                // Refuse before the body is sent (RFC 9110 §10.1.1), rather than ask for it
+                // and then refuse; its bytes, if any come, cannot be told from a next request,
+                // so the connection ends here.
+                let refused = match route {
+                    None => Some(404),
+                    Some(_) if worker.admission.full() => Some(503),
+                    Some(_) => None,
+                };
+                if let Some(status) = refused {
+                    let slot = route.map(|r| r.slot);
+                    self.refuse(worker, status, conn_header(true), slot, None)
+                        .await;
+                    return;
+                }
             }
             let max_body = plan.limits.max_body;
             let Some(request) = self.read_body(worker, &head, max_body, deadline).await else {
