@@ -73,6 +73,41 @@ fn a_new_process_takes_the_sockets_and_the_old_one_drains() {
     assert_eq!(new.admin_get("/healthz").status, 200);
 }
 
+/// The handover socket's directory is made when missing (the default, /run/splitter, exists
+/// only under systemd), so a hand-started upgrade takes the sockets over there too.
+#[test]
+fn the_handover_socket_directory_is_made_when_missing() {
+    let a = SPLITTER.mock_backend("a", &[]);
+    let dir = TempDir::new("handover-dir");
+    let (listen, admin) = (free_addr(), free_addr());
+    let socket = dir.path.join("run").join("splitter").join("handover.sock");
+    let config = restart_config(&dir, listen, admin, &[&a]).replacen(
+        &dir.path.join("handover.sock").display().to_string(),
+        &socket.display().to_string(),
+        1,
+    );
+    let mut old = SPLITTER.run(&config);
+    assert!(
+        socket.exists(),
+        "no handover socket at {}",
+        socket.display()
+    );
+    let new = SPLITTER.run(&config);
+    assert!(
+        new.log_snapshot()
+            .iter()
+            .any(|l| l.contains("took the listening sockets over")),
+        "{:?}",
+        new.log_snapshot()
+    );
+    let status = old
+        .proc
+        .wait_exit(Duration::from_secs(15))
+        .expect("the old one exits");
+    assert!(status.success(), "{status:?}");
+    assert_eq!(new.request(&post("/bid", "after", "{}")).status, 200);
+}
+
 #[test]
 fn another_address_is_not_taken_over() {
     let a = SPLITTER.mock_backend("a", &[]);

@@ -263,6 +263,18 @@ impl Server {
         }
         let stored = systemd::store_listeners(&handed, &handed_admin);
         if let Some(path) = loaded.config.handover_socket.clone() {
+            // systemd makes /run/splitter (RuntimeDirectory=); started by hand, the process
+            // makes it, private to its user, so the default works there too.
+            if let Some(dir) = path.parent().filter(|dir| !dir.exists()) {
+                use std::os::unix::fs::DirBuilderExt as _;
+                let made = std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir);
+                if let Err(e) = made {
+                    tracing::debug!(dir = %dir.display(), error = %e, "cannot make the directory");
+                }
+            }
             let stop = shutdown_tx.clone();
             let serving = handover::serve(path.clone(), listen, handed, handed_admin, move || {
                 stop.send_replace(Stop::HandedOver);

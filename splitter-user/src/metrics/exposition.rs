@@ -50,11 +50,24 @@ pub enum Format {
 impl Format {
     /// The format a scraper's `Accept` field value asks for.
     pub fn for_accept(accept: Option<&[u8]>) -> Format {
-        let wants = accept.is_some_and(|a| {
-            a.windows(b"application/openmetrics-text".len())
-                .any(|w| w.eq_ignore_ascii_case(b"application/openmetrics-text"))
-        });
-        if wants {
+        // The best weight (`q`, 1 when absent) the field gives OpenMetrics by name, and the
+        // best it gives the text format, by name or by a wildcard (RFC 9110 §12.5.1).
+        let (mut openmetrics, mut text) = (0.0f32, 0.0f32);
+        let accept = accept.map(String::from_utf8_lossy).unwrap_or_default();
+        for range in accept.split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("").to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+                .map_or(1.0, |(_, v)| v.trim().parse::<f32>().unwrap_or(0.0));
+            match media.as_str() {
+                "application/openmetrics-text" => openmetrics = openmetrics.max(q),
+                "text/plain" | "text/*" | "*/*" => text = text.max(q),
+                _ => {}
+            }
+        }
+        if openmetrics > 0.0 && openmetrics >= text {
             Format::OpenMetrics
         } else {
             Format::Prometheus
@@ -655,6 +668,20 @@ mod tests {
         let prometheus =
             b"application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
         assert_eq!(Format::for_accept(Some(prometheus)), Format::OpenMetrics);
+        // Prometheus 2.5x's field: OpenMetrics weighs most.
+        let newer = b"application/openmetrics-text;version=1.0.0;q=0.5,\
+            application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+        assert_eq!(Format::for_accept(Some(newer)), Format::OpenMetrics);
+        // The weights decide, not the mere mention.
+        let text_first = b"application/openmetrics-text;q=0.1, text/plain;q=0.9";
+        assert_eq!(Format::for_accept(Some(text_first)), Format::Prometheus);
+        let refused = b"Application/OpenMetrics-Text; q=0";
+        assert_eq!(Format::for_accept(Some(refused)), Format::Prometheus);
+        assert_eq!(Format::for_accept(Some(b"*/*")), Format::Prometheus);
+        assert_eq!(
+            Format::for_accept(Some(b"application/openmetrics-text")),
+            Format::OpenMetrics
+        );
         assert!(Format::OpenMetrics
             .content_type()
             .starts_with("application/openmetrics-text"));
