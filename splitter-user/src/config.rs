@@ -761,7 +761,12 @@ fn backends(
             max_connections,
             timeout,
             host: table.host,
-            path_prefix: table.path_prefix,
+            // The forwarded target starts with `/`: `/rtb/` and `/rtb` both give `/rtb/x`, not
+            // `/rtb//x`; `/` alone changes nothing.
+            path_prefix: table
+                .path_prefix
+                .map(|p| p.trim_end_matches('/').to_owned())
+                .filter(|p| !p.is_empty()),
             shadow: table.shadow,
         });
     }
@@ -1801,6 +1806,15 @@ timeout_ms = 450
         assert_eq!(a.host.as_deref(), Some("dsp.example:443"));
         assert_eq!(a.path_prefix.as_deref(), Some("/openrtb2"));
         assert!(!a.shadow && c.backends[1].shadow);
+        // A trailing `/` is not doubled with the target's own; `/` alone is no prefix.
+        for (prefix, kept) in [
+            ("/rtb/", Some("/rtb")),
+            ("/rtb//", Some("/rtb")),
+            ("/", None),
+        ] {
+            let c = parse(&text.replace("\"/openrtb2\"", &format!("{prefix:?}"))).unwrap();
+            assert_eq!(c.backends[0].path_prefix.as_deref(), kept, "{prefix}");
+        }
         assert_eq!(
             (c.routes[0].backends, c.routes[0].floor),
             (0b011, Some(1.25))
