@@ -10,8 +10,13 @@
 mod common;
 
 use std::net::TcpStream;
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::bpftool::{self, PinDir, WorkerCell};
@@ -322,4 +327,420 @@ fn auto_mode_without_privileges_falls_back_to_reuseport_and_says_why() {
         "no fallback line, or the start line does not say reuseport:\n{}",
         run.output
     );
+}
+
+/// A configuration on fixed addresses (a restart takes over only the address it is given), with
+/// eBPF steering pinning under `pins` and the handover socket `handover` ("" for none).
+fn restart_config(
+    listen: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    handover: &Path,
+    pins: &PinDir,
+    backend: &Mock,
+) -> String {
+    format!(
+        "listen = \"{listen}\"\nadmin_listen = \"{admin}\"\nworkers = 2\n\
+         handover_socket = \"{}\"\n\
+         [[backend]]\nname = \"{}\"\naddress = \"{}\"\n\
+         [[route]]\npath_prefix = \"/\"\ntimeout_ms = 450\n\
+         [steering]\nmode = \"ebpf\"\npin_dir = \"{}\"\n",
+        handover.display(),
+        backend.name,
+        backend.addr,
+        pins.path.display()
+    )
+}
+
+/// Clients sending bids back to back, each on a new connection (so that each is steered),
+/// until dropped; [`Load::finish`] tells how many were answered 200 and what failed.
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<(u64, Vec<String>)>>,
+}
+
+impl Load {
+    fn start(addr: std::net::SocketAddr, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..clients)
+            .map(|c| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let (mut ok, mut failed) = (0, Vec::new());
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        let id = format!("c{c}-{i}");
+                        let answer = common::Client::try_connect(addr)
+                            .map_err(|e| format!("connect: {e}"))
+                            .and_then(|mut client| {
+                                client.try_send(&bid("/", &id)).map_err(|e| e.to_string())?;
+                                client.try_read_response()
+                            });
+                        match answer {
+                            Ok(r) if r.status == 200 => ok += 1,
+                            Ok(r) => failed.push(format!("{id}: status {}", r.status)),
+                            Err(e) => failed.push(format!("{id}: {e}")),
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    /// Stops the clients: requests answered 200, and the failures.
+    fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|t| t.join().expect("client thread"))
+            .fold((0, Vec::new()), |(ok, mut failed), (o, f)| {
+                failed.extend(f);
+                (ok + o, failed)
+            })
+    }
+}
+
+/// The `steered` total of `splitter top --once` on `pins`: connections the program sent.
+fn steered_total(pins: &PinDir) -> u64 {
+    let pin_dir = pins.path.to_str().unwrap();
+    let (status, out, err) =
+        SPLITTER.cli(&["top", "--once", "-p", pin_dir], Duration::from_secs(30));
+    assert!(status.success(), "splitter top: {err}");
+    let header: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let column = header
+        .iter()
+        .position(|&h| h == "steered")
+        .unwrap_or_else(|| panic!("no steered column: {out}"));
+    let all = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("all"))
+        .unwrap_or_else(|| panic!("no total row: {out}"));
+    all.split_whitespace()
+        .nth(column)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no steered total: {out}"))
+}
+
+/// The new process steers with eBPF: its start-up says so, its program sends new connections
+/// into its own pinned map, which `bpftool` and `splitter top` read.
+#[track_caller]
+fn assert_steers_with_ebpf(s: &common::Splitter, pins: &PinDir) {
+    let logs = s.log_snapshot().join("\n");
+    assert!(
+        logs.contains("took the listening sockets over")
+            && logs.contains("eBPF sk_reuseport")
+            && logs.contains("steering=\"ebpf\""),
+        "the new process does not steer with eBPF:\n{logs}"
+    );
+    let before = steered_total(pins);
+    for i in 0..8 {
+        s.request(&bid("/", &format!("after-{i}")))
+            .assert_won(&format!("after-{i}"));
+    }
+    let after = steered_total(pins);
+    assert!(
+        after >= before + 8,
+        "8 new connections, but the pinned map's `steered` went from {before} to {after}"
+    );
+    let cells = dump(&pins.map());
+    assert_eq!(cells.len(), 2, "{cells:?}");
+}
+
+#[test]
+#[ignore = "needs root (CAP_BPF, CAP_NET_ADMIN), bpftool and a build with the eBPF object"]
+fn a_handover_under_load_keeps_ebpf_steering_and_fails_no_request() {
+    require_privileged();
+    let pins = PinDir::new("test-handover");
+    let backend = SPLITTER.mock_backend("a", &[]);
+    let dir = common::TempDir::new("ebpf-handover");
+    let (listen, admin) = (common::free_addr(), common::free_addr());
+    let config = restart_config(
+        listen,
+        admin,
+        &dir.path.join("handover.sock"),
+        &pins,
+        &backend,
+    );
+    let mut old = SPLITTER.run(&config);
+
+    let load = Load::start(listen, 2);
+    std::thread::sleep(Duration::from_millis(500));
+    // Twice: the second new process takes the sockets from one that itself took them over.
+    for restart in 1..=2 {
+        let new = SPLITTER.run(&config);
+        let status = old
+            .proc
+            .wait_exit(Duration::from_secs(15))
+            .unwrap_or_else(|| panic!("restart {restart}: the old process did not exit"));
+        assert!(status.success(), "restart {restart}: {status:?}");
+        std::thread::sleep(Duration::from_millis(500));
+        old = new;
+    }
+    let (ok, failed) = load.finish();
+    assert!(
+        failed.is_empty(),
+        "{} failed ({ok} ok): {failed:?}",
+        failed.len()
+    );
+    assert!(ok > 50, "only {ok} requests answered");
+
+    assert!(pins.map().exists(), "no pin after the handover");
+    assert_steers_with_ebpf(&old, &pins);
+    old.signal(libc::SIGTERM);
+    assert!(old.proc.wait_exit(Duration::from_secs(10)).is_some());
+    assert!(!pins.map().exists(), "the pin outlived the last process");
+}
+
+/// systemd's descriptor store, as far as the splitter sees it: a `NOTIFY_SOCKET` that keeps
+/// what comes with `FDSTORE=1` by `FDNAME`, and gives it to the next start as `LISTEN_FDS`. A
+/// thread takes the notifications in as they come, as systemd does: the kernel queues only a
+/// few datagrams (`net.unix.max_dgram_qlen`), and a sender blocks when the queue is full.
+struct FdStore {
+    path: std::path::PathBuf,
+    fds: Arc<Mutex<Stored>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Stored descriptors by `FDNAME`.
+type Stored = std::collections::BTreeMap<String, Vec<OwnedFd>>;
+
+impl FdStore {
+    fn new(dir: &common::TempDir) -> FdStore {
+        let path = dir.path.join("notify.sock");
+        let socket = UnixDatagram::bind(&path).expect("notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let fds = Arc::new(Mutex::new(Stored::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (fds, stop) = (Arc::clone(&fds), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    receive_notification(&socket, &fds);
+                }
+            })
+        };
+        FdStore {
+            path,
+            fds,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits until `workers` worker listeners and the admin one are stored (bounded).
+    fn wait_stored(&self, workers: usize) {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            {
+                let fds = self.fds.lock().unwrap();
+                if fds.get("worker").map_or(0, Vec::len) == workers
+                    && fds.get("admin").map_or(0, Vec::len) == 1
+                {
+                    return;
+                }
+                assert!(Instant::now() < until, "not stored: {:?}", fds.keys());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts `splitter run` as systemd would: with the stored descriptors from fd 3 on
+    /// (`LISTEN_FDS`, `LISTEN_FDNAMES`, `LISTEN_PID`), under `wrapper` (a command line that
+    /// ends by exec-ing its arguments), and returns once it logs `splitter started`.
+    fn start(&self, config: &Path, wrapper: &[&str]) -> (common::ProcGuard, common::LineLog) {
+        let stored = self.fds.lock().unwrap();
+        let mut passed = Vec::new();
+        let mut names = Vec::new();
+        for name in ["worker", "admin"] {
+            for fd in stored.get(name).into_iter().flatten() {
+                passed.push(fd.as_raw_fd());
+                names.push(name);
+            }
+        }
+        // `$$` is the shell's PID, which `exec` hands on to the splitter.
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "LISTEN_PID=$$ exec \"$@\"", "sh"])
+            .args(wrapper)
+            .arg(SPLITTER.path())
+            .args(["run", "-c"])
+            .arg(config)
+            .env("NOTIFY_SOCKET", &self.path)
+            .env("LISTEN_FDS", passed.len().to_string())
+            .env("LISTEN_FDNAMES", names.join(":"))
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1");
+        // SAFETY: only async-signal-safe calls between fork and exec. Each descriptor is first
+        // copied above any it could overwrite, then put at 3, 4, ...
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut high = Vec::with_capacity(passed.len());
+                for &fd in &passed {
+                    let h = libc::fcntl(fd, libc::F_DUPFD, 1000);
+                    if h < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    high.push(h);
+                }
+                for (i, &h) in high.iter().enumerate() {
+                    if libc::dup2(h, 3 + i as libc::c_int) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::close(h);
+                }
+                Ok(())
+            });
+        }
+        let (proc, log) = common::spawn_logged(&mut cmd);
+        drop(stored);
+        assert!(
+            log.wait_line(0, READY_TIMEOUT, |l| l.contains("splitter started"))
+                .is_some(),
+            "did not start:\n{}",
+            log.text()
+        );
+        (proc, log)
+    }
+}
+
+impl Drop for FdStore {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Takes in one notification, if one comes within the socket's timeout.
+fn receive_notification(socket: &UnixDatagram, store: &Mutex<Stored>) {
+    let mut data = [0u8; 4096];
+    let mut control = [0u8; 4096];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    let mut fds = Vec::new();
+    // SAFETY: every pointer outlives the call; the descriptors the kernel passes are new and
+    // ours to own.
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = control.len() as _;
+        let n = libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
+        if n < 0 {
+            return;
+        }
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let bytes = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let p = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
+                for i in 0..bytes / size_of::<libc::c_int>() {
+                    fds.push(OwnedFd::from_raw_fd(p.add(i).read_unaligned()));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        n as usize
+    };
+    let text = String::from_utf8_lossy(&data[..n]).into_owned();
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_owned)
+    };
+    let name = field("FDNAME").unwrap_or_else(|| "stored".into());
+    let mut stored = store.lock().unwrap();
+    if field("FDSTOREREMOVE").as_deref() == Some("1") {
+        stored.remove(&name);
+    } else if field("FDSTORE").as_deref() == Some("1") {
+        stored.entry(name).or_default().extend(fds);
+    }
+}
+
+#[test]
+#[ignore = "needs root (CAP_BPF, CAP_NET_ADMIN), bpftool, setpriv and a build with the eBPF object"]
+fn restarts_from_the_descriptor_store_keep_ebpf_steering_also_after_a_crash() {
+    require_privileged();
+    common::require_tool("setpriv");
+    let pins = PinDir::new("test-fdstore");
+    let backend = SPLITTER.mock_backend("a", &[]);
+    let dir = common::TempDir::new("ebpf-fdstore");
+    let (listen, admin) = (common::free_addr(), common::free_addr());
+    let config = dir.write(
+        "splitter.toml",
+        &restart_config(listen, admin, Path::new(""), &pins, &backend),
+    );
+    let store = FdStore::new(&dir);
+    let started = |log: &common::LineLog| {
+        let text = log.text();
+        assert!(
+            text.contains("took the listening sockets over") && text.contains("steering=\"ebpf\""),
+            "{text}"
+        );
+    };
+
+    // `systemctl restart`: the first process stores its sockets and stops; the next one starts
+    // on them, steering with eBPF, while clients keep connecting.
+    let (mut first, _) = store.start(&config, &[]);
+    store.wait_stored(2);
+    let load = Load::start(listen, 2);
+    std::thread::sleep(Duration::from_millis(500));
+    first.signal(libc::SIGTERM);
+    let status = first.wait_exit(Duration::from_secs(15)).expect("stops");
+    assert!(status.success(), "{status:?}");
+    let (mut second, log) = store.start(&config, &[]);
+    started(&log);
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, failed) = load.finish();
+    assert!(
+        failed.is_empty(),
+        "{} failed ({ok} ok): {failed:?}",
+        failed.len()
+    );
+    assert!(ok > 20, "only {ok} requests answered");
+    assert!(steered_total(&pins) > 0);
+    store.wait_stored(2);
+
+    // A crash leaves the sockets in the dead process's socket array, which its program, still
+    // attached, keeps alive. The next start takes them back, also without CAP_SYS_ADMIN (the
+    // unit's capabilities), which cannot look that array up.
+    second.signal(libc::SIGKILL);
+    second.wait_exit(Duration::from_secs(10)).expect("killed");
+    let (mut third, log) = store.start(
+        &config,
+        &[
+            "setpriv",
+            "--inh-caps=-sys_admin",
+            "--bounding-set=-sys_admin",
+            "--",
+        ],
+    );
+    started(&log);
+    let before = steered_total(&pins);
+    for i in 0..8 {
+        common::Client::connect(listen)
+            .request(&bid("/", &format!("after-{i}")))
+            .assert_won(&format!("after-{i}"));
+    }
+    assert!(steered_total(&pins) >= before + 8, "{}", log.text());
+    third.signal(libc::SIGTERM);
+    assert!(
+        third.wait_exit(Duration::from_secs(10)).is_some(),
+        "{}",
+        log.text()
+    );
+    assert!(!pins.map().exists(), "the pin outlived the last process");
 }

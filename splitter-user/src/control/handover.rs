@@ -6,9 +6,15 @@
 //! The exchange, on the `handover_socket` path the running process listens on:
 //! 1. the new process connects and sends `take <listen address>\n`;
 //! 2. the old one answers `ok <n>\n` with its `n` worker listeners and its admin listener
-//!    attached (`SCM_RIGHTS`), or `no\n` when the addresses differ (another instance's path);
+//!    attached (`SCM_RIGHTS`), or `no\n` when the addresses differ (another instance's path).
+//!    The kernel carries at most [`SCM_MAX_FD`] descriptors per message: beyond, the rest
+//!    follow in messages of one byte (`+`) each, as many as needed;
 //! 3. once its own workers run on them, the new process sends `ready\n`; the old one stops
 //!    accepting and drains, and the new one takes over the path for the next restart.
+//!
+//! With eBPF steering, the old process takes the listeners out of its socket array just before
+//! it sends them (a socket can be in one array at a time; the new process puts them in its
+//! own), and back if the handover fails.
 //!
 //! Blocking code on threads of its own: it runs once per restart, never on the data path.
 
@@ -19,8 +25,16 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Most listeners one handover carries: a worker per CPU, plus the admin one.
-const MAX_FDS: usize = 257;
+/// Most descriptors one `SCM_RIGHTS` message carries (the kernel's `SCM_MAX_FD`; more is
+/// EINVAL).
+const SCM_MAX_FD: usize = 253;
+
+/// Most worker listeners a handover accepts: a bound on what a confused peer can make this
+/// process wait for, far above any worker count.
+const MAX_LISTENERS: usize = 1 << 16;
+
+/// The payload of the messages that carry the descriptors beyond the first [`SCM_MAX_FD`].
+const MORE: &[u8] = b"+";
 
 /// How long either side waits for the other at each step.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,7 +76,7 @@ pub fn take_over(path: &Path, listen: SocketAddr) -> io::Result<Option<Inherited
     };
     old.set_read_timeout(Some(STEP_TIMEOUT))?;
     old.write_all(format!("take {listen}\n").as_bytes())?;
-    let (line, fds) = recv_with_fds(&old)?;
+    let (line, mut fds) = recv_with_fds(&old)?;
     if line.trim_end() == "no" {
         return Ok(None);
     }
@@ -70,8 +84,17 @@ pub fn take_over(path: &Path, listen: SocketAddr) -> io::Result<Option<Inherited
         .trim_end()
         .strip_prefix("ok ")
         .and_then(|n| n.parse().ok())
+        .filter(|&n| (1..=MAX_LISTENERS).contains(&n))
         .ok_or_else(|| io::Error::other(format!("unexpected handover answer {line:?}")))?;
-    if fds.len() != count + 1 || count == 0 {
+    // The descriptors beyond the first message's, in messages of their own.
+    while fds.len() < count + 1 && !fds.is_empty() && fds.len() % SCM_MAX_FD == 0 {
+        let (more, next) = recv_with_fds(&old)?;
+        if more.as_bytes() != MORE || next.is_empty() {
+            break;
+        }
+        fds.extend(next);
+    }
+    if fds.len() != count + 1 {
         return Err(io::Error::other(format!(
             "handover sent {} descriptors for {count} listeners",
             fds.len()
@@ -141,25 +164,48 @@ fn hand_over(
     }
     let mut fds: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
     fds.push(admin.as_raw_fd());
-    send_with_fds(
-        &stream,
-        format!("ok {}\n", listeners.len()).as_bytes(),
-        &fds,
-    )?;
-    line.clear();
-    reader.take(64).read_line(&mut line)?;
-    if line.trim_end() != "ready" {
-        return Err(io::Error::other(format!(
-            "the new process did not start ({line:?})"
-        )));
+    // Out of this process's eBPF socket array, so that the new process can steer them; the
+    // kernel hashes new connections over them until it does.
+    let released = crate::steering::release(listeners);
+    let handed = send_all(&stream, listeners.len(), &fds).and_then(|()| {
+        line.clear();
+        reader.take(64).read_line(&mut line)?;
+        if line.trim_end() != "ready" {
+            return Err(io::Error::other(format!(
+                "the new process did not start ({line:?})"
+            )));
+        }
+        Ok(())
+    });
+    if let Err(e) = handed {
+        if let Some(released) = released {
+            released.restore(listeners);
+        }
+        return Err(e);
     }
     tracing::info!("listening sockets handed over to a new process: draining");
     Ok(true)
 }
 
-/// Sends `data` with `fds` attached in one `sendmsg`.
+/// Sends `ok <count>` and `fds`: as many as one message carries with it, the rest in messages
+/// of [`MORE`].
+fn send_all(stream: &UnixStream, count: usize, fds: &[RawFd]) -> io::Result<()> {
+    let first = format!("ok {count}\n");
+    for (i, chunk) in fds.chunks(SCM_MAX_FD).enumerate() {
+        let data = if i == 0 { first.as_bytes() } else { MORE };
+        send_with_fds(stream, data, chunk)?;
+    }
+    Ok(())
+}
+
+/// Sends `data` with `fds` (at most [`SCM_MAX_FD`], at least one) attached in one `sendmsg`.
 fn send_with_fds(stream: &UnixStream, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
-    assert!(fds.len() <= MAX_FDS);
+    if fds.is_empty() || fds.len() > SCM_MAX_FD {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} descriptors in one message", fds.len()),
+        ));
+    }
     let space = cmsg_space(fds.len());
     let mut control = vec![0u8; space];
     let mut iov = libc::iovec {
@@ -189,9 +235,9 @@ fn send_with_fds(stream: &UnixStream, data: &[u8], fds: &[RawFd]) -> io::Result<
     Ok(())
 }
 
-/// Receives one line (the whole first message) and the descriptors attached to it.
+/// Receives one message (a message with descriptors ends a read) and its descriptors.
 fn recv_with_fds(stream: &UnixStream) -> io::Result<(String, Vec<OwnedFd>)> {
-    let space = cmsg_space(MAX_FDS);
+    let space = cmsg_space(SCM_MAX_FD);
     let mut control = vec![0u8; space];
     let mut data = [0u8; 64];
     let mut iov = libc::iovec {
@@ -284,5 +330,71 @@ mod tests {
             .unwrap()
             .is_none());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The kernel's identity of a socket, the same in every descriptor of it.
+    fn cookie(socket: &TcpListener) -> u64 {
+        let mut cookie: u64 = 0;
+        let mut len = size_of::<u64>() as libc::socklen_t;
+        // SAFETY: a valid socket and an out-parameter of the size given.
+        let rc = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_COOKIE,
+                (&raw mut cookie).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        cookie
+    }
+
+    #[test]
+    fn more_listeners_than_one_message_carries_all_arrive_in_order() {
+        let dir =
+            std::env::temp_dir().join(format!("splitter-handover-many-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // One message exactly full (with the admin listener), one descriptor over, and several
+        // messages (`workers = 0` on a host of 512 CPUs).
+        for workers in [SCM_MAX_FD - 1, SCM_MAX_FD, 2 * SCM_MAX_FD + 10] {
+            let path = dir.join(format!("handover-{workers}.sock"));
+            let group =
+                crate::worker::listener::bind_group("127.0.0.1:0".parse().unwrap(), workers)
+                    .unwrap();
+            let listen = group[0].local_addr().unwrap();
+            let cookies: Vec<u64> = group.iter().map(cookie).collect();
+            let admin = TcpListener::bind("127.0.0.1:0").unwrap();
+            let admin_cookie = cookie(&admin);
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            let thread = serve(path.clone(), listen, group, admin, move || {
+                done_tx.send(()).unwrap();
+            })
+            .unwrap();
+            let inherited = take_over(&path, listen)
+                .unwrap_or_else(|e| panic!("{workers} workers: {e}"))
+                .expect("sockets");
+            let got: Vec<u64> = inherited.listeners.iter().map(cookie).collect();
+            assert_eq!(
+                got, cookies,
+                "{workers} workers: the same sockets, by worker"
+            );
+            assert_eq!(cookie(&inherited.admin), admin_cookie);
+            inherited.old.expect("a process waits").ready().unwrap();
+            done_rx.recv_timeout(STEP_TIMEOUT).expect("handed over");
+            thread.join().unwrap();
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_message_of_too_many_descriptors_is_an_error_not_a_panic() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let fds = vec![a.as_raw_fd(); SCM_MAX_FD + 1];
+        let e = send_with_fds(&a, b"x", &fds).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        let e = send_with_fds(&a, b"x", &[]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        send_with_fds(&a, b"x", &fds[..SCM_MAX_FD]).expect("a full message");
     }
 }

@@ -1,16 +1,27 @@
 //! The aya loader of `splitter-ebpf`: checks what loading needs, loads the object sized for the
 //! worker count, fills the socket array, maps the metrics array, pins it, and attaches.
 //!
-//! Order matters: the socket array is complete and the metrics cells are mapped before the
-//! program is attached, so the first SYN it sees can already be steered. The pin is replaced
-//! at start (a crashed run leaves one behind) and removed on drop only while it is still ours.
+//! Order matters: the program passes the verifier, the socket array is complete and the metrics
+//! cells are mapped before the program is attached, so the first SYN it sees can already be
+//! steered. The pin is replaced at start (the previous process's, or one a crashed run left
+//! behind) and removed on drop only while it is still ours.
+//!
+//! Restarts: the listening sockets outlive the process (handed over, or kept in systemd's
+//! descriptor store), and the kernel lets a socket be in one `REUSEPORT_SOCKARRAY` at a time
+//! (EBUSY otherwise). So a process lets go of its sockets ([`release`] when it hands them over,
+//! and on drop, which a stop into the descriptor store goes through), and a new process that
+//! still finds them held takes them ([`fill`]) from wherever they are. Meanwhile the program
+//! attached to the group finds no socket to select and the kernel hashes: both processes
+//! accept on the same sockets, so no connection waits on a process that does not accept.
 
 use std::fmt::Write as _;
-use std::os::fd::AsFd as _;
+use std::net::TcpListener;
+use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
-use aya::maps::{Map, MapData, MapInfo, ReusePortSockArray};
+use aya::maps::{Map, MapData, MapError, MapInfo, MapType, ReusePortSockArray};
 use aya::programs::SkReuseport;
 use aya::{Ebpf, EbpfLoader};
 use splitter_common::{
@@ -42,6 +53,19 @@ pub enum Error {
         path: PathBuf,
         /// What was found instead.
         why: String,
+    },
+    /// The inherited listeners stay in another process's socket array.
+    #[error(
+        "the listening sockets taken over are still in the socket array of another process's \
+         steering program (the kernel allows one; EBUSY), and it was not found to take them \
+         from: a splitter that does not release them on a handover (a version before this \
+         one) still runs with `steering.pin_dir` {}. Run this one as root once (CAP_SYS_ADMIN \
+         finds that array), or stop the old one and start this one",
+        pin_dir.display()
+    )]
+    Busy {
+        /// The configured directory, where the previous process pinned its metrics map.
+        pin_dir: PathBuf,
     },
     /// The kernel (or aya) refused a step: `what` failed with `cause`.
     #[error("{what}: {cause}")]
@@ -85,29 +109,28 @@ fn object() -> Result<&'static [u8], Error> {
     return Err(Error::NotBuilt(env!("SPLITTER_NO_EBPF_REASON")));
 }
 
-/// The loaded program and its maps. Dropping it removes the metrics map's pin (if still ours);
-/// the program stays attached until the listeners close, and the metrics cells stay mapped as
-/// long as the [`MetricsRegion`] lives.
+/// The loaded program and its maps. Dropping it takes the listeners out of the socket array
+/// (they may live on in another process) and removes the metrics map's pin (if still ours);
+/// the program stays attached until the listeners close or another program replaces it, and
+/// the metrics cells stay mapped as long as the [`MetricsRegion`] lives.
 pub struct Attached {
     /// The loaded program (and any map not taken out below).
     ebpf: Ebpf,
-    /// The workers' listeners, by worker index.
-    _sockets: ReusePortSockArray<MapData>,
-    /// The metrics array: its id tells whether the pin is still ours.
-    metrics: MapData,
-    /// `<pin_dir>/<METRICS_MAP>`.
-    pin: PathBuf,
+    /// What a handover needs, also listed in [`GROUPS`].
+    group: Arc<Group>,
 }
 
 impl Drop for Attached {
     fn drop(&mut self) {
+        lock(&GROUPS).retain(|g| !Arc::ptr_eq(g, &self.group));
+        // Handed over or stored with systemd, the listeners outlive this process: the next
+        // one can put them in its own array only once they have left this one.
+        self.group.clear();
         // Another instance configured with the same pin_dir may have replaced our pin since we
         // made it: its pin is not ours to remove.
-        let ours = self.metrics.info().map(|i| i.id()).ok();
-        let pinned = MapInfo::from_pin(&self.pin).map(|i| i.id()).ok();
-        if ours.is_some() && ours == pinned {
-            if let Err(e) = std::fs::remove_file(&self.pin) {
-                tracing::warn!(pin = %self.pin.display(), error = %e, "cannot remove the pin");
+        if self.group.pin_is_ours() {
+            if let Err(e) = std::fs::remove_file(&self.group.pin) {
+                tracing::warn!(pin = %self.group.pin.display(), error = %e, "cannot remove the pin");
             }
         }
         // The directory stays: removing it could race with another instance that has just
@@ -115,11 +138,113 @@ impl Drop for Attached {
     }
 }
 
+/// One attached steering: what its listeners are, where they are selected from, and what
+/// attaches it again.
+struct Group {
+    /// `SO_COOKIE` of worker 0's listener: names the `SO_REUSEPORT` group in a handover.
+    cookie: u64,
+    /// Entries in the socket array.
+    workers: u32,
+    /// The workers' listeners, by worker index.
+    sockets: Mutex<ReusePortSockArray<MapData>>,
+    /// The loaded program, to attach it again after a failed handover.
+    program: OwnedFd,
+    /// The metrics array: its id tells whether the pin is still ours.
+    metrics: MapData,
+    /// `<pin_dir>/<METRICS_MAP>`.
+    pin: PathBuf,
+}
+
+/// This process's attached steerings (one per `Server`), for [`release`].
+static GROUPS: Mutex<Vec<Arc<Group>>> = Mutex::new(Vec::new());
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Group {
+    /// Empties the socket array: the program then selects nothing and the kernel hashes.
+    fn clear(&self) {
+        let mut sockets = lock(&self.sockets);
+        for i in 0..self.workers {
+            // ENOENT for an entry already empty (or whose socket closed).
+            let _ = sockets.clear_index(&i);
+        }
+    }
+
+    fn pin_is_ours(&self) -> bool {
+        let ours = self.metrics.info().map(|i| i.id()).ok();
+        let pinned = MapInfo::from_pin(&self.pin).map(|i| i.id()).ok();
+        ours.is_some() && ours == pinned
+    }
+
+    /// Steers `listeners` again after a handover that failed: attaches the program (replacing
+    /// one the failed process may have attached), takes the listeners back, pins the map again
+    /// if the failed process removed the pin.
+    fn restore(&self, listeners: &[TcpListener]) -> Result<(), Error> {
+        let first = listeners.first().ok_or_else(|| Error::Kernel {
+            what: "restoring steering",
+            cause: "no listener".into(),
+        })?;
+        attach_fd(first, &self.program)
+            .map_err(|e| Error::kernel("attaching to the SO_REUSEPORT group again")(&e))?;
+        let n = listeners.len().min(self.workers as usize);
+        let mut sockets = lock(&self.sockets);
+        // The failed process's array lets go of them when the kernel frees it, a moment after
+        // the process exited or its program was replaced just above.
+        let busy = poll_fill(&mut sockets, &listeners[..n], (0..n).collect(), BUSY_WAIT)?;
+        if !busy.is_empty() {
+            return Err(Error::Kernel {
+                what: "taking the listeners back into the socket array",
+                cause: format!(
+                    "{} still held by another process's array (EBUSY)",
+                    busy.len()
+                ),
+            });
+        }
+        if MapInfo::from_pin(&self.pin).is_err() {
+            self.metrics
+                .pin(&self.pin)
+                .map_err(|e| Error::kernel("pinning the metrics map again")(&e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Steering let go of for a handover; [`Released::restore`] takes it back if the handover fails.
+pub struct Released(Arc<Group>);
+
+impl Released {
+    /// The handover failed: this process steers its listeners again.
+    pub fn restore(self, listeners: &[TcpListener]) {
+        match self.0.restore(listeners) {
+            Ok(()) => tracing::info!("eBPF steering restored after the failed handover"),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot restore eBPF steering after the failed handover: the kernel hashes new \
+                 connections over the workers"
+            ),
+        }
+    }
+}
+
+/// Takes `listeners` (a handover's, worker 0's first) out of this process's socket array, so
+/// that the process they are handed to can put them in its own; `None` when they are not
+/// steered by eBPF here. Until that process attaches its program, the kernel hashes new
+/// connections over the listeners, which both processes accept on.
+pub fn release(listeners: &[TcpListener]) -> Option<Released> {
+    let cookie = socket_cookie(listeners.first()?).ok()?;
+    let group = lock(&GROUPS).iter().find(|g| g.cookie == cookie).cloned()?;
+    group.clear();
+    tracing::info!("eBPF steering: listeners released for the process taking them over");
+    Some(Released(group))
+}
+
 /// Loads and attaches the steering program to the group of `listeners` (worker `i` owns
 /// `listeners[i]`), with the metrics cells in the pinned map under `pin_dir`.
 pub fn attach(
     pin_dir: &Path,
-    listeners: &[std::net::TcpListener],
+    listeners: &[TcpListener],
 ) -> Result<(Attached, Arc<MetricsRegion>), Error> {
     let object = object()?;
     let workers = listeners.len();
@@ -138,15 +263,9 @@ pub fn attach(
         .load(object)
         .map_err(|e| Error::kernel("loading the BPF object")(&e))?;
 
-    let mut sockets: ReusePortSockArray<MapData> = take_map(&mut ebpf, SOCKETS_MAP)?
+    let sockets: ReusePortSockArray<MapData> = take_map(&mut ebpf, SOCKETS_MAP)?
         .try_into()
         .map_err(|e| Error::kernel("opening the socket array")(&e))?;
-    for (i, listener) in listeners.iter().enumerate() {
-        sockets
-            .set(i as u32, listener, 0)
-            .map_err(|e| Error::kernel("adding a listener to the socket array")(&e))?;
-    }
-
     let Map::Array(metrics) = take_map(&mut ebpf, METRICS_MAP)? else {
         return Err(Error::Kernel {
             what: "opening the metrics map",
@@ -156,19 +275,37 @@ pub fn attach(
     check_geometry(&metrics, n)?;
     let region = MetricsRegion::bpf_array(metrics.fd().as_fd(), workers)
         .map_err(|e| Error::kernel("mapping the metrics array (mmap)")(&e))?;
-    let pin = pin_dir.join(METRICS_MAP);
-    pin_replacing(&metrics, &pin)?;
-    // From here on, a failure drops `attached`, which removes the pin just made.
-    let mut attached = Attached {
-        ebpf,
-        _sockets: sockets,
-        metrics,
-        pin,
-    };
 
-    let program: &mut SkReuseport = attached
+    let program = steer_program(&mut ebpf)?;
+    program
+        .load()
+        .map_err(|e| Error::kernel("loading the sk_reuseport program (verifier)")(&e))?;
+    let program_fd = program
+        .fd()
+        .map_err(|e| Error::kernel("loading the sk_reuseport program")(&e))?
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| Error::kernel("duplicating the program's descriptor")(&e))?;
+    let cookie = socket_cookie(&listeners[0])
+        .map_err(|e| Error::kernel("reading the listener's socket cookie")(&e))?;
+    // From here on, a failure drops `attached`, which empties the socket array (the old
+    // process then takes the listeners back) and removes the pin if it was made.
+    let group = Arc::new(Group {
+        cookie,
+        workers: n,
+        sockets: Mutex::new(sockets),
+        program: program_fd,
+        metrics,
+        pin: pin_dir.join(METRICS_MAP),
+    });
+    lock(&GROUPS).push(Arc::clone(&group));
+    let attached = Attached { ebpf, group };
+
+    fill(&mut lock(&attached.group.sockets), listeners, pin_dir)?;
+    pin_replacing(&attached.group.metrics, &attached.group.pin)?;
+    let program: &SkReuseport = attached
         .ebpf
-        .program_mut(STEER_PROGRAM)
+        .program(STEER_PROGRAM)
         .ok_or_else(|| Error::Kernel {
             what: "finding the program",
             cause: format!("no program {STEER_PROGRAM} in the object"),
@@ -176,19 +313,206 @@ pub fn attach(
         .try_into()
         .map_err(|e| Error::kernel("finding the program")(&e))?;
     program
-        .load()
-        .map_err(|e| Error::kernel("loading the sk_reuseport program (verifier)")(&e))?;
-    program
         .attach(&listeners[0])
         .map_err(|e| Error::kernel("attaching to the SO_REUSEPORT group")(&e))?;
     tracing::info!(
         workers,
-        pin = %attached.pin.display(),
+        pin = %attached.group.pin.display(),
         "steering: eBPF sk_reuseport, least-loaded worker (open connections plus {} per \
          request in flight; ties to the SYN's CPU)",
         splitter_common::IN_FLIGHT_WEIGHT
     );
     Ok((attached, region))
+}
+
+fn steer_program(ebpf: &mut Ebpf) -> Result<&mut SkReuseport, Error> {
+    ebpf.program_mut(STEER_PROGRAM)
+        .ok_or_else(|| Error::Kernel {
+            what: "finding the program",
+            cause: format!("no program {STEER_PROGRAM} in the object"),
+        })?
+        .try_into()
+        .map_err(|e| Error::kernel("finding the program")(&e))
+}
+
+/// How long a new process waits for the kernel to free the socket array of a process that is
+/// gone (its program detached), and a failed handover for the new process's.
+const BUSY_WAIT: Duration = Duration::from_secs(3);
+
+/// Puts worker `i`'s listener at index `i`. Listeners taken over from a previous process may
+/// still be in its socket array (EBUSY): a splitter of this version releases them when it hands
+/// them over or stops, but one that crashed, or one of a version before, did not. They are
+/// taken from it:
+/// 1. with CAP_SYS_ADMIN (root), from the array of the program that reads the metrics map
+///    pinned under `pin_dir` (the previous process pinned it there), emptied;
+/// 2. else the program the previous process attached to the group is detached: once that
+///    process is gone, nothing holds its array any more, and the kernel frees it, releasing
+///    the sockets (polled for [`BUSY_WAIT`]).
+///
+/// In the meantime the group's program selects nothing and the kernel hashes.
+fn fill(
+    sockets: &mut ReusePortSockArray<MapData>,
+    listeners: &[TcpListener],
+    pin_dir: &Path,
+) -> Result<(), Error> {
+    let mut busy = try_fill(sockets, listeners, (0..listeners.len()).collect())?;
+    if busy.is_empty() {
+        return Ok(());
+    }
+    let pin = pin_dir.join(METRICS_MAP);
+    match clear_array_of_pinned(&pin) {
+        Ok(0) => tracing::info!(
+            pin = %pin.display(),
+            "listeners taken over are still in another socket array, and no program that \
+             reads the pinned metrics map holds one"
+        ),
+        Ok(arrays) => tracing::info!(
+            arrays,
+            "listeners taken over were still in the previous process's socket array: emptied it"
+        ),
+        Err(e) => tracing::info!(
+            error = %e,
+            "listeners taken over are still in another socket array, not found through the \
+             metrics map pinned under steering.pin_dir (that needs the pin and CAP_SYS_ADMIN)"
+        ),
+    }
+    busy = try_fill(sockets, listeners, busy)?;
+    if busy.is_empty() {
+        return Ok(());
+    }
+    match SkReuseport::detach(&listeners[0]) {
+        Ok(()) => tracing::info!(
+            "detached the previous process's steering program: its socket array goes with it \
+             once that process is gone"
+        ),
+        Err(e) => tracing::info!(error = %chain(&e), "no steering program to detach"),
+    }
+    busy = poll_fill(sockets, listeners, busy, BUSY_WAIT)?;
+    if busy.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Busy {
+            pin_dir: pin_dir.to_owned(),
+        })
+    }
+}
+
+/// [`try_fill`] again and again until nothing is busy or `wait` has passed.
+fn poll_fill(
+    sockets: &mut ReusePortSockArray<MapData>,
+    listeners: &[TcpListener],
+    mut busy: Vec<usize>,
+    wait: Duration,
+) -> Result<Vec<usize>, Error> {
+    let until = Instant::now() + wait;
+    loop {
+        busy = try_fill(sockets, listeners, busy)?;
+        if busy.is_empty() || Instant::now() >= until {
+            return Ok(busy);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Puts the listeners at `indices` into the array; the indices whose socket is in another
+/// array (EBUSY).
+fn try_fill(
+    sockets: &mut ReusePortSockArray<MapData>,
+    listeners: &[TcpListener],
+    indices: Vec<usize>,
+) -> Result<Vec<usize>, Error> {
+    let mut busy = Vec::new();
+    for i in indices {
+        match sockets.set(i as u32, &listeners[i], 0) {
+            Ok(()) => {}
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EBUSY) => {
+                busy.push(i);
+            }
+            Err(e) => return Err(Error::kernel("adding a listener to the socket array")(&e)),
+        }
+    }
+    Ok(busy)
+}
+
+/// Empties the socket arrays of the programs that read the map pinned at `pin`; how many. The
+/// kernel lists programs only to CAP_SYS_ADMIN.
+fn clear_array_of_pinned(pin: &Path) -> Result<usize, String> {
+    let metrics = MapInfo::from_pin(pin).map_err(|e| chain(&e))?.id();
+    let mut cleared = 0;
+    for program in aya::programs::loaded_programs() {
+        let program = program.map_err(|e| chain(&e))?;
+        let Ok(Some(maps)) = program.map_ids() else {
+            continue;
+        };
+        if !maps.contains(&metrics) {
+            continue;
+        }
+        for id in maps {
+            let Ok(info) = MapInfo::from_id(id) else {
+                continue;
+            };
+            if !matches!(info.map_type(), Ok(MapType::ReuseportSockArray)) {
+                continue;
+            }
+            let data = MapData::from_id(id).map_err(|e| chain(&e))?;
+            let mut array: ReusePortSockArray<MapData> = Map::ReusePortSockArray(data)
+                .try_into()
+                .map_err(|e: MapError| chain(&e))?;
+            for i in 0..info.max_entries() {
+                let _ = array.clear_index(&i);
+            }
+            cleared += 1;
+        }
+    }
+    Ok(cleared)
+}
+
+/// `SO_ATTACH_REUSEPORT_EBPF`: `program` steers the group of `socket`, replacing its program.
+fn attach_fd(socket: &TcpListener, program: &OwnedFd) -> std::io::Result<()> {
+    let fd: libc::c_int = program.as_raw_fd();
+    // SAFETY: a valid socket and an int-sized option value that outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_EBPF,
+            (&raw const fd).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Detaches the program steering the `SO_REUSEPORT` group of `socket`, if any: true when there
+/// was one (a previous process's).
+pub fn detach(socket: &TcpListener) -> bool {
+    SkReuseport::detach(socket).is_ok()
+}
+
+/// The kernel's cookie of `socket` (`SO_COOKIE`): the same for every descriptor of it, in any
+/// process.
+fn socket_cookie(socket: &TcpListener) -> std::io::Result<u64> {
+    let mut cookie: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a valid socket and an out-parameter of the size given.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(cookie)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, Error> {
@@ -223,14 +547,15 @@ fn check_geometry(metrics: &MapData, workers: u32) -> Result<(), Error> {
     Ok(())
 }
 
-/// Pins `map` at `pin`, first removing whatever is there: a pin left by a run that crashed, or
-/// by another instance configured with the same `pin_dir` (the last to start owns the path).
+/// Pins `map` at `pin`, first removing whatever is there: the pin of the process this one
+/// replaces (a restart), a pin left by a run that crashed, or one of another instance
+/// configured with the same `pin_dir` (the last to start owns the path).
 fn pin_replacing(map: &MapData, pin: &Path) -> Result<(), Error> {
     match std::fs::remove_file(pin) {
         Ok(()) => tracing::info!(
             pin = %pin.display(),
-            "replaced an existing pin (left by a run that did not exit cleanly, or another \
-             instance with the same steering.pin_dir)"
+            "replaced an existing pin (the process this one replaces, a run that did not exit \
+             cleanly, or another instance with the same steering.pin_dir)"
         ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {
