@@ -194,12 +194,19 @@ impl Load {
     }
 }
 
-/// The worker a new connection should go to: the least loaded of `workers` (by [`Load`]); on a
-/// tie, the first in the order that starts at `first` (the worker of the CPU that took the SYN,
-/// whose caches are warm) and wraps around. Workers whose load cannot be read are skipped;
-/// `None` when none can be.
+/// Most workers [`least_loaded`] weighs for one connection: a window of them, from the worker of
+/// the CPU that took the SYN on. The verifier walks every turn of the loop (the worker count is
+/// a constant the loader writes), and its budget of a million instructions ran out between 32
+/// and 64 turns; with more workers than this, each CPU's connections go to the least loaded of
+/// the window that starts at its own worker.
+pub const MAX_SCAN: u32 = 16;
+
+/// The worker a new connection should go to: the least loaded (by [`Load`]) of the
+/// [`MAX_SCAN`] workers, at most, that start at `first` (the worker of the CPU that took the
+/// SYN, whose caches are warm) in the order that wraps around at `workers`; on a tie, the first
+/// met. Workers whose load cannot be read are skipped; `None` when none can be.
 ///
-/// The loop has a constant bound ([`MAX_WORKERS`]) so the BPF verifier accepts it.
+/// The loop has a constant bound ([`MAX_SCAN`]) so the BPF verifier accepts it.
 #[inline(always)]
 pub fn least_loaded(workers: u32, first: u32, load: impl Fn(u32) -> Option<Load>) -> Option<u32> {
     if workers == 0 {
@@ -210,10 +217,15 @@ pub fn least_loaded(workers: u32, first: u32, load: impl Fn(u32) -> Option<Load>
     } else {
         workers
     };
+    let span = if workers > MAX_SCAN {
+        MAX_SCAN
+    } else {
+        workers
+    };
     let first = first % workers;
     let mut best: Option<(u64, u32)> = None;
-    for step in 0..MAX_WORKERS as u32 {
-        if step >= workers {
+    for step in 0..MAX_SCAN {
+        if step >= span {
             break;
         }
         let mut worker = first + step;
@@ -317,14 +329,31 @@ mod tests {
             Some(2)
         );
         assert_eq!(least_loaded(3, 0, |_| None), None);
-        // More workers than MAX_WORKERS: only the first MAX_WORKERS are looked at.
-        let seen = core::cell::Cell::new(0u32);
-        least_loaded(u32::MAX, 0, |i| {
-            assert!((i as usize) < MAX_WORKERS);
-            seen.set(seen.get() + 1);
-            Some(Load::default())
-        });
-        assert_eq!(seen.get() as usize, MAX_WORKERS);
+        // More workers than MAX_SCAN: the window of MAX_SCAN from the SYN's CPU's worker, wrapping
+        // around at the worker count, itself at most MAX_WORKERS.
+        for (workers, first) in [(u32::MAX, 0), (64, 60), (MAX_WORKERS as u32, 250)] {
+            let seen = core::cell::RefCell::new([false; MAX_WORKERS]);
+            least_loaded(workers, first, |i| {
+                seen.borrow_mut()[i as usize] = true;
+                Some(Load::default())
+            });
+            let n = workers.min(MAX_WORKERS as u32);
+            let want: [bool; MAX_WORKERS] =
+                core::array::from_fn(|i| (0..MAX_SCAN).any(|s| (first % n + s) % n == i as u32));
+            assert_eq!(*seen.borrow(), want, "{workers} workers from {first}");
+        }
+        // In the window, the least loaded wins; outside it, a lighter worker is not seen.
+        let load = |i: u32| {
+            Some(Load {
+                in_flight: 0,
+                connections: match i {
+                    80 => 0,
+                    65 => 1,
+                    _ => 5,
+                },
+            })
+        };
+        assert_eq!(least_loaded(128, 60, load), Some(65));
     }
 
     #[test]

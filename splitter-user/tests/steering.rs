@@ -109,6 +109,26 @@ fn ebpf_mode_loads_attaches_logs_it_and_unpins_on_exit() {
     assert!(!pins.map().exists(), "the pin outlived the process");
 }
 
+/// The program passes the verifier whatever the worker count (it weighs a window of at most
+/// `MAX_SCAN` workers): it failed with "program is too large" from 64 workers on.
+#[test]
+#[ignore = "needs root (CAP_BPF, CAP_NET_ADMIN), bpftool and a build with the eBPF object"]
+fn ebpf_mode_loads_with_many_workers() {
+    require_privileged();
+    let backend = SPLITTER.mock_backend("a", &[]);
+    for workers in [64, splitter_common::MAX_WORKERS] {
+        let pins = PinDir::new(&format!("test-many-{workers}"));
+        let s = SPLITTER.run(&steering_config(workers, "ebpf", &pins.path, &backend, 450));
+        let logs = s.log_snapshot().join("\n");
+        assert!(
+            logs.contains("steering=\"ebpf\""),
+            "{workers} workers: not steered by eBPF:\n{logs}"
+        );
+        s.request(&bid("/", "many")).assert_won("many");
+        assert_eq!(dump(&pins.map()).len(), workers, "one cell per worker");
+    }
+}
+
 #[test]
 #[ignore = "needs root (CAP_BPF, CAP_NET_ADMIN), bpftool and a build with the eBPF object"]
 fn bpftool_shows_exactly_the_requests_sent() {
