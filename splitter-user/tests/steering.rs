@@ -764,3 +764,43 @@ fn restarts_from_the_descriptor_store_keep_ebpf_steering_also_after_a_crash() {
     );
     assert!(!pins.map().exists(), "the pin outlived the last process");
 }
+
+/// systemd's descriptor store takes every listener of the most workers a configuration may ask
+/// for: more than one `SCM_RIGHTS` message carries (253), so they go in several, and the next
+/// start gets them all back.
+#[test]
+#[ignore = "needs root (CAP_BPF, CAP_NET_ADMIN), bpftool and a build with the eBPF object"]
+fn the_descriptor_store_takes_the_listeners_of_256_workers() {
+    require_privileged();
+    let pins = PinDir::new("test-fdstore-many");
+    let backend = SPLITTER.mock_backend("a", &[]);
+    let dir = common::TempDir::new("fdstore-many");
+    let (listen, admin) = (common::free_addr(), common::free_addr());
+    let workers = splitter_common::MAX_WORKERS;
+    let config = dir.write(
+        "splitter.toml",
+        &restart_config(listen, admin, Path::new(""), &pins, &backend).replacen(
+            "workers = 2",
+            &format!("workers = {workers}"),
+            1,
+        ),
+    );
+    let store = FdStore::new(&dir);
+    let (mut first, _) = store.start(&config, &[]);
+    store.wait_stored(workers);
+    first.signal(libc::SIGTERM);
+    assert!(first.wait_exit(Duration::from_secs(15)).is_some());
+    let (mut second, log) = store.start(&config, &[]);
+    assert!(
+        log.text().contains(&format!(
+            "took the listening sockets over listeners={workers}"
+        )),
+        "{}",
+        log.text()
+    );
+    common::Client::connect(listen)
+        .request(&bid("/", "many-stored"))
+        .assert_won("many-stored");
+    second.signal(libc::SIGTERM);
+    assert!(second.wait_exit(Duration::from_secs(15)).is_some());
+}

@@ -55,6 +55,9 @@ pub fn stored_listeners(listen: SocketAddr) -> Option<Inherited> {
     })
 }
 
+/// Most descriptors in one `SCM_RIGHTS` message (`SCM_MAX_FD`).
+const MAX_FDS_PER_MESSAGE: usize = 253;
+
 /// Stores the listening sockets with systemd, replacing what the previous start stored. True
 /// when systemd took them (the unit must allow it with `FileDescriptorStoreMax=`).
 pub fn store_listeners(listeners: &[TcpListener], admin: &TcpListener) -> bool {
@@ -70,18 +73,24 @@ pub fn store_listeners(listeners: &[TcpListener], admin: &TcpListener) -> bool {
         &[NotifyState::FdStoreRemove, NotifyState::FdName(ADMIN)],
     );
     let workers: Vec<_> = listeners.iter().map(|l| l.as_fd()).collect();
-    let stored = sd_notify::notify_with_fds(
-        false,
-        &[NotifyState::FdStore, NotifyState::FdName(WORKER)],
-        &workers,
-    )
-    .and_then(|()| {
-        sd_notify::notify_with_fds(
-            false,
-            &[NotifyState::FdStore, NotifyState::FdName(ADMIN)],
-            &[admin.as_fd()],
-        )
-    });
+    // SCM_RIGHTS carries at most 253 descriptors per message (the kernel's SCM_MAX_FD); the
+    // store keeps them in the order they came.
+    let stored = workers
+        .chunks(MAX_FDS_PER_MESSAGE)
+        .try_for_each(|chunk| {
+            sd_notify::notify_with_fds(
+                false,
+                &[NotifyState::FdStore, NotifyState::FdName(WORKER)],
+                chunk,
+            )
+        })
+        .and_then(|()| {
+            sd_notify::notify_with_fds(
+                false,
+                &[NotifyState::FdStore, NotifyState::FdName(ADMIN)],
+                &[admin.as_fd()],
+            )
+        });
     match stored {
         Ok(()) => true,
         Err(e) => {
