@@ -36,6 +36,7 @@ have wrk && per_shell+=(--test soak --test restart)
 # with the program, which takes bpf-linker (scripts/setup.sh goes on with a warning without it).
 if [ "$(id -u)" = 0 ] && have bpftool bpf-linker && [ "${SPLITTER_NO_EBPF:-0}" != 1 ]; then
   per_shell+=(--test steering)
+  once+=(--test demo)
 fi
 if [ $((${#once[@]} + ${#per_shell[@]})) -gt 0 ]; then
   cargo test -p splitter-user "${once[@]}" "${per_shell[@]}" -- --ignored

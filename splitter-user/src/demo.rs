@@ -135,6 +135,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     config.admin_listen = "127.0.0.1:0".parse()?;
     // A demo has nothing to hand over to, nor to take over from.
     config.handover_socket = None;
+    // Pins of its own: the default directory may be a running instance's, whose metrics map a
+    // demo must not replace (`splitter top` and bpftool read it there).
+    let pin_dir = config
+        .steering
+        .pin_dir
+        .with_file_name(format!("splitter-demo-{}", std::process::id()));
+    config.steering.pin_dir = pin_dir.clone();
     let server = Server::start(config.clone())?;
     let target = server.listen_addr();
     println!(
@@ -188,6 +195,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let metrics = server.renderer().total();
     server.shutdown();
     server.wait()?;
+    // The steering removed its pins; the directory was the demo's own. Absent without eBPF.
+    let _ = std::fs::remove_dir(&pin_dir);
     drop(backends_rt);
     let ok = results.ok;
     results.print(elapsed, metrics.requests);
