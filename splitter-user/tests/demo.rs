@@ -34,13 +34,10 @@ fn the_demo_leaves_a_running_instances_pins_alone() {
     }
     common::require_root("loading eBPF needs CAP_BPF and CAP_NET_ADMIN");
     common::require_tool("bpftool");
-    // The default directory, the demo's own default: where a production instance pins.
+    // The default directory, the demo's own default: where a production instance pins (and
+    // where the other suites' splitters, in `auto` mode as root, pin too and may have left a pin
+    // when killed: the instance below replaces it).
     let default = Path::new("/sys/fs/bpf/splitter");
-    assert!(
-        !default.exists(),
-        "{} is in use (a running splitter?); this test needs it free",
-        default.display()
-    );
     let pins = PinDir {
         path: default.to_path_buf(),
     };

@@ -334,20 +334,7 @@ mod tests {
 
     /// The kernel's identity of a socket, the same in every descriptor of it.
     fn cookie(socket: &TcpListener) -> u64 {
-        let mut cookie: u64 = 0;
-        let mut len = size_of::<u64>() as libc::socklen_t;
-        // SAFETY: a valid socket and an out-parameter of the size given.
-        let rc = unsafe {
-            libc::getsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_COOKIE,
-                (&raw mut cookie).cast(),
-                &mut len,
-            )
-        };
-        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
-        cookie
+        crate::steering::socket_cookie(socket).unwrap()
     }
 
     #[test]

@@ -495,7 +495,7 @@ pub fn detach(socket: &TcpListener) -> bool {
 
 /// The kernel's cookie of `socket` (`SO_COOKIE`): the same for every descriptor of it, in any
 /// process.
-fn socket_cookie(socket: &TcpListener) -> std::io::Result<u64> {
+pub(crate) fn socket_cookie(socket: &TcpListener) -> std::io::Result<u64> {
     let mut cookie: u64 = 0;
     let mut len = size_of::<u64>() as libc::socklen_t;
     // SAFETY: a valid socket and an out-parameter of the size given.

@@ -17,6 +17,8 @@
 //! Owns the choice and its log line; does not touch sockets beyond attaching to them.
 
 mod ebpf;
+#[cfg(test)]
+pub(crate) use ebpf::socket_cookie;
 
 use std::net::TcpListener;
 use std::sync::Arc;
