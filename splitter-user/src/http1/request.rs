@@ -196,6 +196,12 @@ pub fn parse_request(
         (_, 2..) => return Err(RequestError::DuplicateHost),
         _ => {}
     }
+    // With the other checks of the head, before its framing's: a bad head is 400 whatever the
+    // limits say of its body.
+    let host = headers.iter().find(|h| h.name.eq_ignore_ascii_case("host"));
+    if host.is_some_and(|h| !is_authority(h.value)) {
+        return Err(RequestError::InvalidHost);
+    }
     let framing = if fields.chunked {
         Framing::Chunked
     } else {
@@ -226,9 +232,6 @@ pub fn parse_request(
             || name.eq_ignore_ascii_case("expect")
             || (fields.names_fields && !is_host && fields::named_by_connection(headers, name));
         if is_host {
-            if !is_authority(header.value) {
-                return Err(RequestError::InvalidHost);
-            }
             // An absolute-form target's authority replaces Host (RFC 9112 §3.2.2).
             let value = target.authority.map_or(header.value, str::as_bytes);
             forward_host = host_line(forward, name.as_bytes(), value);
@@ -728,6 +731,11 @@ mod tests {
             (b"GET / HTTP/1.1\r\nHost: a%2\r\n\r\n", InvalidHost),
             (b"GET / HTTP/1.1\r\nHost: a%zz\r\n\r\n", InvalidHost),
             (b"GET / HTTP/1.1\r\nHost: a\"b\r\n\r\n", InvalidHost),
+            // Whatever the body's size: the head is bad first.
+            (
+                b"POST / HTTP/1.1\r\nHost: a b\r\nContent-Length: 101\r\n\r\n",
+                InvalidHost,
+            ),
             // The same in an absolute-form target's authority.
             (
                 b"GET http://y:99x/ HTTP/1.1\r\nHost: y\r\n\r\n",
