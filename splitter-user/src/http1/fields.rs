@@ -40,6 +40,8 @@ pub(super) struct Fields {
     pub names_fields: bool,
     /// How many `Host` fields there are; a request needs exactly one in HTTP/1.1.
     pub hosts: usize,
+    /// The index of the (last) `Host` field in the headers.
+    pub host: Option<usize>,
     /// `Expect: 100-continue`.
     pub expect_continue: bool,
 }
@@ -48,7 +50,7 @@ impl Fields {
     /// Reads the framing and connection fields of `headers` in one pass.
     pub(super) fn scan(headers: &[Header<'_>], http10: bool) -> Result<Self, FramingError> {
         let mut fields = Fields::default();
-        for header in headers {
+        for (i, header) in headers.iter().enumerate() {
             let name = header.name;
             if name.eq_ignore_ascii_case("content-length") {
                 for element in list_elements(header.value) {
@@ -77,6 +79,7 @@ impl Fields {
                 }
             } else if name.eq_ignore_ascii_case("host") {
                 fields.hosts += 1;
+                fields.host = Some(i);
             } else if name.eq_ignore_ascii_case("expect") {
                 fields.expect_continue |= header.value.eq_ignore_ascii_case(b"100-continue");
             }
