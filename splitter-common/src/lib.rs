@@ -194,17 +194,28 @@ impl Load {
     }
 }
 
-/// Most workers [`least_loaded`] weighs for one connection: a window of them, from the worker of
-/// the CPU that took the SYN on. The verifier walks every turn of the loop (the worker count is
-/// a constant the loader writes), and its budget of a million instructions ran out between 32
-/// and 64 turns; with more workers than this, each CPU's connections go to the least loaded of
-/// the window that starts at its own worker.
+/// Most workers [`least_loaded`] weighs for one connection: a window of them. The verifier walks
+/// every turn of the loop (the worker count is a constant the loader writes), and its budget of
+/// a million instructions ran out between 32 and 64 turns.
 pub const MAX_SCAN: u32 = 16;
 
+/// Where [`least_loaded`]'s window starts for a connection whose SYN `cpu` took and whose
+/// 4-tuple hashes to `hash`: at the CPU's own worker (its caches are warm) when one window holds
+/// every worker; else where the hash says, so that every worker is in reach however few CPUs
+/// take SYNs (a NIC with 8 queues on a 64-CPU host would otherwise reach 23 workers of 64).
+#[inline(always)]
+pub fn window_start(workers: u32, cpu: u32, hash: u32) -> u32 {
+    if workers > MAX_SCAN {
+        hash
+    } else {
+        cpu
+    }
+}
+
 /// The worker a new connection should go to: the least loaded (by [`Load`]) of the
-/// [`MAX_SCAN`] workers, at most, that start at `first` (the worker of the CPU that took the
-/// SYN, whose caches are warm) in the order that wraps around at `workers`; on a tie, the first
-/// met. Workers whose load cannot be read are skipped; `None` when none can be.
+/// [`MAX_SCAN`] workers, at most, that start at `first` ([`window_start`]) in the order that
+/// wraps around at `workers`; on a tie, the first met. Workers whose load cannot be read are
+/// skipped; `None` when none can be.
 ///
 /// The loop has a constant bound ([`MAX_SCAN`]) so the BPF verifier accepts it.
 #[inline(always)]
@@ -354,6 +365,22 @@ mod tests {
             })
         };
         assert_eq!(least_loaded(128, 60, load), Some(65));
+    }
+
+    #[test]
+    fn every_worker_is_in_reach_whichever_cpus_take_the_syns() {
+        // 64 workers, every SYN on CPUs 0-7: the windows start where the hashes say.
+        let workers = 64;
+        let mut reached = [false; 64];
+        for hash in 0..1024u32 {
+            let first = window_start(workers, hash % 8, hash.wrapping_mul(2_654_435_761));
+            // All idle: the window's first worker takes it.
+            let w = least_loaded(workers, first, |_| Some(Load::default())).unwrap();
+            reached[w as usize] = true;
+        }
+        assert!(reached.iter().all(|&r| r), "{reached:?}");
+        // One window holds them all: the SYN's CPU's own worker, whatever the hash.
+        assert_eq!(window_start(MAX_SCAN, 3, 999), 3);
     }
 
     #[test]

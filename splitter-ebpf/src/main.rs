@@ -23,7 +23,7 @@ use aya_ebpf::{
     bindings::sk_action::SK_PASS, cty::c_long, helpers::bpf_get_smp_processor_id,
     macros::sk_reuseport, programs::SkReuseportContext,
 };
-use splitter_common::{least_loaded, Load};
+use splitter_common::{least_loaded, window_start, Load};
 
 use maps::{WORKERS, WORKER_METRICS, WORKER_SOCKETS};
 
@@ -45,8 +45,10 @@ pub fn steer(ctx: SkReuseportContext) -> u32 {
 fn try_steer(ctx: &SkReuseportContext) -> Result<(), c_long> {
     // SAFETY: a helper without arguments, allowed in every program type.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let worker = least_loaded(WORKERS.load(), cpu, |i| WORKER_METRICS.get(i).map(Load::of))
-        .ok_or(NO_WORKER)?;
+    let workers = WORKERS.load();
+    let first = window_start(workers, cpu, ctx.hash());
+    let worker =
+        least_loaded(workers, first, |i| WORKER_METRICS.get(i).map(Load::of)).ok_or(NO_WORKER)?;
     WORKER_SOCKETS.select_reuseport(ctx, worker)?;
     // Counted at once: the worker's own gauges move only when it accepts, and the next SYN,
     // maybe a microsecond later, must see this one (see `Load::of`).

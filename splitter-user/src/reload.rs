@@ -6,14 +6,16 @@
 //! first (a bad one fails the reload here, loudly, and the process is not signalled), then
 //! `SIGHUP` goes to PID, and the command waits for `splitter_reloads_total` on the admin port to
 //! count it, as applied (exit 0) or refused (exit 1). `systemctl reload` then returns once the
-//! new configuration is the running one, or fails.
+//! new configuration is the running one, or fails. When the file names an admin port the process
+//! does not listen on (an edit of `admin_listen`, which applies at the next restart), the signal
+//! is sent all the same and the command warns that it cannot confirm it.
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 
 use crate::config::Config;
 
@@ -40,12 +42,25 @@ pub struct ReloadArgs {
 pub fn run(args: ReloadArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
     let admin = loopback_if_unspecified(config.admin_listen);
-    let before = reloads(admin).with_context(|| format!("reading the metrics of {admin}"))?;
+    // The file's admin address is the process's unless the edit changed it (a restart-only
+    // key): then the reload is still sent, only not confirmed.
+    let before = reloads(admin);
     // SAFETY: kill(2) with a plain signal number; no memory is involved.
     if unsafe { libc::kill(args.pid, libc::SIGHUP) } != 0 {
         let e = std::io::Error::last_os_error();
         bail!("cannot signal process {}: {e}", args.pid);
     }
+    let before = match before {
+        Ok(before) => before,
+        Err(e) => {
+            eprintln!(
+                "warning: sent SIGHUP to process {} but cannot confirm the reload: no metrics on                  {admin} (`admin_listen` in {}; a changed one applies at the next restart): {e:#}",
+                args.pid,
+                args.config.display()
+            );
+            return Ok(());
+        }
+    };
     let until = Instant::now() + Duration::from_secs(args.timeout);
     loop {
         std::thread::sleep(POLL_EVERY);

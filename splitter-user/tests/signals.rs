@@ -300,4 +300,17 @@ fn reload_command_returns_once_applied_and_refuses_a_bad_file() {
         m.get("splitter_reloads_total", &[("result", "failure")]),
         0.0
     );
+
+    // An edit that also moves `admin_listen` (it applies at the next restart): the process
+    // is still signalled and reloads the rest; the command says it cannot confirm it.
+    s.rewrite_config(&config("", "", &[("a", a.addr)], &[("/", 2000)]));
+    let from = s.log_count();
+    let (status, _, err) = reload();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(err.contains("cannot confirm"), "{err}");
+    s.wait_log(from, RELOAD_WAIT, |l| l.contains("configuration reloaded"))
+        .expect("reloaded all the same");
+    let r = client.request(&bid("/x", "three"));
+    r.assert_won("three");
+    assert_eq!(r.backend(), Some("a"), "b is no longer configured");
 }

@@ -168,6 +168,10 @@ fn hand_over(
     // kernel hashes new connections over them until it does.
     let released = crate::steering::release(listeners);
     let handed = send_all(&stream, listeners.len(), &fds).and_then(|()| {
+        // As long as the new process takes to start (it may wait seconds for the kernel to free
+        // a socket array): taking steering back from a process that is still starting would
+        // leave both without it. It says `ready`, or its end closes the stream.
+        stream.set_read_timeout(None)?;
         line.clear();
         reader.take(64).read_line(&mut line)?;
         if line.trim_end() != "ready" {

@@ -312,8 +312,9 @@ const REG_NAME: u8 = 1;
 const COLON: u8 = 2;
 
 /// Each byte's place in an authority: of a registered name (RFC 3986 §3.2.2: unreserved and
-/// sub-delims; `%` starts an escape, taken apart), the colon before the port, or neither. A
-/// table: a `Host` is checked on every request.
+/// sub-delims but `,`, which no host name has and a backend may split a list on; `%` starts an
+/// escape, taken apart), the colon before the port, or neither. A table: a `Host` is checked on
+/// every request.
 const HOST_BYTE: [u8; 256] = {
     let mut table = [OTHER; 256];
     let mut b = 0;
@@ -333,7 +334,6 @@ const HOST_BYTE: [u8; 256] = {
                     | b')'
                     | b'*'
                     | b'+'
-                    | b','
                     | b';'
                     | b'='
             )
@@ -776,6 +776,7 @@ mod tests {
             // A Host that is not host[:port]: two hosts as a list, whitespace, a path, userinfo,
             // a port that is not a number, a broken IP literal or percent-encoding.
             (b"GET / HTTP/1.1\r\nHost: x, y\r\n\r\n", InvalidHost),
+            (b"GET / HTTP/1.1\r\nHost: x,y\r\n\r\n", InvalidHost),
             (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", InvalidHost),
             (b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", InvalidHost),
             (b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", InvalidHost),
