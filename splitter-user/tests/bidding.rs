@@ -1103,6 +1103,35 @@ fn backend_host_replaces_the_clients_and_path_prefix_is_prepended() {
     assert_eq!(got.body, body.as_bytes());
 }
 
+/// The root target is the prefix itself, with its query: `/` reaches a bid endpoint as
+/// `/openrtb2/auction`, not `/openrtb2/auction/`, which many refuse.
+#[test]
+fn the_root_target_is_the_path_prefix_itself() {
+    let a = priced_peer("a", "2");
+    let cfg = config("", "", &[("a", a.addr)], &[("/", 2000)]);
+    let s = SPLITTER.run(&backend_keys(
+        &cfg,
+        "a",
+        "path_prefix = \"/openrtb2/auction\"",
+    ));
+    let mut client = s.client();
+    for (target, forwarded) in [
+        ("/", "/openrtb2/auction"),
+        ("/?tmax=80", "/openrtb2/auction?tmax=80"),
+        ("/x", "/openrtb2/auction/x"),
+        ("//x", "/openrtb2/auction//x"),
+    ] {
+        let id = format!("root-{forwarded}");
+        let body = bid_body(&id);
+        let raw = format!(
+            "POST {target} HTTP/1.1\r\nHost: c\r\nX-Req-Id: {id}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        client.request(raw.as_bytes()).assert_won(&id);
+        assert_eq!(a.next_request(WAIT).target, forwarded, "{target}");
+    }
+}
+
 #[test]
 fn absolute_form_targets_are_routed_by_path_and_forwarded_in_origin_form() {
     let a = priced_peer("a", "2");

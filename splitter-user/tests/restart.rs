@@ -59,6 +59,10 @@ fn a_new_process_takes_the_sockets_and_the_old_one_drains() {
     // New connections reach the new process; the old one stopped accepting.
     let r = new.request(&post("/bid", "r2", "{}"));
     assert_eq!(r.status, 200);
+    // The old process drains once it has read the new one's `ready`, which the new one sends
+    // as it starts: wait for that, not for the new one's start.
+    old.wait_log(0, Duration::from_secs(15), |l| l.contains("handed over"))
+        .expect("the old process hands over");
     before.send(&post("/bid", "r3", "{}"));
     let last = before.read_response();
     assert_eq!(last.status, 200);

@@ -134,6 +134,8 @@ pub fn serve(
                 match hand_over(stream, listen, &listeners, &admin) {
                     Ok(true) => {
                         handed_over();
+                        // After the drain began: a reader of the log may count on it.
+                        tracing::info!("listening sockets handed over to a new process: draining");
                         return;
                     }
                     Ok(false) => {}
@@ -187,7 +189,6 @@ fn hand_over(
         }
         return Err(e);
     }
-    tracing::info!("listening sockets handed over to a new process: draining");
     Ok(true)
 }
 

@@ -65,10 +65,14 @@ impl Request {
         let b = &self.bytes;
         let prefix = options.path_prefix.as_deref().unwrap_or_default();
         let host = options.host.as_deref().unwrap_or(&b[self.host.clone()]);
+        // The root target is the prefix itself: `/openrtb2/auction`, not `.../auction/`, which
+        // many bid endpoints refuse (`/?tmax=80` keeps its query).
+        let root = !prefix.is_empty() && matches!(&b[self.target.start..], [b'/', b' ' | b'?', ..]);
+        let rest = self.target.start + usize::from(root);
         let mut out = buffers::take(b.len() + prefix.len() + host.len());
         out.extend_from_slice(&b[..self.target.start]);
         out.extend_from_slice(prefix);
-        out.extend_from_slice(&b[self.target.start..self.host.start]);
+        out.extend_from_slice(&b[rest..self.host.start]);
         out.extend_from_slice(host);
         out.extend_from_slice(&b[self.host.end..]);
         Shared::new(out)
