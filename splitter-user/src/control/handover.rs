@@ -129,8 +129,19 @@ pub fn serve(
     std::thread::Builder::new()
         .name("splitter-handover".into())
         .spawn(move || {
+            // Out of descriptors (EMFILE) the accept fails at once, again and again: pause.
+            let mut backoff = crate::worker::listener::AcceptBackoff::default();
             for stream in server.incoming() {
-                let Ok(stream) = stream else { continue };
+                let stream = match stream {
+                    Ok(stream) => {
+                        backoff.reset();
+                        stream
+                    }
+                    Err(_) => {
+                        std::thread::sleep(backoff.next());
+                        continue;
+                    }
+                };
                 match hand_over(stream, listen, &listeners, &admin) {
                     Ok(true) => {
                         handed_over();
