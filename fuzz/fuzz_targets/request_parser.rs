@@ -152,9 +152,10 @@ fn check_accepted(input: &[u8], limits: &Limits, head: &RequestHead, forward: &[
         let is_host = name.eq_ignore_ascii_case(b"host");
         if is_host {
             hosts += 1;
-            // An absolute-form target's authority replaces the client's Host (RFC 9112 §3.2.2).
+            // An absolute-form target's authority replaces the client's Host value (RFC 9112
+            // §3.2.2), under the client's spelling of the name.
             match authority {
-                Some(authority) => expected.push((b"Host".to_vec(), authority.to_vec())),
+                Some(authority) => expected.push((name.to_vec(), authority.to_vec())),
                 None => expected.push((name.to_vec(), h.value.to_vec())),
             }
         } else if !is_hop_by_hop(name)
