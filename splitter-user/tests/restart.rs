@@ -34,6 +34,17 @@ fn restart_config(
     c
 }
 
+/// `new` started on the sockets of the process it replaces.
+#[track_caller]
+fn assert_took_over(new: &Splitter) {
+    let log = new.log_snapshot();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("took the listening sockets over")),
+        "{log:?}"
+    );
+}
+
 #[test]
 fn a_new_process_takes_the_sockets_and_the_old_one_drains() {
     let a = SPLITTER.mock_backend("a", &["--price-range", "1..2"]);
@@ -49,13 +60,7 @@ fn a_new_process_takes_the_sockets_and_the_old_one_drains() {
     assert_eq!(before.read_response().status, 200);
 
     let new = SPLITTER.run(&config);
-    assert!(
-        new.log_snapshot()
-            .iter()
-            .any(|l| l.contains("took the listening sockets over")),
-        "{:?}",
-        new.log_snapshot()
-    );
+    assert_took_over(&new);
     // New connections reach the new process; the old one stopped accepting.
     let r = new.request(&post("/bid", "r2", "{}"));
     assert_eq!(r.status, 200);
@@ -97,13 +102,7 @@ fn the_handover_socket_directory_is_made_when_missing() {
         socket.display()
     );
     let new = SPLITTER.run(&config);
-    assert!(
-        new.log_snapshot()
-            .iter()
-            .any(|l| l.contains("took the listening sockets over")),
-        "{:?}",
-        new.log_snapshot()
-    );
+    assert_took_over(&new);
     let status = old
         .proc
         .wait_exit(Duration::from_secs(15))
