@@ -124,9 +124,21 @@ fn inflate(
             let mut rest = body;
             loop {
                 let data = gzip_member(rest)?;
+                let start = out.len();
                 let used = inflate_with(inflater, false, data, max, out)?;
-                // The member's trailer (CRC-32, size) follows its data.
-                rest = data.get(used + 8..)?;
+                // The member's trailer follows its data: the CRC-32 and the size (mod 2^32)
+                // of what it decodes to. A client's gzip decoder checks both, so a reply that
+                // fails them would reach it undecodable: it is not valid here either.
+                let trailer = data.get(used..used + 8)?;
+                let decoded = &out[start..];
+                let mut crc = flate2::Crc::new();
+                crc.update(decoded);
+                if trailer[..4] != crc.sum().to_le_bytes()
+                    || trailer[4..] != (decoded.len() as u32).to_le_bytes()
+                {
+                    return None;
+                }
+                rest = &data[used + 8..];
                 if rest.is_empty() {
                     return Some(());
                 }
@@ -178,16 +190,20 @@ fn inflate_with(
     }
 }
 
-/// The deflate data of a gzip member, after its header (RFC 1952 §2.3). The trailer after the
-/// data is not checked: the JSON parse of what it decodes to is the check that matters.
+/// The deflate data of a gzip member, after its header (RFC 1952 §2.3); `None` when the header
+/// sets reserved flags or fails its own CRC, as a client's decoder would refuse it.
 fn gzip_member(body: &[u8]) -> Option<&[u8]> {
     const FHCRC: u8 = 2;
     const FEXTRA: u8 = 4;
     const FNAME: u8 = 8;
     const FCOMMENT: u8 = 16;
+    const RESERVED: u8 = 0xe0;
     let [0x1f, 0x8b, 8, flags, ..] = *body else {
         return None;
     };
+    if flags & RESERVED != 0 {
+        return None;
+    }
     let mut at = 10;
     if flags & FEXTRA != 0 {
         let len = usize::from(*body.get(at)?) | usize::from(*body.get(at + 1)?) << 8;
@@ -199,6 +215,12 @@ fn gzip_member(body: &[u8]) -> Option<&[u8]> {
         }
     }
     if flags & FHCRC != 0 {
+        // The low 16 bits of the CRC-32 of the header before it.
+        let mut crc = flate2::Crc::new();
+        crc.update(body.get(..at)?);
+        if *body.get(at..at + 2)? != (crc.sum() as u16).to_le_bytes() {
+            return None;
+        }
         at += 2;
     }
     body.get(at..)
@@ -558,6 +580,43 @@ mod tests {
         // Garbage after the last member is not a member.
         body.extend_from_slice(b"junk");
         assert_eq!(judge(body), Err(Invalid::Encoding));
+    }
+
+    #[test]
+    fn a_gzip_member_that_fails_its_checks_is_invalid() {
+        // What zlib, and so curl and browsers, refuse: the client could not decode it.
+        let json = br#"{"price": 9}"#;
+        let sel = selection(Prefer::Max, 1 << 20);
+        let judge = |body: Vec<u8>| {
+            sel.judge(
+                &Body(200, Coding::Gzip, body),
+                None,
+                &mut Scratch::default(),
+            )
+        };
+        let good = gzip(json);
+        assert_eq!(judge(good.clone()), Ok(9.0));
+        let n = good.len();
+        let mut bad_crc = good.clone();
+        bad_crc[n - 8] ^= 1;
+        assert_eq!(judge(bad_crc), Err(Invalid::Encoding));
+        let mut bad_size = good.clone();
+        bad_size[n - 4] ^= 1;
+        assert_eq!(judge(bad_size), Err(Invalid::Encoding));
+        let mut reserved = good.clone();
+        reserved[3] |= 0x20;
+        assert_eq!(judge(reserved), Err(Invalid::Encoding));
+        // A header CRC: the low 16 bits of the CRC-32 of the 10 bytes before it.
+        let mut crc = flate2::Crc::new();
+        let mut head = good[..10].to_vec();
+        head[3] |= 2;
+        crc.update(&head);
+        let mut with_hcrc = head.clone();
+        with_hcrc.extend_from_slice(&(crc.sum() as u16).to_le_bytes());
+        with_hcrc.extend_from_slice(&good[10..]);
+        assert_eq!(judge(with_hcrc.clone()), Ok(9.0));
+        with_hcrc[10] ^= 1;
+        assert_eq!(judge(with_hcrc), Err(Invalid::Encoding));
     }
 
     #[test]
