@@ -125,6 +125,8 @@ fn check_accepted(input: &[u8], limits: &Limits, head: &RequestHead, forward: &[
     ));
     let (method, target) = (request.method.unwrap(), request.path.unwrap());
     assert_eq!(head.method, method_of(method));
+    // A CONNECT would open a tunnel: never accepted, whatever its target.
+    assert_ne!(method, "CONNECT");
     assert_eq!(head.version == Version::Http10, request.version == Some(0));
     let authority = absolute_form_authority(target);
 

@@ -93,7 +93,7 @@ pub enum RequestError {
     UnsupportedVersion,
     /// A target neither in origin-form (`/path?query`) nor in absolute-form
     /// (`http://host/path?query`), visible ASCII without `#`: authority-form (`CONNECT`) and `*`
-    /// ask for things the splitter does not do.
+    /// ask for things the splitter does not do, and so does `CONNECT` whatever its target.
     #[error("request target not in origin-form or absolute-form")]
     InvalidTarget,
     /// An HTTP/1.1 request without `Host` (RFC 9112 §3.2).
@@ -181,7 +181,9 @@ pub fn parse_request(
     else {
         unreachable!("httparse sets the method, target and version of a complete request");
     };
-    let Some(target) = Target::parse(target) else {
+    // CONNECT takes only the authority-form (RFC 9112 §3.2.3), and its 2xx opens a tunnel:
+    // never forwarded, whatever its target looks like.
+    let Some(target) = Target::parse(target).filter(|_| method != "CONNECT") else {
         return Err(RequestError::InvalidTarget);
     };
     let version = if minor_version == 0 {
@@ -757,6 +759,8 @@ mod tests {
             ),
             (b"GET http:/a/ HTTP/1.1\r\nHost: a\r\n\r\n", InvalidTarget),
             (b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n", InvalidTarget),
+            (b"CONNECT /api HTTP/1.1\r\nHost: a\r\n\r\n", InvalidTarget),
+            (b"CONNECT http://a/ HTTP/1.1\r\nHost: a\r\n\r\n", InvalidTarget),
             (b"GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n", InvalidTarget),
             (
                 b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n",
