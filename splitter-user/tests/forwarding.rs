@@ -268,4 +268,40 @@ fn requests_for_http10_clients_go_to_backends_as_http11() {
     let got = a.next_request(WAIT);
     assert_eq!(got.version, "HTTP/1.1");
     assert_eq!(got.target, "/old");
+    // No Host from the client: the backend's address stands in (many servers refuse an
+    // empty one), for a backend with its own `path_prefix` as for the others.
+    assert_eq!(got.header_all("Host"), [a.addr.to_string()]);
+}
+
+#[test]
+fn a_client_without_host_gives_each_backend_its_own_address_as_host() {
+    let a = echo_peer("a", "1");
+    let b = echo_peer("b", "2");
+    let c = echo_peer("c", "3");
+    let s = SPLITTER.run(&config_with_backend_keys(
+        "",
+        "",
+        &[
+            ("a", a.addr, ""),
+            ("b", b.addr, "path_prefix = \"/bid\""),
+            ("c", c.addr, "host = \"dsp.example\""),
+        ],
+        &[("/", 2000)],
+    ));
+    let r = s.request(b"POST /x HTTP/1.0\r\nX-Req-Id: h1\r\nContent-Length: 2\r\n\r\n{}");
+    assert_eq!(r.status, 200, "{r:?}");
+    let (ga, gb, gc) = (
+        a.next_request(WAIT),
+        b.next_request(WAIT),
+        c.next_request(WAIT),
+    );
+    assert_eq!(ga.header_all("Host"), [a.addr.to_string()]);
+    assert_eq!(gb.target, "/bid/x");
+    assert_eq!(gb.header_all("Host"), [b.addr.to_string()]);
+    assert_eq!(gc.header_all("Host"), ["dsp.example"]);
+    // A client with a Host keeps it.
+    let r = s
+        .request(b"POST /x HTTP/1.0\r\nHost: front\r\nX-Req-Id: h2\r\nContent-Length: 2\r\n\r\n{}");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(a.next_request(WAIT).header_all("Host"), ["front"]);
 }

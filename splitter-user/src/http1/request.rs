@@ -142,8 +142,8 @@ impl RequestError {
 /// `METHOD TARGET HTTP/1.1\r\n`, then each end-to-end field as `Name: value\r\n`, in the order
 /// received. Left out: hop-by-hop fields, fields the `Connection` options name (but never `Host`),
 /// `Content-Length` and `Expect` (the splitter answers `100-continue` itself and sends backends
-/// the whole body at once). An HTTP/1.0 request without `Host` gets an empty `Host:` so the
-/// backend's HTTP/1.1 request stays valid (RFC 9112 §3.2). The caller completes the head with
+/// the whole body at once). An HTTP/1.0 request without `Host` gets an empty `Host:`, which the
+/// caller fills with each backend's own address (RFC 9112 §3.2 requires a `Host`). The caller completes the head with
 /// [`super::encode::end_head`] once it knows the (de-chunked) body length, then appends the body.
 pub fn parse_request(
     buf: &[u8],
@@ -760,7 +760,10 @@ mod tests {
             (b"GET http:/a/ HTTP/1.1\r\nHost: a\r\n\r\n", InvalidTarget),
             (b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n", InvalidTarget),
             (b"CONNECT /api HTTP/1.1\r\nHost: a\r\n\r\n", InvalidTarget),
-            (b"CONNECT http://a/ HTTP/1.1\r\nHost: a\r\n\r\n", InvalidTarget),
+            (
+                b"CONNECT http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+                InvalidTarget,
+            ),
             (b"GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n", InvalidTarget),
             (
                 b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n",

@@ -63,6 +63,9 @@ pub struct Options {
     pub timeout: Option<Duration>,
     /// The `Host` it gets.
     pub host: Option<Box<[u8]>>,
+    /// The `Host` it gets when the client sent none (HTTP/1.0) or an empty one: its `address`
+    /// as written, as a proxy names its upstream; many servers refuse an empty `Host`.
+    pub default_host: Box<[u8]>,
     /// Prepended to the forwarded target.
     pub path_prefix: Option<Box<[u8]>>,
     /// Measured, never waited for, never wins.
@@ -74,6 +77,12 @@ impl Options {
         Options {
             timeout: config.timeout,
             host: config.host.as_deref().map(|h| h.as_bytes().into()),
+            default_host: config
+                .host_name
+                .clone()
+                .unwrap_or_else(|| config.address.to_string())
+                .into_bytes()
+                .into(),
             path_prefix: config.path_prefix.as_deref().map(|p| p.as_bytes().into()),
             shadow: config.shadow,
         }

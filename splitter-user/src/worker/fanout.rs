@@ -57,14 +57,18 @@ pub struct Request {
 
 impl Request {
     /// The bytes `backend` gets: the shared ones, or for a backend with its own `host` or
-    /// `path_prefix`, a copy with those changed.
+    /// `path_prefix`, or when the client's `Host` is empty, a copy with those changed.
     fn bytes_for(&self, options: &Options) -> Shared {
-        if !options.rewrites() {
+        if !options.rewrites() && !self.host.is_empty() {
             return self.bytes.clone();
         }
         let b = &self.bytes;
         let prefix = options.path_prefix.as_deref().unwrap_or_default();
-        let host = options.host.as_deref().unwrap_or(&b[self.host.clone()]);
+        let host = match options.host.as_deref() {
+            Some(host) => host,
+            None if self.host.is_empty() => &options.default_host,
+            None => &b[self.host.clone()],
+        };
         // The root target is the prefix itself: `/openrtb2/auction`, not `.../auction/`, which
         // many bid endpoints refuse (`/?tmax=80` keeps its query).
         let root = !prefix.is_empty() && matches!(&b[self.target.start..], [b'/', b' ' | b'?', ..]);
