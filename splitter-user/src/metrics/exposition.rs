@@ -4,6 +4,7 @@
 //! figures (RSS, descriptors), the build, reloads and the configuration's hash are read or
 //! kept here, at scrape time.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -434,11 +435,11 @@ impl Collector for Snapshot {
             "Responses written more than 10 ms after their deadline.",
             t.deadline_misses,
         )?;
-        let routes: Vec<(usize, &str)> = self
+        let routes: Vec<(usize, Cow<'_, str>)> = self
             .routes
             .iter()
             .enumerate()
-            .filter_map(|(slot, n)| n.as_deref().map(|n| (slot, n)))
+            .filter_map(|(slot, n)| n.as_deref().map(|n| (slot, escape_label(n))))
             .collect();
         for (metric, help, field) in [
             (
@@ -453,8 +454,8 @@ impl Collector for Snapshot {
             ),
         ] {
             let mut m = enc.encode_descriptor(metric, help, None, MetricType::Counter)?;
-            for &(slot, prefix) in &routes {
-                let labels = [("route", prefix)];
+            for (slot, prefix) in &routes {
+                let (slot, labels) = (*slot, [("route", &**prefix)]);
                 ConstCounter::new(field(&t.routes[slot])).encode(m.encode_family(&labels)?)?;
             }
         }
@@ -576,6 +577,25 @@ fn histogram(
     m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, buckets, None)
 }
 
+/// A label value as both text formats need it (`\\`, `"` and line feeds escaped):
+/// `prometheus_client` writes values as given, and a route's prefix may hold any of them; one
+/// left raw would make the whole scrape unreadable.
+fn escape_label(value: &str) -> Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -652,6 +672,13 @@ mod tests {
             ),
             "{text}"
         );
+        // A route's prefix may hold what a label value must escape.
+        r.set_names(vec![Some("a".into())], vec![Some("/q\"\\x".into())]);
+        for format in [Format::Prometheus, Format::OpenMetrics] {
+            let text = r.render(format);
+            assert!(text.contains("{route=\"/q\\\"\\\\x\"} 0\n"), "{text}");
+        }
+        assert_eq!(escape_label("a\nb"), "a\\nb");
         // sha256 of the file, as sha256sum prints it.
         let hash = "splitter_config_info{hash=\"";
         let at = text.find(hash).expect("config hash") + hash.len();
