@@ -27,6 +27,11 @@ const QUEUE: usize = 8192;
 /// How often the writer drains the queues.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
 
+/// How long the process waits at exit for the writer's last lines. A file that takes none (a
+/// pipe nobody reads, a stalled disk) must not keep a stopping process alive: past this the
+/// lines still queued are lost, and said so.
+const LAST_FLUSH: Duration = Duration::from_secs(1);
+
 /// One request, as the worker saw it.
 #[derive(Clone, Copy, Debug)]
 pub struct Record {
@@ -73,6 +78,8 @@ impl Sink {
 pub struct Writer {
     thread: Option<JoinHandle<()>>,
     stop: SyncSender<()>,
+    /// Disconnected when the thread has returned.
+    done: Receiver<()>,
     /// Set by [`Writer::reopen`], taken by the thread at its next drain.
     reopen: Arc<AtomicBool>,
 }
@@ -103,13 +110,18 @@ impl Writer {
             reopen: Arc::clone(&reopen),
         };
         let format = config.format;
+        let (finished, done) = mpsc::sync_channel::<()>(0);
         let thread = std::thread::Builder::new()
             .name("splitter-access".into())
-            .spawn(move || write_loop(file, format, queues, &names, stopped))?;
+            .spawn(move || {
+                write_loop(file, format, queues, &names, stopped);
+                drop(finished);
+            })?;
         Ok((
             Writer {
                 thread: Some(thread),
                 stop,
+                done,
                 reopen,
             },
             sinks,
@@ -126,8 +138,18 @@ impl Writer {
 impl Drop for Writer {
     fn drop(&mut self) {
         let _ = self.stop.try_send(());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        match self.done.recv_timeout(LAST_FLUSH) {
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = thread.join();
+            }
+            // Blocked in a write: left to the process's exit.
+            _ => tracing::warn!(
+                waited = ?LAST_FLUSH,
+                "the access log takes no more lines; its last ones are lost"
+            ),
         }
     }
 }

@@ -221,3 +221,49 @@ fn sighup_reopens_the_file_after_it_was_moved() {
     let old = std::fs::read_to_string(&moved).unwrap();
     assert_eq!(old.lines().count(), 1, "{old}");
 }
+
+#[test]
+fn sigterm_exits_though_the_log_takes_no_more_lines() {
+    // A pipe whose reader never reads, as a stalled log shipper: the writer blocks in a write.
+    // Requests go on (records past the queue are dropped and counted), and a SIGTERM must
+    // still end the process rather than wait on that write for ever.
+    let a = SPLITTER.mock_backend("a", &["--price", "1"]);
+    let dir = TempDir::new("access-fifo");
+    let fifo = dir.path.join("access.pipe");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    // Held open, never read: the splitter's open for writing then succeeds at once.
+    let _reader = {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap()
+    };
+    let mut s = SPLITTER.run(&with_log(
+        &format!(
+            "[access_log]\npath = \"{}\"\nformat = \"json\"\n",
+            fifo.display()
+        ),
+        &[("a", a.addr)],
+    ));
+    // A line is about 300 bytes: 3,000 requests are several times what the pipe (64 KiB) and
+    // the writer's buffer (64 KiB) take.
+    let mut client = s.client();
+    for i in 0..3000 {
+        let r = client.request(&post("/bid", &format!("f{i}"), "{}"));
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    s.wait_metrics(Duration::from_secs(10), |m| {
+        m.get("splitter_access_log_dropped_total", &[]) > 0.0
+    });
+    drop(client);
+    s.signal(libc::SIGTERM);
+    let status = s
+        .proc
+        .wait_exit(Duration::from_secs(20))
+        .expect("SIGTERM: the process exits though its access log is blocked");
+    assert!(status.success(), "{status:?}");
+}
