@@ -92,6 +92,7 @@ impl Selection {
                 let value =
                     inflated.and_then(|()| self.selector.select(&decoded, self.prefer, scratch));
                 scratch.decoded = decoded;
+                scratch.trim();
                 if inflated.is_none() {
                     return Err(Invalid::Encoding);
                 }
@@ -288,7 +289,8 @@ impl Token {
 ///
 /// `simd-json` parses in place (it unescapes strings where they lie) and reads past the end of
 /// its input in SIMD-wide steps, so a body is first copied here with padding. The tape and
-/// the parser's work buffers grow to the largest body seen, then stay.
+/// the parser's work buffers grow with the bodies, and are let go after one past
+/// [`Scratch::KEEP_BYTES`] or [`Scratch::KEEP_NODES`].
 #[derive(Default)]
 pub struct Scratch {
     /// The body being parsed, followed by `simd_json::INPUT_PADDING` bytes.
@@ -376,7 +378,26 @@ impl Selector {
             .ok()
             .and_then(|()| resolve(&self.tokens, parsed.as_value(), prefer));
         *tape = parsed.reset().0;
+        scratch.trim();
         found
+    }
+}
+
+impl Scratch {
+    /// Past these the buffers a parse grew are let go: replies that large are rare, and what
+    /// one grew must not stay with the worker for good (SPEC 9: memory returns).
+    const KEEP_BYTES: usize = 16 * 1024 + simd_json::INPUT_PADDING;
+    const KEEP_NODES: usize = 2048;
+
+    fn trim(&mut self) {
+        if self.input.capacity() > Self::KEEP_BYTES || self.tape.capacity() > Self::KEEP_NODES {
+            self.input = Vec::new();
+            self.buffers = Buffers::default();
+            self.tape = Vec::new();
+        }
+        if self.decoded.capacity() > Self::KEEP_BYTES {
+            self.decoded = Vec::new();
+        }
     }
 }
 

@@ -113,6 +113,60 @@ fn idle_connections_keep_nothing_of_a_large_reply() {
     drop(clients);
 }
 
+/// What the process may keep, once idle again, of a burst of large replies.
+const BURST_GROWTH: u64 = 8 << 20;
+
+#[test]
+fn memory_taken_by_a_burst_of_large_replies_is_given_back() {
+    // Not per connection this time: 16 clients at once, three times, each reply about 1 MB,
+    // then quiet. The worker's parse buffers and the allocator's freed pages must go back to
+    // the system (they stayed: 6 MiB grew to 48 and remained there).
+    let _exclusive = exclusive();
+    let args = ["--price", "1", "--body-bytes", "900000"];
+    let (a, b) = (
+        SPLITTER.mock_backend("a", &args),
+        SPLITTER.mock_backend("b", &args),
+    );
+    let s = SPLITTER.run(&config(
+        "workers = 1\nmax_response_bytes = 2000000",
+        "",
+        &[("a", a.addr), ("b", b.addr)],
+        &[("/", 10_000)],
+    ));
+    let mut warm = s.client();
+    warm.request(&bid("/x", "warm")).assert_won("warm");
+    drop(warm);
+    thread::sleep(Duration::from_millis(1500));
+    let before = rss(&s);
+    for round in 0..3 {
+        let clients: Vec<_> = (0..16)
+            .map(|i| {
+                let addr = s.addr;
+                thread::spawn(move || {
+                    let id = format!("burst-{round}-{i}");
+                    let r = Client::connect(addr).request(&bid("/x", &id));
+                    r.assert_won(&id);
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join().expect("client thread");
+        }
+    }
+    let mut after = rss(&s);
+    // The allocator returns freed pages after a delay: wait for it, within a bound.
+    wait_for(Duration::from_secs(10), || {
+        after = rss(&s);
+        after < before + BURST_GROWTH
+    });
+    assert!(
+        after < before + BURST_GROWTH,
+        "a burst of large replies left RSS at {:.1} MiB, from {:.1} before it",
+        mib(after),
+        mib(before)
+    );
+}
+
 /// SPEC section 8: what an idle keep-alive client connection may cost the splitter.
 const IDLE_CONNECTION_BUDGET: u64 = 4 << 10;
 
