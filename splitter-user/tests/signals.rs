@@ -314,3 +314,36 @@ fn reload_command_returns_once_applied_and_refuses_a_bad_file() {
     r.assert_won("three");
     assert_eq!(r.backend(), Some("a"), "b is no longer configured");
 }
+
+#[test]
+fn a_reload_names_restart_keys_against_what_runs_not_the_last_file() {
+    let a = SPLITTER.mock_backend("a", &["--price", "1"]);
+    let s = SPLITTER.run(&config("workers = 1", "", &[("a", a.addr)], &[("/", 1000)]));
+    // The restart-only keys a reload warns of, if any.
+    let warned = |file: String| {
+        s.rewrite_config(&file);
+        let from = s.log_count();
+        s.signal(libc::SIGHUP);
+        s.wait_log(from, RELOAD_WAIT, |l| l.contains("configuration reloaded"))
+            .expect("the reload is applied");
+        s.log_snapshot()[from..]
+            .iter()
+            .find(|l| l.contains("next restart"))
+            .cloned()
+    };
+    let file = |workers: u32, timeout: u64| {
+        config(
+            &format!("workers = {workers}"),
+            "",
+            &[("a", a.addr)],
+            &[("/", timeout)],
+        )
+    };
+    let line = warned(file(2, 1000)).expect("workers 1 -> 2 needs a restart");
+    assert!(line.contains("workers"), "{line}");
+    // One worker still runs: the file's 2 still needs a restart, though the last file had it.
+    let line = warned(file(2, 900)).expect("still one worker running");
+    assert!(line.contains("workers"), "{line}");
+    // Back to what runs: nothing to restart for.
+    assert_eq!(warned(file(1, 800)), None);
+}

@@ -365,11 +365,12 @@ impl Server {
         &self.renderer
     }
 
-    /// Applies a file reloaded from `path` in place of `old`: backends, routes, selection and
-    /// limits change for requests that start from now on; connections stay open. Changed keys
-    /// that only a restart applies are named in the log.
-    pub fn reload(&self, old: &Config, config: Config, path: &Path) {
-        let fixed = restart_keys(old, &config);
+    /// Applies a file reloaded from `path`: backends, routes, selection and limits change for
+    /// requests that start from now on; connections stay open. Keys only a restart applies
+    /// that differ from what the process `started` with (and so still runs) are named in the
+    /// log, whatever earlier reloads said.
+    pub fn reload(&self, started: &Config, config: Config, path: &Path) {
+        let fixed = restart_keys(started, &config);
         if !fixed.is_empty() {
             tracing::warn!(
                 keys = %fixed.join(", "),
@@ -593,6 +594,8 @@ pub fn run(path: &Path, config: Config) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "cannot notify systemd of readiness");
     }
     rt.block_on(async {
+        // What the process runs with of the keys only a restart applies, reload after reload.
+        let started = config.clone();
         let mut current = config;
         let mut refresh = dns_timer(&current);
         let mut stop = server.stop();
@@ -608,7 +611,7 @@ pub fn run(path: &Path, config: Config) -> anyhow::Result<()> {
                         server.reopen_logs();
                         match Config::load(path) {
                             Ok(config) => {
-                                server.reload(&current, config.clone(), path);
+                                server.reload(&started, config.clone(), path);
                                 refresh = dns_timer(&config);
                                 current = config;
                             }
