@@ -45,6 +45,18 @@ pub fn run(args: ReloadArgs) -> anyhow::Result<()> {
     // The file's admin address is the process's unless the edit changed it (a restart-only
     // key): then the reload is still sent, only not confirmed.
     let before = reloads(admin);
+    // A stale or mistyped PID must not have SIGHUP, which ends most programs, sent to another.
+    let command = std::fs::read(format!("/proc/{}/cmdline", args.pid))
+        .map_err(|e| anyhow::anyhow!("no process {}: {e}", args.pid))?;
+    if !is_splitter_run(&command) {
+        bail!(
+            "process {} is not a running splitter (its command: `{}`); not signalled",
+            args.pid,
+            String::from_utf8_lossy(&command)
+                .replace('\0', " ")
+                .trim_end()
+        );
+    }
     // SAFETY: kill(2) with a plain signal number; no memory is involved.
     if unsafe { libc::kill(args.pid, libc::SIGHUP) } != 0 {
         let e = std::io::Error::last_os_error();
@@ -54,7 +66,8 @@ pub fn run(args: ReloadArgs) -> anyhow::Result<()> {
         Ok(before) => before,
         Err(e) => {
             eprintln!(
-                "warning: sent SIGHUP to process {} but cannot confirm the reload: no metrics on                  {admin} (`admin_listen` in {}; a changed one applies at the next restart): {e:#}",
+                "warning: sent SIGHUP to process {} but cannot confirm the reload: no metrics on \
+                 {admin} (`admin_listen` in {}; a changed one applies at the next restart): {e:#}",
                 args.pid,
                 args.config.display()
             );
@@ -86,6 +99,15 @@ pub fn run(args: ReloadArgs) -> anyhow::Result<()> {
             );
         }
     }
+}
+
+/// Whether a `/proc/PID/cmdline` is a `splitter run`: a program named `splitter...` (as
+/// installed, or a build of it) with the `run` subcommand.
+fn is_splitter_run(cmdline: &[u8]) -> bool {
+    let mut args = cmdline.split(|&b| b == 0);
+    let program = args.next().unwrap_or_default();
+    let name = program.rsplit(|&b| b == b'/').next().unwrap_or_default();
+    name.starts_with(b"splitter") && args.any(|a| a == b"run")
 }
 
 /// A listener on every address is reached on the loopback one.
@@ -164,6 +186,25 @@ mod tests {
             }
         );
         assert_eq!(parse_reloads("nothing"), Reloads::default());
+    }
+
+    #[test]
+    fn only_a_splitter_run_is_signalled() {
+        for yes in [
+            &b"/usr/bin/splitter\0run\0-c\0/etc/splitter/splitter.toml\0"[..],
+            b"splitter\0run\0-c\0x.toml\0",
+            b"/work/target/debug/splitter\0run\0--config\0x\0",
+        ] {
+            assert!(is_splitter_run(yes), "{yes:?}");
+        }
+        for no in [
+            &b"sleep\0100\0"[..],
+            b"/usr/bin/splitter\0mock-backend\0--listen\0x\0",
+            b"/bin/run\0splitter\0",
+            b"",
+        ] {
+            assert!(!is_splitter_run(no), "{no:?}");
+        }
     }
 
     #[test]

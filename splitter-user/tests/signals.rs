@@ -313,6 +313,19 @@ fn reload_command_returns_once_applied_and_refuses_a_bad_file() {
     let r = client.request(&bid("/x", "three"));
     r.assert_won("three");
     assert_eq!(r.backend(), Some("a"), "b is no longer configured");
+
+    // A PID that is not a splitter (stale, mistyped) is refused, not sent a SIGHUP.
+    let mut other = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("sleep");
+    let other_pid = other.id().to_string();
+    let (status, _, err) = SPLITTER.cli(&["reload", "-c", &path, "--pid", &other_pid], RELOAD_WAIT);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("not a running splitter"), "{err}");
+    assert!(matches!(other.try_wait(), Ok(None)), "sleep was signalled");
+    other.kill().expect("kill sleep");
+    other.wait().expect("reap sleep");
 }
 
 #[test]
