@@ -198,7 +198,7 @@ mod tests {
             assert!(is_splitter_run(yes), "{yes:?}");
         }
         for no in [
-            &b"sleep\0100\0"[..],
+            &b"sleep\x0030\0"[..],
             b"/usr/bin/splitter\0mock-backend\0--listen\0x\0",
             b"/bin/run\0splitter\0",
             b"",
