@@ -386,8 +386,9 @@ impl Selector {
 impl Scratch {
     /// Past these the buffers a parse grew are let go: replies that large are rare, and what
     /// one grew must not stay with the worker for good (SPEC 9: memory returns).
-    const KEEP_BYTES: usize = 16 * 1024 + simd_json::INPUT_PADDING;
-    const KEEP_NODES: usize = 2048;
+    /// 64 KiB: OpenRTB replies with their ad markup stay within it.
+    const KEEP_BYTES: usize = 64 * 1024 + simd_json::INPUT_PADDING;
+    const KEEP_NODES: usize = 8192;
 
     fn trim(&mut self) {
         if self.input.capacity() > Self::KEEP_BYTES || self.tape.capacity() > Self::KEEP_NODES {
