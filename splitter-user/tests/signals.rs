@@ -4,7 +4,8 @@
 mod common;
 
 use std::net::TcpStream;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -359,4 +360,48 @@ fn a_reload_names_restart_keys_against_what_runs_not_the_last_file() {
     assert!(line.contains("workers"), "{line}");
     // Back to what runs: nothing to restart for.
     assert_eq!(warned(file(1, 800)), None);
+}
+
+#[test]
+fn reloads_that_turn_a_shadow_on_and_off_under_traffic_lose_nothing() {
+    // A reload changes a backend's options for the requests in flight too; one that began with
+    // `a` as a shadow must still end as it began (the process aborted when it did not).
+    let a = SPLITTER.mock_backend("a", &["--price", "2", "--delay-ms", "30"]);
+    let b = SPLITTER.mock_backend("b", &["--price", "1", "--delay-ms", "30"]);
+    let file = |shadow: bool| {
+        let keys = if shadow { "shadow = true" } else { "" };
+        config_with_backend_keys(
+            "",
+            "",
+            &[("a", a.addr, keys), ("b", b.addr, "")],
+            &[("/", 2000)],
+        )
+    };
+    let s = SPLITTER.run(&file(true));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|t| {
+            let (addr, stop) = (s.addr, Arc::clone(&stop));
+            thread::spawn(move || {
+                let mut client = Client::connect(addr);
+                let mut answered = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = format!("flip-{t}-{answered}");
+                    client.request(&bid("/x", &id)).assert_won(&id);
+                    answered += 1;
+                }
+                answered
+            })
+        })
+        .collect();
+    for flip in 0..8 {
+        s.rewrite_config(&file(flip % 2 == 1));
+        let line = reload(&s);
+        assert!(!line.to_ascii_lowercase().contains("refused"), "{line}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        assert!(c.join().expect("every request answered") > 0);
+    }
+    assert_eq!(s.admin_get("/healthz").status, 200);
 }

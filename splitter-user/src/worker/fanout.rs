@@ -120,6 +120,9 @@ pub async fn scatter(worker: &Rc<Worker>, plan: &Rc<Plan>, request: Request) -> 
     let request = Rc::new(request);
     let mut exchange = Exchange::new(request.deadline, &plan.selection, request.floor);
     let mut calls: Vec<Call> = Vec::with_capacity(plan.backends.len());
+    // Which backends this request treats as shadows, fixed at its start: a reload may change
+    // a backend's options while it is in flight, and the exchange only knows those it waits for.
+    let mut shadows: u16 = 0;
     for (id, backend) in plan.backends.iter().enumerate() {
         if request.backends & (1 << id) == 0 {
             continue;
@@ -134,6 +137,7 @@ pub async fn scatter(worker: &Rc<Worker>, plan: &Rc<Plan>, request: Request) -> 
             deadline,
         );
         if options.shadow {
+            shadows |= 1 << id;
             // Never waited for, never a winner: measured on a task of its own.
             let worker = Rc::clone(worker);
             let plan = Rc::clone(plan);
@@ -223,7 +227,7 @@ pub async fn scatter(worker: &Rc<Worker>, plan: &Rc<Plan>, request: Request) -> 
     let now = rt::now();
     let mut backends = [None; MAX_BACKENDS];
     for (id, b) in plan.backends.iter().enumerate() {
-        if request.backends & (1 << id) == 0 || b.options.borrow().shadow {
+        if request.backends & !shadows & (1 << id) == 0 {
             continue;
         }
         let how = exchange.backend_outcome(id);
