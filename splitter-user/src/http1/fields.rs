@@ -22,7 +22,15 @@ pub enum FramingError {
     /// (RFC 9112 §6.1).
     #[error("unsupported Transfer-Encoding")]
     UnsupportedTransferEncoding,
+    /// More `Connection` options than [`MAX_CONNECTION_OPTIONS`]: every field would have to be
+    /// checked against each, work a peer could grow with the square of the head.
+    #[error("more than {MAX_CONNECTION_OPTIONS} Connection options")]
+    TooManyConnectionOptions,
 }
+
+/// Most `Connection` options (non-empty list elements) in one message. Real ones carry one to
+/// three (`keep-alive`, `close`, `Upgrade`, a field to drop).
+pub const MAX_CONNECTION_OPTIONS: usize = 32;
 
 /// What the header fields of one message say about its framing and its connection.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +44,7 @@ pub(super) struct Fields {
     /// `keep-alive` among the `Connection` options (how an HTTP/1.0 peer asks to persist).
     pub keep_alive: bool,
     /// Some `Connection` option other than `keep-alive`, which may name a field to drop: only
-    /// then is [`named_by_connection`] worth asking, which keeps the common case linear.
+    /// then are [`ConnectionOptions`] worth gathering.
     pub names_fields: bool,
     /// How many `Host` fields there are; a request needs exactly one in HTTP/1.1.
     pub hosts: usize,
@@ -50,6 +58,7 @@ impl Fields {
     /// Reads the framing and connection fields of `headers` in one pass.
     pub(super) fn scan(headers: &[Header<'_>], http10: bool) -> Result<Self, FramingError> {
         let mut fields = Fields::default();
+        let mut options = 0;
         for (i, header) in headers.iter().enumerate() {
             let name = header.name;
             if name.eq_ignore_ascii_case("content-length") {
@@ -71,11 +80,15 @@ impl Fields {
                     fields.chunked = true;
                 }
             } else if name.eq_ignore_ascii_case("connection") {
-                for option in list_elements(header.value) {
+                for option in list_elements(header.value).filter(|o| !o.is_empty()) {
+                    options += 1;
+                    if options > MAX_CONNECTION_OPTIONS {
+                        return Err(FramingError::TooManyConnectionOptions);
+                    }
                     let keep_alive = option.eq_ignore_ascii_case(b"keep-alive");
                     fields.keep_alive |= keep_alive;
                     fields.close |= option.eq_ignore_ascii_case(b"close");
-                    fields.names_fields |= !keep_alive && !option.is_empty();
+                    fields.names_fields |= !keep_alive;
                 }
             } else if name.eq_ignore_ascii_case("host") {
                 fields.hosts += 1;
@@ -95,14 +108,38 @@ impl Fields {
     }
 }
 
-/// Whether a `Connection` field of `headers` names `name`, making that field hop-by-hop for this
-/// message (RFC 9110 §7.6.1).
-pub(super) fn named_by_connection(headers: &[Header<'_>], name: &str) -> bool {
-    headers
-        .iter()
-        .filter(|header| header.name.eq_ignore_ascii_case("connection"))
-        .flat_map(|header| list_elements(header.value))
-        .any(|option| option.eq_ignore_ascii_case(name.as_bytes()))
+/// The options of a message's `Connection` fields, gathered once: a field they name is
+/// hop-by-hop for that message (RFC 9110 §7.6.1). At most [`MAX_CONNECTION_OPTIONS`] (what
+/// [`Fields::scan`] accepts), so checking every field costs at most that many comparisons each.
+pub(super) struct ConnectionOptions<'h> {
+    options: [&'h [u8]; MAX_CONNECTION_OPTIONS],
+    len: usize,
+}
+
+impl<'h> ConnectionOptions<'h> {
+    pub(super) fn of(headers: &[Header<'h>]) -> Self {
+        let mut this = ConnectionOptions {
+            options: [&[]; MAX_CONNECTION_OPTIONS],
+            len: 0,
+        };
+        let all = headers
+            .iter()
+            .filter(|header| header.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|header| list_elements(header.value))
+            .filter(|option| !option.is_empty());
+        for option in all.take(MAX_CONNECTION_OPTIONS) {
+            this.options[this.len] = option;
+            this.len += 1;
+        }
+        this
+    }
+
+    /// Whether they name the field `name`.
+    pub(super) fn name(&self, name: &str) -> bool {
+        self.options[..self.len]
+            .iter()
+            .any(|option| option.eq_ignore_ascii_case(name.as_bytes()))
+    }
 }
 
 /// Whether `head` is free of NUL, of CR not followed by LF, and of LF not preceded by CR.
@@ -307,11 +344,25 @@ mod tests {
             header("Connection", "keep-alive, X-Foo ,,x-bar"),
             header("X-Foo", "1"),
         ];
-        assert!(named_by_connection(&headers, "x-foo"));
-        assert!(named_by_connection(&headers, "X-Bar"));
-        assert!(named_by_connection(&headers, "Keep-Alive"));
-        assert!(!named_by_connection(&headers, "X-Baz"));
-        assert!(!named_by_connection(&headers, "Connection"));
+        let named = ConnectionOptions::of(&headers);
+        assert!(named.name("x-foo"));
+        assert!(named.name("X-Bar"));
+        assert!(named.name("Keep-Alive"));
+        assert!(!named.name("X-Baz"));
+        assert!(!named.name("Connection"));
+    }
+
+    #[test]
+    fn connection_options_are_bounded() {
+        // Empty elements are free (RFC 9110 §5.6.1 says to accept them); options are counted.
+        let commas = format!("a{}", ",".repeat(10_000));
+        assert!(scan(&[("Connection", &commas)]).unwrap().names_fields);
+        let at_limit = vec!["x"; MAX_CONNECTION_OPTIONS].join(",");
+        assert!(scan(&[("Connection", &at_limit)]).is_ok());
+        assert_eq!(
+            scan(&[("Connection", &at_limit), ("Connection", "y")]),
+            Err(FramingError::TooManyConnectionOptions)
+        );
     }
 
     #[test]

@@ -223,6 +223,9 @@ pub fn parse_request(
     let forward_target = target_start..forward.len();
     forward.extend_from_slice(b" HTTP/1.1\r\n");
     let mut forward_host = 0..0;
+    let named = fields
+        .names_fields
+        .then(|| fields::ConnectionOptions::of(headers));
     for header in headers {
         let name = header.name;
         // Host stays even when a Connection option names it: backends need it, and a client must
@@ -231,7 +234,7 @@ pub fn parse_request(
         let dropped = is_hop_by_hop(name.as_bytes())
             || name.eq_ignore_ascii_case("content-length")
             || name.eq_ignore_ascii_case("expect")
-            || (fields.names_fields && !is_host && fields::named_by_connection(headers, name));
+            || (!is_host && named.as_ref().is_some_and(|named| named.name(name)));
         if is_host {
             // An absolute-form target's authority replaces Host (RFC 9112 §3.2.2).
             let value = target.authority.map_or(header.value, str::as_bytes);

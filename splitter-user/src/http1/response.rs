@@ -123,6 +123,7 @@ impl PassedFields {
             spans: [[0; 4]; MAX_HEADERS],
             len: 0,
         };
+        let named = names_fields.then(|| fields::ConnectionOptions::of(headers));
         for header in headers {
             let name = header.name;
             let dropped = is_hop_by_hop(name.as_bytes())
@@ -130,7 +131,7 @@ impl PassedFields {
                 || name
                     .get(..11)
                     .is_some_and(|p| p.eq_ignore_ascii_case("x-splitter-"))
-                || (names_fields && fields::named_by_connection(headers, name));
+                || named.as_ref().is_some_and(|named| named.name(name));
             if !dropped {
                 let (n, v) = (offset(name.as_bytes()), offset(header.value));
                 passed.spans[passed.len] =
