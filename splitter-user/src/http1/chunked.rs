@@ -70,13 +70,14 @@ impl State {
         )
     }
 
-    /// Whether this state reads chunk extensions or trailer fields, which count against
-    /// [`MAX_CHUNK_METADATA`].
+    /// Whether this state reads chunk extensions, trailer fields or the whitespace after a
+    /// size, which count against [`MAX_CHUNK_METADATA`] (else a peer could stream spaces).
     fn is_metadata(self) -> bool {
         use State::*;
         matches!(
             self,
-            ExtNameStart
+            SizeWs
+                | ExtNameStart
                 | ExtName
                 | ExtNameWs
                 | ExtValueStart
@@ -718,6 +719,10 @@ mod tests {
         for _ in 0..=MAX_CHUNK_METADATA / 2 {
             input.extend_from_slice(b";a");
         }
+        decode_err(&input, "chunk extensions and trailers too long");
+
+        let mut input = b"1".to_vec();
+        input.resize(MAX_CHUNK_METADATA + 16, b' ');
         decode_err(&input, "chunk extensions and trailers too long");
 
         let mut input = b"0\r\n".to_vec();
