@@ -866,6 +866,14 @@ mod tests {
             (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", UnsupportedTransferEncoding),
             (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", UnsupportedTransferEncoding),
         ];
+        let many = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: {}\r\n\r\n",
+            vec!["x"; fields::MAX_CONNECTION_OPTIONS + 1].join(",")
+        );
+        parse_err(
+            many.as_bytes(),
+            RequestError::Framing(TooManyConnectionOptions),
+        );
         for &(input, why) in cases {
             parse_err(input, RequestError::Framing(why));
             assert_eq!(RequestError::Framing(why).status(), 400);
