@@ -585,19 +585,20 @@ mod tests {
         );
     }
 
+    /// A gzip reply judged with `prefer = "max"` and room to decode it.
+    fn judge(body: Vec<u8>) -> Result<f64, Invalid> {
+        selection(Prefer::Max, 1 << 20).judge(
+            &Body(200, Coding::Gzip, body),
+            None,
+            &mut Scratch::default(),
+        )
+    }
+
     #[test]
     fn a_gzip_body_of_several_members_is_decoded_whole() {
         let mut body = gzip(br#"{"price": "#);
         body.extend(gzip(b"7.5"));
         body.extend(gzip(b"}"));
-        let sel = selection(Prefer::Max, 1 << 20);
-        let judge = |body: Vec<u8>| {
-            sel.judge(
-                &Body(200, Coding::Gzip, body),
-                None,
-                &mut Scratch::default(),
-            )
-        };
         assert_eq!(judge(body.clone()), Ok(7.5));
         // Garbage after the last member is not a member.
         body.extend_from_slice(b"junk");
@@ -608,14 +609,6 @@ mod tests {
     fn a_gzip_member_that_fails_its_checks_is_invalid() {
         // What zlib, and so curl and browsers, refuse: the client could not decode it.
         let json = br#"{"price": 9}"#;
-        let sel = selection(Prefer::Max, 1 << 20);
-        let judge = |body: Vec<u8>| {
-            sel.judge(
-                &Body(200, Coding::Gzip, body),
-                None,
-                &mut Scratch::default(),
-            )
-        };
         let good = gzip(json);
         assert_eq!(judge(good.clone()), Ok(9.0));
         let n = good.len();
