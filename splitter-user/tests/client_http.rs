@@ -533,3 +533,17 @@ fn bad_request_does_not_affect_a_concurrent_good_request() {
     good.read_response().assert_won("good-1");
     good.request(&bid("/x", "good-2")).assert_won("good-2");
 }
+
+#[test]
+fn empty_lines_before_a_request_are_ignored_however_many() {
+    // RFC 9112 §2.2: empty lines before a request line are ignored. They are dropped as they
+    // come (the buffer is not parsed again for each), so they never add up to a head over
+    // `max_header_bytes`.
+    let (_a, s) = one_mock_splitter("max_header_bytes = 4096", &[("/", 2000)]);
+    let mut client = s.client();
+    for round in 0..3 {
+        client.send(&b"\r\n".repeat(5000));
+        let id = format!("blank-{round}");
+        client.request(&bid("/x", &id)).assert_won(&id);
+    }
+}

@@ -132,6 +132,18 @@ impl RequestError {
     }
 }
 
+/// How many bytes at the start of `buf` are empty lines (CRLF) before a request line, which a
+/// server ignores (RFC 9112 §2.2). The connection drops them as they arrive, so a client that
+/// sends thousands of them one by one does not have its buffer parsed again for each.
+pub fn leading_empty_lines(buf: &[u8]) -> usize {
+    buf.as_chunks::<2>()
+        .0
+        .iter()
+        .take_while(|pair| *pair == b"\r\n")
+        .count()
+        * 2
+}
+
 /// Parses the client request head at the start of `buf`.
 ///
 /// `Ok(None)`: the head is not complete yet; once `buf` holds more than `limits.max_header_bytes`
@@ -143,8 +155,9 @@ impl RequestError {
 /// received. Left out: hop-by-hop fields, fields the `Connection` options name (but never `Host`),
 /// `Content-Length` and `Expect` (the splitter answers `100-continue` itself and sends backends
 /// the whole body at once). An HTTP/1.0 request without `Host` gets an empty `Host:`, which the
-/// caller fills with each backend's own address (RFC 9112 §3.2 requires a `Host`). The caller completes the head with
-/// [`super::encode::end_head`] once it knows the (de-chunked) body length, then appends the body.
+/// caller fills with each backend's own address (RFC 9112 §3.2 requires a `Host`). The caller
+/// completes the head with [`super::encode::end_head`] once it knows the (de-chunked) body
+/// length, then appends the body.
 pub fn parse_request(
     buf: &[u8],
     limits: &Limits,
@@ -889,6 +902,15 @@ mod tests {
         let huge = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551615\r\n\r\n";
         parse_err(huge, RequestError::BodyTooLarge);
         assert_eq!(RequestError::BodyTooLarge.status(), 413);
+    }
+
+    #[test]
+    fn leading_empty_lines_are_whole_crlf_pairs() {
+        assert_eq!(leading_empty_lines(b""), 0);
+        assert_eq!(leading_empty_lines(b"\r"), 0);
+        assert_eq!(leading_empty_lines(b"\r\n\r\nGET"), 4);
+        assert_eq!(leading_empty_lines(b"\r\n\r\r\n"), 2);
+        assert_eq!(leading_empty_lines(b"\n\r\n"), 0);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::http1::body::{BodyDecoder, BodyLimit};
 use crate::http1::encode::{
     client_response, continue_100, end_head, status_response, Chosen, ConnectionHeader,
 };
-use crate::http1::request::{parse_request, Method, RequestHead, Version};
+use crate::http1::request::{leading_empty_lines, parse_request, Method, RequestHead, Version};
 use crate::scatter::exchange::{BackendOutcome, Outcome, Reply as _, Winner, MAX_BACKENDS};
 use crate::scatter::route::Route;
 
@@ -291,9 +291,14 @@ impl ClientConn {
         // Bytes already looked at: a head is parsed again only once a line has ended in the new
         // bytes (or it is over the limit), so a head sent a byte at a time costs a parse per
         // line, not one per byte.
-        let mut scanned = 0;
+        let mut scanned: usize = 0;
         loop {
             let plan = Rc::clone(&worker.plan.borrow());
+            let blank = leading_empty_lines(&self.buf);
+            if blank > 0 {
+                self.buf.drain(..blank);
+                scanned = scanned.saturating_sub(blank);
+            }
             let started = !self.buf.is_empty();
             let line_ended = self.buf[scanned..].contains(&b'\n')
                 || self.buf.len() > plan.limits.max_header_bytes;
