@@ -245,7 +245,9 @@ async fn run(spec: WorkerSpec) {
 
     let sweeper = Rc::downgrade(&worker);
     rt::spawn(async move {
-        for sweep in 0u32.. {
+        let mut sweep: u32 = 0;
+        loop {
+            sweep = sweep.wrapping_add(1);
             rt::sleep(backend_pool::SWEEP_EVERY).await;
             let Some(worker) = sweeper.upgrade() else {
                 return;
@@ -254,7 +256,7 @@ async fn run(spec: WorkerSpec) {
             if let Some(idle_since) = Instant::now().checked_sub(idle_timeout) {
                 worker.backends.borrow().sweep(idle_since);
             }
-            if sweep % COLLECT_EVERY_SWEEPS == 0 {
+            if sweep.is_multiple_of(COLLECT_EVERY_SWEEPS) {
                 // mimalloc gives freed memory back to the system only after a delay (1 s),
                 // and only when the heap is next worked on that way: without this, what a
                 // burst of large messages took would stay resident (SPEC 9: memory returns).
