@@ -211,7 +211,8 @@ pub struct BackendConfig {
     pub timeout: Option<Duration>,
     /// `host`: the `Host` it gets instead of the client's (a virtual host).
     pub host: Option<String>,
-    /// `path_prefix`: prepended to the forwarded target (an endpoint like `/openrtb2`).
+    /// `path_prefix`: prepended to the forwarded target (an endpoint like `/openrtb2`), as
+    /// written; never `/` alone, which changes nothing.
     pub path_prefix: Option<String>,
     /// `shadow`: it gets every request and is measured, but never wins and is never waited for.
     pub shadow: bool,
@@ -761,12 +762,10 @@ fn backends(
             max_connections,
             timeout,
             host: table.host,
-            // The forwarded target starts with `/`: `/rtb/` and `/rtb` both give `/rtb/x`, not
-            // `/rtb//x`; `/` alone changes nothing.
+            // As written (the root target becomes exactly this); `/` alone changes nothing.
             path_prefix: table
                 .path_prefix
-                .map(|p| p.trim_end_matches('/').to_owned())
-                .filter(|p| !p.is_empty()),
+                .filter(|p| !p.trim_end_matches('/').is_empty()),
             shadow: table.shadow,
         });
     }

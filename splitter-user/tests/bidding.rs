@@ -1103,23 +1103,22 @@ fn backend_host_replaces_the_clients_and_path_prefix_is_prepended() {
     assert_eq!(got.body, body.as_bytes());
 }
 
-/// The root target is the prefix itself, with its query: `/` reaches a bid endpoint as
-/// `/openrtb2/auction`, not `/openrtb2/auction/`, which many refuse.
+/// The root target is the prefix as written, with its query: `/` reaches a bid endpoint as
+/// `/openrtb2/auction`, not `/openrtb2/auction/`, which many refuse, and as `/rtb/` when the
+/// operator wrote the slash; other targets are joined with one slash.
 #[test]
-fn the_root_target_is_the_path_prefix_itself() {
+fn the_root_target_is_the_path_prefix_as_written() {
     let a = priced_peer("a", "2");
-    let cfg = config("", "", &[("a", a.addr)], &[("/", 2000)]);
-    let s = SPLITTER.run(&backend_keys(
-        &cfg,
-        "a",
-        "path_prefix = \"/openrtb2/auction\"",
-    ));
+    let b = priced_peer("b", "1");
+    let cfg = config("", "", &[("a", a.addr), ("b", b.addr)], &[("/", 2000)]);
+    let cfg = backend_keys(&cfg, "a", "path_prefix = \"/openrtb2/auction\"");
+    let s = SPLITTER.run(&backend_keys(&cfg, "b", "path_prefix = \"/rtb/\""));
     let mut client = s.client();
-    for (target, forwarded) in [
-        ("/", "/openrtb2/auction"),
-        ("/?tmax=80", "/openrtb2/auction?tmax=80"),
-        ("/x", "/openrtb2/auction/x"),
-        ("//x", "/openrtb2/auction//x"),
+    for (target, forwarded, to_b) in [
+        ("/", "/openrtb2/auction", "/rtb/"),
+        ("/?tmax=80", "/openrtb2/auction?tmax=80", "/rtb/?tmax=80"),
+        ("/x", "/openrtb2/auction/x", "/rtb/x"),
+        ("//x", "/openrtb2/auction//x", "/rtb//x"),
     ] {
         let id = format!("root-{forwarded}");
         let body = bid_body(&id);
@@ -1129,6 +1128,7 @@ fn the_root_target_is_the_path_prefix_itself() {
         );
         client.request(raw.as_bytes()).assert_won(&id);
         assert_eq!(a.next_request(WAIT).target, forwarded, "{target}");
+        assert_eq!(b.next_request(WAIT).target, to_b, "{target}");
     }
 }
 

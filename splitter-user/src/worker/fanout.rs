@@ -63,16 +63,24 @@ impl Request {
             return self.bytes.clone();
         }
         let b = &self.bytes;
-        let prefix = options.path_prefix.as_deref().unwrap_or_default();
+        let written = options.path_prefix.as_deref().unwrap_or_default();
         let host = match options.host.as_deref() {
             Some(host) => host,
             None if self.host.is_empty() => &options.default_host,
             None => &b[self.host.clone()],
         };
-        // The root target is the prefix itself: `/openrtb2/auction`, not `.../auction/`, which
-        // many bid endpoints refuse (`/?tmax=80` keeps its query).
-        let root = !prefix.is_empty() && matches!(&b[self.target.start..], [b'/', b' ' | b'?', ..]);
-        let rest = self.target.start + usize::from(root);
+        // The root target is the prefix as written: `/openrtb2/auction`, not `.../auction/`,
+        // which many bid endpoints refuse, unless the operator wrote the slash (`/?tmax=80`
+        // keeps its query). Any other target starts with `/`: `/rtb/` and `/rtb` both give
+        // `/rtb/x`, not `/rtb//x`.
+        let root =
+            !written.is_empty() && matches!(&b[self.target.start..], [b'/', b' ' | b'?', ..]);
+        let (prefix, rest) = if root {
+            (written, self.target.start + 1)
+        } else {
+            let slashes = written.iter().rev().take_while(|&&c| c == b'/').count();
+            (&written[..written.len() - slashes], self.target.start)
+        };
         let mut out = buffers::take(b.len() + prefix.len() + host.len());
         out.extend_from_slice(&b[..self.target.start]);
         out.extend_from_slice(prefix);
