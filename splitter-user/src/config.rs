@@ -1805,11 +1805,12 @@ timeout_ms = 450
         assert_eq!(a.host.as_deref(), Some("dsp.example:443"));
         assert_eq!(a.path_prefix.as_deref(), Some("/openrtb2"));
         assert!(!a.shadow && c.backends[1].shadow);
-        // A trailing `/` is not doubled with the target's own; `/` alone is no prefix.
+        // Kept as written (the forwarding joins it with the target); `/` alone is no prefix.
         for (prefix, kept) in [
-            ("/rtb/", Some("/rtb")),
-            ("/rtb//", Some("/rtb")),
+            ("/rtb/", Some("/rtb/")),
+            ("/rtb//", Some("/rtb//")),
             ("/", None),
+            ("//", None),
         ] {
             let c = parse(&text.replace("\"/openrtb2\"", &format!("{prefix:?}"))).unwrap();
             assert_eq!(c.backends[0].path_prefix.as_deref(), kept, "{prefix}");
