@@ -359,16 +359,20 @@ const HEALTH_CHECK_TIMEOUT: Duration = crate::scatter::health::FIRST_BACKOFF;
 
 /// Probes an ejected backend with `GET path` on a connection of its own: any 2xx restores it,
 /// anything else (or nothing within [`HEALTH_CHECK_TIMEOUT`]) ejects it for a longer back-off.
+/// It is named as requests name it (its `host`, else its address as written): a backend
+/// served by name (a virtual host, a shared ingress) answers nothing else.
 async fn health_check(backend: Rc<Backend>, path: Rc<str>, uring: bool, max_bytes: usize) {
     let check = async {
         let mut conn = BackendConn::connect(backend.addr, uring, backend.open_one())
             .await
             .ok()?;
-        let mut request = buffers::take(path.len() + 64);
+        let options = Rc::clone(&backend.options.borrow());
+        let host = options.host.as_deref().unwrap_or(&options.default_host);
+        let mut request = buffers::take(path.len() + host.len() + 48);
         request.extend_from_slice(b"GET ");
         request.extend_from_slice(path.as_bytes());
         request.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-        request.extend_from_slice(backend.addr.to_string().as_bytes());
+        request.extend_from_slice(host);
         request.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
         let limits = ReplyLimits {
             max_bytes,

@@ -119,11 +119,13 @@ fn when_every_backend_is_ejected_the_client_gets_204_at_once() {
     assert_eq!(per_backend(&m, "splitter_backend_up", "hole"), 0.0);
 }
 
+/// The probe names the backend as requests do (its `host`): one served by name answers
+/// nothing else.
 #[test]
 fn an_ejected_backend_is_probed_on_health_path_and_comes_back() {
     let _exclusive = exclusive();
-    // Resets every connection while `healthy` is false; then answers `GET /health` with 200
-    // and real requests with a price that wins.
+    // Resets every connection while `healthy` is false; then answers `GET /health` for its
+    // host name with 200 (404 for any other `Host`) and real requests with a price that wins.
     let healthy = Arc::new(AtomicBool::new(false));
     let peer = {
         let healthy = Arc::clone(&healthy);
@@ -133,8 +135,10 @@ fn an_ejected_backend_is_probed_on_health_path_and_comes_back() {
                     conn.reset();
                     return;
                 }
-                let out = if req.method == "GET" {
+                let out = if req.method == "GET" && req.header_all("Host") == ["bid.example"] {
                     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()
+                } else if req.method == "GET" {
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec()
                 } else {
                     http_json(&priced_body("flappy", &req.req_id(), "5"), "")
                 };
@@ -153,7 +157,7 @@ fn an_ejected_backend_is_probed_on_health_path_and_comes_back() {
             (
                 "flappy",
                 peer.addr,
-                "eject_after = 3\nhealth_path = \"/health\"",
+                "eject_after = 3\nhealth_path = \"/health\"\nhost = \"bid.example\"",
             ),
         ],
         &[("/", 1000)],
