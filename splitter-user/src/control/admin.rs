@@ -1,8 +1,10 @@
 //! The admin HTTP server: `GET /metrics` (Prometheus text) and `GET /healthz`, on
 //! `admin_listen`. It runs on the control plane's own runtime, so a scrape never delays a request.
 
+use std::io;
 use std::time::Duration;
 
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -25,6 +27,21 @@ const LIMITS: Limits = Limits {
 /// Serves admin requests until the future is dropped. `draining` turns `/healthz` to 503, so a
 /// balancer in front stops sending new connections while requests in progress finish.
 pub async fn serve(listener: TcpListener, renderer: Renderer, mut stop: watch::Receiver<Stop>) {
+    // Readiness is read here rather than through tokio's `accept`, so that running out of
+    // descriptors can be told apart from an empty queue (below).
+    let listener = match listener
+        .into_std()
+        .map_err(|e| e.to_string())
+        .and_then(|std| {
+            // SAFETY: `std` owns its descriptor, and the AsyncFd owns `std` from here on.
+            unsafe { AsyncFd::register(std) }.map_err(|e| e.to_string())
+        }) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(error = %e, "admin listener");
+            return;
+        }
+    };
     let mut backoff = AcceptBackoff::default();
     // One descriptor held in reserve: when the process runs out (`EMFILE`), giving it back lets
     // the admin port take one connection and say so, rather than go silent with the data plane.
@@ -33,24 +50,44 @@ pub async fn serve(listener: TcpListener, renderer: Renderer, mut stop: watch::R
         if reserve.is_none() {
             reserve = reserve_fd();
         }
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+        let mut ready = tokio::select! {
+            ready = listener.readable() => match ready {
+                Ok(ready) => ready,
+                Err(e) => {
+                    tracing::error!(error = %e, "admin listener");
+                    return;
+                }
+            },
             // The new process answers on this socket now.
             _ = stop.wait_for(|&s| s == Stop::HandedOver) => return,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => {
+        let stream = match accept_now(ready.get_inner()) {
+            Ok(stream) => {
                 backoff.reset();
                 stream
             }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                ready.clear_ready();
+                continue;
+            }
             Err(e) if e.raw_os_error() == Some(libc::EMFILE) && reserve.is_some() => {
                 drop(reserve.take());
-                let accepted = listener.accept().await;
-                reserve = reserve_fd();
-                match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(_) => continue,
+                match accept_now(ready.get_inner()) {
+                    Ok(stream) => {
+                        // Served here rather than spawned, so that its descriptor, once
+                        // closed, is the reserve again before the data plane's accept loops
+                        // take it: the next scrape finds one too.
+                        let draining = *stop.borrow() != Stop::No;
+                        let served = handle(stream, &renderer, draining);
+                        let _ = tokio::time::timeout(READ_TIMEOUT, served).await;
+                    }
+                    // Nothing was queued after all: wait for the next connection with the
+                    // reserve taken back, not without it.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready.clear_ready(),
+                    Err(_) => {}
                 }
+                reserve = reserve_fd();
+                continue;
             }
             Err(e) => {
                 let pause = backoff.next();
@@ -65,6 +102,13 @@ pub async fn serve(listener: TcpListener, renderer: Renderer, mut stop: watch::R
             let _ = tokio::time::timeout(READ_TIMEOUT, handle(stream, &renderer, draining)).await;
         });
     }
+}
+
+/// One connection from the queue, or `WouldBlock` when it is empty.
+fn accept_now(listener: &std::net::TcpListener) -> io::Result<TcpStream> {
+    let (stream, _) = listener.accept()?;
+    stream.set_nonblocking(true)?;
+    TcpStream::from_std(stream)
 }
 
 /// The value of the `Accept` field of a request head that parsed.

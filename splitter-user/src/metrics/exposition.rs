@@ -19,6 +19,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use splitter_common::{BackendCounters, RouteCounters, WorkerMetrics, LATENCY_BOUNDS_US, STATUSES};
 
+use super::process::Process;
 use super::MetricsRegion;
 
 /// Renders the region; labels come from the current configuration.
@@ -87,6 +88,7 @@ impl Format {
 impl Renderer {
     /// A renderer of `region`, with no backend named yet.
     pub fn new(region: Arc<MetricsRegion>) -> Self {
+        Process::open();
         Renderer {
             region,
             names: Arc::new(RwLock::new(Names::default())),
@@ -186,43 +188,6 @@ fn prometheus_text(open_metrics: &str) -> String {
         out.push('\n');
     }
     out
-}
-
-/// The process's own figures, read at scrape time.
-#[derive(Debug, Default)]
-struct Process {
-    rss_bytes: u64,
-    open_fds: u64,
-    max_fds: u64,
-}
-
-impl Process {
-    fn read() -> Process {
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
-        let rss_pages = std::fs::read_to_string("/proc/self/statm")
-            .ok()
-            .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .unwrap_or(0);
-        // The directory listing's own descriptor is one of those counted.
-        let open_fds = std::fs::read_dir("/proc/self/fd")
-            .map(|d| d.count().saturating_sub(1) as u64)
-            .unwrap_or(0);
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: a valid pointer to an rlimit.
-        let max_fds = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
-            0 => limit.rlim_cur,
-            _ => 0,
-        };
-        Process {
-            rss_bytes: rss_pages * page,
-            open_fds,
-            max_fds,
-        }
-    }
 }
 
 /// One scrape: the summed cells, the labels to print them with, and the control plane's own.

@@ -12,6 +12,7 @@
 
 mod counters;
 mod exposition;
+mod process;
 mod region;
 
 pub use counters::WorkerCounters;
