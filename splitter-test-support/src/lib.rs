@@ -8,6 +8,7 @@
 
 pub mod bpftool;
 pub mod client;
+pub mod fdstore;
 pub mod host;
 pub mod http;
 pub mod metrics;
@@ -20,6 +21,7 @@ pub mod wrk;
 // The suites import everything at once (`use common::*`), the modules being for this crate's
 // reader.
 pub use client::{assert_serves, Client, IO_TIMEOUT};
+pub use fdstore::FdStore;
 pub use host::{free_addr, repo_path, require_root, require_tool, TempDir};
 pub use http::{bid, bid_body, http_json, post, priced_body, RawRequest, Response};
 pub use metrics::Metrics;

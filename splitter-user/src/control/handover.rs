@@ -41,12 +41,76 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The sockets taken over from a running process, and the line to tell it when to let go.
 pub struct Inherited {
-    /// The workers' listeners.
+    /// The workers' listeners (none when they listen elsewhere than `listen` now asks).
     pub listeners: Vec<TcpListener>,
-    /// The admin listener.
-    pub admin: TcpListener,
+    /// The admin listener (none when it listens elsewhere than `admin_listen` now asks).
+    pub admin: Option<TcpListener>,
     /// The line to the old process, when one is waiting to hear that this one runs.
     pub old: Option<OldProcess>,
+}
+
+/// Which of the inherited sockets [`Inherited::keep_matching`] closed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Replaced {
+    pub listeners: bool,
+    pub admin: bool,
+}
+
+/// Whether a socket inherited listening on `local` serves what the configuration asks for,
+/// `configured`: the very same address. Port 0 (any free port) is never matched: it asks for
+/// a fresh bind. `0.0.0.0:80` and `127.0.0.1:80` differ: a restart applies the change.
+pub fn serves(configured: SocketAddr, local: SocketAddr) -> bool {
+    configured.port() != 0 && configured == local
+}
+
+impl Inherited {
+    /// Keeps the sockets that listen where `listen` and `admin_listen` ask and closes the
+    /// others, for the caller to bind the configured addresses afresh (a restart that changed
+    /// `listen` or `admin_listen`). Logs which were kept and which replaced.
+    pub fn keep_matching(&mut self, listen: SocketAddr, admin_listen: SocketAddr) -> Replaced {
+        let mut replaced = Replaced::default();
+        if let Some(first) = self.listeners.first() {
+            let local = first.local_addr().ok();
+            // One group, one address: a socket elsewhere among them replaces them all.
+            let all = self
+                .listeners
+                .iter()
+                .all(|l| l.local_addr().ok().is_some_and(|a| serves(listen, a)));
+            let inherited = local.map_or_else(|| "?".to_owned(), |a| a.to_string());
+            if all {
+                tracing::info!(address = %inherited, "inherited listeners kept (`listen`)");
+            } else {
+                tracing::warn!(
+                    inherited = %inherited,
+                    configured = %listen,
+                    "inherited listeners replaced: `listen` changed, binding it afresh"
+                );
+                self.listeners.clear();
+                replaced.listeners = true;
+            }
+        }
+        if let Some(admin) = &self.admin {
+            let local = admin.local_addr().ok();
+            let inherited = local.map_or_else(|| "?".to_owned(), |a| a.to_string());
+            if local.is_some_and(|a| serves(admin_listen, a)) {
+                tracing::info!(address = %inherited, "inherited admin listener kept (`admin_listen`)");
+            } else {
+                tracing::warn!(
+                    inherited = %inherited,
+                    configured = %admin_listen,
+                    "inherited admin listener replaced: `admin_listen` changed, binding it afresh"
+                );
+                self.admin = None;
+                replaced.admin = true;
+            }
+        }
+        replaced
+    }
+
+    /// Nothing inherited is left to serve on (and no process waits to hear from this one).
+    pub fn is_empty(&self) -> bool {
+        self.listeners.is_empty() && self.admin.is_none() && self.old.is_none()
+    }
 }
 
 /// The process the sockets came from, waiting to hear that the new one runs.
@@ -108,7 +172,7 @@ pub fn take_over(path: &Path, listen: SocketAddr) -> io::Result<Option<Inherited
     admin.set_nonblocking(true)?;
     Ok(Some(Inherited {
         listeners: sockets,
-        admin,
+        admin: Some(admin),
         old: Some(OldProcess(old)),
     }))
 }
@@ -334,11 +398,12 @@ mod tests {
             .listeners
             .iter()
             .all(|l| l.local_addr().unwrap() == listen));
-        assert_eq!(inherited.admin.local_addr().unwrap(), admin_addr);
+        let inherited_admin = inherited.admin.as_ref().expect("the admin listener");
+        assert_eq!(inherited_admin.local_addr().unwrap(), admin_addr);
         // The very same socket: a connection made now is accepted on the inherited one.
         let _client = std::net::TcpStream::connect(admin_addr).unwrap();
-        inherited.admin.set_nonblocking(false).unwrap();
-        inherited.admin.accept().unwrap();
+        inherited_admin.set_nonblocking(false).unwrap();
+        inherited_admin.accept().unwrap();
         inherited.old.expect("a process waits").ready().unwrap();
         done_rx.recv_timeout(STEP_TIMEOUT).expect("handed over");
         thread.join().unwrap();
@@ -382,12 +447,75 @@ mod tests {
                 got, cookies,
                 "{workers} workers: the same sockets, by worker"
             );
-            assert_eq!(cookie(&inherited.admin), admin_cookie);
+            assert_eq!(cookie(inherited.admin.as_ref().unwrap()), admin_cookie);
             inherited.old.expect("a process waits").ready().unwrap();
             done_rx.recv_timeout(STEP_TIMEOUT).expect("handed over");
             thread.join().unwrap();
         }
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_inherited_socket_serves_only_the_very_address_configured() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(serves(addr("127.0.0.1:8080"), addr("127.0.0.1:8080")));
+        assert!(serves(addr("0.0.0.0:8080"), addr("0.0.0.0:8080")));
+        assert!(serves(addr("[::1]:8080"), addr("[::1]:8080")));
+        // Another port, another interface, another family.
+        assert!(!serves(addr("127.0.0.1:8081"), addr("127.0.0.1:8080")));
+        assert!(!serves(addr("0.0.0.0:8080"), addr("127.0.0.1:8080")));
+        assert!(!serves(addr("127.0.0.1:8080"), addr("0.0.0.0:8080")));
+        assert!(!serves(addr("[::]:8080"), addr("0.0.0.0:8080")));
+        // Port 0 asks for a fresh bind, whatever the socket's port.
+        assert!(!serves(addr("127.0.0.1:0"), addr("127.0.0.1:0")));
+        assert!(!serves(addr("127.0.0.1:0"), addr("127.0.0.1:8080")));
+    }
+
+    #[test]
+    fn only_the_sockets_on_the_configured_addresses_are_kept() {
+        let group = crate::worker::listener::bind_group("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let listen = group[0].local_addr().unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").unwrap();
+        let admin_addr = admin.local_addr().unwrap();
+        let elsewhere: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let inherit = || Inherited {
+            listeners: group.iter().map(|l| l.try_clone().unwrap()).collect(),
+            admin: Some(admin.try_clone().unwrap()),
+            old: None,
+        };
+
+        let mut same = inherit();
+        assert_eq!(same.keep_matching(listen, admin_addr), Replaced::default());
+        assert_eq!(same.listeners.len(), 2);
+        assert!(same.admin.is_some());
+
+        let mut admin_moved = inherit();
+        let replaced = admin_moved.keep_matching(listen, elsewhere);
+        assert_eq!(
+            replaced,
+            Replaced {
+                listeners: false,
+                admin: true
+            }
+        );
+        assert_eq!(admin_moved.listeners.len(), 2);
+        assert!(admin_moved.admin.is_none());
+
+        let mut listen_moved = inherit();
+        let replaced = listen_moved.keep_matching(elsewhere, admin_addr);
+        assert_eq!(
+            replaced,
+            Replaced {
+                listeners: true,
+                admin: false
+            }
+        );
+        assert!(listen_moved.listeners.is_empty());
+        assert!(!listen_moved.is_empty(), "the admin listener stays");
+
+        let mut both = inherit();
+        both.keep_matching(elsewhere, elsewhere);
+        assert!(both.is_empty());
     }
 
     #[test]

@@ -145,44 +145,60 @@ impl Server {
         let count = worker_count(config.workers);
         // The sockets of the process this one replaces, if any: from systemd's descriptor store
         // (`systemctl restart`), or handed over by a running splitter (an upgrade in place).
-        let inherited = systemd::stored_listeners(config.listen).or_else(|| {
-            let path = config.handover_socket.as_deref()?;
-            handover::take_over(path, config.listen)
+        // Only those on the addresses configured now are kept; the others are bound afresh.
+        let (mut inherited, mut replaced) =
+            systemd::stored_listeners(config.listen, config.admin_listen);
+        if let (None, Some(path)) = (&inherited, config.handover_socket.as_deref()) {
+            inherited = handover::take_over(path, config.listen)
                 .inspect_err(|e| tracing::warn!(error = %e, "cannot take the sockets over"))
                 .ok()
                 .flatten()
-        });
+                .map(|mut taken| {
+                    replaced = taken.keep_matching(config.listen, config.admin_listen);
+                    taken
+                });
+        }
         let (listeners, admin_listener, old) = match inherited {
-            Some(taken) => {
-                let mut listeners = taken.listeners;
-                let have = listeners.len();
-                if have > count {
-                    tracing::warn!(
-                        have,
-                        count,
-                        "more listeners inherited than workers: the extra ones close"
-                    );
-                    listeners.truncate(count);
-                } else if have < count {
-                    let port = listeners[0].local_addr()?;
-                    listeners.extend(worker::listener::bind_group(port, count - have)?);
-                }
-                tracing::info!(listeners = have, "took the listening sockets over");
-                (listeners, taken.admin, taken.old)
-            }
+            Some(taken) => (taken.listeners, taken.admin, taken.old),
+            None => (Vec::new(), None, None),
+        };
+        // The admin socket first: a listener joins the `SO_REUSEPORT` group of a running
+        // instance on the same port and takes its share of new connections at once, so a start
+        // that fails on the admin port (that instance holds it) must fail before.
+        let admin_listener = match admin_listener {
+            Some(admin) => admin,
             None => {
-                // The admin socket first: a listener joins the `SO_REUSEPORT` group of a running
-                // instance on the same port and takes its share of new connections at once, so a
-                // start that fails on the admin port (that instance holds it) must fail before.
-                let admin_listener = std::net::TcpListener::bind(config.admin_listen)
-                    .with_context(|| {
-                        format!("cannot listen on {} (`admin_listen`)", config.admin_listen)
-                    })?;
-                admin_listener.set_nonblocking(true)?;
-                let listeners = worker::listener::bind_group(config.listen, count)
-                    .with_context(|| format!("cannot listen on {} (`listen`)", config.listen))?;
-                (listeners, admin_listener, None)
+                let admin = bind_afresh(replaced.admin, || {
+                    std::net::TcpListener::bind(config.admin_listen)
+                })
+                .with_context(|| {
+                    format!("cannot listen on {} (`admin_listen`)", config.admin_listen)
+                })?;
+                admin.set_nonblocking(true)?;
+                admin
             }
+        };
+        let listeners = if listeners.is_empty() {
+            bind_afresh(replaced.listeners, || {
+                worker::listener::bind_group(config.listen, count)
+            })
+            .with_context(|| format!("cannot listen on {} (`listen`)", config.listen))?
+        } else {
+            let mut listeners = listeners;
+            let have = listeners.len();
+            if have > count {
+                tracing::warn!(
+                    have,
+                    count,
+                    "more listeners inherited than workers: the extra ones close"
+                );
+                listeners.truncate(count);
+            } else if have < count {
+                let port = listeners[0].local_addr()?;
+                listeners.extend(worker::listener::bind_group(port, count - have)?);
+            }
+            tracing::info!(listeners = have, "took the listening sockets over");
+            listeners
         };
         let listen = listeners[0].local_addr()?;
         let admin = admin_listener.local_addr()?;
@@ -433,6 +449,31 @@ impl Server {
                 .map_err(|_| anyhow::anyhow!("the admin thread panicked"))?;
         }
         Ok(())
+    }
+}
+
+/// How long a bind waits for the address of a socket just closed to be free: systemd closes
+/// its copy of a stored one once it has read the removal.
+const REBIND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `bind()`, retried while the address is in use for [`REBIND_TIMEOUT`] when `replacing` an
+/// inherited socket.
+fn bind_afresh<T>(
+    replacing: bool,
+    mut bind: impl FnMut() -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    let until = std::time::Instant::now() + REBIND_TIMEOUT;
+    loop {
+        match bind() {
+            Err(e)
+                if replacing
+                    && e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < until =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            result => return result,
+        }
     }
 }
 

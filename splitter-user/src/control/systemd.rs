@@ -8,51 +8,56 @@ use std::os::fd::{AsFd as _, FromRawFd as _};
 
 use sd_notify::NotifyState;
 
-use super::handover::Inherited;
+use super::handover::{Inherited, Replaced};
 
 /// Names of the stored descriptors.
 const WORKER: &str = "worker";
 const ADMIN: &str = "admin";
 
-/// The sockets systemd kept from the previous start, when they listen on `listen`.
-pub fn stored_listeners(listen: SocketAddr) -> Option<Inherited> {
-    let fds = sd_notify::listen_fds_with_names(true).ok()?;
-    let mut listeners = Vec::new();
-    let mut admin = None;
+/// The sockets systemd kept from the previous start that listen where `listen` and
+/// `admin_listen` ask. The others (the configuration moved them) are closed and taken out of
+/// the store, so that the caller binds the configured addresses afresh; the store holds the new
+/// ones once they serve. Also says which were replaced.
+pub fn stored_listeners(
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+) -> (Option<Inherited>, Replaced) {
+    let Ok(fds) = sd_notify::listen_fds_with_names(true) else {
+        return (None, Replaced::default());
+    };
+    let mut inherited = Inherited {
+        listeners: Vec::new(),
+        admin: None,
+        old: None,
+    };
     for (fd, name) in fds {
         // SAFETY: systemd passed this descriptor to this process (LISTEN_PID), to own.
         let socket = unsafe { TcpListener::from_raw_fd(fd) };
         match name.as_str() {
-            WORKER => listeners.push(socket),
-            ADMIN => admin = Some(socket),
+            WORKER => inherited.listeners.push(socket),
+            // One admin socket: a second one closes.
+            ADMIN if inherited.admin.is_none() => inherited.admin = Some(socket),
             _ => {}
         }
     }
-    let admin = admin?;
-    let same = listeners
-        .first()
-        .and_then(|l| l.local_addr().ok())
-        .is_some_and(|addr| addr == listen);
-    if !same {
-        // `listen` changed: these go, and new ones are stored once bound.
-        let _ = sd_notify::notify(
-            false,
-            &[NotifyState::FdStoreRemove, NotifyState::FdName(WORKER)],
-        );
-        let _ = sd_notify::notify(
-            false,
-            &[NotifyState::FdStoreRemove, NotifyState::FdName(ADMIN)],
-        );
-        return None;
+    let replaced = inherited.keep_matching(listen, admin_listen);
+    // Only the moved ones go: systemd closes its copy, which frees the address (the same port
+    // on another interface) for the new bind.
+    for (name, gone) in [(WORKER, replaced.listeners), (ADMIN, replaced.admin)] {
+        if gone {
+            let _ = sd_notify::notify(
+                false,
+                &[NotifyState::FdStoreRemove, NotifyState::FdName(name)],
+            );
+        }
     }
-    for socket in listeners.iter().chain([&admin]) {
-        socket.set_nonblocking(true).ok()?;
+    for socket in inherited.listeners.iter().chain(&inherited.admin) {
+        if let Err(e) = socket.set_nonblocking(true) {
+            tracing::warn!(error = %e, "cannot use the stored sockets");
+            return (None, replaced);
+        }
     }
-    Some(Inherited {
-        listeners,
-        admin,
-        old: None,
-    })
+    ((!inherited.is_empty()).then_some(inherited), replaced)
 }
 
 /// Most descriptors in one `SCM_RIGHTS` message (`SCM_MAX_FD`).
