@@ -17,6 +17,7 @@ systemd-analyze    systemd          systemd          test     tests/ops.rs and t
 dpkg-shlibdeps     dpkg-dev         -                package  cargo xtask package (Depends: of the .deb)
 debootstrap        debootstrap      -                test     tests/package.rs installs the .deb in a fresh Debian 12
 promtool           prometheus       -                test     infra/prometheus checks, tests/monitoring.rs (promtool check metrics)
+llvm-bolt-19       bolt-19          -                package  cargo xtask build lays the PGO binary out by its profile (without it: PGO only)
 '
 
 # apt or dnf (the first one on PATH), or none; SPLITTER_PKG_MANAGER overrides.

@@ -6,7 +6,7 @@ mod accounting;
 mod chart;
 pub(crate) mod deploy;
 mod idle;
-mod plan;
+pub(crate) mod plan;
 pub(crate) mod proc;
 pub(crate) mod record;
 mod report;
@@ -175,7 +175,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let skew = measure_skew(&env, &root, opts.skew_seconds(), settings.repeat)?;
     let record = Record {
         date,
-        machine: Machine::probe(&root, env.nproc, &opts.build),
+        machine: Machine::probe(&root, &env),
         settings,
         medians: record::medians(&runs),
         idle,
@@ -246,12 +246,14 @@ pub(crate) fn build_env(
     build: &crate::build::BuildOptions,
 ) -> anyhow::Result<Env> {
     let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let splitter_bin = crate::build::release(build)?;
+    let release = crate::build::release(build)?;
     let work_dir = target_dir(root).join(work);
     std::fs::create_dir_all(&work_dir)
         .with_context(|| format!("creating {}", work_dir.display()))?;
     Ok(Env {
-        splitter_bin,
+        splitter_bin: release.binary,
+        splitter_build: release.kind,
+        child_env: Vec::new(),
         work_dir,
         nproc,
     })

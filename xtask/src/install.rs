@@ -172,7 +172,7 @@ fn check_unit(layout: &Layout, unit: &str) -> anyhow::Result<()> {
 pub fn run(opts: Options) -> anyhow::Result<()> {
     let binary = match opts.binary {
         Some(path) => path,
-        None => crate::build::release(&opts.build)?,
+        None => crate::build::release(&opts.build)?.binary,
     };
     if !binary.is_file() {
         bail!("{}: no such binary", binary.display());

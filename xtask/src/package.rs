@@ -65,7 +65,7 @@ const SCRIPTS: [(&str, &str); 3] = [
 pub fn run(opts: Options) -> anyhow::Result<()> {
     let binary = match opts.binary {
         Some(path) => path,
-        None => crate::build::release(&opts.build)?,
+        None => crate::build::release(&opts.build)?.binary,
     };
     if !binary.is_file() {
         bail!("{}: no such binary", binary.display());

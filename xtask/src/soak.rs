@@ -234,7 +234,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let summary = report::summarize(&rows, &seconds, &judge);
     let record = SoakRecord {
         date: date.clone(),
-        machine: Machine::probe(&root, env.nproc, &opts.build),
+        machine: Machine::probe(&root, &env),
         settings: Settings {
             chaos: opts.chaos,
             seconds: run_s,

@@ -4,6 +4,7 @@
 use crate::bench::plan::{Pinning, Scenario, Target};
 use crate::bench::proc::{self, Cpus, Proc};
 use anyhow::{bail, Context};
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -23,8 +24,13 @@ const BACKEND_NAMES: [&str; 16] = [
 /// What every deployment needs: the binaries and where to put configurations and logs.
 pub struct Env {
     pub splitter_bin: PathBuf,
+    /// How it was built ([`crate::build::Release::kind`]).
+    pub splitter_build: &'static str,
     pub work_dir: PathBuf,
     pub nproc: usize,
+    /// Environment variables of the splitter and mock processes (a profiling run's
+    /// `LLVM_PROFILE_FILE`).
+    pub child_env: Vec<(OsString, OsString)>,
 }
 
 /// The processes of one run. Fields drop in declaration order: the front (splitter or
@@ -200,6 +206,7 @@ pub fn spawn_mock(env: &Env, spec: &MockSpec) -> anyhow::Result<(Proc, SocketAdd
         name,
     ])
     .args(spec.flags)
+    .envs(env.child_env.iter().map(|(k, v)| (k, v)))
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(log);
@@ -324,7 +331,8 @@ fn try_launch_splitter(
     let path = env.work_dir.join("splitter.toml");
     std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
     let mut cmd = Command::new(&env.splitter_bin);
-    cmd.arg("run")
+    cmd.envs(env.child_env.iter().map(|(k, v)| (k, v)))
+        .arg("run")
         .arg("-c")
         .arg(&path)
         .env_remove("RUST_LOG")

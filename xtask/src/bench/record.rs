@@ -198,7 +198,8 @@ pub struct Machine {
     pub haproxy: String,
     pub wrk: String,
     pub splitter_commit: String,
-    /// How the splitter was built: `release, PGO` (`cargo xtask build`) or `release`.
+    /// How the splitter was built: `release, PGO, BOLT` (`cargo xtask build`), `release, PGO`
+    /// (the same where BOLT is missing) or `release` (`--no-pgo`).
     pub splitter_build: String,
 }
 
@@ -296,7 +297,7 @@ pub fn median<T: Copy + PartialOrd>(values: impl Iterator<Item = T>) -> Option<T
 
 impl Machine {
     /// Describes this machine and the versions of the programs measured.
-    pub fn probe(root: &Path, nproc: usize, build: &crate::build::BuildOptions) -> Machine {
+    pub fn probe(root: &Path, env: &super::deploy::Env) -> Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu_model = cpuinfo
             .lines()
@@ -305,7 +306,7 @@ impl Machine {
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map_or("unknown".into(), |k| k.trim().to_owned());
         Machine {
-            nproc,
+            nproc: env.nproc,
             cpu_model,
             kernel,
             // "HAProxy version 2.6.12-1+deb12u4 2023/..." and "wrk debian/4.1.0-3 [epoll] ..."
@@ -317,12 +318,7 @@ impl Machine {
                     .args(["describe", "--always", "--dirty"]),
                 0,
             ),
-            splitter_build: if build.no_pgo {
-                "release"
-            } else {
-                "release, PGO"
-            }
-            .into(),
+            splitter_build: env.splitter_build.into(),
         }
     }
 }
