@@ -176,8 +176,9 @@ fn drain_on(sig: i32) {
         arrived.recv_timeout(Duration::from_secs(5)).unwrap(),
         "idle-warmup"
     );
+    // Two requests in one write: the second, pipelined, waits in the splitter's buffer.
     let mut busy = s.client();
-    busy.send(&bid("/x", "in-flight"));
+    busy.send(&[bid("/x", "in-flight"), bid("/x", "pipelined")].concat());
     assert_eq!(
         arrived.recv_timeout(Duration::from_secs(5)).unwrap(),
         "in-flight",
@@ -185,9 +186,18 @@ fn drain_on(sig: i32) {
     );
     let t = Instant::now();
     s.signal(sig);
-    // The request in flight still gets its answer.
+    // The request in flight still gets its answer, and so does the one the client had
+    // already sent after it; then the connection closes, and says so.
     let r = busy.read_response();
     r.assert_won("in-flight");
+    assert_ne!(r.header("Connection"), Some("close"), "{r:?}");
+    let r = busy.read_response();
+    r.assert_won("pipelined");
+    assert_eq!(r.header("Connection"), Some("close"), "{r:?}");
+    assert!(
+        busy.closed_within(Duration::from_secs(5)),
+        "the connection closes after the last request it had sent"
+    );
     // New connections are refused after a short while.
     let until = Instant::now() + Duration::from_secs(5);
     let mut refused = false;

@@ -224,8 +224,11 @@ impl ClientConn {
         let Scattered { outcome, backends } = scatter(worker, plan, request).await;
         drop(in_flight);
         // A drain that began while the backends were asked still closes this connection,
-        // and says so, so the balancer in front does not send another request on it.
-        let closing = closing || *worker.shutdown.borrow() != Stop::No;
+        // and says so, so the balancer in front does not send another request on it; unless
+        // the client has already sent its next one (pipelined, in the buffer): that one is
+        // in flight too, and answered before the connection closes.
+        let draining = *worker.shutdown.borrow() != Stop::No;
+        let closing = closing || (draining && self.buf.is_empty());
         let conn = conn_header(closing);
 
         let no_content = matches!(outcome, Outcome::NoContent);
