@@ -105,8 +105,9 @@ pub struct MockArgs {
 
     // OpenRTB replies and compression (see `openrtb.rs` and `encoding.rs`).
     /// Reply with an OpenRTB 2.x BidResponse of SEATS seatbids of BIDS bids each (e.g. 3x2),
-    /// each bid priced by --price/--price-range/--price-raw under --field; the request id is
-    /// echoed as "id" and "ext":{"req_id"}; --body-bytes pads the bids' "adm".
+    /// each bid priced by --price/--price-range/--price-raw under --field; the request's
+    /// X-Req-Id header is echoed as "id" and "ext":{"req_id"} (the body is not read); --body-bytes
+    /// pads the bids' "adm".
     #[arg(long, value_name = "SEATSxBIDS", value_parser = super::openrtb::parse_shape)]
     pub openrtb: Option<super::openrtb::Shape>,
     /// Share (0..1) of replies sent with `Content-Encoding: gzip`, whatever the request accepts.
