@@ -87,7 +87,14 @@ pub fn run(args: ReloadArgs) -> anyhow::Result<()> {
                 );
             }
             if now.applied > before.applied {
-                println!("{}: reloaded", args.config.display());
+                match now.restart_keys.as_slice() {
+                    [] => println!("{}: reloaded", args.config.display()),
+                    keys => println!(
+                        "{}: reloaded; these changed keys apply only at the next restart: {}",
+                        args.config.display(),
+                        keys.join(", ")
+                    ),
+                }
                 return Ok(());
             }
         }
@@ -123,11 +130,13 @@ fn loopback_if_unspecified(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// The reload counters of `splitter_reloads_total`.
-#[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
+/// The reload counters of `splitter_reloads_total`, and the keys waiting for a restart.
+#[derive(Debug, Default, PartialEq, Eq, Clone)]
 struct Reloads {
     applied: u64,
     refused: u64,
+    /// Keys changed in the file that only a restart applies.
+    restart_keys: Vec<String>,
 }
 
 /// Scrapes `/metrics` on the admin port for the reload counters.
@@ -147,10 +156,18 @@ fn reloads(admin: SocketAddr) -> anyhow::Result<Reloads> {
     Ok(parse_reloads(&text))
 }
 
-/// The `success` and `failure` samples of `splitter_reloads_total` in a Prometheus text page.
+/// The `success` and `failure` samples of `splitter_reloads_total` in a Prometheus text page,
+/// and the keys of `splitter_config_restart_pending`.
 fn parse_reloads(text: &str) -> Reloads {
     let mut r = Reloads::default();
     for line in text.lines() {
+        if let Some(key) = line
+            .strip_prefix("splitter_config_restart_pending{key=\"")
+            .and_then(|rest| rest.split_once('"'))
+        {
+            r.restart_keys.push(key.0.to_owned());
+            continue;
+        }
         let Some(rest) = line.strip_prefix("splitter_reloads_total{result=\"") else {
             continue;
         };
@@ -177,12 +194,15 @@ mod tests {
                     # TYPE splitter_reloads_total counter\n\
                     splitter_reloads_total{result=\"success\"} 3\n\
                     splitter_reloads_total{result=\"failure\"} 1\n\
+                    splitter_config_restart_pending{key=\"workers\"} 1\n\
+                    splitter_config_restart_pending{key=\"listen\"} 1\n\
                     splitter_requests_total 9\n";
         assert_eq!(
             parse_reloads(page),
             Reloads {
                 applied: 3,
-                refused: 1
+                refused: 1,
+                restart_keys: vec!["workers".into(), "listen".into()],
             }
         );
         assert_eq!(parse_reloads("nothing"), Reloads::default());

@@ -370,6 +370,39 @@ fn a_reload_names_restart_keys_against_what_runs_not_the_last_file() {
     assert!(line.contains("workers"), "{line}");
     // Back to what runs: nothing to restart for.
     assert_eq!(warned(file(1, 800)), None);
+
+    // `splitter reload` (`systemctl reload`) names them too, from the metrics. Its file names
+    // the admin port the process bound (port 0 in the file it started with: that key differs
+    // too, and stays listed).
+    let path = s.config_path().to_str().unwrap().to_owned();
+    let pid = s.pid().to_string();
+    let reload = |workers: u32| {
+        let file = file(workers, 700).replacen(
+            "admin_listen = \"127.0.0.1:0\"",
+            &format!("admin_listen = \"{}\"", s.admin),
+            1,
+        );
+        s.rewrite_config(&file);
+        let (status, out, err) = SPLITTER.cli(&["reload", "-c", &path, "--pid", &pid], RELOAD_WAIT);
+        assert_eq!(status.code(), Some(0), "stdout {out} stderr {err}");
+        out
+    };
+    let out = reload(2);
+    assert!(
+        out.contains("next restart") && out.contains("workers"),
+        "{out}"
+    );
+    let pending = |key| {
+        s.metrics()
+            .find("splitter_config_restart_pending", &[("key", key)])
+    };
+    assert_eq!(pending("workers"), Some(1.0));
+    let out = reload(1);
+    assert!(
+        out.contains("reloaded") && !out.contains("workers"),
+        "{out}"
+    );
+    assert_eq!(pending("workers"), None);
 }
 
 #[test]

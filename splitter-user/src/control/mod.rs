@@ -394,6 +394,8 @@ impl Server {
             );
         }
         let (backends, routes) = (config.backends.len(), config.routes.len());
+        // Before the reload is counted: `splitter reload` reads them once it is.
+        self.renderer.set_restart_pending(fixed);
         self.apply(config);
         self.renderer.reloaded(true);
         // Logged once the metrics name the new backends: a reader of the log may scrape next.

@@ -32,6 +32,8 @@ pub struct Renderer {
     reloads: Arc<[AtomicU64; 2]>,
     /// SHA-256 of the configuration file running, in hex (what `sha256sum` prints).
     config_hash: Arc<RwLock<String>>,
+    /// The file's changed keys that only a restart applies (set at each reload).
+    restart_pending: Arc<RwLock<Vec<&'static str>>>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -94,6 +96,7 @@ impl Renderer {
             names: Arc::new(RwLock::new(Names::default())),
             reloads: Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
             config_hash: Arc::new(RwLock::new(String::new())),
+            restart_pending: Arc::new(RwLock::new(Vec::new())),
         }
     }
 
@@ -113,6 +116,12 @@ impl Renderer {
         self.reloads[usize::from(!applied)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The keys of the file just reloaded that differ from what runs and only a restart
+    /// applies: `splitter reload` reads them here to name them.
+    pub fn set_restart_pending(&self, keys: Vec<&'static str>) {
+        *self.restart_pending.write().expect("restart keys lock") = keys;
+    }
+
     /// The configuration file now running.
     pub fn set_config_hash(&self, file: &[u8]) {
         let hash = Sha256::digest(file);
@@ -130,6 +139,11 @@ impl Renderer {
             routes: names.routes,
             reloads: [0, 1].map(|i| self.reloads[i].load(Ordering::Relaxed)),
             config_hash: self.config_hash.read().expect("config hash lock").clone(),
+            restart_pending: self
+                .restart_pending
+                .read()
+                .expect("restart keys lock")
+                .clone(),
             process: Process::read(),
         }));
         let mut out = String::with_capacity(16384);
@@ -198,6 +212,7 @@ struct Snapshot {
     routes: Vec<Option<String>>,
     reloads: [u64; 2],
     config_hash: String,
+    restart_pending: Vec<&'static str>,
     process: Process,
 }
 
@@ -481,6 +496,18 @@ impl Collector for Snapshot {
             let mut m = m;
             let labels = [("hash", self.config_hash.as_str())];
             ConstGauge::new(1).encode(m.encode_family(&labels)?)?;
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "splitter_config_restart_pending",
+                "Keys changed in the file that only a restart applies, one series each (none when \
+                 the process runs what the file says).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for key in &self.restart_pending {
+                ConstGauge::new(1).encode(m.encode_family(&[("key", *key)])?)?;
+            }
         }
         {
             let mut m = enc.encode_descriptor(
