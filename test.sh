@@ -10,8 +10,8 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
 # The release build that is shipped and benchmarked (`cargo xtask build`: an instrumented build,
-# `splitter demo` on it for the profile, the build with the profile; 6-8 minutes from
-# scratch), and its demo, which fails when no request succeeds.
+# a profiling load on `splitter run`, the build with the profile, then BOLT's layout by the same
+# load; 6-8 minutes from scratch), and its demo, which fails when no request succeeds.
 splitter=$(cargo xtask build)
 "$splitter" demo --seconds 2
 SPLITTER_TEST_IO=epoll cargo test -p splitter-user --test '*'
