@@ -191,6 +191,44 @@ fn non_json_body_with_200_is_invalid() {
     assert_eq!(r.backend(), Some("good"));
 }
 
+/// A number beyond f64's range is valid JSON: one in a field nobody selects (a bidder's `ext`)
+/// does not cost the reply its bid; one among a wildcard's matches is skipped.
+#[test]
+fn a_huge_number_outside_the_field_leaves_the_reply_valid() {
+    let huge = RawPeer::replying(|req| {
+        let body = format!(
+            r#"{{"req_id":"{}","ext":{{"n":1e400,"m":1{}}},"price":5}}"#,
+            req.req_id(),
+            "0".repeat(400)
+        );
+        http_json(&body, "")
+    });
+    let cheap = SPLITTER.mock_backend("cheap", &["--price", "1"]);
+    let s = SPLITTER.run(&config(
+        "",
+        "",
+        &[("huge", huge.addr), ("cheap", cheap.addr)],
+        &[("/", 2000)],
+    ));
+    let r = s.request(&bid("/x", "huge-1"));
+    r.assert_won("huge-1");
+    assert_eq!(r.backend(), Some("huge"), "{r:?}");
+    assert_eq!(r.header("X-Splitter-Value"), Some("5"), "{r:?}");
+
+    let bids = RawPeer::replying(|_| {
+        http_json(r#"{"seatbid":[{"bid":[{"price":1e400},{"price":4}]}]}"#, "")
+    });
+    let s = SPLITTER.run(&config(
+        "",
+        "field = \"/seatbid/*/bid/*/price\"",
+        &[("bids", bids.addr)],
+        &[("/", 2000)],
+    ));
+    let r = s.request(&bid("/x", "huge-2"));
+    assert_eq!(r.backend(), Some("bids"), "{r:?}");
+    assert_eq!(r.header("X-Splitter-Value"), Some("4"), "{r:?}");
+}
+
 #[test]
 fn no_valid_reply_gives_204_without_backend_header() {
     let s500 = SPLITTER.mock_backend("s500", &["--price", "90", "--status", "500"]);

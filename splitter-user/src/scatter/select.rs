@@ -355,7 +355,8 @@ impl Selector {
     /// object's member values, and non-numbers among the matches are skipped.
     ///
     /// Integers are included (beyond 2^53 they round, beyond `u64` they are read as floats);
-    /// the result is always finite, as a number beyond `f64`'s range is refused.
+    /// the result is always finite: a number beyond `f64`'s range is not ranked (it is no
+    /// number, skipped among a `*`'s matches), and does not make the rest of the body invalid.
     ///
     /// When an object has a member twice, the last one counts, as in JavaScript's
     /// `JSON.parse` and serde_json, so the splitter ranks the number a client would read.
@@ -363,6 +364,29 @@ impl Selector {
     /// One parse into simd-json's tape, one walk of it: no DOM, no allocation once the scratch
     /// buffers have grown to the largest body seen.
     pub fn select(&self, body: &[u8], prefer: Prefer, scratch: &mut Scratch) -> Option<f64> {
+        let found = match self.parse_and_resolve(body, prefer, scratch, false) {
+            // A number beyond f64's range is valid JSON that simd-json refuses, wherever it is:
+            // parsed again with such numbers read as `null`, a huge number in a bidder's `ext`
+            // does not cost it its bid. Rare, so the common case scans the body once.
+            Err(Refused::Number) => self
+                .parse_and_resolve(body, prefer, scratch, true)
+                .ok()
+                .flatten(),
+            found => found.ok().flatten(),
+        };
+        scratch.trim();
+        found
+    }
+
+    /// One parse of `body` (first with its numbers beyond `f64` made `null` when
+    /// `huge_as_null`), and the walk of its tape.
+    fn parse_and_resolve(
+        &self,
+        body: &[u8],
+        prefer: Prefer,
+        scratch: &mut Scratch,
+        huge_as_null: bool,
+    ) -> Result<Option<f64>, Refused> {
         let Scratch {
             input,
             buffers,
@@ -371,16 +395,102 @@ impl Selector {
         } = scratch;
         input.clear();
         input.extend_from_slice(body);
+        if huge_as_null && !null_huge_numbers(input) {
+            return Err(Refused::Other);
+        }
         input.resize(body.len() + simd_json::INPUT_PADDING, 0);
         // The stored tape is empty, so it may take the lifetime of this call's input.
         let mut parsed = Tape(std::mem::take(tape)).reset();
-        let found = simd_json::fill_tape_padded(input, body.len(), buffers, &mut parsed)
-            .ok()
-            .and_then(|()| resolve(&self.tokens, parsed.as_value(), prefer));
+        let found = match simd_json::fill_tape_padded(input, body.len(), buffers, &mut parsed) {
+            Ok(()) => Ok(resolve(&self.tokens, parsed.as_value(), prefer)),
+            Err(e) if matches!(e.error(), simd_json::ErrorType::InvalidNumber) => {
+                Err(Refused::Number)
+            }
+            Err(_) => Err(Refused::Other),
+        };
         *tape = parsed.reset().0;
-        scratch.trim();
         found
     }
+}
+
+/// Why simd-json refused a body.
+#[derive(Debug, PartialEq)]
+enum Refused {
+    /// A number: malformed, or beyond `f64`'s range.
+    Number,
+    Other,
+}
+
+/// Overwrites each number of `json` that is valid JSON but beyond `f64`'s range (`1e400`, an
+/// integer of 400 digits) with `null` and spaces, which are valid wherever a number is, so the
+/// document is JSON again exactly when it was; such a number matched by the pointer is then not
+/// a number, as it cannot be ranked. Strings are stepped over, escapes included. Whether any was
+/// found. One pass over the body; a malformed number is left for the parser to refuse.
+fn null_huge_numbers(json: &mut [u8]) -> bool {
+    let mut found = false;
+    let mut i = 0;
+    while i < json.len() {
+        match json[i] {
+            b'"' => {
+                i += 1;
+                while i < json.len() && json[i] != b'"' {
+                    i += if json[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let end = json[i..]
+                    .iter()
+                    .position(|c| !matches!(c, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+                    .map_or(json.len(), |n| i + n);
+                let number = &mut json[i..end];
+                if is_json_number(number)
+                    && std::str::from_utf8(number)
+                        .ok()
+                        .and_then(|n| n.parse::<f64>().ok())
+                        .is_some_and(f64::is_infinite)
+                {
+                    // At least `2e308`: room for `null`.
+                    number.fill(b' ');
+                    number[..4].copy_from_slice(b"null");
+                    found = true;
+                }
+                i = end;
+            }
+            _ => i += 1,
+        }
+    }
+    found
+}
+
+/// RFC 8259's `number`: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+fn is_json_number(token: &[u8]) -> bool {
+    fn digits(s: &[u8]) -> usize {
+        s.iter().take_while(|c| c.is_ascii_digit()).count()
+    }
+    let mut s = token.strip_prefix(b"-").unwrap_or(token);
+    match s.first() {
+        Some(b'0') => s = &s[1..],
+        Some(b'1'..=b'9') => s = &s[digits(s)..],
+        _ => return false,
+    }
+    if let Some(rest) = s.strip_prefix(b".") {
+        match digits(rest) {
+            0 => return false,
+            n => s = &rest[n..],
+        }
+    }
+    if let Some(rest) = s.strip_prefix(b"e").or_else(|| s.strip_prefix(b"E")) {
+        let rest = rest
+            .strip_prefix(b"+")
+            .or_else(|| rest.strip_prefix(b"-"))
+            .unwrap_or(rest);
+        match digits(rest) {
+            0 => return false,
+            n => s = &rest[n..],
+        }
+    }
+    s.is_empty()
 }
 
 impl Scratch {
@@ -973,6 +1083,74 @@ mod tests {
         ];
         for &(body, expected) in cases {
             assert_eq!(sel("/price", body), expected, "{body}");
+        }
+    }
+
+    #[test]
+    fn a_number_beyond_f64_elsewhere_leaves_the_body_valid() {
+        let huge_int = format!("1{}", "0".repeat(400));
+        let cases: &[(&str, String, Option<f64>)] = &[
+            (
+                "/price",
+                r#"{"ext":{"n":1e400},"price":5}"#.into(),
+                Some(5.0),
+            ),
+            (
+                "/price",
+                r#"{"ext":[-1E+400, 2e308],"price":5}"#.into(),
+                Some(5.0),
+            ),
+            (
+                "/price",
+                format!(r#"{{"ext":{huge_int},"price":5}}"#),
+                Some(5.0),
+            ),
+            // In a string, an escaped quote before it: still the string's.
+            (
+                "/price",
+                r#"{"s":"\" 1e400","n":1e400,"price":5}"#.into(),
+                Some(5.0),
+            ),
+            // Matched: not a number; among a wildcard's matches, skipped.
+            ("/price", r#"{"price":1e400}"#.into(), None),
+            ("/a/*", r#"{"a":[1e400,4,-1e400]}"#.into(), Some(4.0)),
+            ("", "1e400".into(), None),
+            // What is not JSON stays refused: malformed numbers, and huge ones in bad places.
+            ("/price", r#"{"ext":01,"price":5}"#.into(), None),
+            ("/price", r#"{"ext":1e,"price":5}"#.into(), None),
+            ("/price", r#"{"ext":1e400 1,"price":5}"#.into(), None),
+            ("/price", r#"{1e400:1,"price":5}"#.into(), None),
+            ("/price", r#"{"ext":1e400,"price":5"#.into(), None),
+            ("/price", r#"{"ext":"1e400,"price":5}"#.into(), None),
+        ];
+        for (pointer, body, expected) in cases {
+            assert_eq!(
+                best(pointer, Prefer::Max, body),
+                *expected,
+                "{pointer} in {body}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_numbers_by_the_grammar() {
+        for good in [
+            "0",
+            "-0",
+            "1",
+            "10",
+            "1.5",
+            "-0.25e-7",
+            "1E400",
+            "2e+308",
+            "123456789",
+        ] {
+            assert!(is_json_number(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "", "-", "01", "1.", ".5", "1e", "1e+", "+1", "1.2.3", "1e4e4", "--1", "0x1",
+        ] {
+            assert!(!is_json_number(bad.as_bytes()), "{bad}");
         }
     }
 
