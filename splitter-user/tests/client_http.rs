@@ -132,6 +132,67 @@ fn connection_close_request_is_answered_then_closed() {
     assert!(client.closed_within(Duration::from_secs(3)));
 }
 
+/// A response that ends the connection reaches the client whole though the client had already
+/// sent more (a next request, unread in the socket): the connection is closed in stages (RFC 9112
+/// 9.6), not reset, and a reset would discard what was still queued towards the client.
+#[test]
+fn a_closing_response_is_whole_though_the_client_sent_more() {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+
+    const PAD: usize = 300_000;
+    let big = RawPeer::replying(|req| {
+        let body = format!(
+            r#"{{"req_id":"{}","price":1,"pad":"{}"}}"#,
+            req.req_id(),
+            "p".repeat(PAD)
+        );
+        http_json(&body, "")
+    });
+    let s = SPLITTER.run(&config("", "", &[("big", big.addr)], &[("/", 5000)]));
+    let mut client = std::net::TcpStream::connect(s.addr).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // A small receive buffer: most of the response waits in the splitter's socket.
+    let small: libc::c_int = 16 * 1024;
+    // SAFETY: a valid int of its size, for a socket this test owns.
+    unsafe {
+        libc::setsockopt(
+            client.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&raw const small).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    let body = bid_body("close-1");
+    let first = format!(
+        "POST /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\nX-Req-Id: close-1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    client.write_all(first.as_bytes()).unwrap();
+    // Once the backend has it, the splitter is answering and reads no more: the next request
+    // stays in its socket.
+    big.next_request(Duration::from_secs(10));
+    client.write_all(&bid("/x", "close-2")).unwrap();
+    let mut got = Vec::new();
+    let end = client.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    let head_end = text.find("\r\n\r\n").expect("a response head") + 4;
+    assert!(
+        text[..head_end].contains("Connection: close"),
+        "{}",
+        &text[..head_end]
+    );
+    assert!(
+        end.is_ok() && got.len() - head_end > PAD,
+        "{} body bytes, then {end:?}",
+        got.len() - head_end
+    );
+    assert!(text.ends_with("\"}"), "the body is cut");
+}
+
 #[test]
 fn expect_100_continue_gets_interim_response_before_the_body() {
     let (_a, s) = one_mock_splitter("", &[("/", 2000)]);

@@ -33,9 +33,17 @@ pub async fn serve(worker: &Rc<Worker>, stream: Conn) {
         out: Vec::new(),
         forward: Vec::new(),
         send_timeout: worker.plan.borrow().send_timeout,
+        responded_last: false,
     };
     conn.run(worker).await;
+    if conn.responded_last {
+        conn.close_in_stages().await;
+    }
 }
+
+/// How long a connection closed after a response may go on being read (and what comes
+/// discarded) for the client to take that response and close: [`ClientConn::close_in_stages`].
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How late past its deadline a response may leave before it counts as a deadline miss: the
 /// scheduling noise SPEC 3 allows.
@@ -103,6 +111,9 @@ struct ClientConn {
     out: Vec<u8>,
     /// The head to forward, as `parse_request` writes it.
     forward: Vec<u8>,
+    /// The last thing done on the connection was writing a whole response: if it ends now, it
+    /// is closed in stages, so that response is not lost to a reset.
+    responded_last: bool,
 }
 
 impl Drop for ClientConn {
@@ -426,6 +437,7 @@ impl ClientConn {
     /// Reads more bytes into the buffer, until `deadline`; between requests (`idle` given) also
     /// stops when the process drains.
     async fn read_until(&mut self, deadline: Instant, idle: Option<&Rc<Worker>>) -> Read {
+        self.responded_last = false;
         let Some(worker) = idle else {
             let buf = std::mem::take(&mut self.buf);
             let read = rt::timeout_at(deadline, self.stream.read(buf)).await;
@@ -516,11 +528,35 @@ impl ClientConn {
         started: Option<Instant>,
     ) -> bool {
         let ok = self.write_raw(worker).await;
+        self.responded_last = ok;
         worker.counters.response(status);
         if let Some(started) = started {
             worker.counters.latency(micros_since(started));
         }
         ok
+    }
+
+    /// Ends the connection after its last response in stages (RFC 9112 §9.6): the write side is
+    /// shut down, so the client reads the response then the end of the stream, and what it still
+    /// sends (a pipelined request, the rest of a refused body) is read and discarded until it
+    /// closes too, for at most [`LINGER`]. Closed with bytes unread, the socket would be reset,
+    /// and the reset discards the response still queued towards the client. No buffer is held
+    /// while waiting.
+    async fn close_in_stages(&mut self) {
+        // SAFETY: the fd is owned by `self.stream`, still open.
+        unsafe { libc::shutdown(self.stream.fd(), libc::SHUT_WR) };
+        let until = rt::now() + LINGER;
+        loop {
+            let next = self.stream.read_next(|| buffers::take(READ_CHUNK));
+            match rt::timeout_at(until, next).await {
+                Ok((Ok(n), buf)) if n > 0 => buffers::give(buf),
+                Ok((_, buf)) => {
+                    buffers::give(buf);
+                    return;
+                }
+                Err(_elapsed) => return,
+            }
+        }
     }
 
     /// Writes `out`; false when the write failed, or the client did not take it within
