@@ -742,10 +742,13 @@ fn backends(
             None => None,
         };
         if let Some(host) = &table.host {
-            if host.is_empty() || !host.bytes().all(|b| b.is_ascii_graphic()) {
+            // The rule a client's `Host` is held to: what a backend gets is as clean.
+            if host.is_empty() || !crate::http1::request::is_authority(host.as_bytes()) {
                 return Err(Invalid::new(
                     key("host"),
-                    format!("must be a host[:port] in visible ASCII, got {host:?}"),
+                    format!(
+                        "must be a host[:port] (a name or IP address, then digits), with no user, path or list, got {host:?}"
+                    ),
                 ));
             }
         }
@@ -1833,6 +1836,12 @@ timeout_ms = 450
         for (text, key) in [
             (backend("timeout_ms = 0"), "backend[1].timeout_ms"),
             (backend("host = \"a b\""), "backend[1].host"),
+            (backend("host = \"u@evil.example\""), "backend[1].host"),
+            (backend("host = \"a,b\""), "backend[1].host"),
+            (backend("host = \"h/p\""), "backend[1].host"),
+            (backend("host = \"h:xx\""), "backend[1].host"),
+            (backend("host = \"h:80:90\""), "backend[1].host"),
+            (backend("host = \"\""), "backend[1].host"),
             (
                 backend("path_prefix = \"openrtb2\""),
                 "backend[1].path_prefix",

@@ -282,7 +282,7 @@ pub fn parse_request(
 /// brackets, or a registered name or IPv4 address (unreserved, percent-encoded and sub-delims
 /// characters, possibly none), then digits after a colon. No userinfo, no whitespace, no path:
 /// what a backend could read as another host than the one checked here is refused.
-fn is_authority(value: &[u8]) -> bool {
+pub(crate) fn is_authority(value: &[u8]) -> bool {
     // The common case in one pass: a registered name or IPv4 address, a colon, digits.
     let mut i = 0;
     while let Some(&b) = value.get(i) {
