@@ -31,6 +31,8 @@ if have promtool; then
   once+=(--test monitoring)
 fi
 have haproxy && per_shell+=(--test haproxy_failover)
+# Host-name backends: the splitter in a mount namespace of its own, over its own /etc/hosts.
+[ "$(id -u)" = 0 ] && per_shell+=(--test dns)
 have wrk && per_shell+=(--test soak --test restart)
 # eBPF steering: root for CAP_BPF and CAP_NET_ADMIN, bpftool to read the map back, and a build
 # with the program, which takes bpf-linker (scripts/setup.sh goes on with a warning without it).

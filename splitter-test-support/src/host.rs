@@ -90,3 +90,43 @@ pub fn require_tool(program: &str) -> PathBuf {
         ),
     }
 }
+
+/// Has `cmd` run in a mount namespace of its own, where `hosts` is bind-mounted over
+/// `/etc/hosts`: what its resolver reads, and what the test rewrites in place (same inode, as
+/// `std::fs::write` does) for it to read again; the machine's own `/etc/hosts` is untouched.
+/// Needs root (`CAP_SYS_ADMIN`), as `unshare -m` and `mount --bind` do.
+pub fn with_hosts_file(cmd: &mut std::process::Command, hosts: &Path) {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::unix::process::CommandExt as _;
+
+    let source = CString::new(hosts.as_os_str().as_bytes()).expect("a path without NUL");
+    let target = c"/etc/hosts";
+    let root = c"/";
+    // SAFETY: the closure runs in the child between fork and exec, and makes only system calls
+    // (async-signal-safe) on strings built before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let check = |rc: libc::c_int| match rc {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            };
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            // Private, as `unshare -m` makes it: the bind mount stays in this namespace.
+            check(libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
+            check(libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ))
+        });
+    }
+}

@@ -22,7 +22,7 @@ pub mod wrk;
 // reader.
 pub use client::{assert_serves, Client, IO_TIMEOUT};
 pub use fdstore::FdStore;
-pub use host::{free_addr, repo_path, require_root, require_tool, TempDir};
+pub use host::{free_addr, repo_path, require_root, require_tool, with_hosts_file, TempDir};
 pub use http::{bid, bid_body, http_json, post, priced_body, RawRequest, Response};
 pub use metrics::Metrics;
 pub use peer::{PeerConn, RawPeer};

@@ -92,7 +92,17 @@ impl RawPeer {
     where
         F: Fn(PeerConn) + Send + Sync + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        RawPeer::start_on("127.0.0.1:0".parse().unwrap(), handler)
+    }
+
+    /// [`RawPeer::start`] listening on `addr` (port 0: any free one), for a peer on another
+    /// loopback address than 127.0.0.1, or on a port another peer has on another address.
+    pub fn start_on<F>(addr: SocketAddr, handler: F) -> RawPeer
+    where
+        F: Fn(PeerConn) + Send + Sync + 'static,
+    {
+        let listener =
+            TcpListener::bind(addr).unwrap_or_else(|e| panic!("raw peer: bind {addr}: {e}"));
         let addr = listener.local_addr().unwrap();
         // Non-blocking, so the accept loop sees `stop` and ends with the peer.
         listener.set_nonblocking(true).unwrap();

@@ -197,10 +197,15 @@ pub struct BackendConfig {
     /// `name`: unique, `[A-Za-z0-9._-]{1,64}`; sent as `X-Splitter-Backend` and used as the
     /// `backend` metric label.
     pub name: String,
-    /// `address`: resolved when the file was loaded (the first address a host name gave).
+    /// `address`: what connections go to. A literal as written; for a host name, one address
+    /// of its answer ([`preferred`]): the running one while the answer still has it.
     pub address: SocketAddr,
     /// `address` as written, when it is a host name to resolve again every `dns_refresh_s`.
     pub host_name: Option<String>,
+    /// The resolver's answer `address` was chosen from, deduplicated, in the resolver's order
+    /// (the literal alone for an IP literal). Its order is the resolver's whim: it never makes
+    /// a backend move by itself ([`Config::keep_addresses`]).
+    pub answer: Vec<SocketAddr>,
     /// `eject_after`: consecutive errors or timeouts that eject it; 0 never ejects.
     pub eject_after: u32,
     /// `health_path`: what an ejected backend is probed with (`GET`), instead of a real request.
@@ -719,8 +724,14 @@ fn backends(
         let address = table
             .address
             .ok_or_else(|| Invalid::new(key("address"), "required"))?;
-        let resolved =
-            resolve(&address).map_err(|message| Invalid::new(key("address"), message))?;
+        let answer =
+            resolve_all(&address).map_err(|message| Invalid::new(key("address"), message))?;
+        let resolved = preferred(&answer, None).ok_or_else(|| {
+            Invalid::new(
+                key("address"),
+                format!("{address:?} resolves to no address"),
+            )
+        })?;
         let host_name = address.parse::<SocketAddr>().is_err().then_some(address);
         let max_connections = table.max_connections.unwrap_or(defaults.max_connections);
         at_least_one(&key("max_connections"), max_connections as u64)?;
@@ -760,6 +771,7 @@ fn backends(
             name,
             address: resolved,
             host_name,
+            answer,
             eject_after: table.eject_after.unwrap_or(defaults.eject_after),
             health_path,
             max_connections,
@@ -797,11 +809,11 @@ fn health_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Resolves a backend `host:port`: an IP literal as is, a host name through the system
-/// resolver, once, now (its first address).
-pub fn resolve(address: &str) -> Result<SocketAddr, String> {
+/// Resolves a backend `host:port`, now: an IP literal gives itself; a host name every address
+/// the system resolver gives, deduplicated, in its order (never empty).
+pub fn resolve_all(address: &str) -> Result<Vec<SocketAddr>, String> {
     if let Ok(address) = address.parse() {
-        return Ok(address);
+        return Ok(vec![address]);
     }
     let has_port = address
         .rsplit_once(':')
@@ -814,12 +826,77 @@ pub fn resolve(address: &str) -> Result<SocketAddr, String> {
             "must be host:port, like \"10.0.0.1:9000\" or \"backend.internal:9000\", got {address:?}"
         ));
     }
-    let mut resolved = address
+    let mut answer: Vec<SocketAddr> = Vec::new();
+    for resolved in address
         .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {address:?}: {e}"))?;
-    resolved
-        .next()
-        .ok_or_else(|| format!("{address:?} resolves to no address"))
+        .map_err(|e| format!("cannot resolve {address:?}: {e}"))?
+    {
+        if !answer.contains(&resolved) {
+            answer.push(resolved);
+        }
+    }
+    if answer.is_empty() {
+        return Err(format!("{address:?} resolves to no address"));
+    }
+    Ok(answer)
+}
+
+/// The address of `answer` a backend connects to: `current`, the one it runs on, while the
+/// answer still has it (a reordered answer, or a resolver rotating its records, moves nothing);
+/// else the first IPv4 address, else the first one (IPv4 preferred, like Envoy's default
+/// `V4_PREFERRED`: `localhost` is `::1` first on Debian, where many backends listen on IPv4
+/// only). `None` only for an empty answer.
+pub fn preferred(answer: &[SocketAddr], current: Option<SocketAddr>) -> Option<SocketAddr> {
+    current
+        .filter(|current| answer.contains(current))
+        .or_else(|| answer.iter().find(|a| a.is_ipv4()).copied())
+        .or_else(|| answer.first().copied())
+}
+
+/// A host-name backend that left the address it ran on, which is no longer in its answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Moved {
+    /// Its `name`.
+    pub backend: String,
+    /// The address it ran on.
+    pub from: SocketAddr,
+    /// The address it goes to now.
+    pub to: SocketAddr,
+}
+
+impl Config {
+    /// Keeps each host-name backend of this freshly resolved configuration on the address it
+    /// runs on in `running` (the same `name` with the same `address` as written) while that
+    /// address is still in its answer; the others take their [`preferred`] one. Returns the
+    /// backends that move: their pooled connections drain, those that stay keep theirs. Used
+    /// by the `dns_refresh_s` timer and by a reload, which resolves the file's names again.
+    pub fn keep_addresses(&mut self, running: &Config) -> Vec<Moved> {
+        let mut moved = Vec::new();
+        for backend in &mut self.backends {
+            if backend.host_name.is_none() {
+                continue;
+            }
+            let Some(old) = running
+                .backends
+                .iter()
+                .find(|old| old.name == backend.name && old.host_name == backend.host_name)
+            else {
+                continue;
+            };
+            let Some(to) = preferred(&backend.answer, Some(old.address)) else {
+                continue;
+            };
+            backend.address = to;
+            if to != old.address {
+                moved.push(Moved {
+                    backend: backend.name.clone(),
+                    from: old.address,
+                    to,
+                });
+            }
+        }
+        moved
+    }
 }
 
 /// Checks the `[[route]]` tables: at least one, prefixes valid and unique, timeouts in range.
@@ -1066,6 +1143,7 @@ timeout_ms = 450
                     name: "a".into(),
                     address: v4(127, 0, 0, 1, 9001),
                     host_name: None,
+                    answer: vec![v4(127, 0, 0, 1, 9001)],
                     eject_after: 0,
                     health_path: None,
                     max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -1078,6 +1156,7 @@ timeout_ms = 450
                     name: "b".into(),
                     address: v4(127, 0, 0, 1, 9002),
                     host_name: None,
+                    answer: vec![v4(127, 0, 0, 1, 9002)],
                     eject_after: 0,
                     health_path: None,
                     max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -1152,6 +1231,7 @@ timeout_ms = 450
                     name: "a".into(),
                     address: v4(10, 0, 0, 1, 9000),
                     host_name: None,
+                    answer: vec![v4(10, 0, 0, 1, 9000)],
                     eject_after: 0,
                     health_path: None,
                     max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -1771,6 +1851,102 @@ pin_dir = "/run/splitter"
         assert_eq!(c.backends[0].host_name.as_deref(), Some("localhost:9000"));
         assert_eq!(c.backends[0].address.port(), 9000);
         assert_eq!(parse(MINIMAL).unwrap().backends[0].host_name, None);
+    }
+
+    /// `MINIMAL` with its backend `a` at the host name `bk1:9000` and a second backend `lit` at
+    /// an IP literal, as loading would make it had the resolver answered `answer` for `bk1`
+    /// (`localhost` stands in for it while parsing: no resolver is asked for `bk1`).
+    fn named(answer: &[SocketAddr]) -> Config {
+        let text = MINIMAL.replace("10.0.0.1:9000", "localhost:9000")
+            + "[[backend]]\nname = \"lit\"\naddress = \"10.0.0.9:9000\"\n";
+        let mut c = parse(&text).unwrap();
+        let a = &mut c.backends[0];
+        a.host_name = Some("bk1:9000".into());
+        a.answer = answer.to_vec();
+        a.address = preferred(answer, None).unwrap();
+        c
+    }
+
+    #[test]
+    fn preferred_keeps_the_running_address_else_the_first_ipv4() {
+        let (two, three) = (v4(127, 0, 0, 2, 80), v4(127, 0, 0, 3, 80));
+        let six: SocketAddr = "[::1]:80".parse().unwrap();
+        let six2: SocketAddr = "[2001:db8::2]:80".parse().unwrap();
+        // Nothing running yet: the first address, the first IPv4 one when there is one.
+        assert_eq!(preferred(&[three, two], None), Some(three));
+        assert_eq!(preferred(&[six, two, three], None), Some(two));
+        assert_eq!(preferred(&[six, six2], None), Some(six));
+        // Running on an address still in the answer, wherever it is in it: it stays.
+        assert_eq!(preferred(&[two, three], Some(three)), Some(three));
+        assert_eq!(preferred(&[six, two], Some(six)), Some(six));
+        // Its address left the answer: the preferred one of the new answer.
+        assert_eq!(preferred(&[two], Some(three)), Some(two));
+        assert_eq!(preferred(&[six, two], Some(three)), Some(two));
+        assert_eq!(preferred(&[], Some(three)), None);
+    }
+
+    #[test]
+    fn a_reordered_answer_moves_no_backend() {
+        let (two, three) = (v4(127, 0, 0, 2, 9000), v4(127, 0, 0, 3, 9000));
+        let running = named(&[three, two]);
+        assert_eq!(running.backends[0].address, three);
+        // `.2, .3` alone would pick .2; running on .3, still answered, it stays there.
+        let mut fresh = named(&[two, three]);
+        assert_eq!(fresh.keep_addresses(&running), []);
+        assert_eq!(fresh.backends[0].address, three);
+        assert_eq!(fresh.backends[1], running.backends[1]);
+        // Any order, any extra address: still no move.
+        let mut fresh = named(&[v4(127, 0, 0, 4, 9000), two, three]);
+        assert_eq!(fresh.keep_addresses(&running), []);
+        assert_eq!(fresh.backends[0].address, three);
+    }
+
+    #[test]
+    fn a_backend_moves_when_its_address_left_the_answer() {
+        let (two, three) = (v4(127, 0, 0, 2, 9000), v4(127, 0, 0, 3, 9000));
+        let six: SocketAddr = "[::1]:9000".parse().unwrap();
+        let running = named(&[three, two]);
+        let mut fresh = named(&[six, two]);
+        assert_eq!(
+            fresh.keep_addresses(&running),
+            [Moved {
+                backend: "a".into(),
+                from: three,
+                to: two,
+            }]
+        );
+        assert_eq!(fresh.backends[0].address, two, "IPv4 preferred");
+    }
+
+    #[test]
+    fn only_the_same_name_at_the_same_host_name_keeps_its_address() {
+        let (two, three) = (v4(127, 0, 0, 2, 9000), v4(127, 0, 0, 3, 9000));
+        let running = named(&[three, two]);
+        // `address` as written changed (a reload of an edited file): chosen afresh, no move.
+        let mut other = named(&[two, three]);
+        other.backends[0].host_name = Some("bk2:9000".into());
+        assert_eq!(other.keep_addresses(&running), []);
+        assert_eq!(other.backends[0].address, two);
+        // Another name: a new backend, chosen afresh.
+        let mut renamed = named(&[two, three]);
+        renamed.backends[0].name = "b".into();
+        assert_eq!(renamed.keep_addresses(&running), []);
+        assert_eq!(renamed.backends[0].address, two);
+    }
+
+    #[test]
+    fn resolve_all_gives_a_literal_itself_and_a_name_its_addresses_once() {
+        assert_eq!(resolve_all("192.0.2.7:80").unwrap(), [v4(192, 0, 2, 7, 80)]);
+        let answer = resolve_all("localhost:9001").unwrap();
+        assert!(!answer.is_empty());
+        for (i, a) in answer.iter().enumerate() {
+            assert!(a.ip().is_loopback() && a.port() == 9001, "{a}");
+            assert!(!answer[..i].contains(a), "{answer:?} repeats {a}");
+        }
+        let c = parse(&MINIMAL.replace("10.0.0.1:9000", "localhost:9001")).unwrap();
+        assert_eq!(c.backends[0].answer, answer);
+        assert_eq!(Some(c.backends[0].address), preferred(&answer, None));
+        assert!(resolve_all("backend.invalid:9000").is_err());
     }
 
     #[test]

@@ -124,6 +124,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     for (backend, (name, flags)) in config.backends.iter_mut().zip(BACKENDS) {
         let listener = backends_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         backend.address = listener.local_addr()?;
+        backend.answer = vec![backend.address];
         let argv = ["mock-backend", "--listen", "127.0.0.1:0", "--name", name]
             .into_iter()
             .chain(flags.iter().copied())

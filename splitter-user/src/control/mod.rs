@@ -487,9 +487,10 @@ fn dns_timer(config: &Config) -> tokio::time::Interval {
     timer
 }
 
-/// Resolves the backends given by host name again; the configuration with their new addresses
-/// when one moved, else `None`. A failed resolution keeps the address it had: a resolver outage
-/// must not take a backend away.
+/// Resolves the backends given by host name again: the configuration with their new answers
+/// (their addresses are for [`Config::keep_addresses`] to choose), or `None` when there is no
+/// host name. A failed resolution keeps the answer it had: a resolver outage must not take a
+/// backend away.
 async fn resolve_again(config: &Config) -> Option<Config> {
     let names: Vec<(usize, String)> = config
         .backends
@@ -503,31 +504,35 @@ async fn resolve_again(config: &Config) -> Option<Config> {
     let resolved = tokio::task::spawn_blocking(move || {
         names
             .into_iter()
-            .map(|(i, name)| (i, crate::config::resolve(&name)))
+            .map(|(i, name)| (i, crate::config::resolve_all(&name)))
             .collect::<Vec<_>>()
     })
     .await
     .ok()?;
-    let mut moved = config.clone();
-    let mut changed = false;
+    let mut fresh = config.clone();
     for (i, result) in resolved {
-        let backend = &mut moved.backends[i];
+        let backend = &mut fresh.backends[i];
         match result {
-            Ok(address) if address != backend.address => {
-                tracing::info!(
-                    backend = %backend.name,
-                    from = %backend.address,
-                    to = %address,
-                    "backend address changed: new connections go to the new one, the old drain"
-                );
-                backend.address = address;
-                changed = true;
-            }
-            Ok(_) => {}
+            Ok(answer) => backend.answer = answer,
             Err(e) => tracing::warn!(backend = %backend.name, error = %e, "cannot resolve again"),
         }
     }
-    changed.then_some(moved)
+    Some(fresh)
+}
+
+/// Carries the addresses the backends of `running` are on over into `fresh` (a backend stays
+/// while its address is still in its answer), and logs the backends that move.
+fn keep_addresses(fresh: &mut Config, running: &Config) -> bool {
+    let moved = fresh.keep_addresses(running);
+    for m in &moved {
+        tracing::info!(
+            backend = %m.backend,
+            from = %m.from,
+            to = %m.to,
+            "backend address changed: new connections go to the new one, the old drain"
+        );
+    }
+    !moved.is_empty()
 }
 
 /// How long a draining worker waits for requests in progress: the longest route deadline plus
@@ -653,7 +658,10 @@ pub fn run(path: &Path, config: Config) -> anyhow::Result<()> {
                         // Whatever the file says: SIGHUP is also how logrotate has logs reopened.
                         server.reopen_logs();
                         match Config::load(path) {
-                            Ok(config) => {
+                            Ok(mut config) => {
+                                // Loading resolved the host names again: those still on an
+                                // address of their new answer stay there, pools and all.
+                                keep_addresses(&mut config, &current);
                                 server.reload(&started, config.clone(), path);
                                 refresh = dns_timer(&config);
                                 current = config;
@@ -670,8 +678,12 @@ pub fn run(path: &Path, config: Config) -> anyhow::Result<()> {
                     }
                 },
                 _ = refresh.tick() => {
-                    if let Some(resolved) = resolve_again(&current).await {
-                        server.apply(resolved.clone());
+                    if let Some(mut resolved) = resolve_again(&current).await {
+                        // Only a backend whose address left its answer moves: the workers
+                        // get a configuration only then.
+                        if keep_addresses(&mut resolved, &current) {
+                            server.apply(resolved.clone());
+                        }
                         current = resolved;
                     }
                 }
@@ -745,5 +757,11 @@ mod tests {
         // What a reload applies is not named.
         let limits = parse("max_in_flight = 5\nidle_timeout_ms = 5");
         assert!(restart_keys(&old, &limits).is_empty());
+        // A backend's answer is no key: whatever its order, a restart has nothing to apply.
+        let mut reordered = old.clone();
+        reordered.backends[0].answer = ["127.0.0.2:9000", "127.0.0.1:9000"]
+            .map(|a| a.parse().unwrap())
+            .to_vec();
+        assert!(restart_keys(&old, &reordered).is_empty());
     }
 }
