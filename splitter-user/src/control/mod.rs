@@ -550,7 +550,8 @@ fn drain_timeout(config: &Config) -> Duration {
 /// The new slot table of `size` slots: names already there keep their slot, names gone free
 /// theirs, new names take a free one, preferring one never used (`used`, updated), whose
 /// counters are still zero in every worker: a slot reused for another name is zeroed by each
-/// worker only when it applies the new configuration, a moment after the new name shows.
+/// worker only when it applies the new configuration, a moment after the new name shows (and
+/// from then on the removed backend counts nothing there: `metrics::BackendSlots`).
 /// `names` has at most `size` entries (validated).
 pub fn assign_slots(
     old: &[Option<String>],

@@ -51,8 +51,10 @@ impl WorkerCounters {
     }
 
     /// Zeroes backend slot `slot`: it now counts for another backend than before (a reload gave
-    /// a removed backend's slot to a new one), whose counters start at 0.
-    pub fn reset_backend(&self, slot: usize) {
+    /// a removed backend's slot to a new one), whose counters start at 0. Per-backend counts
+    /// are made only through a [`BackendMeter`](super::BackendMeter), which stops counting once
+    /// its slot went to another name.
+    pub(super) fn reset_backend(&self, slot: usize) {
         let words = size_of::<BackendCounters>() / size_of::<u64>();
         let base = self.backend(slot).cast::<u64>();
         for i in 0..words {
@@ -130,7 +132,7 @@ impl WorkerCounters {
     }
 
     /// Backend `slot`'s whole reply came `elapsed_us` after its request started.
-    pub fn backend_latency(&self, slot: usize, elapsed_us: u64) {
+    pub(super) fn backend_latency(&self, slot: usize, elapsed_us: u64) {
         let b = self.backend(slot);
         let i = latency_slot(elapsed_us);
         bump(
@@ -141,7 +143,7 @@ impl WorkerCounters {
     }
 
     /// Gauge: backend `slot` has `idle` connections in this worker's pool.
-    pub fn pool_idle(&self, slot: usize, idle: usize) {
+    pub(super) fn pool_idle(&self, slot: usize, idle: usize) {
         // SAFETY: in bounds (see `backend`); this worker is the only writer.
         unsafe { AtomicU64::from_ptr(&raw mut (*self.backend(slot)).pool_idle) }
             .store(idle as u64, Ordering::Relaxed);
@@ -166,7 +168,7 @@ impl WorkerCounters {
     }
 
     /// What became of backend `slot`'s part of a request.
-    pub fn backend_outcome(&self, slot: usize, outcome: BackendOutcome) {
+    pub(super) fn backend_outcome(&self, slot: usize, outcome: BackendOutcome) {
         let b = self.backend(slot);
         let word = match outcome {
             BackendOutcome::Valid => unsafe { &raw mut (*b).valid },
@@ -180,17 +182,17 @@ impl WorkerCounters {
     }
 
     /// Backend `slot`'s response was the one returned.
-    pub fn win(&self, slot: usize) {
+    pub(super) fn win(&self, slot: usize) {
         bump(unsafe { &raw mut (*self.backend(slot)).wins }, 1);
     }
 
     /// A late response was read to its end and its connection kept.
-    pub fn late_drained(&self, slot: usize) {
+    pub(super) fn late_drained(&self, slot: usize) {
         bump(unsafe { &raw mut (*self.backend(slot)).late_drained }, 1);
     }
 
     /// Why one of backend `slot`'s invalid replies was invalid, when it is worth telling.
-    pub fn backend_invalid(&self, slot: usize, why: Invalid) {
+    pub(super) fn backend_invalid(&self, slot: usize, why: Invalid) {
         let b = self.backend(slot);
         let word = match why {
             Invalid::BelowFloor => unsafe { &raw mut (*b).below_floor },
@@ -201,7 +203,7 @@ impl WorkerCounters {
     }
 
     /// Backend `slot` was ejected on this worker.
-    pub fn backend_ejected(&self, slot: usize) {
+    pub(super) fn backend_ejected(&self, slot: usize) {
         let b = self.backend(slot);
         bump(unsafe { &raw mut (*b).ejections }, 1);
         // SAFETY: in bounds (see `backend`); this worker is the only writer.
@@ -209,19 +211,19 @@ impl WorkerCounters {
     }
 
     /// Backend `slot` takes traffic again on this worker.
-    pub fn backend_restored(&self, slot: usize) {
+    pub(super) fn backend_restored(&self, slot: usize) {
         // SAFETY: in bounds (see `backend`); this worker is the only writer.
         unsafe { AtomicU64::from_ptr(&raw mut (*self.backend(slot)).is_ejected) }
             .store(0, Ordering::Relaxed);
     }
 
     /// A connection to backend `slot` was closed.
-    pub fn backend_closed(&self, slot: usize) {
+    pub(super) fn backend_closed(&self, slot: usize) {
         bump(unsafe { &raw mut (*self.backend(slot)).closed }, 1);
     }
 
     /// A new connection to backend `slot` was opened.
-    pub fn backend_connect(&self, slot: usize) {
+    pub(super) fn backend_connect(&self, slot: usize) {
         bump(unsafe { &raw mut (*self.backend(slot)).connects }, 1);
     }
 }

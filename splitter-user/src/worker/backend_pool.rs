@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use super::backend_conn::BackendConn;
 use super::guards::BackendOpen;
 use crate::config::BackendConfig;
-use crate::metrics::WorkerCounters;
+use crate::metrics::{BackendMeter, BackendSlots, WorkerCounters};
 use crate::scatter::health::{Admit, Change, Health};
 
 /// Idle connections kept per backend and worker. Enough for the concurrency of a busy worker;
@@ -36,8 +36,11 @@ pub struct Backend {
     pub name: Rc<str>,
     /// Where to connect.
     pub addr: SocketAddr,
-    /// Index of its counters in the metrics cell.
+    /// Index of its counters in the metrics cell (and its name in the access log).
     pub slot: usize,
+    /// Everything counted for it goes through this: nothing once a reload gave its slot to
+    /// another name (while it is removed, its connections and calls ending).
+    pub meter: Rc<BackendMeter>,
     /// What this backend gets differently from the others: its own deadline, `Host`, target
     /// prefix, and whether it is a shadow. Replaced on reload.
     pub options: RefCell<Rc<Options>>,
@@ -53,7 +56,6 @@ pub struct Backend {
     /// connections instead of pooling them, where no sweep would reach them.
     retired: Cell<bool>,
     health: RefCell<Health>,
-    counters: Rc<WorkerCounters>,
 }
 
 /// The per-backend request settings (SPEC 4).
@@ -115,11 +117,12 @@ pub enum ConnSource {
 }
 
 impl Backend {
-    fn new(config: &BackendConfig, slot: usize, counters: &Rc<WorkerCounters>) -> Self {
+    fn new(config: &BackendConfig, name: Rc<str>, meter: Rc<BackendMeter>) -> Self {
         Backend {
-            name: Rc::from(config.name.as_str()),
+            name,
             addr: config.address,
-            slot,
+            slot: meter.slot(),
+            meter,
             options: RefCell::new(Rc::new(Options::of(config))),
             health_path: RefCell::new(config.health_path.as_deref().map(Rc::from)),
             max_connections: Cell::new(config.max_connections),
@@ -127,7 +130,6 @@ impl Backend {
             idle: RefCell::new(Vec::new()),
             retired: Cell::new(false),
             health: RefCell::new(Health::new(config.eject_after)),
-            counters: Rc::clone(counters),
         }
     }
 
@@ -140,7 +142,7 @@ impl Backend {
         let was_ejected = health.is_ejected();
         health.set_eject_after(config.eject_after);
         if was_ejected && !health.is_ejected() {
-            self.counters.backend_restored(self.slot);
+            self.meter.restored();
         }
     }
 
@@ -174,7 +176,7 @@ impl Backend {
 
     /// Counts a connection about to be opened (a request's, or a health check's).
     pub fn open_one(&self) -> BackendOpen {
-        BackendOpen::new(Rc::clone(&self.counters), self.slot, Rc::clone(&self.open))
+        BackendOpen::new(Rc::clone(&self.meter), Rc::clone(&self.open))
     }
 
     /// An idle connection that is still clean and went idle at or after `idle_since`, if any;
@@ -188,7 +190,7 @@ impl Backend {
                 break;
             }
         }
-        self.counters.pool_idle(self.slot, idle.len());
+        self.meter.pool_idle(idle.len());
         found
     }
 
@@ -200,7 +202,7 @@ impl Backend {
             return false;
         }
         idle.push((conn, now));
-        self.counters.pool_idle(self.slot, idle.len());
+        self.meter.pool_idle(idle.len());
         true
     }
 
@@ -212,11 +214,11 @@ impl Backend {
             Change::None => {}
             Change::Ejected => {
                 tracing::warn!(backend = %self.name, "backend ejected");
-                self.counters.backend_ejected(self.slot);
+                self.meter.ejected();
             }
             Change::Restored => {
                 tracing::info!(backend = %self.name, "backend restored");
-                self.counters.backend_restored(self.slot);
+                self.meter.restored();
             }
         }
     }
@@ -229,7 +231,7 @@ impl Backend {
             return;
         }
         idle.retain(|(conn, since)| *since >= idle_since && conn.is_clean());
-        self.counters.pool_idle(self.slot, idle.len());
+        self.meter.pool_idle(idle.len());
     }
 }
 
@@ -239,8 +241,9 @@ impl Backend {
 #[derive(Default)]
 pub struct Backends {
     current: HashMap<(Rc<str>, SocketAddr), Rc<Backend>>,
-    /// The backend name each metrics slot counts for, to zero a slot given to another name.
-    owners: [Option<Rc<str>>; splitter_common::MAX_BACKENDS],
+    /// The backend name each metrics slot counts for, to zero a slot given to another name
+    /// and silence the backends of the name it counted for.
+    slots: BackendSlots,
     /// The same for the route slots, by path prefix.
     route_owners: [Option<Box<str>>; splitter_common::MAX_ROUTES],
 }
@@ -260,29 +263,27 @@ impl Backends {
             .zip(slots)
             .map(|(config, &slot)| {
                 let name: Rc<str> = Rc::from(config.name.as_str());
-                if self.owners[slot].as_deref() != Some(&*name) {
-                    counters.reset_backend(slot);
-                    self.owners[slot] = Some(Rc::clone(&name));
-                }
-                let key = (name, config.address);
+                let meter = self.slots.claim(slot, &name, counters);
+                let key = (Rc::clone(&name), config.address);
                 let backend = match previous.remove(&key) {
-                    Some(kept) if kept.slot == slot => {
+                    Some(kept) if Rc::ptr_eq(&kept.meter, &meter) => {
                         kept.update(config);
                         kept
                     }
-                    _ => Rc::new(Backend::new(config, slot, counters)),
+                    _ => Rc::new(Backend::new(config, name, meter)),
                 };
                 self.current.insert(key, Rc::clone(&backend));
                 backend
             })
             .collect();
-        // What is left was removed: its idle connections close now, busy ones when done.
+        // What is left was removed: its idle connections close now, busy ones when done (and
+        // are counted closed in its slot unless the slot went to another name, above).
         for gone in previous.values() {
             gone.retired.set(true);
             gone.idle.borrow_mut().clear();
-            gone.counters.pool_idle(gone.slot, 0);
+            gone.meter.pool_idle(0);
             if gone.health.borrow().is_ejected() {
-                gone.counters.backend_restored(gone.slot);
+                gone.meter.restored();
             }
         }
         backends
@@ -308,5 +309,92 @@ impl Backends {
         for backend in self.current.values() {
             backend.sweep(idle_since);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::MetricsRegion;
+    use crate::scatter::exchange::BackendOutcome;
+
+    fn config(name: &str, port: u16) -> BackendConfig {
+        BackendConfig {
+            name: name.to_owned(),
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            host_name: None,
+            eject_after: 1,
+            health_path: None,
+            max_connections: 64,
+            timeout: None,
+            host: None,
+            path_prefix: None,
+            shadow: false,
+        }
+    }
+
+    fn configs(prefix: &str, n: usize) -> Vec<BackendConfig> {
+        (0..n)
+            .map(|i| config(&format!("{prefix}{i}"), 9000))
+            .collect()
+    }
+
+    #[test]
+    fn connections_of_a_removed_backend_do_not_count_for_the_name_given_its_slot() {
+        let region = MetricsRegion::heap(1);
+        let counters = Rc::new(region.handle(0));
+        let mut pool = Backends::default();
+        let slots: Vec<usize> = (0..splitter_common::MAX_BACKENDS).collect();
+        let old = pool.load(&configs("a", slots.len()), &slots, &counters);
+        // A connection of each, busy across the reload.
+        let busy: Vec<BackendOpen> = old.iter().map(|b| b.open_one()).collect();
+        assert_eq!(region.total().backends[7].connects, 1);
+        // Every slot goes to a new name (all 16 used: the freed ones are taken again).
+        let new = pool.load(&configs("b", slots.len()), &slots, &counters);
+        assert!(new.iter().zip(&old).all(|(n, o)| n.slot == o.slot));
+        // The removed backends' calls end after the reload: their closes, outcomes, replies
+        // and the rest are not the new names'.
+        drop(busy);
+        for b in &old {
+            b.meter.outcome(BackendOutcome::Timeout, None);
+            b.meter.latency(600_000);
+            b.meter.late_drained();
+            b.record(false, Instant::now());
+            assert!(b.retired.get());
+        }
+        for (slot, b) in region.total().backends.iter().enumerate() {
+            assert_eq!((b.connects, b.closed), (0, 0), "slot {slot}");
+            assert_eq!((b.timeout, b.late_drained), (0, 0), "slot {slot}");
+            assert_eq!((b.ejections, b.is_ejected), (0, 0), "slot {slot}");
+            assert_eq!(b.latency_buckets.iter().sum::<u64>(), 0, "slot {slot}");
+        }
+        // The new names count as ever.
+        drop(new[3].open_one());
+        let t = region.total().backends[3];
+        assert_eq!((t.connects, t.closed), (1, 1));
+    }
+
+    #[test]
+    fn a_removed_backend_whose_slot_no_name_took_keeps_counting_there() {
+        let region = MetricsRegion::heap(1);
+        let counters = Rc::new(region.handle(0));
+        let mut pool = Backends::default();
+        let old = pool.load(&[config("a", 9000), config("b", 9001)], &[0, 1], &counters);
+        let busy_a = old[0].open_one();
+        let busy_b = old[1].open_one();
+        // `a` is removed (its slot left free); `b` moves to another address, keeping its name
+        // and slot: both old backends are retired, their slots still theirs.
+        let new = pool.load(&[config("b", 9002)], &[1], &counters);
+        assert!(!Rc::ptr_eq(&new[0], &old[1]));
+        drop(busy_a);
+        drop(busy_b);
+        let t = region.total();
+        assert_eq!((t.backends[0].connects, t.backends[0].closed), (1, 1));
+        assert_eq!((t.backends[1].connects, t.backends[1].closed), (1, 1));
+        // A later reload gives `a`'s slot to `c`: it starts at zero.
+        pool.load(&[config("b", 9002), config("c", 9003)], &[1, 0], &counters);
+        let t = region.total();
+        assert_eq!((t.backends[0].connects, t.backends[0].closed), (0, 0));
+        assert_eq!((t.backends[1].connects, t.backends[1].closed), (1, 1));
     }
 }

@@ -204,7 +204,6 @@ pub async fn scatter(worker: &Rc<Worker>, plan: &Rc<Plan>, request: Request) -> 
     .await;
 
     if !calls.is_empty() {
-        let counters = Rc::clone(&worker.counters);
         let plan = Rc::clone(plan);
         // Every call's deadline is the request's at the latest. Past the grace, the calls still
         // reading are dropped, and their connections closed with them.
@@ -218,7 +217,7 @@ pub async fn scatter(worker: &Rc<Worker>, plan: &Rc<Plan>, request: Request) -> 
                 Poll::Ready((id, end)) => {
                     // Late: forgotten unread, but counted when its connection was kept.
                     if let CallEnd::Reply { kept: true, .. } = end {
-                        counters.late_drained(plan.backends[id].slot);
+                        plan.backends[id].meter.late_drained();
                     }
                     false
                 }
@@ -231,7 +230,6 @@ pub async fn scatter(worker: &Rc<Worker>, plan: &Rc<Plan>, request: Request) -> 
         }));
     }
 
-    let counters = &worker.counters;
     let now = rt::now();
     let mut backends = [None; MAX_BACKENDS];
     for (id, b) in plan.backends.iter().enumerate() {
@@ -240,26 +238,17 @@ pub async fn scatter(worker: &Rc<Worker>, plan: &Rc<Plan>, request: Request) -> 
         }
         let how = exchange.backend_outcome(id);
         backends[b.slot] = Some(how);
-        count(worker, b, how, exchange.invalid_because(id), now);
+        count(b, how, exchange.invalid_because(id), now);
     }
     if let Outcome::Chosen(Winner { backend, .. }) = &outcome {
-        counters.win(plan.backends[*backend].slot);
+        plan.backends[*backend].meter.win();
     }
     Scattered { outcome, backends }
 }
 
 /// Counts how backend `b` did in one request, and tells its health.
-fn count(
-    worker: &Worker,
-    b: &Backend,
-    outcome: BackendOutcome,
-    invalid: Option<Invalid>,
-    now: Instant,
-) {
-    worker.counters.backend_outcome(b.slot, outcome);
-    if let Some(why) = invalid {
-        worker.counters.backend_invalid(b.slot, why);
-    }
+fn count(b: &Backend, outcome: BackendOutcome, invalid: Option<Invalid>, now: Instant) {
+    b.meter.outcome(outcome, invalid);
     match outcome {
         BackendOutcome::Valid | BackendOutcome::Invalid => b.record(true, now),
         BackendOutcome::Timeout | BackendOutcome::Error => b.record(false, now),
@@ -294,7 +283,7 @@ fn shadow_outcome(
         CallEnd::Skipped(Skip::Overloaded) => (BackendOutcome::Overloaded, None),
     };
     let invalid = invalid.filter(|why| matches!(why, Invalid::BelowFloor | Invalid::Encoding));
-    count(worker, &plan.backends[id], outcome, invalid, now);
+    count(&plan.backends[id], outcome, invalid, now);
 }
 
 /// One backend's part of one request: a pooled or new connection, one exchange, a reply. The
@@ -341,9 +330,7 @@ async fn call(
             let elapsed = rt::now()
                 .saturating_duration_since(request.started)
                 .as_micros();
-            worker
-                .counters
-                .backend_latency(backend.slot, elapsed.min(u64::MAX.into()) as u64);
+            backend.meter.latency(elapsed.min(u64::MAX.into()) as u64);
             let kept = reusable && backend.put(conn, rt::now());
             (id, CallEnd::Reply { response, kept })
         }

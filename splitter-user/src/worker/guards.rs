@@ -7,7 +7,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use super::admission::Permit;
-use crate::metrics::WorkerCounters;
+use crate::metrics::{BackendMeter, WorkerCounters};
 
 /// A request in progress: admitted against `max_in_flight` and counted in the in-flight gauge.
 pub struct InFlight<'w> {
@@ -49,32 +49,29 @@ impl Drop for ClientOpen<'_> {
     }
 }
 
-/// A connection to the backend of metrics slot `slot`, from the moment it is attempted: counted
-/// in the backend's `open` (which `max_connections` bounds) and in `connects`, then in `closed`
-/// when dropped, wherever that happens (a failed connect or exchange, a full pool, a reload that
-/// removed its backend, the worker's exit).
+/// A connection to a backend, from the moment it is attempted: counted in the backend's `open`
+/// (which `max_connections` bounds) and in its meter's `connects`, then in `closed` when dropped,
+/// wherever that happens (a failed connect or exchange, a full pool, a reload that removed its
+/// backend, the worker's exit). A reload that gives the removed backend's metrics slot to another
+/// name silences the meter: the close is not counted for the new name, whose `connects` never
+/// counted it.
 pub struct BackendOpen {
-    counters: Rc<WorkerCounters>,
-    slot: usize,
+    meter: Rc<BackendMeter>,
     open: Rc<Cell<usize>>,
 }
 
 impl BackendOpen {
     /// Counts a connection about to be opened.
-    pub fn new(counters: Rc<WorkerCounters>, slot: usize, open: Rc<Cell<usize>>) -> Self {
-        counters.backend_connect(slot);
+    pub fn new(meter: Rc<BackendMeter>, open: Rc<Cell<usize>>) -> Self {
+        meter.connect();
         open.set(open.get() + 1);
-        BackendOpen {
-            counters,
-            slot,
-            open,
-        }
+        BackendOpen { meter, open }
     }
 }
 
 impl Drop for BackendOpen {
     fn drop(&mut self) {
         self.open.set(self.open.get() - 1);
-        self.counters.backend_closed(self.slot);
+        self.meter.closed();
     }
 }

@@ -571,6 +571,171 @@ fn a_backend_added_by_a_reload_starts_its_counters_at_zero() {
     );
 }
 
+/// A backend that tells the test when each request has arrived and answers it once `release`
+/// is set (after 10 s at most).
+fn gated_peer() -> (RawPeer, mpsc::Receiver<String>, Arc<AtomicBool>) {
+    let (tx, rx) = mpsc::channel::<String>();
+    let tx = Mutex::new(tx);
+    let release = Arc::new(AtomicBool::new(false));
+    let gate = Arc::clone(&release);
+    let peer = RawPeer::start(move |mut conn| {
+        while let Some(req) = conn.next_request() {
+            let _ = tx.lock().unwrap().send(req.req_id());
+            let until = Instant::now() + Duration::from_secs(10);
+            while !gate.load(Ordering::SeqCst) && Instant::now() < until {
+                thread::sleep(Duration::from_millis(5));
+            }
+            if !conn.write(&http_json(&priced_body("p", &req.req_id(), "1"), "")) {
+                return;
+            }
+        }
+    });
+    (peer, rx, release)
+}
+
+/// SPEC 9: metrics stay exact across reloads. Once all 16 slots have been used, a reload gives
+/// a removed backend's slot to a new name; the removed backend's connections still open and its
+/// calls still running must not count for the new name when they end (the audit saw `closed`
+/// 48 with `connects` 0, 48 outcomes and 48 durations on backends never asked).
+#[test]
+fn a_removed_backends_calls_do_not_count_for_the_name_a_reload_gave_its_slot() {
+    let _exclusive = exclusive();
+    let (peer, arrived, release) = gated_peer();
+    let names = |prefix: &str| -> Vec<String> { (0..16).map(|i| format!("{prefix}{i}")).collect() };
+    let (old, new) = (names("a"), names("b"));
+    // Two routes to all 16: `/late` ends at its deadline, before the replies, which come in
+    // late; `/` waits for them, across the reload.
+    let routes = [("/late", 200), ("/", 5000)];
+    let config_of = |names: &[String]| {
+        let backends: Vec<(&str, std::net::SocketAddr)> =
+            names.iter().map(|n| (n.as_str(), peer.addr)).collect();
+        config("workers = 1", "", &backends, &routes)
+    };
+    let s = SPLITTER.run(&config_of(&old));
+
+    let send = |path: &'static str, id: &'static str| {
+        let mut client = s.client();
+        client.send(&bid(path, id));
+        client
+    };
+    let mut late = [send("/late", "slot-late-1"), send("/late", "slot-late-2")];
+    let mut waiting = send("/", "slot-waiting");
+    // Every backend has been asked, on a connection of its own: 48 connections busy.
+    for n in 0..48 {
+        arrived
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("only {n} of 48 requests reached the backend"));
+    }
+    for client in &mut late {
+        let r = client.read_response();
+        assert_eq!(r.status, 204, "{r:?}");
+    }
+    let m = s.metrics();
+    for name in &old {
+        assert_eq!(
+            per_backend(&m, "splitter_backend_connects_total", name),
+            3.0,
+            "{name}\n{}",
+            m.text
+        );
+    }
+
+    // Every name changes: the 16 slots, all used, go to the new names.
+    reload(&s, &config_of(&new));
+    release.store(true, Ordering::SeqCst);
+    let r = waiting.read_response();
+    r.assert_won("slot-waiting");
+    assert!(
+        r.backend().is_some_and(|b| b.starts_with('a')),
+        "a request taken before the reload is answered by the backends it asked: {r:?}"
+    );
+
+    // Settled: every call has ended and its connection closed (its backend was removed); each
+    // is counted (or not) when dropped, before its socket goes.
+    let pid = s.pid();
+    let until = Instant::now() + WAIT;
+    loop {
+        let sockets = procfs::connections_to_port(pid, peer.addr.port());
+        if sockets.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < until, "still open: {sockets:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let m = s.metrics();
+    let mut wrong = Vec::new();
+    for name in &new {
+        let backend = [("backend", name.as_str())];
+        let mut expect_zero = |metric: &str, labels: &[(&str, &str)]| {
+            let v = m.find(metric, labels);
+            if v != Some(0.0) {
+                wrong.push(format!("{metric}{labels:?} = {v:?}"));
+            }
+        };
+        expect_zero("splitter_backend_connects_total", &backend);
+        expect_zero("splitter_backend_connections_closed_total", &backend);
+        for outcome in [
+            "valid",
+            "invalid",
+            "timeout",
+            "error",
+            "ejected",
+            "overloaded",
+        ] {
+            expect_zero(
+                "splitter_backend_responses_total",
+                &[("backend", name), ("outcome", outcome)],
+            );
+        }
+        expect_zero("splitter_backend_duration_seconds_count", &backend);
+        expect_zero("splitter_backend_wins_total", &backend);
+        expect_zero("splitter_backend_late_drained_total", &backend);
+        expect_zero("splitter_backend_ejections_total", &backend);
+        expect_zero("splitter_backend_ejected", &backend);
+        for state in ["open", "idle"] {
+            expect_zero(
+                "splitter_backend_pool_connections",
+                &[("backend", name), ("state", state)],
+            );
+        }
+        // Opened minus closed is what is open: nothing, as the sockets say.
+        let open = open_by_metrics(&m, name);
+        if open != Some(0.0) {
+            wrong.push(format!("{name}: connects - closed = {open:?}"));
+        }
+    }
+    for name in &old {
+        assert!(
+            m.find("splitter_backend_connects_total", &[("backend", name)])
+                .is_none(),
+            "the removed {name} left /metrics with its slot\n{}",
+            m.text
+        );
+    }
+    assert!(
+        wrong.is_empty(),
+        "backends added by the reload and never asked count what the removed ones did after \
+         it:\n{}\n{}",
+        wrong.join("\n"),
+        m.text
+    );
+
+    // The new names count as any backend does.
+    let mut client = s.client();
+    client
+        .request(&bid("/", "slot-after"))
+        .assert_won("slot-after");
+    let m = s.metrics();
+    for name in &new {
+        assert_eq!(
+            per_backend(&m, "splitter_backend_connects_total", name),
+            1.0,
+            "{name}\n{}",
+            m.text
+        );
+    }
+}
+
 /// A backend that tells the test when each request has arrived, then answers it 500 ms later.
 fn holding_peer() -> (RawPeer, mpsc::Receiver<String>) {
     let (tx, rx) = mpsc::channel::<String>();
