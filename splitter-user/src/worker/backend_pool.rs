@@ -319,9 +319,11 @@ mod tests {
     use crate::scatter::exchange::BackendOutcome;
 
     fn config(name: &str, port: u16) -> BackendConfig {
+        let address = SocketAddr::from(([127, 0, 0, 1], port));
         BackendConfig {
             name: name.to_owned(),
-            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            address,
+            answer: vec![address],
             host_name: None,
             eject_after: 1,
             health_path: None,
