@@ -193,6 +193,52 @@ fn a_closing_response_is_whole_though_the_client_sent_more() {
     assert!(text.ends_with("\"}"), "the body is cut");
 }
 
+/// The staged close is bounded: a client that never closes after its last response, and goes on
+/// sending, holds its connection for about the linger second, not for as long as it likes.
+#[test]
+fn a_client_that_never_closes_after_the_last_response_is_let_go() {
+    use std::io::{Read, Write};
+
+    let (_a, s) = one_mock_splitter("", &[("/", 2000)]);
+    let mut client = std::net::TcpStream::connect(s.addr).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client
+        .write_all(b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\nX-Req-Id: l-1\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).unwrap();
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // The response and the end of the stream came; the client neither closes nor stops.
+    let started = Instant::now();
+    let sent_until_refused = loop {
+        if client
+            .write_all(b"more bytes nobody asked for\r\n")
+            .is_err()
+        {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the connection was still taking bytes after 10 s"
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        sent_until_refused >= Duration::from_millis(500),
+        "{sent_until_refused:?}"
+    );
+    let m = s.wait_metrics(Duration::from_secs(5), |m| {
+        m.get("splitter_client_connections", &[]) == 0.0
+    });
+    assert_eq!(m.get("splitter_client_connections", &[]), 0.0, "{}", m.text);
+}
+
 #[test]
 fn expect_100_continue_gets_interim_response_before_the_body() {
     let (_a, s) = one_mock_splitter("", &[("/", 2000)]);
