@@ -17,12 +17,32 @@ use io_uring::types::{SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 
+use super::batch;
 use super::net::Readiness;
 use super::with_core;
 
 /// `io_uring_enter` flag: reap completions (and, with `DEFER_TASKRUN`, run the deferred work
 /// that posts them) even when not waiting.
 const ENTER_GETEVENTS: u32 = 1;
+
+/// `io_uring_enter` flag: the argument is a [`GeteventsArg`].
+const ENTER_EXT_ARG: u32 = 8;
+
+/// `struct io_uring_getevents_arg` as of Linux 6.12, which gave its padding the meaning of
+/// `min_wait_usec` (the io-uring crate's binding still calls it `pad`). Older kernels refuse a
+/// non-zero `pad` with EINVAL, which is how [`Driver::new`] tells whether the kernel has it.
+#[repr(C)]
+struct GeteventsArg {
+    sigmask: u64,
+    sigmask_sz: u32,
+    min_wait_usec: u32,
+    /// A `*const Timespec`, or 0.
+    ts: u64,
+}
+
+/// The timeout of a batched wait with no timer due: the batch's minimum wait needs one to fall
+/// back on (without it the kernel ends the wait at the minimum, completions or not).
+const NO_TIMER: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// `user_data` of submissions whose own completion means nothing (cancellations).
 const IGNORED: u64 = u64::MAX;
@@ -146,6 +166,8 @@ pub(super) struct Driver {
     reaped: Vec<cqueue::Entry>,
     /// The registered-file table, if the kernel gave one.
     files: Option<Files>,
+    /// The kernel can wait for a batch of completions for a bounded time (Linux 6.12).
+    batches: bool,
 }
 
 impl Driver {
@@ -170,7 +192,9 @@ impl Driver {
                 free: Vec::new(),
                 quarantined: Vec::new(),
             });
+        let batches = min_wait_works(&ring);
         Ok(Driver {
+            batches,
             ring,
             ops: Slab::with_capacity(entries as usize),
             wakeup: Box::new(0),
@@ -232,7 +256,7 @@ impl Driver {
         // SAFETY: every buffer and address an entry points to is owned by its operation's slot
         // (or the driver) until the completion.
         while unsafe { self.ring.submission().push(&sqe) }.is_err() {
-            self.enter(0, None);
+            self.enter(None);
         }
     }
 
@@ -242,34 +266,53 @@ impl Driver {
     /// another thread woke the runtime.
     pub(super) fn turn(&mut self, wait: Option<Option<Instant>>) -> bool {
         match wait {
-            None => self.enter(0, None),
-            Some(None) => self.enter(1, None),
-            Some(Some(at)) => {
-                let left = at.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    self.enter(0, None);
+            None => self.enter(None),
+            Some(at) => {
+                let left = at.map(|at| at.saturating_duration_since(Instant::now()));
+                if left.is_some_and(|left| left.is_zero()) {
+                    self.enter(None);
                 } else {
-                    self.enter(1, Some(left));
+                    self.enter(Some(left));
                 }
             }
         }
         self.dispatch()
     }
 
-    fn enter(&mut self, want: usize, timeout: Option<std::time::Duration>) {
+    /// Submits what is queued and reaps; with `sleep`, waits first: for completions (a batch,
+    /// as [`batch::wait`] sizes it) and, if a timer is `Some(left)` away, no longer than that.
+    fn enter(&mut self, sleep: Option<Option<std::time::Duration>>) {
         let pending = self.ring.submission().len() as u32;
         let submitter = self.ring.submitter();
-        let res = match timeout {
-            Some(left) => {
-                let ts = Timespec::new()
-                    .sec(left.as_secs())
-                    .nsec(left.subsec_nanos());
-                submitter.submit_with_args(want, &SubmitArgs::new().timespec(&ts))
-            }
-            None if want > 0 => submitter.submit_and_wait(want),
+        let res = match sleep {
             None => {
                 // SAFETY: a plain submit-and-reap; no argument is passed.
                 unsafe { submitter.enter::<libc::sigset_t>(pending, 0, ENTER_GETEVENTS, None) }
+            }
+            Some(left) => {
+                let wait = batch::wait(self.ops.len(), left);
+                if self.batches && !wait.batch_for.is_zero() {
+                    let left = left.unwrap_or(NO_TIMER);
+                    let ts = Timespec::new()
+                        .sec(left.as_secs())
+                        .nsec(left.subsec_nanos());
+                    let arg = GeteventsArg {
+                        sigmask: 0,
+                        sigmask_sz: 0,
+                        min_wait_usec: wait.batch_for.as_micros() as u32,
+                        ts: (&raw const ts) as u64,
+                    };
+                    let flags = ENTER_GETEVENTS | ENTER_EXT_ARG;
+                    // SAFETY: `arg` and the timespec it points to outlive the call.
+                    unsafe { submitter.enter(pending, wait.completions, flags, Some(&arg)) }
+                } else if let Some(left) = left {
+                    let ts = Timespec::new()
+                        .sec(left.as_secs())
+                        .nsec(left.subsec_nanos());
+                    submitter.submit_with_args(1, &SubmitArgs::new().timespec(&ts))
+                } else {
+                    submitter.submit_and_wait(1)
+                }
             }
         };
         if let Some(files) = self.files.as_mut() {
@@ -414,7 +457,7 @@ impl Driver {
         }
         let until = Instant::now() + std::time::Duration::from_millis(500);
         while !self.ops.is_empty() && Instant::now() < until {
-            self.enter(1, Some(std::time::Duration::from_millis(10)));
+            self.enter(Some(Some(std::time::Duration::from_millis(10))));
             self.dispatch();
             // Completed one-shot operations whose `Op` is gone are freed here.
             self.ops
@@ -594,4 +637,21 @@ pub(super) fn cancel_poll(index: usize) {
             core.driver.borrow_mut().cancel(index);
         }
     });
+}
+
+/// Whether the kernel takes a batch's minimum wait: an enter that waits for nothing, with one.
+fn min_wait_works(ring: &IoUring) -> bool {
+    let ts = Timespec::new();
+    let arg = GeteventsArg {
+        sigmask: 0,
+        sigmask_sz: 0,
+        min_wait_usec: 1,
+        ts: (&raw const ts) as u64,
+    };
+    // SAFETY: `arg` and the timespec it points to outlive the call; nothing is submitted.
+    unsafe {
+        ring.submitter()
+            .enter(0, 0, ENTER_GETEVENTS | ENTER_EXT_ARG, Some(&arg))
+    }
+    .is_ok()
 }

@@ -4,17 +4,20 @@
 //! thread alone. The loop runs the woken tasks, fires the timers that are due, then enters the
 //! ring once: that one system call submits what the tasks asked for, runs the kernel's deferred
 //! completions (`DEFER_TASKRUN`: the kernel never interrupts the thread for them) and, when no
-//! task is runnable, sleeps until a completion or the next timer. Readiness comes from the ring
-//! too (a multishot poll per socket), so there is no epoll set and no second event source.
+//! task is runnable, sleeps until a completion (a batch of them, under load) or the next timer.
+//! Readiness comes from the ring too (a multishot poll per socket), so there is no epoll set and
+//! no second event source.
 //!
 //! It replaces tokio-uring, which runs a ring beneath tokio's epoll reactor: every wake-up there
 //! went through epoll, tokio's scheduler and tokio-uring's driver task, and the ring could use
 //! neither `DEFER_TASKRUN` (completions were reaped without `GETEVENTS`) nor poll for readiness.
 //!
 //! - [`driver`]: the ring, and each operation in flight with what it owns.
+//! - [`batch`]: how long a worker with nothing to run waits, and for how many completions.
 //! - [`time`]: the timers, and the loop's clock.
 //! - [`net`]: TCP sockets on the ring.
 
+pub mod batch;
 pub mod driver;
 pub mod net;
 pub mod time;

@@ -486,3 +486,46 @@ fn pair_std() -> (std::net::TcpStream, std::net::TcpStream) {
     b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     (a, b)
 }
+
+/// A worker with many sockets waiting sleeps for a batch of completions (`batch`), and a
+/// completion that comes alone is taken once the batch's wait has passed: here the one read
+/// among 64 waiting ones, with no timer pending that could end the sleep instead.
+#[test]
+fn a_lone_completion_on_a_busy_ring_is_taken_without_its_batch() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (ours_tx, ours_rx) = std::sync::mpsc::channel();
+    let (got_tx, got_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = rt();
+        let got = rt.block_on(async move {
+            let mut socks = Vec::new();
+            for _ in 0..64 {
+                socks.push(TcpStream::connect(addr).await.unwrap());
+            }
+            let target = socks.remove(0);
+            ours_tx.send(target.socket().local_addr().unwrap()).unwrap();
+            for s in socks {
+                spawn(async move {
+                    let _ = s.read_ready(Vec::with_capacity(16)).await;
+                });
+            }
+            let (res, buf) = target.read_ready(Vec::with_capacity(16)).await;
+            res.unwrap();
+            buf
+        });
+        let _ = got_tx.send(got);
+    });
+    let mut theirs: Vec<_> = (0..64).map(|_| listener.accept().unwrap()).collect();
+    let ours = ours_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let (one, _) = theirs.iter_mut().find(|(_, peer)| *peer == ours).unwrap();
+    one.write_all(b"x").unwrap();
+    let got = got_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the lone read completed");
+    assert_eq!(got, b"x");
+    assert!(
+        super::batch::wait(64, None).completions > 1,
+        "64 sockets make a batch"
+    );
+}
