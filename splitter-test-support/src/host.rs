@@ -42,11 +42,21 @@ impl Drop for TempDir {
 }
 
 /// A loopback address nothing listens on (bound once, then released): connecting to it is
-/// refused, and a server may bind it, until something else does.
+/// refused, and a server may bind it, until something else does. Never one this process was
+/// given before: the kernel may hand a released port out again at once, and a test that asks for
+/// two (a listener and an admin port) must not get the same one twice.
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind 127.0.0.1:0");
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return addr;
+        }
+    }
 }
 
 /// Path of a file in the repository, from the workspace root.
