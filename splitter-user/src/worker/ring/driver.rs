@@ -168,6 +168,7 @@ pub(super) struct Driver {
     files: Option<Files>,
     /// The kernel can wait for a batch of completions for a bounded time (Linux 6.12).
     batches: bool,
+    batcher: batch::Batcher,
 }
 
 impl Driver {
@@ -195,6 +196,7 @@ impl Driver {
         let batches = min_wait_works(&ring);
         Ok(Driver {
             batches,
+            batcher: batch::Batcher::default(),
             ring,
             ops: Slab::with_capacity(entries as usize),
             wakeup: Box::new(0),
@@ -283,15 +285,14 @@ impl Driver {
     /// as [`batch::wait`] sizes it) and, if a timer is `Some(left)` away, no longer than that.
     fn enter(&mut self, sleep: Option<Option<std::time::Duration>>) {
         let pending = self.ring.submission().len() as u32;
+        let wait = sleep.map(|left| match self.batcher.wait(self.ops.len(), left) {
+            wait if self.batches => wait,
+            _ => batch::Wait::PLAIN,
+        });
         let submitter = self.ring.submitter();
-        let res = match sleep {
-            None => {
-                // SAFETY: a plain submit-and-reap; no argument is passed.
-                unsafe { submitter.enter::<libc::sigset_t>(pending, 0, ENTER_GETEVENTS, None) }
-            }
-            Some(left) => {
-                let wait = batch::wait(self.ops.len(), left);
-                if self.batches && !wait.batch_for.is_zero() {
+        let res = match (sleep, wait) {
+            (Some(left), Some(wait)) => {
+                if !wait.batch_for.is_zero() {
                     let left = left.unwrap_or(NO_TIMER);
                     let ts = Timespec::new()
                         .sec(left.as_secs())
@@ -314,7 +315,15 @@ impl Driver {
                     submitter.submit_and_wait(1)
                 }
             }
+            _ => {
+                // SAFETY: a plain submit-and-reap; no argument is passed.
+                unsafe { submitter.enter::<libc::sigset_t>(pending, 0, ENTER_GETEVENTS, None) }
+            }
         };
+        if let Some(wait) = wait {
+            let completions = self.ring.completion().len();
+            self.batcher.woke(wait, completions);
+        }
         if let Some(files) = self.files.as_mut() {
             // Every entry queued before a slot was given back has reached the kernel, which
             // resolved its file as it took it.
