@@ -362,7 +362,8 @@ fn describe_setup(md: &mut String, r: &Record) {
         md,
         "Measured {} on {}, {} vCPUs, Linux {}; HAProxy {}, wrk {}, splitter `{}` ({}), by \
          `cargo xtask bench` ([record](bench/results/latest.json)).\n\n\
-         {} of {} s (after {} s of warm-up): `wrk -t{} -c{}` POSTing 2 KB of JSON. \
+         {} of {} s (after {} s of warm-up, then a pause for the route's deadline to answer \
+         its requests): `wrk -t{} -c{}` POSTing 2 KB of JSON. \
          **CPU µs/req** is the user+system CPU time of the target's process, all threads, \
          per request served; **CPUs busy %**, how busy each CPU of the machine was meanwhile \
          (CPU 0 / CPU 1, every process). `splitter` fans out to two mock backends, `haproxy` \
