@@ -167,8 +167,11 @@ pub(super) struct Driver {
     /// The registered-file table, if the kernel gave one.
     files: Option<Files>,
     /// The kernel can wait for a batch of completions for a bounded time (Linux 6.12).
-    batches: bool,
+    pub(super) batches: bool,
     batcher: batch::Batcher,
+    /// Sleeps that asked for a batch, for the tests to tell that one did.
+    #[cfg(test)]
+    pub(super) batched_sleeps: usize,
 }
 
 impl Driver {
@@ -197,6 +200,8 @@ impl Driver {
         Ok(Driver {
             batches,
             batcher: batch::Batcher::default(),
+            #[cfg(test)]
+            batched_sleeps: 0,
             ring,
             ops: Slab::with_capacity(entries as usize),
             wakeup: Box::new(0),
@@ -282,7 +287,7 @@ impl Driver {
     }
 
     /// Submits what is queued and reaps; with `sleep`, waits first: for completions (a batch,
-    /// as [`batch::wait`] sizes it) and, if a timer is `Some(left)` away, no longer than that.
+    /// as [`batch::Batcher::wait`] sizes it) and, if a timer is `Some(left)` away, no longer than that.
     fn enter(&mut self, sleep: Option<Option<std::time::Duration>>) {
         let pending = self.ring.submission().len() as u32;
         let wait = sleep.map(|left| match self.batcher.wait(self.ops.len(), left) {
@@ -304,6 +309,10 @@ impl Driver {
                         ts: (&raw const ts) as u64,
                     };
                     let flags = ENTER_GETEVENTS | ENTER_EXT_ARG;
+                    #[cfg(test)]
+                    {
+                        self.batched_sleeps += 1;
+                    }
                     // SAFETY: `arg` and the timespec it points to outlive the call.
                     unsafe { submitter.enter(pending, wait.completions, flags, Some(&arg)) }
                 } else if let Some(left) = left {
