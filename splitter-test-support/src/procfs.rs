@@ -39,6 +39,29 @@ pub fn open_fds(pid: u32) -> usize {
         .count()
 }
 
+/// How many descriptors process `pid`'s descriptor table holds before the kernel must grow it
+/// (`FDSize` in `/proc/PID/status`).
+pub fn fd_table_size(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("FDSize:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no FDSize in /proc/{pid}/status:\n{status}"))
+}
+
+/// Process `pid`'s soft limit of open descriptors (`Max open files` in `/proc/PID/limits`).
+pub fn descriptor_limit(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/limits: {e}"));
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no Max open files in /proc/{pid}/limits:\n{limits}"))
+}
+
 /// The inodes of the sockets process `pid` has open (its `socket:[INODE]` descriptors).
 pub fn socket_inodes(pid: u32) -> std::collections::HashSet<u64> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -175,6 +198,8 @@ mod tests {
         assert!(rss_bytes(me) > 0);
         let _ = cpu_time(me);
         assert!(open_fds(me) >= 3);
+        assert!(fd_table_size(me) >= open_fds(me));
+        assert!(descriptor_limit(me) >= open_fds(me) as u64);
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();

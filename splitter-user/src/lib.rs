@@ -18,6 +18,8 @@
 //!   - [`control`]: the control plane on plain `tokio`: admin HTTP, signals, reload, shutdown.
 //!   - [`metrics`]: per-worker counter cells and their Prometheus rendering.
 //!   - [`steering`]: how new connections reach the workers: the eBPF program, or `SO_REUSEPORT`.
+//! - [`fd_table`]: the descriptor table grown once at start, so that no worker ever waits for the
+//!   kernel to grow it.
 //! - [`access_log`]: sampled request lines, queued by the workers, written by the control plane.
 //! - Tools that ship with the product: [`mock_backend`], [`demo`], [`reload`] (systemd's reload
 //!   that waits for the outcome); the command line, [`cli`].
@@ -31,6 +33,7 @@ pub mod cli;
 mod config;
 mod control;
 mod demo;
+mod fd_table;
 #[cfg(fuzzing)]
 pub mod http1;
 #[cfg(not(fuzzing))]

@@ -608,6 +608,14 @@ fn online_cpus() -> Vec<usize> {
 /// `splitter run`: serve with the configuration at `path` until SIGTERM or SIGINT; SIGHUP
 /// reloads it.
 pub fn run(path: &Path, config: Config) -> anyhow::Result<()> {
+    // First, while this is the process's only thread: the kernel then grows the table at once.
+    match crate::fd_table::reserve() {
+        Ok(size) => tracing::debug!(size, "descriptor table reserved"),
+        Err(e) => tracing::warn!(
+            "descriptor table not reserved ({e}): each time open sockets first pass a power of \
+             two, every worker stalls for an RCU grace period"
+        ),
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -47,6 +47,11 @@ pub fn run(args: MockArgs) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
 
     let cfg = Arc::new(MockConfig::new(&args)?);
+    // Its connections come and go in waves too (see `fd_table`); a mock that stalls would be
+    // blamed on the splitter.
+    if let Err(e) = crate::fd_table::reserve() {
+        tracing::warn!("descriptor table not reserved: {e}");
+    }
     let mut builder = if args.threads == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {

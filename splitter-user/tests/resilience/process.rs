@@ -414,6 +414,28 @@ fn out_of_descriptors_it_neither_spins_nor_loses_the_admin_port() {
 }
 
 /// Sends SIGHUP and waits for the reload to be logged as applied.
+#[test]
+fn the_descriptor_table_is_grown_before_the_workers_start() {
+    // Grown on demand, the kernel would first wait for an RCU grace period with every worker
+    // blocked in accept: 10-15 ms, each time the open sockets first passed a power of two.
+    let good = SPLITTER.mock_backend("good", &["--price", "1"]);
+    let s = SPLITTER.run(&config(
+        "workers = 2",
+        "",
+        &[("good", good.addr)],
+        &[("/", 1000)],
+    ));
+    let pid = s.pid();
+    // Without the reservation a fresh process's table holds 64 or 256 descriptors.
+    let want = procfs::descriptor_limit(pid).min(1 << 20) as usize;
+    assert!(
+        procfs::fd_table_size(pid) >= want,
+        "descriptor table of {} at start, limit {want}",
+        procfs::fd_table_size(pid)
+    );
+    assert_serves(s.addr, "/x", "fd-table");
+}
+
 fn reload(s: &Splitter, config: &str) {
     s.rewrite_config(config);
     let from = s.log_count();
