@@ -7,14 +7,20 @@ use std::time::Duration;
 
 /// Resident set size of process `pid` (`VmRSS` in `/proc/PID/status`), in bytes.
 pub fn rss_bytes(pid: u32) -> u64 {
+    let kib: u64 = status_field(pid, "VmRSS", |v| {
+        v.trim_end_matches("kB").trim().parse().ok()
+    });
+    kib * 1024
+}
+
+/// Field `name` of `/proc/PID/status`, parsed by `parse` from its value (trimmed).
+fn status_field<T>(pid: u32, name: &str, parse: impl Fn(&str) -> Option<T>) -> T {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kib| kib * 1024)
-        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status:\n{status}"))
+        .find_map(|l| parse(l.strip_prefix(name)?.strip_prefix(':')?.trim()))
+        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status:\n{status}"))
 }
 
 /// User plus system CPU time process `pid` has used so far, all threads (`utime` + `stime` of
@@ -42,13 +48,7 @@ pub fn open_fds(pid: u32) -> usize {
 /// How many descriptors process `pid`'s descriptor table holds before the kernel must grow it
 /// (`FDSize` in `/proc/PID/status`).
 pub fn fd_table_size(pid: u32) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("FDSize:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no FDSize in /proc/{pid}/status:\n{status}"))
+    status_field(pid, "FDSize", |v| v.parse().ok())
 }
 
 /// Process `pid`'s soft limit of open descriptors (`Max open files` in `/proc/PID/limits`).
