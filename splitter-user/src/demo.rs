@@ -110,6 +110,10 @@ fn request_body() -> String {
 
 /// Runs the demo and prints its summary.
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    // Load, backends and splitter share this process: its descriptor table too (see `fd_table`).
+    if let Err(e) = crate::fd_table::reserve() {
+        tracing::warn!("descriptor table not reserved: {e}");
+    }
     let backends_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
