@@ -65,14 +65,9 @@ fn grow_to(size: usize) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    /// This process's descriptor table size (`FDSize` in `/proc/self/status`).
+    /// This process's descriptor table size.
     fn table_size() -> usize {
-        std::fs::read_to_string("/proc/self/status")
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("FDSize:"))
-            .and_then(|v| v.trim().parse().ok())
-            .expect("FDSize in /proc/self/status")
+        splitter_test_support::procfs::fd_table_size(std::process::id())
     }
 
     #[test]

@@ -413,7 +413,6 @@ fn out_of_descriptors_it_neither_spins_nor_loses_the_admin_port() {
     }
 }
 
-/// Sends SIGHUP and waits for the reload to be logged as applied.
 #[test]
 fn the_descriptor_table_is_grown_before_the_workers_start() {
     // Grown on demand, the kernel would first wait for an RCU grace period with every worker
@@ -436,6 +435,7 @@ fn the_descriptor_table_is_grown_before_the_workers_start() {
     assert_serves(s.addr, "/x", "fd-table");
 }
 
+/// Sends SIGHUP and waits for the reload to be logged as applied.
 fn reload(s: &Splitter, config: &str) {
     s.rewrite_config(config);
     let from = s.log_count();
