@@ -118,9 +118,11 @@ mod tests {
     fn counts_the_descriptors_the_process_holds() {
         let before = Process::read().open_fds;
         assert!(before > 0, "stdin, stdout, stderr at least");
-        let held: Vec<File> = (0..10).map(|_| File::open("/dev/null").unwrap()).collect();
-        // Other tests open files on other threads meanwhile: at least ours are seen.
-        assert!(Process::read().open_fds >= before + 10);
+        // Other tests open and close a hundred or so descriptors on other threads meanwhile: 500
+        // of ours show through that noise.
+        let held: Vec<File> = (0..500).map(|_| File::open("/dev/null").unwrap()).collect();
+        let during = Process::read().open_fds;
+        assert!(during >= before + 250, "{before} → {during} with 500 more held");
         drop(held);
         let p = Process::read();
         assert!(p.rss_bytes > 0 && p.max_fds > 0, "{p:?}");
