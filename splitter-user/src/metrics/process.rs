@@ -122,7 +122,10 @@ mod tests {
         // of ours show through that noise.
         let held: Vec<File> = (0..500).map(|_| File::open("/dev/null").unwrap()).collect();
         let during = Process::read().open_fds;
-        assert!(during >= before + 250, "{before} → {during} with 500 more held");
+        assert!(
+            during >= before + 250,
+            "{before} → {during} with 500 more held"
+        );
         drop(held);
         let p = Process::read();
         assert!(p.rss_bytes > 0 && p.max_fds > 0, "{p:?}");
